@@ -1,0 +1,96 @@
+//! Command-line arguments (clap derive). Validation beyond syntax happens in `settings`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// spillway: run data work on one machine under one memory budget, never out of memory.
+#[derive(Debug, Parser)]
+#[command(name = "spillway", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every command understands.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Memory budget: a size (4GiB, 512MiB) or a share of the effective limit (60%).
+    /// Also SPILLWAY_MEMORY or `memory` in the config file. Default 60%.
+    #[arg(long, global = true, env = "SPILLWAY_MEMORY", value_name = "SIZE|PCT")]
+    pub memory: Option<String>,
+    /// Root directory for spill files (default ~/.cache/spillway/spill).
+    #[arg(long, global = true, env = "SPILLWAY_SPILL_DIR", value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
+    /// Most disk space spill files may take (e.g. 100GiB).
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub max_spill: Option<String>,
+    /// Config file (default ./spillway.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print what was detected: memory limit and its source, budget, cores, spill dir, allocator.
+    Info,
+    /// Run SQL under the budget over files registered as tables, streaming the result.
+    Sql(SqlArgs),
+    /// Generate benchmark data.
+    #[command(subcommand)]
+    Gen(GenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The SQL to run (several statements may be separated by `;`; the last one's result is shown).
+    pub sql: String,
+    /// Register a table: NAME=PATH where PATH is a Parquet/CSV/JSON/Arrow file, a folder or a glob.
+    #[arg(long = "table", short = 't', value_name = "NAME=PATH")]
+    pub tables: Vec<String>,
+    /// Register every table found in a folder (NAME.parquet files or NAME/ folders, as `gen tpch` writes).
+    #[arg(long = "data", short = 'd', value_name = "DIR")]
+    pub data: Vec<PathBuf>,
+    /// Write the full result to a file (.parquet, .csv, .json or .arrow) instead of printing it.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Rows to print (0: all, printed as they arrive).
+    #[arg(long, default_value_t = 40)]
+    pub max_rows: usize,
+    /// Write run statistics (rows, time, peak memory, spilled bytes) as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    /// Memory pool: spillway's governed lease pool, or a stock DataFusion pool of the same size
+    /// (for comparisons; these skip the governor).
+    #[arg(long, value_enum, default_value_t = PoolKind::Spillway)]
+    pub pool: PoolKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolKind {
+    /// spillway's lease pool under the governor.
+    Spillway,
+    /// DataFusion's GreedyMemoryPool of the budget's size (what `datafusion-cli --memory-limit` uses).
+    Greedy,
+    /// DataFusion's FairSpillPool of the budget's size.
+    Fair,
+    /// No limit at all (DataFusion's default).
+    Unbounded,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenCommand {
+    /// TPC-H tables as Parquet: OUT/<table>/part-N.parquet.
+    Tpch(GenTpchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenTpchArgs {
+    /// Scale factor (1 = ~1GB of CSV, 6M lineitem rows).
+    #[arg(long, default_value_t = 1.0)]
+    pub sf: f64,
+    /// Output folder.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+}

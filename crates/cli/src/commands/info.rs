@@ -1,0 +1,45 @@
+//! `spillway info`: what was detected and what the budget comes to.
+
+use crate::settings::Settings;
+use anyhow::Result;
+use spillway_governor::{fmt_bytes, jemalloc, limits, MemorySpec, Profile};
+
+pub fn run(s: &Settings) -> Result<()> {
+    let b = &s.budget;
+    let g = &s.governor;
+    let how = match b.spec {
+        MemorySpec::Percent(p) => format!("{p}% of the limit"),
+        MemorySpec::Bytes(_) => "as given".to_string(),
+    };
+    println!("spillway {}", env!("CARGO_PKG_VERSION"));
+    println!("memory limit  {} ({}; MemTotal {})", fmt_bytes(b.limit.bytes), b.limit.source, fmt_bytes(b.limit.mem_total));
+    println!("budget        {} ({how})", fmt_bytes(b.bytes));
+    println!("leasable      {} (headroom {:.0}% kept for untracked allocations)", fmt_bytes(g.leasable()), g.headroom * 100.0);
+    println!(
+        "profiles      S {} · M {} · L {} · heavy slots {}",
+        fmt_bytes(g.profile_bytes(Profile::S)),
+        fmt_bytes(g.profile_bytes(Profile::M)),
+        fmt_bytes(g.profile_bytes(Profile::L)),
+        g.heavy_slots
+    );
+    println!(
+        "pressure      moderate >= {:.0}% · high >= {:.0}% · critical >= {:.0}% of the budget",
+        g.pressure.moderate * 100.0,
+        g.pressure.high * 100.0,
+        g.pressure.critical * 100.0
+    );
+    println!("cores         {} ({})", s.cores.count, s.cores.source);
+    let free = spillway_engine::spill::free_space(&s.spill_root).map_or("unknown".into(), fmt_bytes);
+    let quota = s.max_spill.map_or("DataFusion default (100GiB)".into(), fmt_bytes);
+    println!("spill dir     {} (free {free}, quota {quota})", s.spill_root.display());
+    let allocator = if jemalloc::is_active() { "jemalloc (global allocator)" } else { "system (jemalloc not active)" };
+    let je = jemalloc::read().unwrap_or_default();
+    println!(
+        "allocator     {allocator}: allocated {}, resident {}; process RSS {}",
+        fmt_bytes(je.allocated),
+        fmt_bytes(je.resident),
+        fmt_bytes(limits::process_rss().unwrap_or(0))
+    );
+    println!("config        {}", s.config_file.as_ref().map_or("none".into(), |p| p.display().to_string()));
+    Ok(())
+}

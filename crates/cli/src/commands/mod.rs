@@ -1,0 +1,23 @@
+//! One module per subcommand; [`run`] dispatches and owns the tokio runtime.
+
+mod gen;
+mod info;
+mod sql;
+
+use crate::args::{Cli, Command, GenCommand};
+use crate::settings;
+use anyhow::{Context, Result};
+
+pub fn run(cli: Cli) -> Result<()> {
+    let settings = settings::resolve(&cli.global)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.cores.count)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match cli.command {
+        Command::Info => info::run(&settings),
+        Command::Sql(args) => runtime.block_on(sql::run(&settings, args)),
+        Command::Gen(GenCommand::Tpch(args)) => gen::tpch(&settings, args),
+    }
+}

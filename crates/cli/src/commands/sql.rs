@@ -1,0 +1,160 @@
+//! `spillway sql`: one query under the budget, streamed to the terminal or a file.
+
+use crate::args::{PoolKind, SqlArgs};
+use crate::settings::Settings;
+use anyhow::{Context, Result};
+use datafusion::execution::memory_pool::{FairSpillPool, GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use spillway_engine::{output, query, session, spill::SpillDir, tables};
+use spillway_governor::{fmt_bytes, Governor, LeaseRequest, PoolOptions, PoolStats};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What `--stats-json` writes.
+#[derive(Debug, Serialize)]
+struct Stats {
+    rows: u64,
+    elapsed_ms: u64,
+    pool: &'static str,
+    budget_bytes: u64,
+    lease_bytes: u64,
+    /// Anonymous resident memory (what the budget governs: RSS less code pages).
+    peak_resident_bytes: u64,
+    /// jemalloc's resident bytes.
+    peak_jemalloc_resident_bytes: u64,
+    /// Full RSS including the binary's code pages.
+    peak_rss_bytes: u64,
+    spilled_bytes: u64,
+    pool_stats: Option<PoolStats>,
+    output_bytes: Option<u64>,
+}
+
+pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
+    let governor = Governor::new(settings.governor.clone())?;
+    let spill_dir = SpillDir::create(&settings.spill_root)
+        .with_context(|| format!("creating a spill directory under {}", settings.spill_root.display()))?;
+    let mut options = session::SessionOptions::new(settings.cores.count, spill_dir.path());
+    options.max_spill = settings.max_spill;
+    let budget = settings.budget.bytes;
+
+    let (ctx, lease_pool) = match args.pool {
+        PoolKind::Spillway => {
+            let lease = governor
+                .lease(LeaseRequest::bytes("sql", governor.leasable()).heavy())
+                .await?;
+            let pool = lease.into_pool(PoolOptions {
+                step: Some("sql".into()),
+                unspillable_reserve: settings.unspillable_reserve,
+                pressure_aware: true,
+            });
+            (session::context(pool.clone(), &options)?, Some(pool))
+        }
+        kind => {
+            let pool: Arc<dyn MemoryPool> = match kind {
+                PoolKind::Greedy => Arc::new(GreedyMemoryPool::new(budget as usize)),
+                PoolKind::Fair => Arc::new(FairSpillPool::new(budget as usize)),
+                _ => Arc::new(UnboundedMemoryPool::default()),
+            };
+            (session::context_with_pool(pool, budget, &options)?, None)
+        }
+    };
+    for arg in &args.tables {
+        let (name, path) = tables::parse_table_arg(arg)?;
+        tables::register(&ctx, &name, &path).await?;
+    }
+    for dir in &args.data {
+        tables::register_data_dir(&ctx, dir).await?;
+    }
+
+    let started = Instant::now();
+    let spinner = spinner(&governor);
+    let work = async {
+        let q = query::run_sql(&ctx, &args.sql).await?;
+        let plan = q.plan.clone();
+        let (rows, output_bytes) = match &args.output {
+            Some(path) => {
+                let w = output::write_stream(q.stream, path).await?;
+                (w.rows, Some(w.bytes))
+            }
+            None => {
+                let max = (args.max_rows > 0).then_some(args.max_rows);
+                let mut stdout = std::io::stdout().lock();
+                (output::print_table(q.stream, max, &mut stdout).await?, None)
+            }
+        };
+        anyhow::Ok((rows, output_bytes, query::spilled_bytes(&plan)))
+    };
+    let outcome = tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if let Some(s) = &spinner {
+        s.finish_and_clear();
+    }
+    let (rows, output_bytes, spilled) = outcome.context("query failed")?;
+    governor.sample_now();
+    let stats = Stats {
+        rows,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        pool: match args.pool {
+            PoolKind::Spillway => "spillway",
+            PoolKind::Greedy => "greedy",
+            PoolKind::Fair => "fair",
+            PoolKind::Unbounded => "unbounded",
+        },
+        budget_bytes: budget,
+        lease_bytes: lease_pool.as_ref().map_or(budget, |p| p.lease().bytes()),
+        peak_resident_bytes: governor.timeline().peak_anon(),
+        peak_jemalloc_resident_bytes: governor.timeline().peak_resident(),
+        peak_rss_bytes: governor.timeline().peak_rss(),
+        spilled_bytes: spilled,
+        pool_stats: lease_pool.as_ref().map(|p| p.stats()),
+        output_bytes,
+    };
+    eprintln!(
+        "{} rows in {:.2}s · peak resident {} (RSS {}) of {} budget · spilled {}{}",
+        stats.rows,
+        stats.elapsed_ms as f64 / 1000.0,
+        fmt_bytes(stats.peak_resident_bytes),
+        fmt_bytes(stats.peak_rss_bytes),
+        fmt_bytes(budget),
+        fmt_bytes(stats.spilled_bytes),
+        args.output.as_ref().map_or(String::new(), |p| format!(" · wrote {}", p.display())),
+    );
+    if let Some(path) = &args.stats_json {
+        let text = serde_json::to_string_pretty(&stats)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    drop(ctx);
+    drop(lease_pool);
+    drop(spill_dir);
+    Ok(())
+}
+
+/// A spinner with live memory figures, when stderr is a terminal.
+fn spinner(governor: &Governor) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").ok()?);
+    let (bar2, gov) = (bar.clone(), governor.clone());
+    tokio::spawn(async move {
+        while !bar2.is_finished() {
+            if let Some(s) = gov.timeline().last() {
+                bar2.set_message(format!(
+                    "resident {} of {} · reserved {} · pressure {}",
+                    fmt_bytes(s.rss_anon),
+                    fmt_bytes(gov.budget()),
+                    fmt_bytes(gov.reserved()),
+                    gov.pressure()
+                ));
+            }
+            bar2.tick();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    Some(bar)
+}

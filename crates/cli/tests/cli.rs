@@ -1,0 +1,213 @@
+//! End-to-end tests of the `spillway` binary. They share one generated TPC-H data set.
+//!
+//! Index (add a new CLI test to the matching group):
+//! - `sql_*`: `spillway sql` under small budgets (spilling, output files, errors).
+//! - `info_*`, `gen_*`: the other commands.
+//! - `bad_input_*`: one-line errors and exit codes for bad sizes, files and SQL.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const MIB: f64 = 1048576.0;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_spillway"));
+    c.env_remove("SPILLWAY_MEMORY").env("SPILLWAY_LOG", "warn");
+    c
+}
+
+/// Scratch space for this test binary, under the target dir (removed by `cargo clean`).
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-tests");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    })
+}
+
+/// TPC-H at scale factor 0.1 (600k lineitem rows), generated once for all tests.
+fn tpch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch().join("tpch-sf0.1");
+        if !dir.join("lineitem").is_dir() {
+            let out = bin().args(["gen", "tpch", "--sf", "0.1", "--out"]).arg(&dir).output().unwrap();
+            assert!(out.status.success(), "gen tpch failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        dir
+    })
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "command failed: {:?}\nstdout: {}\nstderr: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn fail(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "expected failure: {cmd:?}");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!err.contains("panicked"), "must not panic: {err}");
+    assert!(err.trim_end().lines().count() == 1, "one-line error expected, got: {err}");
+    err
+}
+
+/// Runs `sql` over the TPC-H data under `memory`, returning the stats JSON.
+fn sql_stats(name: &str, memory: &str, sql: &str, extra: &[&str]) -> Value {
+    let stats = scratch().join(format!("{name}.stats.json"));
+    let spill = scratch().join(format!("{name}.spill"));
+    run(bin()
+        .args(["sql", sql, "--memory", memory, "--max-rows", "3", "--data"])
+        .arg(tpch())
+        .arg("--stats-json")
+        .arg(&stats)
+        .arg("--spill-dir")
+        .arg(&spill)
+        .args(extra));
+    let empty = std::fs::read_dir(&spill).map(|mut d| d.next().is_none()).unwrap_or(true);
+    assert!(empty, "spill directory {} must be empty after the run", spill.display());
+    serde_json::from_slice(&std::fs::read(stats).unwrap()).unwrap()
+}
+
+/// The governed memory (anonymous RSS: heap, stacks, C allocations; not the binary's code pages)
+/// must stay within the budget plus 15%.
+fn assert_within_budget(stats: &Value, budget_mib: f64) {
+    let peak = stats["peak_resident_bytes"].as_f64().unwrap();
+    assert!(
+        peak <= budget_mib * MIB * 1.15,
+        "peak resident {:.1}MiB exceeds budget {budget_mib}MiB + 15%: {stats}",
+        peak / MIB
+    );
+}
+
+#[test]
+fn sql_sort_spills_and_stays_within_budget() {
+    let s = sql_stats(
+        "sort",
+        "64MiB",
+        "SELECT l_orderkey, l_partkey, l_comment FROM lineitem ORDER BY l_comment, l_orderkey",
+        &[],
+    );
+    assert_eq!(s["rows"], 600572);
+    assert!(s["spilled_bytes"].as_u64().unwrap() > 0, "the sort must spill: {s}");
+    assert_within_budget(&s, 64.0);
+}
+
+#[test]
+fn sql_high_cardinality_aggregate_spills_and_stays_within_budget() {
+    // 600k groups (one per order line but for a few repeated parts).
+    let s = sql_stats(
+        "agg",
+        "64MiB",
+        "SELECT l_orderkey, l_partkey, sum(l_extendedprice) AS p, count(*) AS n FROM lineitem GROUP BY 1, 2",
+        &[],
+    );
+    assert_eq!(s["rows"], 600526);
+    assert!(s["spilled_bytes"].as_u64().unwrap() > 0, "the aggregate must spill: {s}");
+    assert!(s["pool_stats"]["denials"].as_u64().unwrap() > 0);
+    assert_within_budget(&s, 64.0);
+}
+
+#[test]
+fn sql_writes_output_files_that_read_back() {
+    for ext in ["parquet", "csv", "arrow", "json"] {
+        let out = scratch().join(format!("nations.{ext}"));
+        let s = sql_stats(
+            &format!("out-{ext}"),
+            "64MiB",
+            "SELECT n_nationkey, n_name FROM nation ORDER BY n_nationkey",
+            &["--output", out.to_str().unwrap()],
+        );
+        assert_eq!(s["rows"], 25);
+        let back = run(bin()
+            .args(["sql", "SELECT count(*) AS n, max(n_name) AS m FROM t", "--memory", "64MiB", "--table"])
+            .arg(format!("t={}", out.display())));
+        let text = String::from_utf8_lossy(&back.stdout);
+        assert!(text.contains("| 25 | VIETNAM |"), "{ext}: {text}");
+    }
+}
+
+#[test]
+fn sql_prints_a_table_and_counts_rows() {
+    let out = run(bin()
+        .args(["sql", "SELECT r_name FROM region ORDER BY r_name", "--memory", "64MiB", "--max-rows", "2", "--data"])
+        .arg(tpch()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("| AFRICA"), "{text}");
+    assert!(!text.contains("EUROPE"), "only two rows are shown: {text}");
+    assert!(text.contains("5 rows (showing the first 2"), "{text}");
+}
+
+#[test]
+fn sql_refuses_set_runtime() {
+    let err = fail(bin()
+        .args(["sql", "SET datafusion.runtime.memory_limit = '10G'; SELECT 1", "--memory", "64MiB"]));
+    assert!(err.contains("datafusion.runtime.memory_limit") && err.contains("--memory"), "{err}");
+    // Other settings are allowed.
+    run(bin().args(["sql", "SET datafusion.execution.batch_size = 1024; SELECT 1", "--memory", "64MiB"]));
+}
+
+#[test]
+fn sql_failed_output_keeps_previous_file() {
+    let out = scratch().join("keep.csv");
+    std::fs::write(&out, "old\n").unwrap();
+    fail(bin()
+        .args(["sql", "SELECT 1/0 AS boom", "--memory", "64MiB", "--output"])
+        .arg(&out));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "old\n");
+    let leftovers: Vec<_> = std::fs::read_dir(scratch())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".keep.csv"))
+        .collect();
+    assert!(leftovers.is_empty(), "no partial file may stay behind");
+}
+
+#[test]
+fn info_reports_detection() {
+    let out = run(bin().args(["info", "--memory", "50%"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for key in ["memory limit", "budget", "(50% of the limit)", "cores", "spill dir", "allocator     jemalloc"] {
+        assert!(text.contains(key), "missing {key:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn gen_tpch_writes_every_table() {
+    let dir = tpch();
+    for t in ["nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem"] {
+        assert!(dir.join(t).join("part-1.parquet").is_file(), "{t} missing");
+    }
+    let out = run(bin()
+        .args(["sql", "SELECT count(*) FROM orders", "--memory", "64MiB", "--data"])
+        .arg(dir));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("150000"));
+}
+
+#[test]
+fn bad_input_gives_one_line_errors() {
+    let e = fail(bin().args(["info", "--memory", "lots"]));
+    assert!(e.contains("invalid size \"lots\""), "{e}");
+    let e = fail(bin().args(["info", "--memory", "100TiB"]));
+    assert!(e.contains("larger than the effective memory limit"), "{e}");
+    let e = fail(bin().args(["info", "--memory", "1MiB"]));
+    assert!(e.contains("below the workable minimum"), "{e}");
+    let e = fail(bin().args(["sql", "SELECT 1", "--memory", "64MiB", "--table", "t=/nonexistent/x.parquet"]));
+    assert!(e.contains("no such file or directory") && e.contains("/nonexistent/x.parquet"), "{e}");
+    let e = fail(bin().args(["sql", "SELEC 1", "--memory", "64MiB"]));
+    assert!(e.contains("SELEC"), "{e}");
+    let e = fail(bin().args(["sql", "SELECT * FROM missing_table", "--memory", "64MiB"]));
+    assert!(e.contains("missing_table"), "{e}");
+    let e = fail(bin().env("SPILLWAY_MEMORY", "12 parsecs").args(["info"]));
+    assert!(e.contains("invalid size"), "{e}");
+}

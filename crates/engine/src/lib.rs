@@ -1,0 +1,26 @@
+//! A DataFusion session that runs under a spillway lease.
+//!
+//! # Crate overview
+//!
+//! ```text
+//!   Lease ─into_pool()─▶ LeasePool ─▶ session::context() ─▶ SessionContext
+//!                                         │ spill files → spill::SpillDir
+//!   tables::register / register_data_dir ─┘
+//!   query::run_sql(ctx, "SELECT ...") ─▶ guard::check ─▶ Query { plan, stream }
+//!                                                   └──▶ output::write_stream / print_table
+//!   tpch::generate(sf, dir) ─▶ dir/<table>/part-N.parquet
+//! ```
+//!
+//! Everything streams: results are written or printed batch by batch, never collected.
+#![warn(missing_docs)]
+
+mod error;
+pub mod guard;
+pub mod output;
+pub mod query;
+pub mod session;
+pub mod spill;
+pub mod tables;
+pub mod tpch;
+
+pub use error::{Error, Result};

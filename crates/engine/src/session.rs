@@ -1,0 +1,72 @@
+//! Builds a DataFusion [`SessionContext`] that runs inside a spillway lease: the lease's
+//! [`LeasePool`] as memory pool, spill files in spillway's spill directory, parallelism from the
+//! detected cores.
+
+use crate::error::Result;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use spillway_governor::LeasePool;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// How a session is set up, apart from its pool.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Partitions per plan; normally the detected core count.
+    pub target_partitions: usize,
+    /// Rows per batch (default 8192).
+    pub batch_size: usize,
+    /// Where DataFusion's operator spill files go.
+    pub spill_dir: PathBuf,
+    /// Most bytes spill files may occupy (`None`: DataFusion's default of 100GiB).
+    pub max_spill: Option<u64>,
+}
+
+impl SessionOptions {
+    /// Defaults with `cores` partitions and spill files under `spill_dir`.
+    pub fn new(cores: usize, spill_dir: impl Into<PathBuf>) -> Self {
+        Self { target_partitions: cores.max(1), batch_size: 8192, spill_dir: spill_dir.into(), max_spill: None }
+    }
+}
+
+/// A session whose operators reserve memory from `pool`.
+pub fn context(pool: Arc<LeasePool>, options: &SessionOptions) -> Result<SessionContext> {
+    let limit = pool.lease().bytes();
+    context_with_pool(pool, limit, options)
+}
+
+/// A session over any DataFusion pool of `limit` bytes (used for the stock-DataFusion baseline).
+pub fn context_with_pool(
+    pool: Arc<dyn MemoryPool>,
+    limit: u64,
+    options: &SessionOptions,
+) -> Result<SessionContext> {
+    let partitions = options.target_partitions.max(1);
+    // A sort's final merge reserves one buffered batch per spill file it reads, as many as the
+    // pool grants (DataFusion notes this starves shared pools). Bound the fan-in so a merge takes
+    // about half of its partition's share of the lease (~2MiB per stream), at least 2.
+    let fan_in = (limit / (partitions as u64 * (4 << 20))).clamp(2, 64) as usize;
+    let mut disk = DiskManagerBuilder::default()
+        .with_mode(DiskManagerMode::Directories(vec![options.spill_dir.clone()]))
+        .with_max_spill_merge_fan_in(fan_in);
+    if let Some(max) = options.max_spill {
+        disk = disk.with_max_temp_directory_size(max);
+    }
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(pool)
+        .with_disk_manager_builder(disk)
+        .build_arc()?;
+    let mut config = SessionConfig::new()
+        .with_target_partitions(partitions)
+        .with_batch_size(options.batch_size)
+        .with_information_schema(true);
+    // Sorts and spilling aggregates set aside this much per partition for merging their spill
+    // files. DataFusion's 10MiB default would eat a small lease whole, so scale it to the lease.
+    let per_partition = (limit as usize / (8 * partitions)).clamp(256 << 10, 10 << 20);
+    let exec = &mut config.options_mut().execution;
+    exec.sort_spill_reservation_bytes = per_partition;
+    exec.sort_in_place_threshold_bytes = per_partition.min(1 << 20);
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}

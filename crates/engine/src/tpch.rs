@@ -1,0 +1,184 @@
+//! Embedded TPC-H data generation (the `tpchgen` / `tpchgen-arrow` crates) straight to Parquet,
+//! so every demo, test and benchmark has real data without downloads.
+//!
+//! Layout written: `OUT/<table>/part-<n>.parquet`, one folder per table (what
+//! [`register_data_dir`](crate::tables::register_data_dir) reads back). Each table is written into a
+//! hidden temp folder and renamed into place when complete. Parts are generated on `threads`
+//! threads; memory stays at a few batches per thread plus one Parquet row group per writer.
+
+use crate::error::{Error, Result};
+/// Row groups of generated tables are cut at about this encoded size (~100k lineitem rows, close
+/// to DuckDB's 122,880-row groups), so scans of them stay small under tight budgets.
+const ROW_GROUP_BYTES: usize = 16 << 20;
+use arrow::array::RecordBatch;
+use arrow::error::ArrowError;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use tpchgen::generators::*;
+use tpchgen_arrow::*;
+
+/// The eight TPC-H tables.
+pub const TABLES: [&str; 8] = ["nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem"];
+
+/// Approximate row count of `table` at scale factor `sf` (exact for all but lineitem).
+pub fn expected_rows(table: &str, sf: f64) -> u64 {
+    let per_sf = match table {
+        "nation" => return 25,
+        "region" => return 5,
+        "part" => 200_000.0,
+        "supplier" => 10_000.0,
+        "partsupp" => 800_000.0,
+        "customer" => 150_000.0,
+        "orders" => 1_500_000.0,
+        "lineitem" => 6_001_215.0,
+        _ => 0.0,
+    };
+    (per_sf * sf).ceil().max(1.0) as u64
+}
+
+type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
+
+fn batches(table: &str, sf: f64, part: i32, parts: i32) -> BatchIter {
+    const BATCH: usize = 8192;
+    match table {
+        "nation" => Box::new(NationArrow::new(NationGenerator::new(sf, part, parts)).with_batch_size(BATCH)),
+        "region" => Box::new(RegionArrow::new(RegionGenerator::new(sf, part, parts)).with_batch_size(BATCH)),
+        "part" => Box::new(PartArrow::new(PartGenerator::new(sf, part, parts)).with_batch_size(BATCH)),
+        "supplier" => Box::new(SupplierArrow::new(SupplierGenerator::new(sf, part, parts)).with_batch_size(BATCH)),
+        "partsupp" => Box::new(PartSuppArrow::new(PartSuppGenerator::new(sf, part, parts)).with_batch_size(BATCH)),
+        "customer" => Box::new(CustomerArrow::new(CustomerGenerator::new(sf, part, parts)).with_batch_size(BATCH)),
+        "orders" => Box::new(OrderArrow::new(OrderGenerator::new(sf, part, parts)).with_batch_size(BATCH)),
+        _ => Box::new(LineItemArrow::new(LineItemGenerator::new(sf, part, parts)).with_batch_size(BATCH)),
+    }
+}
+
+/// Parts per table: about two million rows each, so threads share the big tables.
+fn parts_for(table: &str, sf: f64) -> i32 {
+    (expected_rows(table, sf) / 2_000_000 + 1).min(10_000) as i32
+}
+
+/// What one table came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSummary {
+    /// Table name.
+    pub table: String,
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Folder of the table's files.
+    pub path: PathBuf,
+}
+
+/// Generates all TPC-H tables at scale factor `sf` into `out` with `threads` threads.
+/// `progress` is called with the rows of every batch written (from several threads).
+pub fn generate(
+    sf: f64,
+    out: &Path,
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<TableSummary>> {
+    if !(sf > 0.0 && sf <= 10_000.0) {
+        return Err(Error::Output { path: out.into(), reason: format!("scale factor {sf} is not in (0, 10000]") });
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Jobs: (table, part), largest tables first so the threads finish together.
+    let mut jobs: Vec<(&str, i32, i32)> = Vec::new();
+    for table in TABLES.iter().rev() {
+        let parts = parts_for(table, sf);
+        for part in 1..=parts {
+            jobs.push((table, part, parts));
+        }
+    }
+    let staging: Vec<(String, PathBuf)> = TABLES
+        .iter()
+        .map(|t| (t.to_string(), out.join(format!(".{t}.tmp-{}", std::process::id()))))
+        .collect();
+    for (_, dir) in &staging {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let cleanup = || {
+        for (_, dir) in &staging {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    };
+
+    let next = AtomicUsize::new(0);
+    let rows_by_table = Mutex::new(std::collections::HashMap::<String, u64>::new());
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(table, part, parts)) = jobs.get(i) else { return };
+                let dir = &staging.iter().find(|(t, _)| t == table).expect("staged").1;
+                let path = dir.join(format!("part-{part}.parquet"));
+                match write_part(table, sf, part, parts, &path, progress) {
+                    Ok(rows) => {
+                        if let Ok(mut m) = rows_by_table.lock() {
+                            *m.entry(table.to_string()).or_default() += rows;
+                        }
+                    }
+                    Err(e) => {
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        cleanup();
+        return Err(e);
+    }
+    let rows_by_table = rows_by_table.into_inner().unwrap_or_default();
+    let mut summaries = Vec::new();
+    for (table, dir) in &staging {
+        let dest = out.join(table);
+        if dest.exists() {
+            std::fs::remove_dir_all(&dest).map_err(|e| Error::io(&dest, e))?;
+        }
+        std::fs::rename(dir, &dest).map_err(|e| Error::io(&dest, e))?;
+        let bytes = std::fs::read_dir(&dest)
+            .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .unwrap_or(0);
+        summaries.push(TableSummary { table: table.clone(), rows: rows_by_table.get(table).copied().unwrap_or(0), bytes, path: dest });
+    }
+    Ok(summaries)
+}
+
+fn write_part(table: &str, sf: f64, part: i32, parts: i32, path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<u64> {
+    let mut iter = batches(table, sf, part, parts).peekable();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .build();
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let schema = match iter.peek() {
+        Some(Ok(b)) => b.schema(),
+        Some(Err(_)) => return Err(iter.next().expect("peeked").expect_err("peeked error").into()),
+        None => return Ok(0),
+    };
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
+    let mut rows = 0;
+    for batch in iter {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        writer.write(&batch)?;
+        if writer.in_progress_size() >= ROW_GROUP_BYTES {
+            writer.flush()?;
+        }
+        progress(batch.num_rows() as u64);
+    }
+    writer.close()?;
+    Ok(rows)
+}

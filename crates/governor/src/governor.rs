@@ -1,0 +1,181 @@
+//! [`Governor`]: the process-wide budget, its sampler thread and its pressure level.
+
+use crate::config::GovernorConfig;
+use crate::error::{Error, Result};
+use crate::lease::{Lease, LeaseRequest, LeaseSize, Shared};
+use crate::pressure::Pressure;
+use crate::timeline::{Sample, Timeline};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use tokio::sync::watch;
+
+/// The one memory budget of the process. Cheap to clone (all clones share the budget).
+///
+/// Creating a governor starts a sampler thread that reads jemalloc and `/proc/self/statm` every
+/// [`GovernorConfig::sample_interval`], records the [`Timeline`] and updates the [`Pressure`]
+/// level; it stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Governor {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Governor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Governor")
+            .field("budget", &self.shared.config.budget)
+            .field("leasable", &self.shared.leasable)
+            .finish()
+    }
+}
+
+impl Governor {
+    /// Starts a governor with `config` (validated) and its sampler thread.
+    pub fn new(config: GovernorConfig) -> Result<Self> {
+        config.validate()?;
+        let shared = Arc::new(Shared::new(config));
+        let weak = Arc::downgrade(&shared);
+        // Take one sample now so the timeline is never empty.
+        sample_once(&shared);
+        std::thread::Builder::new()
+            .name("spillway-sampler".into())
+            .spawn(move || sampler_loop(weak))
+            .map_err(|e| Error::InvalidSetting { name: "sampler", reason: e.to_string() })?;
+        Ok(Self { shared })
+    }
+
+    /// Borrows bytes from the budget, waiting in FIFO order while they are lent out.
+    pub async fn lease(&self, req: LeaseRequest) -> Result<Lease> {
+        self.shared.acquire(req).await
+    }
+
+    /// Shorthand for a light lease of `size` named `name`.
+    pub async fn lease_size(&self, name: impl Into<String>, size: LeaseSize) -> Result<Lease> {
+        self.lease(LeaseRequest::new(name, size)).await
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &GovernorConfig {
+        &self.shared.config
+    }
+
+    /// The budget in bytes.
+    pub fn budget(&self) -> u64 {
+        self.shared.config.budget
+    }
+
+    /// Bytes that may be lent (budget less headroom).
+    pub fn leasable(&self) -> u64 {
+        self.shared.leasable
+    }
+
+    /// Bytes lent out right now.
+    pub fn leased(&self) -> u64 {
+        self.shared.leased()
+    }
+
+    /// Requests waiting in the queue right now.
+    pub fn queued(&self) -> usize {
+        self.shared.queued()
+    }
+
+    /// Bytes DataFusion consumers reserve inside all leases right now.
+    pub fn reserved(&self) -> u64 {
+        self.shared.reserved.load(Ordering::Relaxed)
+    }
+
+    /// The current pressure level.
+    pub fn pressure(&self) -> Pressure {
+        self.shared.pressure()
+    }
+
+    /// A receiver that sees every change of pressure level.
+    pub fn subscribe(&self) -> watch::Receiver<Pressure> {
+        self.shared.pressure_tx.subscribe()
+    }
+
+    /// The recorded memory timeline.
+    pub fn timeline(&self) -> &Timeline {
+        &self.shared.timeline
+    }
+
+    /// Takes and records a sample now (also done by the sampler thread).
+    pub fn sample_now(&self) -> Sample {
+        sample_once(&self.shared)
+    }
+
+    /// Share of every lease (parts per million) currently withheld because untracked memory has
+    /// outgrown the headroom. Lease pools shrink by this share.
+    pub fn squeeze_ppm(&self) -> u64 {
+        self.shared.squeeze_ppm.load(Ordering::Relaxed)
+    }
+
+    /// Forces the pressure level (for tests and for callers that measure pressure themselves).
+    /// The sampler overwrites it at its next reading.
+    pub fn set_pressure(&self, p: Pressure) {
+        set_pressure(&self.shared, p);
+    }
+}
+
+fn set_pressure(shared: &Shared, p: Pressure) {
+    let old = shared.pressure.swap(p as u8, Ordering::Relaxed);
+    if old != p as u8 {
+        shared.pressure_tx.send_replace(p);
+        if p < Pressure::from_u8(old) {
+            // Lower pressure may let queued leases through.
+            shared.wake();
+        }
+        tracing::debug!(from = %Pressure::from_u8(old), to = %p, "pressure level changed");
+    }
+}
+
+fn sample_once(shared: &Shared) -> Sample {
+    let leased = shared.leased();
+    let reserved = shared.reserved.load(Ordering::Relaxed);
+    let mut s = shared.timeline.measure(leased, reserved);
+    let budget = shared.config.budget;
+    let level = shared.config.pressure.level(in_use(&s), budget);
+    if level >= Pressure::Moderate && s.resident.saturating_sub(s.allocated) >= (4 << 20) {
+        // Under pressure, hand jemalloc's free pages back now rather than at their decay time.
+        crate::jemalloc::purge_all_arenas();
+    }
+    s.pressure_level = level as u8;
+    // Memory that no reservation accounts for is allowed the headroom; whatever goes beyond it
+    // is taken out of the leases (in proportion) so that reserved + untracked stays in budget.
+    let headroom = budget.saturating_sub(shared.leasable);
+    let excess = in_use(&s).saturating_sub(reserved + headroom);
+    let ppm = if leased == 0 { 0 } else { (excess.saturating_mul(1_000_000) / leased).min(1_000_000) };
+    shared.squeeze_ppm.store(ppm, Ordering::Relaxed);
+    shared.timeline.record(s);
+    set_pressure(shared, level);
+    s
+}
+
+/// The memory the budget governs: anonymous resident memory (heap, stacks, C libraries'
+/// allocations; not the binary's code pages), less the pages jemalloc holds free for reuse
+/// (they are returned within a second and are reused before the process grows). Without
+/// `/proc`, jemalloc's allocated bytes.
+fn in_use(s: &Sample) -> u64 {
+    if s.rss_anon > 0 {
+        s.rss_anon.saturating_sub(s.resident.saturating_sub(s.allocated))
+    } else {
+        s.allocated
+    }
+}
+
+fn sampler_loop(weak: Weak<Shared>) {
+    // `Governor::new` took the first sample; sleep first, then sample.
+    let mut interval = match weak.upgrade() {
+        Some(shared) => shared.config.sample_interval,
+        None => return,
+    };
+    loop {
+        std::thread::sleep(interval);
+        match weak.upgrade() {
+            Some(shared) => {
+                sample_once(&shared);
+                interval = shared.config.sample_interval;
+            }
+            None => return,
+        }
+    }
+}

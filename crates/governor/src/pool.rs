@@ -1,0 +1,301 @@
+//! [`LeasePool`]: a DataFusion [`MemoryPool`] that keeps one step's operators inside its lease.
+//!
+//! # Design
+//!
+//! DataFusion's pool API is synchronous (`try_grow`) and its accounting is voluntary; an `Err`
+//! from `try_grow` is how a spillable operator (sort, aggregate) learns it must spill, and how an
+//! unspillable one (hash join build side) fails. The pool divides the lease like this:
+//!
+//! ```text
+//!   ┌──────────────────────────── lease (e.g. 256MiB) ─────────────────────────────┐
+//!   │  unspillable reserve (20%)  │      spillable area, split among ACTIVE         │
+//!   │  kept for consumers that    │      spillable consumers (size > 0)             │
+//!   │  cannot spill; they may     │      ┌──────────┬──────────┐                    │
+//!   │  also use any free byte     │      │ Sort[0]  │ Agg[1]   │  each <= area / n   │
+//!   └─────────────────────────────┴──────┴──────────┴──────────┴────────────────────┘
+//! ```
+//!
+//! * **Fair among active consumers.** DataFusion's `FairSpillPool` divides by every registered
+//!   spillable consumer, so idle ones starve the one doing the work; here only consumers that
+//!   hold memory (plus the one asking) count. A consumer within its share may grow while the
+//!   lease has room (borrowing from the reserve if others overran their shares before it became
+//!   active); a consumer past its share is refused and spills.
+//! * **Pressure.** At [`Pressure::Moderate`] or above, a spillable consumer may not grow past a
+//!   small floor (1/8 of its share): it spills early, before real memory runs out.
+//! * **Real memory.** The sampler compares anonymous resident memory with what consumers reserve;
+//!   when the untracked part outgrows the budget's headroom, every pool's usable limit shrinks by
+//!   the excess (never below a quarter of the lease), so reserved + untracked stays in budget.
+//! * **Errors name who.** When an unspillable consumer cannot fit, the error names the step, the
+//!   consumer, the numbers and the largest holders, as a DataFusion "Resources exhausted" error.
+//!
+//! The pool owns its [`Lease`]: the bytes go back to the governor when the last `Arc` of the pool
+//! (held by the DataFusion session and its operators) is dropped.
+
+use crate::lease::{Lease, Shared};
+use crate::pressure::Pressure;
+use crate::size::fmt_bytes;
+use datafusion_common::{DataFusionError, Result};
+use datafusion_execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How a lease is divided inside its pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// The step's name, used in errors (defaults to the lease name).
+    pub step: Option<String>,
+    /// Share of the lease kept for unspillable consumers (default 0.2).
+    pub unspillable_reserve: f64,
+    /// Whether to refuse spillable growth under memory pressure (default true).
+    pub pressure_aware: bool,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self { step: None, unspillable_reserve: 0.2, pressure_aware: true }
+    }
+}
+
+/// Counters of a [`LeasePool`], for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolStats {
+    /// Bytes currently reserved.
+    pub reserved: u64,
+    /// Highest total reservation seen.
+    pub peak_reserved: u64,
+    /// `try_grow` calls refused (each makes a spillable consumer spill or an unspillable one fail).
+    pub denials: u64,
+    /// Of those, refused because of memory pressure rather than the lease's size.
+    pub pressure_denials: u64,
+}
+
+/// A DataFusion memory pool bounded by one lease. See the [module docs](self).
+pub struct LeasePool {
+    lease: Lease,
+    step: String,
+    limit: usize,
+    reserve: usize,
+    pressure_aware: bool,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    spillable: usize,
+    unspillable: usize,
+    consumers: HashMap<usize, Consumer>,
+    stats: PoolStats,
+}
+
+struct Consumer {
+    name: String,
+    can_spill: bool,
+    size: usize,
+}
+
+impl Lease {
+    /// Turns the lease into a DataFusion memory pool that owns it.
+    pub fn into_pool(self, options: PoolOptions) -> Arc<LeasePool> {
+        let limit = self.bytes() as usize;
+        let reserve = (limit as f64 * options.unspillable_reserve.clamp(0.0, 1.0)) as usize;
+        Arc::new(LeasePool {
+            step: options.step.unwrap_or_else(|| self.name().to_string()),
+            limit,
+            reserve,
+            pressure_aware: options.pressure_aware,
+            state: Mutex::new(PoolState::default()),
+            lease: self,
+        })
+    }
+}
+
+impl LeasePool {
+    /// The lease behind the pool.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> PoolStats {
+        self.lock().stats
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.lease.shared
+    }
+
+    /// The lease less its share of the squeeze (untracked memory beyond the headroom), but never
+    /// below a quarter of the lease: below that nothing could run, and pressure levels take over.
+    fn effective_limit(&self) -> usize {
+        let ppm = self.shared().squeeze_ppm.load(Ordering::Relaxed).min(750_000) as u128;
+        (self.limit as u128 * (1_000_000 - ppm) / 1_000_000) as usize
+    }
+
+    fn add(&self, state: &mut PoolState, r: &MemoryReservation, n: usize) {
+        if r.consumer().can_spill() {
+            state.spillable += n;
+        } else {
+            state.unspillable += n;
+        }
+        if let Some(c) = state.consumers.get_mut(&r.consumer().id()) {
+            c.size += n;
+        }
+        let total = (state.spillable + state.unspillable) as u64;
+        state.stats.reserved = total;
+        state.stats.peak_reserved = state.stats.peak_reserved.max(total);
+        self.shared().reserved.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn deny(&self, state: &mut PoolState, r: &MemoryReservation, additional: usize, why: &str) -> DataFusionError {
+        state.stats.denials += 1;
+        let kind = if r.consumer().can_spill() { "spillable" } else { "cannot spill" };
+        let mut top: Vec<&Consumer> = state.consumers.values().filter(|c| c.size > 0).collect();
+        top.sort_by(|a, b| b.size.cmp(&a.size));
+        let top = top
+            .iter()
+            .take(5)
+            .map(|c| format!("{}{} {}", c.name, if c.can_spill { "" } else { "*" }, fmt_bytes(c.size)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let limit = self.effective_limit();
+        let squeezed = if limit < self.limit {
+            format!(" (usable now {}: untracked memory outgrew the headroom)", fmt_bytes(limit))
+        } else {
+            String::new()
+        };
+        DataFusionError::ResourcesExhausted(format!(
+            "step {step:?}: {consumer} ({kind}) asked for {add} more while holding {held}: {why}. \
+             Lease {lease}{squeezed}: {used} reserved (spillable {sp}, unspillable {un}), pressure {pressure}. \
+             Largest consumers (* = cannot spill): {top}",
+            step = self.step,
+            consumer = r.consumer().name(),
+            add = fmt_bytes(additional),
+            held = fmt_bytes(r.size()),
+            lease = fmt_bytes(self.limit),
+            used = fmt_bytes(state.spillable + state.unspillable),
+            sp = fmt_bytes(state.spillable),
+            un = fmt_bytes(state.unspillable),
+            pressure = self.shared().pressure(),
+        ))
+    }
+}
+
+impl std::fmt::Debug for LeasePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeasePool")
+            .field("step", &self.step)
+            .field("limit", &self.limit)
+            .field("reserve", &self.reserve)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for LeasePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "spillway lease pool of step {:?} ({})", self.step, fmt_bytes(self.limit))
+    }
+}
+
+impl MemoryPool for LeasePool {
+    fn name(&self) -> &str {
+        "spillway-lease"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.lock().consumers.insert(
+            consumer.id(),
+            Consumer { name: consumer.name().to_string(), can_spill: consumer.can_spill(), size: 0 },
+        );
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.lock().consumers.remove(&consumer.id());
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        let mut state = self.lock();
+        self.add(&mut state, reservation, additional);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        let mut state = self.lock();
+        if reservation.consumer().can_spill() {
+            state.spillable = state.spillable.saturating_sub(shrink);
+        } else {
+            state.unspillable = state.unspillable.saturating_sub(shrink);
+        }
+        if let Some(c) = state.consumers.get_mut(&reservation.consumer().id()) {
+            c.size = c.size.saturating_sub(shrink);
+        }
+        state.stats.reserved = (state.spillable + state.unspillable) as u64;
+        self.shared().reserved.fetch_sub(shrink as u64, Ordering::Relaxed);
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        let mut state = self.lock();
+        let new_size = reservation.size() + additional;
+        let limit = self.effective_limit();
+        if reservation.consumer().can_spill() {
+            let spill_available = limit.saturating_sub(state.unspillable.max(self.reserve));
+            let me = reservation.consumer().id();
+            let others_active = state
+                .consumers
+                .iter()
+                .filter(|(id, c)| **id != me && c.can_spill && c.size > 0)
+                .count();
+            let share = spill_available / (others_active + 1);
+            // Within its fair share a consumer may grow as long as the lease has room, even into
+            // the unspillable reserve: if the spillable area is full, it is because others grew
+            // past their shares before this one became active, and they are refused (and spill)
+            // at their next growth. Past its share a consumer is refused and spills.
+            if new_size > share {
+                let why = format!(
+                    "its fair share is {} ({} active spillable consumer(s))",
+                    fmt_bytes(share),
+                    others_active + 1
+                );
+                return Err(self.deny(&mut state, reservation, additional, &why));
+            }
+            if state.spillable + state.unspillable + additional > limit {
+                let why = "the lease is full".to_string();
+                return Err(self.deny(&mut state, reservation, additional, &why));
+            }
+            let pressure = self.shared().pressure();
+            // A consumer that holds nothing has nothing to spill: let it make progress.
+            let holds = reservation.size() > 0;
+            if self.pressure_aware && pressure >= Pressure::Moderate && holds && new_size > share / 8 {
+                state.stats.pressure_denials += 1;
+                let why = format!("memory pressure is {pressure}, spill early");
+                return Err(self.deny(&mut state, reservation, additional, &why));
+            }
+        } else if state.spillable + state.unspillable + additional > limit {
+            let why = "the lease is full; give the step a larger lease (--memory, or profile M/L)".to_string();
+            return Err(self.deny(&mut state, reservation, additional, &why));
+        }
+        self.add(&mut state, reservation, additional);
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        let state = self.lock();
+        state.spillable + state.unspillable
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        MemoryLimit::Finite(self.limit)
+    }
+}
+
+impl Drop for LeasePool {
+    fn drop(&mut self) {
+        // Anything still reserved is returned to the governor's gauge with the pool.
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let left = (state.spillable + state.unspillable) as u64;
+        self.lease.shared.reserved.fetch_sub(left, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,293 @@
+//! Integration tests of the governor: the lease queue under stress, fairness, cancellation,
+//! timeouts, pressure, heavy slots and the DataFusion pool.
+//!
+//! Index:
+//! - `queue_*`: the FIFO lease queue (stress, fairness, cancellation, timeouts).
+//! - `pressure_*`, `heavy_*`: admission rules.
+//! - `pool_*`: [`LeasePool`] as a DataFusion `MemoryPool`.
+
+use datafusion_execution::memory_pool::{MemoryConsumer, MemoryPool};
+use spillway_governor::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+const MIB: u64 = 1 << 20;
+
+/// A governor whose sampler does not overwrite pressure levels set by the test.
+fn governor(budget_mib: u64) -> Governor {
+    let mut c = GovernorConfig::new(budget_mib * MIB);
+    c.sample_interval = Duration::from_secs(3600);
+    c.pressure = PressureThresholds { moderate: 1.4, high: 1.45, critical: 1.5 };
+    Governor::new(c).unwrap()
+}
+
+/// Small deterministic PRNG so stress runs are reproducible.
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_stress_never_overcommits_and_drains() {
+    for seed in [1u64, 7, 42, 1234] {
+        let gov = governor(100); // 85MiB leasable
+        let leasable = gov.leasable();
+        let held = Arc::new(AtomicU64::new(0));
+        let peak = Arc::new(AtomicU64::new(0));
+        let mut rng = XorShift(seed * 0x9E37_79B9_7F4A_7C15 + 1);
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let bytes = (rng.next() % 40 + 1) * MIB;
+            let hold_us = rng.next() % 2000;
+            let cancel = rng.next() % 5 == 0; // a fifth of the requests give up early
+            let (gov, held, peak) = (gov.clone(), held.clone(), peak.clone());
+            tasks.push(tokio::spawn(async move {
+                let fut = gov.lease(LeaseRequest::bytes(format!("t{i}"), bytes));
+                let lease = if cancel {
+                    match tokio::time::timeout(Duration::from_micros(hold_us), fut).await {
+                        Ok(l) => l.unwrap(),
+                        Err(_) => return,
+                    }
+                } else {
+                    fut.await.unwrap()
+                };
+                let now = held.fetch_add(bytes, Ordering::SeqCst) + bytes;
+                peak.fetch_max(now, Ordering::SeqCst);
+                assert!(now <= leasable, "over-committed: {now} > {leasable}");
+                assert!(gov.leased() <= leasable);
+                tokio::time::sleep(Duration::from_micros(hold_us)).await;
+                held.fetch_sub(bytes, Ordering::SeqCst);
+                drop(lease);
+            }));
+        }
+        let all = futures::future::join_all(tasks);
+        let results = tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("deadlock: lease tasks did not finish in 60s");
+        for r in results {
+            r.expect("task panicked");
+        }
+        assert_eq!(gov.leased(), 0, "cancelled or finished leases must return every byte");
+        assert_eq!(gov.queued(), 0);
+        assert!(peak.load(Ordering::SeqCst) > leasable / 2, "the stress test should fill the budget");
+    }
+}
+
+#[tokio::test]
+async fn queue_is_fifo_large_request_not_starved_by_small_ones() {
+    let gov = governor(100);
+    let big_holder = gov.lease(LeaseRequest::bytes("holder", 80 * MIB)).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let g = gov.clone();
+    let t = tx.clone();
+    let large = tokio::spawn(async move {
+        let l = g.lease(LeaseRequest::bytes("large", 50 * MIB)).await.unwrap();
+        t.send("large").unwrap();
+        l
+    });
+    while gov.queued() < 1 {
+        tokio::task::yield_now().await;
+    }
+    // 5MiB are free, so a small request would fit, but it must queue behind the large one.
+    let g = gov.clone();
+    let small = tokio::spawn(async move {
+        let l = g.lease(LeaseRequest::bytes("small", MIB)).await.unwrap();
+        tx.send("small").unwrap();
+        l
+    });
+    while gov.queued() < 2 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(rx.try_recv().is_err(), "nothing may be granted ahead of the queue head");
+    drop(big_holder);
+    assert_eq!(rx.recv().await, Some("large"));
+    assert_eq!(rx.recv().await, Some("small"));
+    let (a, b) = (large.await.unwrap(), small.await.unwrap());
+    assert_eq!(gov.leased(), 51 * MIB);
+    drop((a, b));
+    assert_eq!(gov.leased(), 0);
+}
+
+#[tokio::test]
+async fn queue_cancellation_returns_place_and_unblocks_followers() {
+    let gov = governor(100);
+    let holder = gov.lease(LeaseRequest::bytes("holder", 60 * MIB)).await.unwrap();
+    let g = gov.clone();
+    let blocked = tokio::spawn(async move { g.lease(LeaseRequest::bytes("blocked", 50 * MIB)).await });
+    while gov.queued() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let g = gov.clone();
+    let follower = tokio::spawn(async move { g.lease(LeaseRequest::bytes("follower", 20 * MIB)).await });
+    while gov.queued() < 2 {
+        tokio::task::yield_now().await;
+    }
+    // Cancelling the head lets the follower (which fits) through without any release.
+    blocked.abort();
+    let f = tokio::time::timeout(Duration::from_secs(5), follower).await.unwrap().unwrap().unwrap();
+    assert_eq!(gov.queued(), 0);
+    assert_eq!(gov.leased(), 80 * MIB);
+    drop((f, holder));
+    assert_eq!(gov.leased(), 0);
+}
+
+#[tokio::test]
+async fn queue_timeout_names_the_holders() {
+    let gov = governor(100);
+    let _a = gov.lease(LeaseRequest::bytes("model_a", 60 * MIB)).await.unwrap();
+    let err = gov
+        .lease(LeaseRequest::bytes("model_b", 50 * MIB).with_timeout(Duration::from_millis(30)))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("model_b") && msg.contains("timed out"), "{msg}");
+    assert!(msg.contains("model_a (60MiB)"), "{msg}");
+    assert_eq!(gov.queued(), 0);
+    assert_eq!(gov.leased(), 60 * MIB);
+}
+
+#[tokio::test]
+async fn queue_rejects_what_can_never_fit() {
+    let gov = governor(100);
+    let err = gov.lease(LeaseRequest::bytes("huge", 90 * MIB)).await.unwrap_err();
+    assert!(err.to_string().contains("at most 85MiB"), "{err}");
+}
+
+#[tokio::test]
+async fn queue_profiles_resolve_against_budget() {
+    let gov = governor(100);
+    let l = gov.lease_size("m", LeaseSize::Profile(Profile::M)).await.unwrap();
+    assert_eq!(l.bytes(), 30 * MIB);
+}
+
+#[tokio::test]
+async fn pressure_high_holds_new_leases_until_it_falls() {
+    let gov = governor(100);
+    let mut rx = gov.subscribe();
+    let first = gov.lease(LeaseRequest::bytes("first", 10 * MIB)).await.unwrap();
+    gov.set_pressure(Pressure::High);
+    rx.changed().await.unwrap();
+    assert_eq!(*rx.borrow(), Pressure::High);
+    let g = gov.clone();
+    let second = tokio::spawn(async move { g.lease(LeaseRequest::bytes("second", 10 * MIB)).await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(!second.is_finished(), "at high pressure a new lease must wait");
+    gov.set_pressure(Pressure::Normal);
+    let second = tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap().unwrap();
+    drop((first, second));
+}
+
+#[tokio::test]
+async fn heavy_slot_admits_one_heavy_step_at_a_time() {
+    let gov = governor(100);
+    let a = gov.lease(LeaseRequest::bytes("heavy_a", 10 * MIB).heavy()).await.unwrap();
+    assert!(a.is_heavy());
+    let g = gov.clone();
+    let b = tokio::spawn(async move { g.lease(LeaseRequest::bytes("heavy_b", 10 * MIB).heavy()).await });
+    let light = gov.lease(LeaseRequest::bytes("light", 10 * MIB)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!b.is_finished(), "second heavy lease must wait for the slot");
+    drop(a);
+    let b = tokio::time::timeout(Duration::from_secs(5), b).await.unwrap().unwrap().unwrap();
+    drop((b, light));
+    assert_eq!(gov.leased(), 0);
+}
+
+fn pool(gov: &Governor, mib: u64) -> Arc<dyn MemoryPool> {
+    let lease = futures::executor::block_on(gov.lease(LeaseRequest::bytes("step_x", mib * MIB))).unwrap();
+    lease.into_pool(PoolOptions::default())
+}
+
+#[test]
+fn pool_idle_consumers_do_not_starve_the_active_one() {
+    let gov = governor(200);
+    let pool = pool(&gov, 100); // 80MiB spillable area, 20MiB reserve
+    let a = MemoryConsumer::new("Sort[0]").with_can_spill(true).register(&pool);
+    let _idle = MemoryConsumer::new("Sort[1]").with_can_spill(true).register(&pool);
+    // FairSpillPool would cap `a` at 40MiB because two spillers are registered.
+    a.try_grow((70 * MIB) as usize).unwrap();
+    assert!(a.try_grow((20 * MIB) as usize).is_err(), "spillable area is 80MiB");
+    // `b` becomes the second active consumer: its share is 40MiB. `a` overran that share while
+    // alone, so `b` may borrow from the reserve while the lease has room ...
+    let b = MemoryConsumer::new("Agg[0]").with_can_spill(true).register(&pool);
+    b.try_grow((20 * MIB) as usize).unwrap();
+    assert!(b.try_grow((25 * MIB) as usize).is_err(), "b may not pass its 40MiB share");
+    // ... and `a`, past its share now, is refused at its next growth, so it spills.
+    assert!(a.try_grow(MIB as usize).is_err());
+    a.shrink((60 * MIB) as usize);
+    b.try_grow((15 * MIB) as usize).unwrap();
+    assert_eq!(gov.reserved(), 45 * MIB);
+}
+
+#[test]
+fn pool_unspillable_error_names_step_consumer_and_numbers() {
+    let gov = governor(200);
+    let pool = pool(&gov, 100);
+    let join = MemoryConsumer::new("HashJoinInput[3]").register(&pool);
+    join.try_grow((90 * MIB) as usize).unwrap(); // unspillable may use the whole lease
+    let err = join.try_grow((20 * MIB) as usize).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("Resources exhausted"), "{msg}");
+    for part in ["step \"step_x\"", "HashJoinInput[3]", "cannot spill", "20MiB", "90MiB", "Lease 100MiB"] {
+        assert!(msg.contains(part), "missing {part:?} in {msg}");
+    }
+    // A spillable consumer gets only what is left (10MiB) ...
+    let sort = MemoryConsumer::new("Sort[0]").with_can_spill(true).register(&pool);
+    assert!(sort.try_grow((11 * MIB) as usize).is_err());
+    sort.try_grow((10 * MIB) as usize).unwrap();
+    // ... and never the unspillable reserve (20% of the lease), even when it is idle.
+    drop(join);
+    assert!(sort.try_grow((71 * MIB) as usize).is_err());
+    sort.try_grow((70 * MIB) as usize).unwrap();
+}
+
+#[test]
+fn pool_pressure_makes_spillable_consumers_spill_early() {
+    let gov = governor(200);
+    let pool = pool(&gov, 100);
+    let sort = MemoryConsumer::new("Sort[0]").with_can_spill(true).register(&pool);
+    sort.try_grow((5 * MIB) as usize).unwrap();
+    gov.set_pressure(Pressure::Moderate);
+    let err = sort.try_grow((10 * MIB) as usize).unwrap_err();
+    assert!(err.to_string().contains("pressure is moderate"), "{err}");
+    // Unspillable consumers are not refused by pressure, only by the lease's size.
+    let join = MemoryConsumer::new("HashJoinInput[0]").register(&pool);
+    join.try_grow((10 * MIB) as usize).unwrap();
+    gov.set_pressure(Pressure::Normal);
+    sort.try_grow((10 * MIB) as usize).unwrap();
+}
+
+#[test]
+fn pool_drop_returns_the_lease() {
+    let gov = governor(200);
+    let pool = pool(&gov, 100);
+    assert_eq!(gov.leased(), 100 * MIB);
+    let r = MemoryConsumer::new("x").register(&pool);
+    r.try_grow(1000).unwrap();
+    drop(r);
+    drop(pool);
+    assert_eq!(gov.leased(), 0);
+    assert_eq!(gov.reserved(), 0);
+}
+
+#[test]
+fn sampler_records_jemalloc_and_rss() {
+    let gov = governor(100);
+    let big = vec![1u8; 32 << 20];
+    let s = gov.sample_now();
+    assert!(s.allocated >= 32 << 20, "jemalloc is the global allocator here: {s:?}");
+    assert!(s.resident >= s.allocated / 2 && s.rss > 0, "{s:?}");
+    assert!(gov.timeline().samples().len() >= 2);
+    assert!(gov.timeline().peak_resident() >= s.resident);
+    drop(std::hint::black_box(big));
+}
