@@ -28,16 +28,18 @@ run() { # pool memory
     status=$(grep -q "Resources exhausted" "$TMP/err" && echo resources-exhausted || echo error)
     rm -f "$TMP/stats.json"
   fi
-  local rss_kb wall
+  local rss_kb wall spilled=0
   rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$TMP/time")
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$TMP/time" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  [ -f "$TMP/stats.json" ] && spilled=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['spilled_bytes'])" "$TMP/stats.json")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$pool" "$mem" "$status" "$wall" "$rss_kb" "$spilled" >> "$TMP/results.tsv"
   if [ -f "$TMP/stats.json" ]; then
     python3 - "$pool" "$mem" "$status" "$wall" "$rss_kb" "$TMP/stats.json" <<'PY'
 import json, sys
 pool, mem, status, wall, rss_kb, path = sys.argv[1:]
 s = json.load(open(path))
 print(f"{pool:10} {mem:>7} {status:20} wall {float(wall):6.2f}s  peak RSS {int(rss_kb)/1024:7.1f}MiB  "
-      f"jemalloc resident {s['peak_resident_bytes']/2**20:7.1f}MiB  spilled {s['spilled_bytes']/2**20:7.1f}MiB")
+      f"governed {s['peak_resident_bytes']/2**20:7.1f}MiB  spilled {s['spilled_bytes']/2**20:7.1f}MiB")
 PY
   else
     printf '%-10s %7s %-20s wall %6.2fs  peak RSS %7.1fMiB\n' "$pool" "$mem" "$status" "$wall" "$(awk -v k="$rss_kb" 'BEGIN{print k/1024}')"
@@ -47,6 +49,25 @@ PY
 for i in $(seq "$REPEATS"); do
   run spillway "$MEM"
   run greedy "$MEM"
-  run spillway 8GiB     # the same query with room to spare: governor overhead ...
-  run unbounded 8GiB    # ... against no pool at all
+  run spillway 8GiB     # room to spare: governor overhead against ...
+  run greedy 8GiB       # ... DataFusion's stock pool of the same size and ...
+  run unbounded 8GiB    # ... no pool at all
 done
+
+echo
+echo "Medians over $REPEATS interleaved runs (SF$SF, $(nproc) cores):"
+python3 - "$TMP/results.tsv" <<'PY'
+import csv, statistics, sys
+rows = list(csv.reader(open(sys.argv[1]), delimiter="\t"))
+groups = {}
+for pool, mem, status, wall, rss_kb, spilled in rows:
+    groups.setdefault((pool, mem), []).append((status, float(wall), int(rss_kb) / 1024, int(spilled) / 2**20))
+print("| pool | memory | completed | median wall (s) | max peak RSS (MiB) | spilled (MiB) |")
+print("|---|---|---|---|---|---|")
+for (pool, mem), runs in groups.items():
+    ok = [r for r in runs if r[0] == "ok"]
+    statuses = sorted({r[0] for r in runs})
+    wall = statistics.median(r[1] for r in runs)
+    print(f"| {pool} | {mem} | {len(ok)}/{len(runs)} ({', '.join(statuses)}) | {wall:.2f} | "
+          f"{max(r[2] for r in runs):.1f} | {statistics.median(r[3] for r in runs):.1f} |")
+PY

@@ -143,7 +143,7 @@ fn sample_once(shared: &Shared) -> Sample {
     // is taken out of the leases (in proportion) so that reserved + untracked stays in budget.
     let headroom = budget.saturating_sub(shared.leasable);
     let excess = in_use(&s).saturating_sub(reserved + headroom);
-    let ppm = if leased == 0 { 0 } else { (excess.saturating_mul(1_000_000) / leased).min(1_000_000) };
+    let ppm = excess.saturating_mul(1_000_000).checked_div(leased).unwrap_or(0).min(1_000_000);
     shared.squeeze_ppm.store(ppm, Ordering::Relaxed);
     shared.timeline.record(s);
     set_pressure(shared, level);

@@ -175,7 +175,7 @@ impl Shared {
             return "nobody (waiting on memory pressure)".into();
         }
         let mut hs: Vec<&Holder> = state.holders.values().collect();
-        hs.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        hs.sort_by_key(|h| std::cmp::Reverse(h.bytes));
         hs.iter()
             .take(8)
             .map(|h| format!("{} ({})", h.name, fmt_bytes(h.bytes)))

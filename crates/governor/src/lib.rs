@@ -25,6 +25,8 @@
 //! - [`LeasePool`] for how DataFusion operators are kept inside a lease.
 //! - [`limits`] for how the effective memory limit and core count are detected.
 #![warn(missing_docs)]
+// Errors carry their numbers as text for one-line messages; they are rare and cold.
+#![allow(clippy::result_large_err)]
 
 mod config;
 mod error;

@@ -155,7 +155,7 @@ impl LeasePool {
         state.stats.denials += 1;
         let kind = if r.consumer().can_spill() { "spillable" } else { "cannot spill" };
         let mut top: Vec<&Consumer> = state.consumers.values().filter(|c| c.size > 0).collect();
-        top.sort_by(|a, b| b.size.cmp(&a.size));
+        top.sort_by_key(|c| std::cmp::Reverse(c.size));
         let top = top
             .iter()
             .take(5)

@@ -48,7 +48,7 @@ async fn queue_stress_never_overcommits_and_drains() {
         for i in 0..300 {
             let bytes = (rng.next() % 40 + 1) * MIB;
             let hold_us = rng.next() % 2000;
-            let cancel = rng.next() % 5 == 0; // a fifth of the requests give up early
+            let cancel = rng.next().is_multiple_of(5); // a fifth of the requests give up early
             let (gov, held, peak) = (gov.clone(), held.clone(), peak.clone());
             tasks.push(tokio::spawn(async move {
                 let fut = gov.lease(LeaseRequest::bytes(format!("t{i}"), bytes));
