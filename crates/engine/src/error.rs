@@ -7,8 +7,10 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// DataFusion planning or execution failed (SQL errors name line and column).
+    // Not a `source`: DataFusion's message already includes its causes, and a source would
+    // print them a second time in the CLI's error chain.
     #[error("{0}")]
-    DataFusion(#[from] datafusion::error::DataFusionError),
+    DataFusion(datafusion::error::DataFusionError),
     /// The budget could not be resolved or lent.
     #[error(transparent)]
     Governor(#[from] spillway_governor::Error),
@@ -43,10 +45,28 @@ pub enum Error {
     },
     /// Arrow encoding or decoding failed.
     #[error("{0}")]
-    Arrow(#[from] arrow::error::ArrowError),
+    Arrow(arrow::error::ArrowError),
     /// Parquet encoding failed.
     #[error("{0}")]
-    Parquet(#[from] parquet::errors::ParquetError),
+    Parquet(parquet::errors::ParquetError),
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Error::DataFusion(e)
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::Arrow(e)
+    }
+}
+
+impl From<parquet::errors::ParquetError> for Error {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        Error::Parquet(e)
+    }
 }
 
 impl Error {
