@@ -23,7 +23,7 @@ pub struct GlobalArgs {
     /// Root directory for spill files (default ~/.cache/spillway/spill).
     #[arg(long, global = true, env = "SPILLWAY_SPILL_DIR", value_name = "DIR")]
     pub spill_dir: Option<PathBuf>,
-    /// Most disk space spill files may take (e.g. 100GiB).
+    /// Most disk space temp files (hand-offs and operator spills) may take (default 80% of free space).
     #[arg(long, global = true, value_name = "SIZE")]
     pub max_spill: Option<String>,
     /// Config file (default ./spillway.toml when it exists).

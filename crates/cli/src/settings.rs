@@ -123,7 +123,7 @@ pub fn resolve(global: &GlobalArgs) -> Result<Settings> {
         .spill_dir
         .clone()
         .or(file.spill_dir.clone())
-        .unwrap_or_else(spillway_engine::spill::default_root);
+        .unwrap_or_else(spillway_tiers::rundir::default_root);
     Ok(Settings {
         budget,
         governor,

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!   Lease ─into_pool()─▶ LeasePool ─▶ session::context() ─▶ SessionContext
-//!                                         │ spill files → spill::SpillDir
+//!                                         │ spill files → the run directory (spillway-tiers)
 //!   tables::register / register_data_dir ─┘
 //!   query::run_sql(ctx, "SELECT ...") ─▶ guard::check ─▶ Query { plan, stream }
 //!                                                   └──▶ output::write_stream / print_table
@@ -21,7 +21,6 @@ pub mod guard;
 pub mod output;
 pub mod query;
 pub mod session;
-pub mod spill;
 pub mod tables;
 pub mod tpch;
 

@@ -8,6 +8,7 @@ use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use spillway_governor::LeasePool;
+use spillway_tiers::DiskQuota;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,14 +21,15 @@ pub struct SessionOptions {
     pub batch_size: usize,
     /// Where DataFusion's operator spill files go.
     pub spill_dir: PathBuf,
-    /// Most bytes spill files may occupy (`None`: DataFusion's default of 100GiB).
-    pub max_spill: Option<u64>,
+    /// The temp-space quota DataFusion's spill files count against (`None`: DataFusion's
+    /// default of 100GiB, uncounted).
+    pub quota: Option<Arc<DiskQuota>>,
 }
 
 impl SessionOptions {
     /// Defaults with `cores` partitions and spill files under `spill_dir`.
     pub fn new(cores: usize, spill_dir: impl Into<PathBuf>) -> Self {
-        Self { target_partitions: cores.max(1), batch_size: 8192, spill_dir: spill_dir.into(), max_spill: None }
+        Self { target_partitions: cores.max(1), batch_size: 8192, spill_dir: spill_dir.into(), quota: None }
     }
 }
 
@@ -51,13 +53,16 @@ pub fn context_with_pool(
     let mut disk = DiskManagerBuilder::default()
         .with_mode(DiskManagerMode::Directories(vec![options.spill_dir.clone()]))
         .with_max_spill_merge_fan_in(fan_in);
-    if let Some(max) = options.max_spill {
-        disk = disk.with_max_temp_directory_size(max);
+    if let Some(q) = &options.quota {
+        disk = disk.with_max_temp_directory_size(q.max());
     }
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(pool)
         .with_disk_manager_builder(disk)
         .build_arc()?;
+    if let Some(q) = &options.quota {
+        q.attach(runtime.disk_manager.clone());
+    }
     let mut config = SessionConfig::new()
         .with_target_partitions(partitions)
         .with_batch_size(options.batch_size)

@@ -6,36 +6,7 @@ use datafusion::datasource::file_format::options::ArrowReadOptions;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use std::path::Path;
 
-/// A file format spillway reads and writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileFormat {
-    /// Apache Parquet.
-    Parquet,
-    /// CSV with a header row.
-    Csv,
-    /// Newline-delimited JSON.
-    Json,
-    /// Arrow IPC file.
-    Arrow,
-}
-
-impl FileFormat {
-    /// The format for a file extension (without the dot), if known.
-    pub fn from_extension(ext: &str) -> Option<Self> {
-        match ext.to_ascii_lowercase().as_str() {
-            "parquet" | "pq" => Some(FileFormat::Parquet),
-            "csv" => Some(FileFormat::Csv),
-            "json" | "ndjson" | "jsonl" => Some(FileFormat::Json),
-            "arrow" | "ipc" | "feather" => Some(FileFormat::Arrow),
-            _ => None,
-        }
-    }
-
-    /// The format of a path, judged by its extension.
-    pub fn from_path(path: &Path) -> Option<Self> {
-        path.extension().and_then(|e| e.to_str()).and_then(Self::from_extension)
-    }
-}
+pub use spillway_tiers::FileFormat;
 
 fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])

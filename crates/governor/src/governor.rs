@@ -48,6 +48,13 @@ impl Governor {
         self.shared.acquire(req).await
     }
 
+    /// A lease granted only if it fits now and nobody is waiting; `None` otherwise. An empty
+    /// lease (`bytes = 0`) that grows with [`Lease::try_grow`] suits holders of data whose size
+    /// is only known as it arrives.
+    pub fn try_lease_now(&self, name: &str, bytes: u64) -> Option<Lease> {
+        self.shared.try_acquire_now(name, bytes)
+    }
+
     /// Shorthand for a light lease of `size` named `name`.
     pub async fn lease_size(&self, name: impl Into<String>, size: LeaseSize) -> Result<Lease> {
         self.lease(LeaseRequest::new(name, size)).await

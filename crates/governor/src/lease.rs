@@ -162,6 +162,43 @@ impl Shared {
         self.grant_waiters(&mut state);
     }
 
+    /// Grants `bytes` at once if they fit and nobody is waiting (never queues).
+    pub(crate) fn try_acquire_now(self: &Arc<Self>, name: &str, bytes: u64) -> Option<Lease> {
+        let mut state = self.lock();
+        if !state.queue.is_empty() || !self.fits(&state, bytes) {
+            return None;
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.leased += bytes;
+        state.holders.insert(id, Holder { name: name.to_string(), bytes });
+        drop(state);
+        Some(self.lease(id, name.to_string(), bytes, None))
+    }
+
+    fn try_grow(&self, id: u64, bytes: u64) -> bool {
+        let mut state = self.lock();
+        if !state.queue.is_empty() || !self.fits(&state, bytes) {
+            return false;
+        }
+        match state.holders.get_mut(&id) {
+            Some(h) => h.bytes += bytes,
+            None => return false,
+        }
+        state.leased += bytes;
+        true
+    }
+
+    fn shrink(&self, id: u64, bytes: u64) {
+        let mut state = self.lock();
+        if let Some(h) = state.holders.get_mut(&id) {
+            let n = bytes.min(h.bytes);
+            h.bytes -= n;
+            state.leased -= n;
+        }
+        self.grant_waiters(&mut state);
+    }
+
     fn release(&self, id: u64) {
         let mut state = self.lock();
         if let Some(h) = state.holders.remove(&id) {
@@ -336,6 +373,23 @@ impl Lease {
     /// How long the lease has been held.
     pub fn held_for(&self) -> Duration {
         self.granted.elapsed()
+    }
+
+    /// Borrows `bytes` more if they fit right now and nobody is queued (never waits). For
+    /// holders whose size grows with their data, such as in-memory intermediates.
+    pub fn try_grow(&mut self, bytes: u64) -> bool {
+        let ok = self.shared.try_grow(self.id, bytes);
+        if ok {
+            self.bytes += bytes;
+        }
+        ok
+    }
+
+    /// Returns `bytes` of the lease early (waking the queue); the rest stays lent.
+    pub fn shrink(&mut self, bytes: u64) {
+        let n = bytes.min(self.bytes);
+        self.shared.shrink(self.id, n);
+        self.bytes -= n;
     }
 }
 

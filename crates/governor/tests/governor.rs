@@ -291,3 +291,23 @@ fn sampler_records_jemalloc_and_rss() {
     assert!(gov.timeline().peak_resident() >= s.resident);
     drop(std::hint::black_box(big));
 }
+
+#[tokio::test]
+async fn queue_growable_lease_respects_budget_and_queue() {
+    let gov = governor(100); // 85MiB leasable
+    let mut held = gov.try_lease_now("handoff", 0).unwrap();
+    assert!(held.try_grow(60 * MIB));
+    assert!(!held.try_grow(30 * MIB), "would pass the leasable bytes");
+    let g = gov.clone();
+    let waiter = tokio::spawn(async move { g.lease(LeaseRequest::bytes("step", 40 * MIB)).await });
+    while gov.queued() < 1 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!held.try_grow(MIB), "growth never jumps the queue");
+    assert!(gov.try_lease_now("other", MIB).is_none());
+    held.shrink(30 * MIB); // gives back enough for the waiter
+    let step = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
+    assert_eq!(gov.leased(), 70 * MIB);
+    drop((held, step));
+    assert_eq!(gov.leased(), 0);
+}

@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use datafusion::execution::memory_pool::{FairSpillPool, GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use spillway_engine::{output, query, session, spill::SpillDir, tables};
+use spillway_engine::{output, query, session, tables};
+use spillway_tiers::{DiskQuota, SpillRoot};
 use spillway_governor::{fmt_bytes, Governor, LeaseRequest, PoolOptions, PoolStats};
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -33,10 +34,11 @@ struct Stats {
 
 pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
     let governor = Governor::new(settings.governor.clone())?;
-    let spill_dir = SpillDir::create(&settings.spill_root)
-        .with_context(|| format!("creating a spill directory under {}", settings.spill_root.display()))?;
-    let mut options = session::SessionOptions::new(settings.cores.count, spill_dir.path());
-    options.max_spill = settings.max_spill;
+    let (root, _swept) = SpillRoot::open(&settings.spill_root)?;
+    let run_dir = root.create_run_dir()?;
+    let quota = DiskQuota::new(settings.max_spill.unwrap_or_else(|| DiskQuota::default_for(root.path())));
+    let mut options = session::SessionOptions::new(settings.cores.count, run_dir.subdir("datafusion")?);
+    options.quota = Some(quota.clone());
     let budget = settings.budget.bytes;
 
     let (ctx, lease_pool) = match args.pool {
@@ -75,7 +77,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
         let plan = q.plan.clone();
         let (rows, output_bytes) = match &args.output {
             Some(path) => {
-                let w = output::write_stream(q.stream, path).await?;
+                let w = output::write_stream(q.stream, path, &output::WriteOptions::default()).await?;
                 (w.rows, Some(w.bytes))
             }
             None => {
@@ -129,7 +131,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
     }
     drop(ctx);
     drop(lease_pool);
-    drop(spill_dir);
+    drop(run_dir);
     Ok(())
 }
 

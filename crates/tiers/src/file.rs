@@ -1,0 +1,273 @@
+//! File formats spillway writes (Parquet, Arrow IPC, CSV, NDJSON) and the streaming writer that
+//! publishes a file atomically: written under a hidden temp name beside the destination, renamed
+//! into place when complete, removed on any failure.
+
+use crate::error::{Error, Result};
+use crate::quota::{DiskQuota, QuotaWriter};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::StreamExt;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A file format spillway reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// Apache Parquet (zstd).
+    Parquet,
+    /// CSV with a header row.
+    Csv,
+    /// Newline-delimited JSON.
+    Json,
+    /// Arrow IPC file format.
+    Arrow,
+}
+
+impl FileFormat {
+    /// The format for a file extension (without the dot), if known.
+    pub fn from_extension(ext: &str) -> Option<Self> {
+        match ext.to_ascii_lowercase().as_str() {
+            "parquet" | "pq" => Some(FileFormat::Parquet),
+            "csv" => Some(FileFormat::Csv),
+            "json" | "ndjson" | "jsonl" => Some(FileFormat::Json),
+            "arrow" | "ipc" | "feather" => Some(FileFormat::Arrow),
+            _ => None,
+        }
+    }
+
+    /// The format of a path, judged by its extension.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        path.extension().and_then(|e| e.to_str()).and_then(Self::from_extension)
+    }
+}
+
+/// How files are written.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Parquet row groups are flushed once their encoded size reaches this (bounds the writer's
+    /// buffer, which DataFusion cannot spill).
+    pub row_group_bytes: usize,
+    /// zstd level for Parquet (1-3 recommended).
+    pub zstd_level: i32,
+    /// Quota every byte is reserved from, if any.
+    pub quota: Option<Arc<DiskQuota>>,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        Self { row_group_bytes: 128 << 20, zstd_level: 1, quota: None }
+    }
+}
+
+type Out = BufWriter<Box<dyn Write + Send>>;
+
+/// An open file being written batch by batch.
+pub struct FileSink {
+    kind: SinkKind,
+    path: PathBuf,
+    written: Arc<AtomicU64>,
+    rows: u64,
+}
+
+enum SinkKind {
+    Parquet(ArrowWriter<Out>, usize),
+    Csv(arrow::csv::Writer<Out>),
+    Json(arrow::json::LineDelimitedWriter<Out>),
+    Arrow(arrow::ipc::writer::FileWriter<Out>),
+}
+
+impl FileSink {
+    /// Creates `path` (mode 0600) and opens a writer of `format` for `schema`.
+    pub fn create(format: FileFormat, path: &Path, schema: &SchemaRef, options: &WriteOptions) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        crate::rundir::set_mode(path, 0o600)?;
+        Self::from_file(format, file, path, schema, options)
+    }
+
+    fn from_file(format: FileFormat, file: File, path: &Path, schema: &SchemaRef, options: &WriteOptions) -> Result<Self> {
+        let written = Arc::new(AtomicU64::new(0));
+        let inner: Box<dyn Write + Send> = match &options.quota {
+            Some(q) => Box::new(QuotaWriter::new(file, q.clone(), path, written.clone())),
+            None => Box::new(CountingWriter { inner: file, written: written.clone() }),
+        };
+        let out = BufWriter::with_capacity(1 << 20, inner);
+        let kind = match format {
+            FileFormat::Parquet => {
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::try_new(options.zstd_level)?))
+                    .build();
+                SinkKind::Parquet(ArrowWriter::try_new(out, schema.clone(), Some(props))?, options.row_group_bytes)
+            }
+            FileFormat::Csv => SinkKind::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(out)),
+            FileFormat::Json => SinkKind::Json(arrow::json::LineDelimitedWriter::new(out)),
+            FileFormat::Arrow => SinkKind::Arrow(arrow::ipc::writer::FileWriter::try_new(out, schema)?),
+        };
+        Ok(Self { kind, path: path.to_path_buf(), written, rows: 0 })
+    }
+
+    /// Appends a batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        match &mut self.kind {
+            SinkKind::Parquet(w, limit) => {
+                w.write(batch)?;
+                if w.in_progress_size() >= *limit {
+                    w.flush()?;
+                }
+            }
+            SinkKind::Csv(w) => w.write(batch)?,
+            SinkKind::Json(w) => w.write(batch)?,
+            SinkKind::Arrow(w) => w.write(batch)?,
+        }
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Bytes that reached the file so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the footer and flushes; returns (rows, bytes on disk).
+    pub fn finish(self) -> Result<(u64, u64)> {
+        let io = |e: std::io::IntoInnerError<Out>| Error::io(&self.path, e.into_error());
+        match self.kind {
+            SinkKind::Parquet(w, _) => {
+                w.close()?;
+            }
+            SinkKind::Csv(w) => w.into_inner().into_inner().map(drop).map_err(io)?,
+            SinkKind::Json(mut w) => {
+                w.finish()?;
+                w.into_inner().into_inner().map(drop).map_err(io)?
+            }
+            SinkKind::Arrow(mut w) => {
+                w.finish()?;
+                w.into_inner()?.into_inner().map(drop).map_err(io)?
+            }
+        }
+        Ok((self.rows, self.written.load(Ordering::Relaxed)))
+    }
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    written: Arc<AtomicU64>,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// What [`write_stream`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Rows written.
+    pub rows: u64,
+    /// Size of the file on disk.
+    pub bytes: u64,
+}
+
+/// A temp file removed on drop unless published.
+struct Staged {
+    tmp: PathBuf,
+    published: bool,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Streams `stream` into `path` (format from the extension) and publishes it atomically: a
+/// failure leaves any previous file at `path` untouched and no partial file behind. Encoding
+/// runs on a writer thread fed through a two-batch channel, so the query keeps computing while
+/// the file is written and at most two batches wait.
+pub async fn write_stream(
+    mut stream: SendableRecordBatchStream,
+    path: &Path,
+    options: &WriteOptions,
+) -> Result<WriteSummary> {
+    let invalid = |reason: String| Error::Invalid(format!("{}: {reason}", path.display()));
+    let format = FileFormat::from_path(path)
+        .ok_or_else(|| invalid("unknown output type; use .parquet, .csv, .json/.ndjson or .arrow".into()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(invalid(format!("directory {} does not exist", dir.display())));
+    }
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let mut staged = Staged { tmp: dir.join(format!(".{file_name}.tmp-{}", std::process::id())), published: false };
+    let _ = std::fs::remove_file(&staged.tmp);
+    let schema = stream.schema();
+    let mut sink = FileSink::create(format, &staged.tmp, &schema, options)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+    let writer = std::thread::Builder::new()
+        .name("spillway-writer".into())
+        .spawn(move || -> Result<(u64, u64)> {
+            while let Some(batch) = rx.blocking_recv() {
+                sink.write(&batch)?;
+            }
+            sink.finish()
+        })
+        .map_err(|e| invalid(e.to_string()))?;
+
+    let mut failure = None;
+    while let Some(batch) = stream.next().await {
+        match batch {
+            Ok(b) => {
+                if tx.send(b).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            Err(e) => {
+                failure = Some(Error::from(e));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let written = writer.join().map_err(|_| invalid("writer thread panicked".into()))?;
+    if let Some(q) = &options.quota {
+        // The published file is the caller's, not temp space: it leaves the quota either way.
+        q.release(std::fs::metadata(&staged.tmp).map(|m| m.len()).unwrap_or(0));
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let (rows, bytes) = written?;
+    std::fs::rename(&staged.tmp, path).map_err(|e| Error::io(path, e))?;
+    staged.published = true;
+    Ok(WriteSummary { rows, bytes })
+}
