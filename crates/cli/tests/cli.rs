@@ -211,3 +211,44 @@ fn bad_input_gives_one_line_errors() {
     let e = fail(bin().env("SPILLWAY_MEMORY", "12 parsecs").args(["info"]));
     assert!(e.contains("invalid size"), "{e}");
 }
+
+/// Issue #3: a process killed with SIGKILL while spilling leaves its run directory behind; the
+/// next start removes it and says so.
+#[test]
+fn sql_killed_mid_spill_leaves_a_run_dir_the_next_start_sweeps() {
+    let spill = scratch().join("killed.spill");
+    let _ = std::fs::remove_dir_all(&spill);
+    let mut child = bin()
+        .args(["sql", "SELECT value FROM generate_series(1, 3000000000) ORDER BY value DESC", "--memory", "64MiB"])
+        .arg("--spill-dir")
+        .arg(&spill)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_dirs = || -> Vec<PathBuf> {
+        std::fs::read_dir(&spill)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let spilling = loop {
+        let busy = run_dirs().iter().any(|d| {
+            std::fs::read_dir(d.join("datafusion")).map(|mut e| e.next().is_some()).unwrap_or(false)
+        });
+        if busy || std::time::Instant::now() > deadline {
+            break busy;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(spilling, "the sort should have started spilling");
+    let left = run_dirs();
+    assert_eq!(left.len(), 1, "the killed process leaves its run dir: {left:?}");
+    let out = run(bin().args(["info", "--memory", "64MiB", "--spill-dir"]).arg(&spill));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("removed the run directory of a process that is gone"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 stale run dir"));
+    assert!(run_dirs().is_empty());
+}

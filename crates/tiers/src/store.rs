@@ -307,6 +307,9 @@ impl HandoffStore {
         let started = Instant::now();
         let schema = stream.schema();
         let (mut tier, mut reason) = self.initial_tier(hints);
+        // On any error below, a partial file is removed by `cleanup`. It is declared before the
+        // sink so that it runs after the sink's drop has flushed (and counted) its last bytes.
+        let mut cleanup = Cleanup { path: None, quota: &self.quota };
         let mut sink = None;
         let mut held: Vec<RecordBatch> = Vec::new();
         let mut lease = None;
@@ -319,10 +322,10 @@ impl HandoffStore {
             }
         }
         if tier != Tier::Memory {
-            sink = Some(self.open(name, tier, &schema)?);
+            let s = self.open(name, tier, &schema)?;
+            cleanup.path = Some(s.path().to_path_buf());
+            sink = Some(s);
         }
-        // On any error below, a partial file is removed by `Cleanup`.
-        let mut cleanup = Cleanup { path: sink.as_ref().map(|s| s.path().to_path_buf()), quota: &self.quota };
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             if let Some(s) = sink.as_mut() {
