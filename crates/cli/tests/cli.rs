@@ -210,6 +210,25 @@ fn bad_input_gives_one_line_errors() {
     assert!(e.contains("missing_table"), "{e}");
     let e = fail(bin().env("SPILLWAY_MEMORY", "12 parsecs").args(["info"]));
     assert!(e.contains("invalid size"), "{e}");
+    let e = fail(bin().args(["sql", "SELECT 1", "--memory", "64MiB", "--spill-dir", "/proc/spillway"]));
+    assert!(e.contains("spill directory /proc/spillway") && e.contains("cannot create it"), "{e}");
+}
+
+/// Issue #3: a spill quota too small for the work fails the query with the numbers and leaves
+/// nothing behind.
+#[test]
+fn sql_spill_quota_too_small_fails_cleanly() {
+    let spill = scratch().join("quota.spill");
+    let _ = std::fs::remove_dir_all(&spill);
+    let e = fail(bin()
+        .args(["sql", "SELECT l_comment FROM lineitem ORDER BY l_comment", "--memory", "64MiB", "--max-spill", "1MiB"])
+        .args(["--max-rows", "1", "--data"])
+        .arg(tpch())
+        .arg("--spill-dir")
+        .arg(&spill));
+    assert!(e.contains("spill files passed the temp-space quota") && e.contains("--max-spill"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&spill).unwrap().filter_map(|e| e.ok()).collect();
+    assert!(left.is_empty(), "run dir must be removed: {left:?}");
 }
 
 /// Issue #3: a process killed with SIGKILL while spilling leaves its run directory behind; the

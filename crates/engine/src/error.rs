@@ -11,6 +11,15 @@ pub enum Error {
     // print them a second time in the CLI's error chain.
     #[error("{0}")]
     DataFusion(datafusion::error::DataFusionError),
+    /// DataFusion's spill files passed the temp-space quota.
+    #[error(
+        "spill files passed the temp-space quota ({0}); raise --max-spill (or `max_spill` in \
+         spillway.toml) or free disk space"
+    )]
+    SpillQuota(String),
+    /// Writing an output or intermediate failed.
+    #[error(transparent)]
+    Tiers(spillway_tiers::Error),
     /// The budget could not be resolved or lent.
     #[error(transparent)]
     Governor(#[from] spillway_governor::Error),
@@ -53,7 +62,23 @@ pub enum Error {
 
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
+        // DataFusion's own quota message points at `datafusion.runtime.max_temp_directory_size`,
+        // which spillway refuses; say what to change here instead.
+        let msg = e.to_string();
+        if let Some(pos) = msg.find("exceeded the allowable limit of ") {
+            let limit = msg[pos + 32..].split(". ").next().unwrap_or("").to_string();
+            return Error::SpillQuota(format!("limit {limit}"));
+        }
         Error::DataFusion(e)
+    }
+}
+
+impl From<spillway_tiers::Error> for Error {
+    fn from(e: spillway_tiers::Error) -> Self {
+        match e {
+            spillway_tiers::Error::DataFusion(e) => e.into(),
+            other => Error::Tiers(other),
+        }
     }
 }
 

@@ -8,7 +8,16 @@ use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 use std::io::Write;
 
-pub use spillway_tiers::file::{write_stream, WriteOptions, WriteSummary};
+pub use spillway_tiers::file::{WriteOptions, WriteSummary};
+
+/// Streams a result into `path`, published atomically (see [`spillway_tiers::file::write_stream`]).
+pub async fn write_stream(
+    stream: SendableRecordBatchStream,
+    path: &std::path::Path,
+    options: &WriteOptions,
+) -> Result<WriteSummary> {
+    Ok(spillway_tiers::file::write_stream(stream, path, options).await?)
+}
 
 /// Prints the stream as a table. With `max_rows`, shows the first rows and counts the rest
 /// without keeping them; without, prints every batch as it arrives. Returns the total rows.

@@ -142,7 +142,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("ipc write    {:>10}: {:>12} (page cache), {:>12} with fsync   [median of 3]", fmt_bytes(ipc_bytes), rate(ipc_bytes, iw), rate(ipc_bytes, iwf));
     println!("dd           {:>10}: {:>12} (page cache), {:>12} with fsync   [median of 3]", fmt_bytes(ipc_bytes), rate(ipc_bytes, dw), rate(ipc_bytes, dwf));
     println!("ipc / dd: {:.0}% (page cache), {:.0}% (with fsync)", 100.0 * dw / iw, 100.0 * dwf / iwf);
-    println!("ipc read     {:>10}: {:>12} (mmap from page cache, every page touched)", fmt_bytes(ipc_bytes), rate(ipc_bytes, ir));
+    println!("ipc read     {:>10}: {:>12} (mmap, every page touched)", fmt_bytes(ipc_bytes), rate(ipc_bytes, ir));
 
     // Parquet zstd(1).
     let t = Instant::now();

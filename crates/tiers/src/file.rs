@@ -101,7 +101,7 @@ impl FileSink {
             Some(q) => Box::new(QuotaWriter::new(file, q.clone(), path, written.clone())),
             None => Box::new(CountingWriter { inner: file, written: written.clone() }),
         };
-        let out = BufWriter::with_capacity(1 << 20, inner);
+        let out = BufWriter::with_capacity(8 << 20, inner);
         let kind = match format {
             FileFormat::Parquet => {
                 let props = WriterProperties::builder()

@@ -15,6 +15,9 @@
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// Below this much free space at the spill root nothing is started.
+const MIN_FREE: u64 = 16 << 20;
+
 /// The spill root, opened: checked writable and swept of dead runs.
 #[derive(Debug, Clone)]
 pub struct SpillRoot {
@@ -44,6 +47,15 @@ impl SpillRoot {
         let probe = path.join(format!(".probe-{}", std::process::id()));
         std::fs::write(&probe, b"").map_err(|e| bad(format!("not writable: {e}")))?;
         let _ = std::fs::remove_file(&probe);
+        if let Some(free) = free_space(&path) {
+            if free < MIN_FREE {
+                return Err(bad(format!(
+                    "only {} free on its disk; spillway needs at least {} of temp space",
+                    spillway_governor::fmt_bytes(free),
+                    spillway_governor::fmt_bytes(MIN_FREE)
+                )));
+            }
+        }
         let root = SpillRoot { path };
         let swept = root.sweep();
         Ok((root, swept))
