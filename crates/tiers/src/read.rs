@@ -4,8 +4,9 @@
 //!   point into the mapping), so pages load on demand and count as page cache, not heap;
 //! - Parquet: DataFusion's Parquet source, with projection and predicate pushdown.
 //!
-//! The table keeps its `Arc<Intermediate>` alive, so the data (or file) outlives every query that
-//! may still read it.
+//! Memory and IPC tables hold the batches (and through them the memory map) themselves. A Parquet
+//! table is read by path, so the caller keeps its `Arc<Intermediate>` for as long as it queries
+//! the table (one clone per consumer step); the file is deleted when the last clone drops.
 
 use crate::error::{Error, Result};
 use crate::store::{Intermediate, Tier};
@@ -27,8 +28,6 @@ pub async fn register(ctx: &SessionContext, name: &str, intermediate: &Arc<Inter
         Tier::Parquet => {
             let path = intermediate.path().ok_or_else(|| Error::Invalid("parquet intermediate without a file".into()))?;
             ctx.register_parquet(name, path.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
-            // Keep the file alive as long as the context may read it.
-            keep_alive(ctx, name, intermediate);
         }
         _ => {
             let table = table(intermediate, partitions)?;
@@ -53,11 +52,6 @@ pub fn table(intermediate: &Arc<Intermediate>, partitions: usize) -> Result<Arc<
         parts[i % n].push(b);
     }
     Ok(Arc::new(MemTable::try_new(intermediate.schema().clone(), parts)?))
-}
-
-fn keep_alive(_ctx: &SessionContext, _name: &str, _intermediate: &Arc<Intermediate>) {
-    // Parquet tables are read by path; the caller holds the `Arc<Intermediate>` for as long as
-    // it runs queries over it (the pipeline does, per consumer).
 }
 
 /// Reads every batch of an Arrow IPC file through a memory map, zero-copy.
