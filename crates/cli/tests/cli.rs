@@ -28,14 +28,21 @@ fn scratch() -> &'static Path {
     })
 }
 
-/// TPC-H at scale factor 0.1 (600k lineitem rows), generated once for all tests.
+/// TPC-H at scale factor 0.1 (600k lineitem rows), generated once for all tests. nextest runs
+/// each test in its own process, so several may get here at once: each generates into its own
+/// folder and renames it into place; the first rename wins and the others use its data.
 fn tpch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = scratch().join("tpch-sf0.1");
-        if !dir.join("lineitem").is_dir() {
-            let out = bin().args(["gen", "tpch", "--sf", "0.1", "--out"]).arg(&dir).output().unwrap();
+        if !dir.is_dir() {
+            let tmp = scratch().join(format!("tpch-sf0.1.tmp-{}", std::process::id()));
+            let out = bin().args(["gen", "tpch", "--sf", "0.1", "--out"]).arg(&tmp).output().unwrap();
             assert!(out.status.success(), "gen tpch failed: {}", String::from_utf8_lossy(&out.stderr));
+            if std::fs::rename(&tmp, &dir).is_err() {
+                assert!(dir.is_dir(), "another test process must have created {}", dir.display());
+                std::fs::remove_dir_all(&tmp).unwrap();
+            }
         }
         dir
     })
