@@ -33,26 +33,33 @@ impl SessionOptions {
     }
 }
 
-/// A session whose operators reserve memory from `pool`.
+/// A session whose operators reserve memory from `pool`, with DataFusion's memory settings
+/// scaled to the lease (see [`build`]).
 pub fn context(pool: Arc<LeasePool>, options: &SessionOptions) -> Result<SessionContext> {
     let limit = pool.lease().bytes();
-    context_with_pool(pool, limit, options)
+    build(pool, Some(limit), options)
 }
 
-/// A session over any DataFusion pool of `limit` bytes (used for the stock-DataFusion baseline).
-pub fn context_with_pool(
-    pool: Arc<dyn MemoryPool>,
-    limit: u64,
-    options: &SessionOptions,
-) -> Result<SessionContext> {
+/// A session over a stock DataFusion pool with DataFusion's default memory settings: the
+/// baseline spillway is compared with (`spillway sql --pool greedy`). Spill files still go to
+/// the run directory and count against the quota.
+pub fn stock_context(pool: Arc<dyn MemoryPool>, options: &SessionOptions) -> Result<SessionContext> {
+    build(pool, None, options)
+}
+
+/// With `tuned_for = Some(limit)`, two DataFusion settings are scaled to the lease:
+/// - the spill-merge fan-in, because a sort's final merge reserves one buffered batch per spill
+///   file it reads, as many as the pool grants (DataFusion notes this starves shared pools):
+///   bounded so a merge takes about half its partition's share (~2MiB per stream), at least 2;
+/// - `sort_spill_reservation_bytes`, set aside per partition for merging spill files, whose 10MiB
+///   default would eat a small lease whole.
+fn build(pool: Arc<dyn MemoryPool>, tuned_for: Option<u64>, options: &SessionOptions) -> Result<SessionContext> {
     let partitions = options.target_partitions.max(1);
-    // A sort's final merge reserves one buffered batch per spill file it reads, as many as the
-    // pool grants (DataFusion notes this starves shared pools). Bound the fan-in so a merge takes
-    // about half of its partition's share of the lease (~2MiB per stream), at least 2.
-    let fan_in = (limit / (partitions as u64 * (4 << 20))).clamp(2, 64) as usize;
-    let mut disk = DiskManagerBuilder::default()
-        .with_mode(DiskManagerMode::Directories(vec![options.spill_dir.clone()]))
-        .with_max_spill_merge_fan_in(fan_in);
+    let mut disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![options.spill_dir.clone()]));
+    if let Some(limit) = tuned_for {
+        let fan_in = (limit / (partitions as u64 * (4 << 20))).clamp(2, 64) as usize;
+        disk = disk.with_max_spill_merge_fan_in(fan_in);
+    }
     if let Some(q) = &options.quota {
         disk = disk.with_max_temp_directory_size(q.max());
     }
@@ -67,11 +74,11 @@ pub fn context_with_pool(
         .with_target_partitions(partitions)
         .with_batch_size(options.batch_size)
         .with_information_schema(true);
-    // Sorts and spilling aggregates set aside this much per partition for merging their spill
-    // files. DataFusion's 10MiB default would eat a small lease whole, so scale it to the lease.
-    let per_partition = (limit as usize / (8 * partitions)).clamp(256 << 10, 10 << 20);
-    let exec = &mut config.options_mut().execution;
-    exec.sort_spill_reservation_bytes = per_partition;
-    exec.sort_in_place_threshold_bytes = per_partition.min(1 << 20);
+    if let Some(limit) = tuned_for {
+        let per_partition = (limit as usize / (8 * partitions)).clamp(256 << 10, 10 << 20);
+        let exec = &mut config.options_mut().execution;
+        exec.sort_spill_reservation_bytes = per_partition;
+        exec.sort_in_place_threshold_bytes = per_partition.min(1 << 20);
+    }
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }

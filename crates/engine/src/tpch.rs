@@ -12,9 +12,8 @@ use crate::error::{Error, Result};
 const ROW_GROUP_BYTES: usize = 16 << 20;
 use arrow::array::RecordBatch;
 use arrow::error::ArrowError;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use spillway_tiers::file::{FileSink, WriteOptions};
+use spillway_tiers::FileFormat;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -159,26 +158,17 @@ pub fn generate(
 
 fn write_part(table: &str, sf: f64, part: i32, parts: i32, path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<u64> {
     let mut iter = batches(table, sf, part, parts).peekable();
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .build();
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let schema = match iter.peek() {
         Some(Ok(b)) => b.schema(),
         Some(Err(_)) => return Err(iter.next().expect("peeked").expect_err("peeked error").into()),
         None => return Ok(0),
     };
-    let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
-    let mut rows = 0;
+    let options = WriteOptions { row_group_bytes: ROW_GROUP_BYTES, zstd_level: 1, quota: None };
+    let mut sink = FileSink::create(FileFormat::Parquet, path, &schema, &options)?;
     for batch in iter {
         let batch = batch?;
-        rows += batch.num_rows() as u64;
-        writer.write(&batch)?;
-        if writer.in_progress_size() >= ROW_GROUP_BYTES {
-            writer.flush()?;
-        }
+        sink.write(&batch)?;
         progress(batch.num_rows() as u64);
     }
-    writer.close()?;
-    Ok(rows)
+    Ok(sink.finish()?.0)
 }

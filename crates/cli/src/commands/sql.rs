@@ -59,7 +59,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
                 PoolKind::Fair => Arc::new(FairSpillPool::new(budget as usize)),
                 _ => Arc::new(UnboundedMemoryPool::default()),
             };
-            (session::context_with_pool(pool, budget, &options)?, None)
+            (session::stock_context(pool, &options)?, None)
         }
     };
     for arg in &args.tables {
