@@ -55,9 +55,6 @@ pub enum Error {
     /// Arrow encoding or decoding failed.
     #[error("{0}")]
     Arrow(arrow::error::ArrowError),
-    /// Parquet encoding failed.
-    #[error("{0}")]
-    Parquet(parquet::errors::ParquetError),
 }
 
 impl From<datafusion::error::DataFusionError> for Error {
@@ -85,12 +82,6 @@ impl From<spillway_tiers::Error> for Error {
 impl From<arrow::error::ArrowError> for Error {
     fn from(e: arrow::error::ArrowError) -> Self {
         Error::Arrow(e)
-    }
-}
-
-impl From<parquet::errors::ParquetError> for Error {
-    fn from(e: parquet::errors::ParquetError) -> Self {
-        Error::Parquet(e)
     }
 }
 
