@@ -37,9 +37,22 @@ pub enum Command {
     Info,
     /// Run SQL under the budget over files registered as tables, streaming the result.
     Sql(SqlArgs),
+    /// Validate a project (spillway.toml + models/*.sql) and print its plan: dependencies,
+    /// leases, classes and run order.
+    Plan(PlanArgs),
     /// Generate benchmark data.
     #[command(subcommand)]
     Gen(GenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The project folder.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Only these models: `model`, `+model` (with ancestors), `model+` (with descendants).
+    #[arg(long, short = 's')]
+    pub select: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -59,11 +59,11 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
 }
 
-fn load_file(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
+fn load_file(explicit: Option<&Path>, project: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
         None => {
-            let p = PathBuf::from("spillway.toml");
+            let p = project.unwrap_or(Path::new(".")).join("spillway.toml");
             if !p.is_file() {
                 return Ok((FileConfig::default(), None));
             }
@@ -75,8 +75,10 @@ fn load_file(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
     Ok((cfg, Some(path)))
 }
 
-pub fn resolve(global: &GlobalArgs) -> Result<Settings> {
-    let (file, config_file) = load_file(global.config.as_deref())?;
+/// Resolves settings; the config file is `--config`, else `spillway.toml` in the project folder
+/// (commands that take one), else in the current folder.
+pub fn resolve(global: &GlobalArgs, project: Option<&Path>) -> Result<Settings> {
+    let (file, config_file) = load_file(global.config.as_deref(), project)?;
     let memory_text = global.memory.clone().or(file.memory.clone()).unwrap_or_else(|| DEFAULT_MEMORY.into());
     let spec: MemorySpec = memory_text.parse().context("--memory")?;
     let budget = Budget::resolve(spec, limits::memory_limit())?;

@@ -278,3 +278,24 @@ fn sql_killed_mid_spill_leaves_a_run_dir_the_next_start_sweeps() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 stale run dir"));
     assert!(run_dirs().is_empty());
 }
+
+/// Issue #4 (first part): `spillway plan` validates a project and prints its run order.
+#[test]
+fn plan_prints_the_dag_and_names_file_and_line_of_errors() {
+    let dir = scratch().join("plan-project");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(dir.join("spillway.toml"), "memory = \"512MiB\"\n[sources.tpch]\ntype = \"tpch\"\nsf = 0.01\n").unwrap();
+    std::fs::write(dir.join("models/lines.sql"), "SELECT l_orderkey FROM lineitem").unwrap();
+    std::fs::write(dir.join("models/counts.sql"), "-- spillway: profile=L class=heavy\nSELECT count(*) FROM lines").unwrap();
+    let out = run(bin().arg("plan").arg(&dir));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("budget 512MiB"), "the project's spillway.toml sets the budget: {text}");
+    let lines_at = text.find("  1  lines").expect("lines runs first");
+    let counts_at = text.find("  2  counts").expect("counts runs second");
+    assert!(lines_at < counts_at);
+    assert!(text.contains("heavy  L 307.20MiB"), "{text}");
+    std::fs::write(dir.join("models/bad.sql"), "SELECT *\nFROM lines\nJOIN nowhere ON true").unwrap();
+    let e = fail(bin().arg("plan").arg(&dir));
+    assert!(e.contains("models/bad.sql:3: unknown table `nowhere`"), "{e}");
+}

@@ -2,6 +2,7 @@
 
 mod gen;
 mod info;
+mod plan;
 mod sql;
 
 use crate::args::{Cli, Command, GenCommand};
@@ -9,7 +10,11 @@ use crate::settings;
 use anyhow::{Context, Result};
 
 pub fn run(cli: Cli) -> Result<()> {
-    let settings = settings::resolve(&cli.global)?;
+    let project = match &cli.command {
+        Command::Plan(a) => Some(a.dir.as_path()),
+        _ => None,
+    };
+    let settings = settings::resolve(&cli.global, project)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.cores.count)
         .enable_all()
@@ -18,6 +23,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => info::run(&settings),
         Command::Sql(args) => runtime.block_on(sql::run(&settings, args)),
+        Command::Plan(args) => plan::run(&settings, args),
         Command::Gen(GenCommand::Tpch(args)) => gen::tpch(&settings, args),
     }
 }

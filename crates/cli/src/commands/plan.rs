@@ -1,0 +1,71 @@
+//! `spillway plan [DIR]`: validate a project and print what a run would do.
+
+use crate::args::PlanArgs;
+use crate::settings::Settings;
+use anyhow::Result;
+use spillway_governor::fmt_bytes;
+use spillway_pipeline::{Dag, LeaseSpec, Project, SourceDef};
+
+pub fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
+    let project = Project::load(&args.dir)?;
+    let dag = Dag::build(&project)?;
+    let selected = match &args.select {
+        Some(sel) => dag.select(sel).map_err(anyhow::Error::msg)?,
+        None => dag.order.clone(),
+    };
+    let g = &settings.governor;
+    println!(
+        "project {} ({}): {} models; budget {}, leasable {}",
+        project.dir.display(),
+        project.config_path.as_ref().map_or("no spillway.toml".into(), |p| p.display().to_string()),
+        project.models.len(),
+        fmt_bytes(settings.budget.bytes),
+        fmt_bytes(g.leasable())
+    );
+    for (name, def) in &project.sources {
+        let what = match def {
+            SourceDef::Tpch { sf } => format!("TPC-H sf{sf}, generated: {}", def.tables(name).join(", ")),
+            SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
+                format!("{} {}", def_kind(def), path.display())
+            }
+        };
+        println!("source {name}: {what}");
+    }
+    for (name, sink) in &project.sinks {
+        println!("sink {name}: {} -> {}", sink.model, sink.path.display());
+    }
+    println!();
+    println!("{:>3}  {:<24} {:<6} {:<18} {:<12} {:<10} reads", "#", "model", "class", "lease", "materialize", "checkpoint");
+    for (i, name) in selected.iter().enumerate() {
+        let m = &project.models[name];
+        let s = &m.settings;
+        let bytes = match s.lease {
+            LeaseSpec::Profile(p) => g.profile_bytes(p),
+            LeaseSpec::Bytes(b) => b,
+        };
+        let too_big = if bytes > g.leasable() { " (> leasable!)" } else { "" };
+        let reads: Vec<String> = dag.upstream[name].iter().cloned().chain(dag.sources[name].iter().map(|t| format!("{t}*"))).collect();
+        println!(
+            "{:>3}  {:<24} {:<6} {:<18} {:<12} {:<10} {}",
+            i + 1,
+            name,
+            s.class.to_string(),
+            format!("{} {}{too_big}", s.lease, fmt_bytes(bytes)),
+            format!("{:?}", s.materialize).to_lowercase(),
+            if s.checkpoint { "yes" } else { "no" },
+            if reads.is_empty() { "-".into() } else { reads.join(", ") }
+        );
+    }
+    println!("(* = source table)");
+    Ok(())
+}
+
+fn def_kind(def: &SourceDef) -> &'static str {
+    match def {
+        SourceDef::Parquet { .. } => "parquet",
+        SourceDef::Csv { .. } => "csv",
+        SourceDef::Json { .. } => "json",
+        SourceDef::Arrow { .. } => "arrow",
+        SourceDef::Tpch { .. } => "tpch",
+    }
+}

@@ -1,0 +1,194 @@
+//! Per-model settings: `profile`, `class`, `materialize`, `retries`, `checkpoint`.
+//!
+//! They come from, in order of precedence: a leading `-- spillway: key=value ...` comment in the
+//! model's file, `[models.NAME]` in `spillway.toml`, and `[defaults]` there.
+
+use serde::Deserialize;
+use spillway_governor::{ByteSize, Profile};
+use spillway_tiers::Materialize;
+use std::fmt;
+
+/// How big a model's lease is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseSpec {
+    /// A named profile (S/M/L).
+    Profile(Profile),
+    /// An exact size.
+    Bytes(u64),
+}
+
+impl fmt::Display for LeaseSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseSpec::Profile(p) => write!(f, "{p:?}"),
+            LeaseSpec::Bytes(b) => write!(f, "{}", ByteSize(*b)),
+        }
+    }
+}
+
+/// Heavy models run one at a time (they hold the heavy slot) and use all cores; light ones run
+/// side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Holds the heavy slot.
+    Heavy,
+    /// Runs beside others.
+    Light,
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Class::Heavy => "heavy",
+            Class::Light => "light",
+        })
+    }
+}
+
+/// A model's resolved settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSettings {
+    /// Lease size (default profile M).
+    pub lease: LeaseSpec,
+    /// Heavy or light (default light).
+    pub class: Class,
+    /// Tier override for the model's output (default auto).
+    pub materialize: Materialize,
+    /// Retries after a failure (default 1, with escalation).
+    pub retries: u32,
+    /// Keep the output on disk as Parquet for resuming.
+    pub checkpoint: bool,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self { lease: LeaseSpec::Profile(Profile::M), class: Class::Light, materialize: Materialize::Auto, retries: 1, checkpoint: false }
+    }
+}
+
+/// Settings as written in `spillway.toml` (`[defaults]`, `[models.NAME]`): every key optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsTable {
+    /// `S`, `M`, `L` or a size such as `2GiB`.
+    pub profile: Option<String>,
+    /// `heavy` or `light`.
+    pub class: Option<String>,
+    /// `auto`, `memory`, `ipc` or `parquet`.
+    pub materialize: Option<String>,
+    /// Retries after a failure.
+    pub retries: Option<u32>,
+    /// Keep the output as Parquet for resume.
+    pub checkpoint: Option<bool>,
+}
+
+impl ModelSettings {
+    /// Applies one `key = value`; `Err` says what is wrong with it.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let value = value.trim().trim_matches('"');
+        match key.trim() {
+            "profile" => {
+                self.lease = match value.parse::<Profile>() {
+                    Ok(p) => LeaseSpec::Profile(p),
+                    Err(_) => LeaseSpec::Bytes(
+                        value
+                            .parse::<ByteSize>()
+                            .map_err(|_| format!("profile = {value:?}: use S, M, L or a size such as 2GiB"))?
+                            .bytes(),
+                    ),
+                }
+            }
+            "class" => {
+                self.class = match value.to_ascii_lowercase().as_str() {
+                    "heavy" => Class::Heavy,
+                    "light" => Class::Light,
+                    _ => return Err(format!("class = {value:?}: use heavy or light")),
+                }
+            }
+            "materialize" => self.materialize = value.parse().map_err(|e: spillway_tiers::Error| e.to_string())?,
+            "retries" => {
+                self.retries = value.parse().map_err(|_| format!("retries = {value:?}: use a whole number"))?
+            }
+            "checkpoint" => {
+                self.checkpoint = match value {
+                    "true" | "yes" | "1" => true,
+                    "false" | "no" | "0" => false,
+                    _ => return Err(format!("checkpoint = {value:?}: use true or false")),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown setting {other:?} (known: profile, class, materialize, retries, checkpoint)"
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a table from `spillway.toml`.
+    pub fn apply(&mut self, t: &SettingsTable) -> Result<(), String> {
+        let pairs = [
+            ("profile", t.profile.clone()),
+            ("class", t.class.clone()),
+            ("materialize", t.materialize.clone()),
+            ("retries", t.retries.map(|r| r.to_string())),
+            ("checkpoint", t.checkpoint.map(|c| c.to_string())),
+        ];
+        for (k, v) in pairs {
+            if let Some(v) = v {
+                self.set(k, &v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `-- spillway: key=value ...` lines at the top of a model file: `(line, key, value)`.
+/// Scanning stops at the first line that is neither blank nor a comment.
+pub fn comment_settings(sql: &str) -> Vec<(usize, String, String)> {
+    let mut out = Vec::new();
+    for (i, line) in sql.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() {
+            continue;
+        }
+        let Some(comment) = t.strip_prefix("--") else { break };
+        let Some(rest) = comment.trim().strip_prefix("spillway:") else { continue };
+        for pair in rest.split_whitespace() {
+            match pair.split_once('=') {
+                Some((k, v)) => out.push((i + 1, k.to_string(), v.to_string())),
+                None => out.push((i + 1, pair.to_string(), String::new())),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_leading_comment_settings() {
+        let sql = "-- revenue by month\n-- spillway: profile=L class=heavy\n--spillway: materialize=parquet retries=2\nSELECT 1";
+        let mut s = ModelSettings::default();
+        for (_, k, v) in comment_settings(sql) {
+            s.set(&k, &v).unwrap();
+        }
+        assert_eq!(s.lease, LeaseSpec::Profile(Profile::L));
+        assert_eq!(s.class, Class::Heavy);
+        assert_eq!(s.materialize, Materialize::Parquet);
+        assert_eq!(s.retries, 2);
+        assert!(comment_settings("SELECT 1 -- spillway: class=heavy").is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let mut s = ModelSettings::default();
+        assert!(s.set("profile", "XL").unwrap_err().contains("use S, M, L"));
+        assert!(s.set("class", "medium").is_err());
+        assert!(s.set("colour", "red").unwrap_err().contains("unknown setting"));
+        s.set("profile", "512MiB").unwrap();
+        assert_eq!(s.lease, LeaseSpec::Bytes(512 << 20));
+    }
+}
