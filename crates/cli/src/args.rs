@@ -40,9 +40,70 @@ pub enum Command {
     /// Validate a project (spillway.toml + models/*.sql) and print its plan: dependencies,
     /// leases, classes and run order.
     Plan(PlanArgs),
+    /// Run a project's models as a DAG under the budget: heavy models one at a time, light ones
+    /// side by side, outputs handed off by size, sinks published atomically.
+    Run(RunArgs),
+    /// Render a run's HTML report (memory timeline, models) from .spillway/runs/.
+    Report(ReportArgs),
+    /// Create a working example project in DIR.
+    Init(InitArgs),
     /// Generate benchmark data.
     #[command(subcommand)]
     Gen(GenCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The project folder.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Only these models: `model`, `+model` (with ancestors), `model+` (with descendants).
+    #[arg(long, short = 's')]
+    pub select: Option<String>,
+    /// Stop everything at the first failure (default: skip the failed model's descendants and go on).
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Models running at once (default: the core count).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Force every hand-off to one tier (to compare tiers; sinks are then written from it).
+    #[arg(long, value_enum)]
+    pub materialize: Option<MaterializeArg>,
+    /// Override a setting of spillway.toml, e.g. `--set sources.tpch.sf=10` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Plain lines instead of progress bars, even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MaterializeArg {
+    /// Arrow batches in memory (still moves to IPC rather than exceed the budget).
+    Memory,
+    /// Arrow IPC files.
+    Ipc,
+    /// Parquet files (zstd).
+    Parquet,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The project folder.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// The run: an id under .spillway/runs/, `latest`, or a run folder.
+    #[arg(long, short = 'r', default_value = "latest")]
+    pub run: String,
+    /// Where to write the HTML (default: report.html in the run's folder).
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Folder to create (must not hold a spillway.toml yet).
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +114,9 @@ pub struct PlanArgs {
     /// Only these models: `model`, `+model` (with ancestors), `model+` (with descendants).
     #[arg(long, short = 's')]
     pub select: Option<String>,
+    /// Override a setting of spillway.toml, e.g. `--set sources.tpch.sf=10` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
 }
 
 #[derive(Debug, Args)]

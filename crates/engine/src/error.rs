@@ -86,6 +86,16 @@ impl From<arrow::error::ArrowError> for Error {
 }
 
 impl Error {
+    /// Whether the error is DataFusion's `ResourcesExhausted` (a memory reservation was refused),
+    /// however deeply it is wrapped: the failure a bigger lease or a disk hand-off can fix.
+    pub fn is_resources_exhausted(&self) -> bool {
+        match self {
+            Error::DataFusion(e) => is_resources_exhausted(e),
+            Error::Tiers(spillway_tiers::Error::DataFusion(e)) => is_resources_exhausted(e),
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
@@ -93,3 +103,13 @@ impl Error {
 
 /// Result with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether `e` is, or wraps, `ResourcesExhausted`.
+pub fn is_resources_exhausted(e: &datafusion::error::DataFusionError) -> bool {
+    use datafusion::error::DataFusionError as E;
+    match e.find_root() {
+        E::ResourcesExhausted(_) => true,
+        // Errors that crossed an Arrow boundary keep only their text.
+        other => other.to_string().contains("Resources exhausted"),
+    }
+}

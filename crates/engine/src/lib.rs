@@ -24,4 +24,4 @@ pub mod session;
 pub mod tables;
 pub mod tpch;
 
-pub use error::{Error, Result};
+pub use error::{is_resources_exhausted, Error, Result};

@@ -55,6 +55,21 @@ fn batches(table: &str, sf: f64, part: i32, parts: i32) -> BatchIter {
     }
 }
 
+/// The Arrow schema of a TPC-H table as generated (`None` for an unknown name).
+pub fn schema(table: &str) -> Option<arrow::datatypes::SchemaRef> {
+    Some(match table {
+        "nation" => NationArrow::schema_ref(),
+        "region" => RegionArrow::schema_ref(),
+        "part" => PartArrow::schema_ref(),
+        "supplier" => SupplierArrow::schema_ref(),
+        "partsupp" => PartSuppArrow::schema_ref(),
+        "customer" => CustomerArrow::schema_ref(),
+        "orders" => OrderArrow::schema_ref(),
+        "lineitem" => LineItemArrow::schema_ref(),
+        _ => return None,
+    })
+}
+
 /// Parts per table: about two million rows each, so threads share the big tables.
 fn parts_for(table: &str, sf: f64) -> i32 {
     (expected_rows(table, sf) / 2_000_000 + 1).min(10_000) as i32

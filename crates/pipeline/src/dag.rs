@@ -143,6 +143,6 @@ fn topological(upstream: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>> 
 }
 
 /// The line number in a sqlparser error message (`... at Line: 3, Column: 7`), else 1.
-fn sql_error_line(msg: &str) -> usize {
+pub(crate) fn sql_error_line(msg: &str) -> usize {
     msg.split("Line: ").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or(1)
 }

@@ -27,6 +27,28 @@ pub enum Error {
     /// Models depend on each other in a cycle.
     #[error("dependency cycle: {0}")]
     Cycle(String),
+    /// Several problems, each on its own line (validation reports all it finds).
+    #[error("{} problems:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<Error>),
+    /// Setting up a query session, reading a source or writing an output failed.
+    #[error(transparent)]
+    Engine(#[from] spillway_engine::Error),
+    /// A run directory, hand-off or temp-space problem.
+    #[error(transparent)]
+    Tiers(#[from] spillway_tiers::Error),
+    /// A check model returned rows.
+    #[error("check {model} failed: it returned {rows} row(s), a check passes with none; first rows:\n{sample}")]
+    Check {
+        /// The check.
+        model: String,
+        /// Rows returned.
+        rows: u64,
+        /// The first rows, as a table.
+        sample: String,
+    },
+    /// The budget could not be lent.
+    #[error(transparent)]
+    Governor(#[from] spillway_governor::Error),
 }
 
 impl Error {
@@ -35,6 +57,27 @@ impl Error {
     }
     pub(crate) fn at(path: impl Into<PathBuf>, line: usize, message: impl Into<String>) -> Self {
         Error::At { path: path.into(), line, message: message.into() }
+    }
+}
+
+impl Error {
+    /// Whether a memory reservation was refused (DataFusion's `ResourcesExhausted`): what a
+    /// retry with a bigger lease or a disk hand-off can fix.
+    pub fn is_resources_exhausted(&self) -> bool {
+        match self {
+            Error::Engine(e) => e.is_resources_exhausted(),
+            Error::Tiers(spillway_tiers::Error::DataFusion(e)) => spillway_engine::is_resources_exhausted(e),
+            _ => false,
+        }
+    }
+
+    /// One error for a list of problems (the problem itself when there is one).
+    pub fn many(mut problems: Vec<Error>) -> Option<Error> {
+        match problems.len() {
+            0 => None,
+            1 => problems.pop(),
+            _ => Some(Error::Many(problems)),
+        }
     }
 }
 

@@ -114,13 +114,23 @@ impl Project {
     /// Loads `dir`: parses `spillway.toml` and every `models/*.sql`, resolving settings. Errors
     /// name the file and line.
     pub fn load(dir: impl Into<PathBuf>) -> Result<Project> {
+        Self::load_with(dir, &[])
+    }
+
+    /// Like [`Project::load`], with `spillway.toml` settings overridden by `KEY=VALUE` pairs
+    /// (dotted keys, TOML values; a value that is not valid TOML is taken as a string), e.g.
+    /// `sources.tpch.sf=10`.
+    pub fn load_with(dir: impl Into<PathBuf>, overrides: &[String]) -> Result<Project> {
         let dir = dir.into();
         if !dir.is_dir() {
             return Err(Error::io(&dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such project folder")));
         }
         let config_path = dir.join("spillway.toml");
         let (file, config_path) = if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            let mut text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            if !overrides.is_empty() {
+                text = apply_overrides(&text, overrides).map_err(|m| Error::at(&config_path, 1, m))?;
+            }
             let parsed: ProjectFile = toml::from_str(&text).map_err(|e| {
                 let line = e.span().map_or(1, |s| text[..s.start.min(text.len())].lines().count().max(1));
                 Error::at(&config_path, line, e.message().to_string())
@@ -184,6 +194,27 @@ impl Project {
     pub fn source_tables(&self) -> BTreeMap<String, String> {
         self.sources.iter().flat_map(|(n, d)| d.tables(n).into_iter().map(move |t| (t, n.clone()))).collect()
     }
+}
+
+/// `text` (a TOML document) with each `a.b.c=value` of `overrides` set.
+fn apply_overrides(text: &str, overrides: &[String]) -> std::result::Result<String, String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    for o in overrides {
+        let (key, value) = o.split_once('=').ok_or_else(|| format!("--set {o:?}: expected KEY=VALUE"))?;
+        let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+            Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.into())),
+            Err(_) => toml::Value::String(value.into()),
+        };
+        let parts: Vec<&str> = key.trim().split('.').collect();
+        let (last, path) = parts.split_last().ok_or_else(|| format!("--set {o:?}: empty key"))?;
+        let mut table = &mut doc;
+        for p in path {
+            let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+            table = entry.as_table_mut().ok_or_else(|| format!("--set {o:?}: {p} is not a table"))?;
+        }
+        table.insert(last.to_string(), value);
+    }
+    toml::to_string(&doc).map_err(|e| e.to_string())
 }
 
 /// The 1-based line of the first whole-word, case-insensitive occurrence of `word` in `text`.

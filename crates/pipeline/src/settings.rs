@@ -1,4 +1,4 @@
-//! Per-model settings: `profile`, `class`, `materialize`, `retries`, `checkpoint`.
+//! Per-model settings: `profile`, `class`, `materialize`, `retries`, `checkpoint`, `check`.
 //!
 //! They come from, in order of precedence: a leading `-- spillway: key=value ...` comment in the
 //! model's file, `[models.NAME]` in `spillway.toml`, and `[defaults]` there.
@@ -58,11 +58,13 @@ pub struct ModelSettings {
     pub retries: u32,
     /// Keep the output on disk as Parquet for resuming.
     pub checkpoint: bool,
+    /// A check (like a dbt test): passes when it returns no rows; its rows are not kept.
+    pub check: bool,
 }
 
 impl Default for ModelSettings {
     fn default() -> Self {
-        Self { lease: LeaseSpec::Profile(Profile::M), class: Class::Light, materialize: Materialize::Auto, retries: 1, checkpoint: false }
+        Self { lease: LeaseSpec::Profile(Profile::M), class: Class::Light, materialize: Materialize::Auto, retries: 1, checkpoint: false, check: false }
     }
 }
 
@@ -80,6 +82,8 @@ pub struct SettingsTable {
     pub retries: Option<u32>,
     /// Keep the output as Parquet for resume.
     pub checkpoint: Option<bool>,
+    /// The model is a check: it fails when it returns rows.
+    pub check: Option<bool>,
 }
 
 impl ModelSettings {
@@ -109,16 +113,11 @@ impl ModelSettings {
             "retries" => {
                 self.retries = value.parse().map_err(|_| format!("retries = {value:?}: use a whole number"))?
             }
-            "checkpoint" => {
-                self.checkpoint = match value {
-                    "true" | "yes" | "1" => true,
-                    "false" | "no" | "0" => false,
-                    _ => return Err(format!("checkpoint = {value:?}: use true or false")),
-                }
-            }
+            "checkpoint" => self.checkpoint = flag("checkpoint", value)?,
+            "check" => self.check = flag("check", value)?,
             other => {
                 return Err(format!(
-                    "unknown setting {other:?} (known: profile, class, materialize, retries, checkpoint)"
+                    "unknown setting {other:?} (known: profile, class, materialize, retries, checkpoint, check)"
                 ))
             }
         }
@@ -133,6 +132,7 @@ impl ModelSettings {
             ("materialize", t.materialize.clone()),
             ("retries", t.retries.map(|r| r.to_string())),
             ("checkpoint", t.checkpoint.map(|c| c.to_string())),
+            ("check", t.check.map(|c| c.to_string())),
         ];
         for (k, v) in pairs {
             if let Some(v) = v {
@@ -140,6 +140,15 @@ impl ModelSettings {
             }
         }
         Ok(())
+    }
+}
+
+fn flag(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        // A bare `check` (no `=value`) switches it on.
+        "true" | "yes" | "1" | "" => Ok(true),
+        "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{key} = {value:?}: use true or false")),
     }
 }
 

@@ -2,7 +2,10 @@
 
 mod gen;
 mod info;
+mod init;
 mod plan;
+mod report;
+mod run;
 mod sql;
 
 use crate::args::{Cli, Command, GenCommand};
@@ -12,6 +15,7 @@ use anyhow::{Context, Result};
 pub fn run(cli: Cli) -> Result<()> {
     let project = match &cli.command {
         Command::Plan(a) => Some(a.dir.as_path()),
+        Command::Run(a) => Some(a.dir.as_path()),
         _ => None,
     };
     let settings = settings::resolve(&cli.global, project)?;
@@ -23,7 +27,10 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => info::run(&settings),
         Command::Sql(args) => runtime.block_on(sql::run(&settings, args)),
-        Command::Plan(args) => plan::run(&settings, args),
+        Command::Plan(args) => runtime.block_on(plan::run(&settings, args)),
+        Command::Run(args) => runtime.block_on(run::run(&settings, args)),
+        Command::Report(args) => report::run(args),
+        Command::Init(args) => init::run(args),
         Command::Gen(GenCommand::Tpch(args)) => gen::tpch(&settings, args),
     }
 }

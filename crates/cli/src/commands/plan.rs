@@ -1,4 +1,5 @@
-//! `spillway plan [DIR]`: validate a project and print what a run would do.
+//! `spillway plan [DIR]`: validate a project (every model planned against its inputs' schemas)
+//! and print what a run would do.
 
 use crate::args::PlanArgs;
 use crate::settings::Settings;
@@ -6,13 +7,14 @@ use anyhow::Result;
 use spillway_governor::fmt_bytes;
 use spillway_pipeline::{Dag, LeaseSpec, Project, SourceDef};
 
-pub fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
-    let project = Project::load(&args.dir)?;
+pub async fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
+    let project = Project::load_with(&args.dir, &args.overrides)?;
     let dag = Dag::build(&project)?;
     let selected = match &args.select {
         Some(sel) => dag.select(sel).map_err(anyhow::Error::msg)?,
         None => dag.order.clone(),
     };
+    spillway_pipeline::check::validate(&project, &dag, &selected).await?;
     let g = &settings.governor;
     println!(
         "project {} ({}): {} models; budget {}, leasable {}",
@@ -52,7 +54,7 @@ pub fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
             s.class.to_string(),
             format!("{} {}{too_big}", s.lease, fmt_bytes(bytes)),
             format!("{:?}", s.materialize).to_lowercase(),
-            if s.checkpoint { "yes" } else { "no" },
+            if s.check { "check" } else if s.checkpoint { "yes" } else { "no" },
             if reads.is_empty() { "-".into() } else { reads.join(", ") }
         );
     }

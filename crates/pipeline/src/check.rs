@@ -1,0 +1,114 @@
+//! Validation before any work starts: every model is planned (not run) against the schemas of
+//! its inputs, so unknown columns, type errors and bad functions are reported with file and line,
+//! all of them at once, by `spillway plan` and before `spillway run` does anything.
+//!
+//! Source tables are registered for real when their data exists (reading only file footers or a
+//! CSV sample) and as empty tables of the generated schema for a `tpch` source not generated
+//! yet. Each model's output schema then stands in, as an empty table, for the model downstream.
+
+use crate::dag::{sql_error_line, Dag};
+use crate::error::{Error, Result};
+use crate::project::{line_of, Project, SourceDef};
+use crate::sources;
+use datafusion::catalog::TableProvider;
+use datafusion::common::SchemaError;
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use spillway_engine::{tables, tpch};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Plans every model of `models` (in run order) and returns all problems found, each with file
+/// and line. Missing source files are problems too.
+pub async fn validate(project: &Project, dag: &Dag, models: &[String]) -> Result<()> {
+    let mut problems = sources::missing_files(project);
+    if !problems.is_empty() {
+        return Err(Error::many(problems).expect("non-empty"));
+    }
+    let ctx = SessionContext::new();
+    let by_table = project.source_tables();
+    let needed: BTreeSet<&String> = models.iter().flat_map(|m| dag.sources[m].iter()).collect();
+    for table in needed {
+        let def = &project.sources[&by_table[table]];
+        let registered = match def {
+            SourceDef::Tpch { sf } => {
+                let dir = sources::tpch_dir(project, *sf);
+                if sources::is_generated(&dir) {
+                    tables::register(&ctx, table, &dir.join(table).to_string_lossy()).await.map_err(Error::from)
+                } else {
+                    let schema = tpch::schema(table).expect("a tpch source provides TPC-H tables only");
+                    let empty: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(schema));
+                    ctx.register_table(table.as_str(), empty).map(|_| ()).map_err(|e| Error::from(spillway_engine::Error::from(e)))
+                }
+            }
+            SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
+                tables::register(&ctx, table, &project.dir.join(path).to_string_lossy()).await.map_err(Error::from)
+            }
+        };
+        if let Err(e) = registered {
+            let cfg = project.config_path.clone().unwrap_or_else(|| project.dir.join("spillway.toml"));
+            problems.push(Error::at(cfg, 1, format!("[sources.{}]: {e}", by_table[table])));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::many(problems).expect("non-empty"));
+    }
+    // Models whose upstream failed are not planned (their error would only repeat it).
+    let mut failed: BTreeMap<&str, ()> = BTreeMap::new();
+    let selected: BTreeSet<&String> = models.iter().collect();
+    for name in &dag.order {
+        let model = &project.models[name];
+        if dag.upstream[name].iter().any(|u| failed.contains_key(u.as_str())) {
+            failed.insert(name, ());
+            continue;
+        }
+        let planned = ctx.state().create_logical_plan(&model.sql).await;
+        let plan = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                failed.insert(name, ());
+                if selected.contains(name) || dag.downstream[name].iter().any(|d| selected.contains(d)) {
+                    problems.push(Error::at(&model.path, error_line(&model.sql, &e), one_line(&e)));
+                }
+                continue;
+            }
+        };
+        let schema = plan.schema().as_arrow().clone();
+        let mut seen = BTreeSet::new();
+        let dups: Vec<&str> =
+            schema.fields().iter().map(|f| f.name().as_str()).filter(|n| !seen.insert(*n)).collect();
+        if !dups.is_empty() {
+            failed.insert(name, ());
+            problems.push(Error::at(
+                &model.path,
+                1,
+                format!("the result has more than one column named {}: give each column its own alias", dups.join(", ")),
+            ));
+            continue;
+        }
+        let empty: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(Arc::new(schema)));
+        if let Err(e) = ctx.register_table(name.as_str(), empty) {
+            problems.push(Error::at(&model.path, 1, one_line(&e)));
+        }
+    }
+    match Error::many(problems) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The line an error points at: a column it names, or the parser's position.
+fn error_line(sql: &str, e: &DataFusionError) -> usize {
+    if let DataFusionError::SchemaError(err, _) = e.find_root() {
+        if let SchemaError::FieldNotFound { field, .. } = err.as_ref() {
+            return line_of(sql, &field.name);
+        }
+    }
+    sql_error_line(&e.to_string())
+}
+
+/// DataFusion's message without its backtrace placeholder and on one line.
+fn one_line(e: &DataFusionError) -> String {
+    e.find_root().to_string().replace('\n', " ")
+}

@@ -1,0 +1,156 @@
+//! Source tables: where each one's data is, making sure it exists before any work starts
+//! (generating a `tpch` source's data once, cached in the project), and registering it in a
+//! model's session.
+
+use crate::error::{Error, Result};
+use crate::project::{line_of, Project, SourceDef};
+use datafusion::prelude::SessionContext;
+use spillway_engine::{tables, tpch};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Marks a complete generated data folder (written last).
+const COMPLETE: &str = "_SUCCESS";
+
+/// Where the data of every source table is: a file, a folder or a glob.
+#[derive(Debug, Clone, Default)]
+pub struct SourceTables {
+    /// Table name → location (a path or glob, as DataFusion's listing tables take it).
+    pub locations: BTreeMap<String, String>,
+}
+
+impl SourceTables {
+    /// Registers `table` in `ctx`.
+    pub async fn register(&self, ctx: &SessionContext, table: &str) -> Result<()> {
+        let location = self
+            .locations
+            .get(table)
+            .ok_or_else(|| Error::at(PathBuf::from("spillway.toml"), 1, format!("source table {table:?} has no data")))?;
+        tables::register(ctx, table, location).await?;
+        Ok(())
+    }
+}
+
+/// The folder a `tpch` source at scale factor `sf` is generated into and read from.
+pub fn tpch_dir(project: &Project, sf: f64) -> PathBuf {
+    project.dir.join(".spillway").join("data").join(format!("tpch-sf{sf}"))
+}
+
+/// Whether the generated data at `dir` is complete.
+pub fn is_generated(dir: &Path) -> bool {
+    dir.join(COMPLETE).is_file()
+}
+
+/// The line of `[sources.NAME]` in the project's `spillway.toml` (1 when not found).
+fn source_line(project: &Project, name: &str) -> (PathBuf, usize) {
+    let path = project.config_path.clone().unwrap_or_else(|| project.dir.join("spillway.toml"));
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let line = text
+        .lines()
+        .position(|l| l.trim_start().starts_with(&format!("[sources.{name}]")))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| line_of(&text, name));
+    (path, line)
+}
+
+/// File sources whose path does not exist, as errors at their line in `spillway.toml`.
+pub fn missing_files(project: &Project) -> Vec<Error> {
+    let mut problems = Vec::new();
+    for (name, def) in &project.sources {
+        let path = match def {
+            SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
+                project.dir.join(path)
+            }
+            SourceDef::Tpch { .. } => continue,
+        };
+        let text = path.to_string_lossy();
+        let exists = match text.find(['*', '?', '[']) {
+            // A glob: the folder before its first wildcard must exist.
+            Some(pos) => Path::new(&text[..pos]).parent().is_some_and(|d| d.is_dir()),
+            None => path.exists(),
+        };
+        if !exists {
+            let (file, line) = source_line(project, name);
+            problems.push(Error::at(file, line, format!("[sources.{name}]: {} does not exist", path.display())));
+        }
+    }
+    problems
+}
+
+/// How `tpch` data is generated.
+#[derive(Debug, Clone, Default)]
+pub enum Generator {
+    /// In this process. tpchgen keeps a ~300MiB text pool in a static for the rest of the
+    /// process's life, which a run under a small budget cannot afford.
+    #[default]
+    InProcess,
+    /// By running `EXE gen tpch --sf N --out DIR` (the `spillway` binary), so that memory goes
+    /// away with the child. Its progress bar (on stderr) shows through.
+    Command(PathBuf),
+}
+
+/// Locations of the source tables in `needed`, generating `tpch` data first where it is not
+/// cached yet (`progress` gets rows as they are written; `threads` generate in parallel).
+pub fn prepare(
+    project: &Project,
+    needed: &[String],
+    threads: usize,
+    generator: &Generator,
+    progress: &(dyn Fn(&str, u64, u64) + Sync),
+) -> Result<SourceTables> {
+    let mut locations = BTreeMap::new();
+    let by_table = project.source_tables();
+    for table in needed {
+        let Some(source) = by_table.get(table) else { continue };
+        let def = &project.sources[source];
+        let location = match def {
+            SourceDef::Tpch { sf } => {
+                let dir = tpch_dir(project, *sf);
+                if !is_generated(&dir) {
+                    match generator {
+                        Generator::InProcess => {
+                            generate_tpch(&dir, *sf, threads, &|rows, total| progress(source, rows, total))?
+                        }
+                        Generator::Command(exe) => generate_tpch_child(exe, &dir, *sf)?,
+                    }
+                }
+                dir.join(table)
+            }
+            SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
+                project.dir.join(path)
+            }
+        };
+        locations.insert(table.clone(), location.to_string_lossy().into_owned());
+    }
+    Ok(SourceTables { locations })
+}
+
+fn generate_tpch_child(exe: &Path, dir: &Path, sf: f64) -> Result<()> {
+    tracing::info!(dir = %dir.display(), sf, "generating TPC-H data in a child process");
+    let status = std::process::Command::new(exe)
+        .args(["gen", "tpch", "--sf", &sf.to_string(), "--out"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| Error::io(exe, e))?;
+    if !status.success() {
+        return Err(Error::at(dir, 1, format!("generating TPC-H sf{sf} failed ({status})")));
+    }
+    mark_generated(dir, sf)
+}
+
+fn mark_generated(dir: &Path, sf: f64) -> Result<()> {
+    let marker = dir.join(COMPLETE);
+    std::fs::write(&marker, format!("TPC-H sf{sf}\n")).map_err(|e| Error::io(&marker, e))
+}
+
+fn generate_tpch(dir: &Path, sf: f64, threads: usize, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<()> {
+    let total: u64 = tpch::TABLES.iter().map(|t| tpch::expected_rows(t, sf)).sum();
+    let done = std::sync::atomic::AtomicU64::new(0);
+    tracing::info!(dir = %dir.display(), sf, "generating TPC-H data");
+    tpch::generate(sf, dir, threads, &|rows| {
+        let now = done.fetch_add(rows, std::sync::atomic::Ordering::Relaxed) + rows;
+        progress(now, total);
+    })?;
+    mark_generated(dir, sf)
+}
