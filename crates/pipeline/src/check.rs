@@ -19,13 +19,21 @@ use spillway_engine::{tables, tpch};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// Plans every model of `models` (in run order) and returns all problems found, each with file
-/// and line. Missing source files are problems too.
-pub async fn validate(project: &Project, dag: &Dag, models: &[String]) -> Result<()> {
+/// Builds the DAG, selects models (`select`, dbt-style; `None` for all) and plans every model
+/// that they need, in run order. Returns the DAG and the selected models in run order, or every
+/// problem found, each with file and line: SQL that does not parse, unknown tables and columns,
+/// type errors, missing source files.
+pub async fn validate(project: &Project, select: Option<&str>) -> Result<(Dag, Vec<String>)> {
+    let (dag, broken) = Dag::analyze(project)?;
+    let models = match select {
+        Some(sel) => dag.select(sel).map_err(|m| Error::at(&project.dir, 1, m))?,
+        None => dag.order.clone(),
+    };
     let mut problems = sources::missing_files(project);
     if !problems.is_empty() {
         return Err(Error::many(problems).expect("non-empty"));
     }
+    let models = &models;
     let ctx = SessionContext::new();
     let by_table = project.source_tables();
     let needed: BTreeSet<&String> = models.iter().flat_map(|m| dag.sources[m].iter()).collect();
@@ -56,9 +64,16 @@ pub async fn validate(project: &Project, dag: &Dag, models: &[String]) -> Result
     }
     // Models whose upstream failed are not planned (their error would only repeat it).
     let mut failed: BTreeMap<&str, ()> = BTreeMap::new();
+    for (name, e) in broken {
+        failed.insert(project.models.get_key_value(&name).map(|(k, _)| k.as_str()).unwrap_or_default(), ());
+        problems.push(e);
+    }
     let selected: BTreeSet<&String> = models.iter().collect();
     for name in &dag.order {
         let model = &project.models[name];
+        if failed.contains_key(name.as_str()) {
+            continue;
+        }
         if dag.upstream[name].iter().any(|u| failed.contains_key(u.as_str())) {
             failed.insert(name, ());
             continue;
@@ -94,7 +109,7 @@ pub async fn validate(project: &Project, dag: &Dag, models: &[String]) -> Result
     }
     match Error::many(problems) {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => Ok((dag, models.clone())),
     }
 }
 

@@ -23,45 +23,38 @@ pub struct Dag {
 
 impl Dag {
     /// Builds the graph of `project`, failing on SQL that is not one `SELECT`, on unknown tables
-    /// (with file and line) and on cycles.
+    /// (with file and line; every such problem at once) and on cycles.
     pub fn build(project: &Project) -> Result<Dag> {
+        let (dag, broken) = Self::analyze(project)?;
+        match Error::many(broken.into_values().collect()) {
+            Some(e) => Err(e),
+            None => Ok(dag),
+        }
+    }
+
+    /// Like [`Dag::build`], but a model whose SQL cannot be parsed or reads an unknown table is
+    /// kept in the graph without upstream edges and returned with its problem, so that
+    /// validation can go on and report the problems of the other models too. Cycles still fail.
+    pub fn analyze(project: &Project) -> Result<(Dag, BTreeMap<String, Error>)> {
         let source_tables = project.source_tables();
+        // DataFusion's table functions (`range`, `generate_series`, ...) read no table.
+        let table_functions: BTreeSet<String> =
+            datafusion::prelude::SessionContext::new().state().table_functions().keys().cloned().collect();
         let mut upstream = BTreeMap::new();
         let mut sources = BTreeMap::new();
+        let mut broken = BTreeMap::new();
         for model in project.models.values() {
-            let statements = DFParserBuilder::new(model.sql.as_str())
-                .build()
-                .and_then(|mut p| p.parse_statements())
-                .map_err(|e| Error::at(&model.path, sql_error_line(&e.to_string()), e.to_string()))?;
-            if statements.len() != 1 {
-                return Err(Error::at(&model.path, 1, format!("a model is one SELECT statement; found {}", statements.len())));
-            }
-            let statement = &statements[0];
-            if !matches!(statement, DFStatement::Statement(s) if matches!(**s, Statement::Query(_))) {
-                return Err(Error::at(&model.path, 1, "a model must be a SELECT (or WITH ... SELECT) query"));
-            }
-            let (tables, _ctes) = resolve_table_references(statement, true)
-                .map_err(|e| Error::at(&model.path, 1, e.to_string()))?;
-            let (mut ups, mut srcs) = (BTreeSet::new(), BTreeSet::new());
-            for t in tables {
-                let name = t.table().to_string();
-                if name == model.name {
-                    return Err(Error::Cycle(format!("{0} reads itself ({1})", model.name, model.path.display())));
-                } else if project.models.contains_key(&name) {
-                    ups.insert(name);
-                } else if source_tables.contains_key(&name) {
-                    srcs.insert(name);
-                } else {
-                    let known: Vec<&str> = project.models.keys().chain(source_tables.keys()).map(|s| s.as_str()).collect();
-                    return Err(Error::at(
-                        &model.path,
-                        line_of(&model.sql, &name),
-                        format!("unknown table `{name}`: not a model or a source table (known: {})", known.join(", ")),
-                    ));
+            match references(project, model, &source_tables, &table_functions) {
+                Ok((ups, srcs)) => {
+                    upstream.insert(model.name.clone(), ups);
+                    sources.insert(model.name.clone(), srcs);
+                }
+                Err(e) => {
+                    upstream.insert(model.name.clone(), vec![]);
+                    sources.insert(model.name.clone(), vec![]);
+                    broken.insert(model.name.clone(), e);
                 }
             }
-            upstream.insert(model.name.clone(), ups.into_iter().collect::<Vec<_>>());
-            sources.insert(model.name.clone(), srcs.into_iter().collect::<Vec<_>>());
         }
         let mut downstream: BTreeMap<String, Vec<String>> = project.models.keys().map(|k| (k.clone(), vec![])).collect();
         for (m, ups) in &upstream {
@@ -70,7 +63,7 @@ impl Dag {
             }
         }
         let order = topological(&upstream)?;
-        Ok(Dag { upstream, sources, downstream, order })
+        Ok((Dag { upstream, sources, downstream, order }, broken))
     }
 
     /// The models `selector` picks, in run order: `model`, `+model` (with its ancestors),
@@ -94,6 +87,47 @@ impl Dag {
         }
         Ok(self.order.iter().filter(|m| picked.contains(*m)).cloned().collect())
     }
+}
+
+/// The models and source tables `model` reads.
+fn references(
+    project: &Project,
+    model: &crate::project::Model,
+    source_tables: &BTreeMap<String, String>,
+    table_functions: &BTreeSet<String>,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let statements = DFParserBuilder::new(model.sql.as_str())
+        .build()
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| Error::at(&model.path, sql_error_line(&e.to_string()), e.to_string()))?;
+    if statements.len() != 1 {
+        return Err(Error::at(&model.path, 1, format!("a model is one SELECT statement; found {}", statements.len())));
+    }
+    let statement = &statements[0];
+    if !matches!(statement, DFStatement::Statement(s) if matches!(**s, Statement::Query(_))) {
+        return Err(Error::at(&model.path, 1, "a model must be a SELECT (or WITH ... SELECT) query"));
+    }
+    let (tables, _ctes) =
+        resolve_table_references(statement, true).map_err(|e| Error::at(&model.path, 1, e.to_string()))?;
+    let (mut ups, mut srcs) = (BTreeSet::new(), BTreeSet::new());
+    for t in tables {
+        let name = t.table().to_string();
+        if name == model.name {
+            return Err(Error::Cycle(format!("{0} reads itself ({1})", model.name, model.path.display())));
+        } else if project.models.contains_key(&name) {
+            ups.insert(name);
+        } else if source_tables.contains_key(&name) {
+            srcs.insert(name);
+        } else if !table_functions.contains(&name) {
+            let known: Vec<&str> = project.models.keys().chain(source_tables.keys()).map(|s| s.as_str()).collect();
+            return Err(Error::at(
+                &model.path,
+                line_of(&model.sql, &name),
+                format!("unknown table `{name}`: not a model or a source table (known: {})", known.join(", ")),
+            ));
+        }
+    }
+    Ok((ups.into_iter().collect(), srcs.into_iter().collect()))
 }
 
 fn walk(edges: &BTreeMap<String, Vec<String>>, from: &str, into: &mut BTreeSet<String>) {

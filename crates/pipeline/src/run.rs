@@ -125,11 +125,7 @@ impl Shared {
 /// (also written to the run's folder) whether or not models failed; `Err` only for problems found
 /// before any work started, or when the run's folder or temp space cannot be set up.
 pub async fn run(project: &Project, governor: &Governor, options: RunOptions, observer: Observer) -> Result<RunResults> {
-    let dag = Dag::build(project)?;
-    let selected = match &options.select {
-        Some(sel) => dag.select(sel).map_err(|m| Error::at(&project.dir, 1, m))?,
-        None => dag.order.clone(),
-    };
+    let (dag, selected) = check::validate(project, options.select.as_deref()).await?;
     let chosen: BTreeSet<&String> = selected.iter().collect();
     // Upstream models left out of the selection are read from their published sink files.
     let mut external = BTreeMap::new();
@@ -152,7 +148,6 @@ pub async fn run(project: &Project, governor: &Governor, options: RunOptions, ob
     if let Some(e) = Error::many(problems) {
         return Err(e);
     }
-    check::validate(project, &dag, &selected).await?;
 
     let run_id = results::new_run_id();
     let started_at = results::now_rfc3339();

@@ -5,16 +5,11 @@ use crate::args::PlanArgs;
 use crate::settings::Settings;
 use anyhow::Result;
 use spillway_governor::fmt_bytes;
-use spillway_pipeline::{Dag, LeaseSpec, Project, SourceDef};
+use spillway_pipeline::{LeaseSpec, Project, SourceDef};
 
 pub async fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
     let project = Project::load_with(&args.dir, &args.overrides)?;
-    let dag = Dag::build(&project)?;
-    let selected = match &args.select {
-        Some(sel) => dag.select(sel).map_err(anyhow::Error::msg)?,
-        None => dag.order.clone(),
-    };
-    spillway_pipeline::check::validate(&project, &dag, &selected).await?;
+    let (dag, selected) = spillway_pipeline::check::validate(&project, args.select.as_deref()).await?;
     let g = &settings.governor;
     println!(
         "project {} ({}): {} models; budget {}, leasable {}",

@@ -1,0 +1,261 @@
+//! Running projects under small budgets: failures skip descendants (or stop everything with
+//! fail-fast), out-of-memory retries escalate, sinks publish atomically, validation reports every
+//! problem before any work, and the run's records say what happened.
+//!
+//! Models read DataFusion's `range()` table function, so no data files are needed.
+
+use spillway_governor::{Governor, GovernorConfig};
+use spillway_pipeline::run::{run, RunOptions};
+use spillway_pipeline::{Event, Project, RunResults, Status};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), files);
+    dir
+}
+
+fn write(dir: &Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+}
+
+/// Runs the project in `dir` under `budget_mib`, returning the results and the events seen.
+async fn run_in(
+    dir: &Path,
+    budget_mib: u64,
+    tweak: impl FnOnce(&mut RunOptions),
+) -> (spillway_pipeline::Result<RunResults>, Vec<Event>) {
+    let governor = Governor::new(GovernorConfig::new(budget_mib << 20)).unwrap();
+    let mut options = RunOptions::new(2, dir.join(".spill"));
+    tweak(&mut options);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let project = Project::load(dir).unwrap();
+    let results = run(&project, &governor, options, Arc::new(move |e: &Event| seen.lock().unwrap().push(e.clone()))).await;
+    let events = events.lock().unwrap().clone();
+    (results, events)
+}
+
+const FAILING: &[(&str, &str)] = &[
+    ("models/a.sql", "SELECT value AS v FROM range(100000)"),
+    ("models/c.sql", "SELECT sum(v) AS total FROM a"),
+    // Divides by zero at value 50000, in the middle of the stream.
+    ("models/bad.sql", "-- the bad one\nSELECT 10 / (value - 50000) AS x FROM range(100000)"),
+    ("models/bad_child.sql", "SELECT count(*) AS n FROM bad"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_model_skips_its_descendants_and_the_rest_goes_on() {
+    let dir = project(FAILING);
+    let (results, events) = run_in(dir.path(), 128, |_| {}).await;
+    let r = results.unwrap();
+    assert_eq!(r.status, Status::Error);
+    let status = |m: &str| r.step(m).unwrap().status;
+    assert_eq!(status("a"), Status::Ok);
+    assert_eq!(status("c"), Status::Ok);
+    assert_eq!(status("bad"), Status::Error);
+    assert_eq!(status("bad_child"), Status::Skipped);
+    let bad = r.step("bad").unwrap();
+    let err = bad.error.as_deref().unwrap();
+    assert!(err.contains("bad.sql") && err.to_lowercase().contains("divide by zero"), "{err}");
+    assert!(r.step("bad_child").unwrap().error.as_deref().unwrap().contains("upstream bad"));
+
+    // run_results.json: the shape, on disk, with `latest` pointing at it.
+    let run_dir = dir.path().join(".spillway/runs").join(&r.run_id);
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run_results.json")).unwrap()).unwrap();
+    for key in ["run_id", "budget_bytes", "peak_resident_bytes", "spilled_bytes", "steps"] {
+        assert!(json.get(key).is_some(), "run_results.json lacks {key}");
+    }
+    assert_eq!(json["budget_bytes"], 128u64 << 20);
+    let a = json["steps"].as_array().unwrap().iter().find(|s| s["name"] == "a").unwrap();
+    for key in ["status", "tier", "lease_bytes", "peak_resident_bytes", "spilled_bytes", "rows", "bytes", "elapsed_ms", "error"] {
+        assert!(a.get(key).is_some(), "step lacks {key}");
+    }
+    assert_eq!(a["status"], "ok");
+    assert_eq!(a["rows"], 100000);
+    assert_eq!(a["tier"], "memory");
+    assert!(a["lease_bytes"].as_u64().unwrap() > 0 && a["peak_resident_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(std::fs::read_link(dir.path().join(".spillway/runs/latest")).unwrap(), Path::new(&r.run_id));
+    let log = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("\"event\":\"model_finished\"")).count(), 4, "{log}");
+    assert!(log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert!(events.iter().any(|e| matches!(e, Event::RunFinished { errors: 1, skipped: 1, ok: 2, .. })));
+    // Temp space is gone.
+    assert_eq!(std::fs::read_dir(dir.path().join(".spill")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_fast_stops_everything_at_the_first_failure() {
+    let dir = project(FAILING);
+    let (results, _) = run_in(dir.path(), 128, |o| {
+        o.fail_fast = true;
+        o.jobs = 1;
+    })
+    .await;
+    let r = results.unwrap();
+    // Ready models start in name order: a, then bad (fails), then c would have.
+    assert_eq!(r.step("a").unwrap().status, Status::Ok);
+    assert_eq!(r.step("bad").unwrap().status, Status::Error);
+    let c = r.step("c").unwrap();
+    assert_eq!(c.status, Status::Skipped);
+    assert!(c.error.as_deref().unwrap().contains("--fail-fast"), "{:?}", c.error);
+    assert_eq!(r.step("bad_child").unwrap().status, Status::Skipped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_is_retried_with_a_larger_lease() {
+    // A hash join cannot spill: its build side needs more than 1MiB.
+    let sql = "-- spillway: profile=1MiB\nSELECT count(*) AS n FROM range(400000) a JOIN range(400000) b ON a.value = b.value";
+    let dir = project(&[("models/j.sql", sql)]);
+    let (results, events) = run_in(dir.path(), 128, |_| {}).await;
+    let r = results.unwrap();
+    let j = r.step("j").unwrap();
+    assert_eq!(j.status, Status::Ok, "{:?}", j.error);
+    assert_eq!(j.attempts, 2);
+    assert!(j.lease_bytes > 1 << 20);
+    let retry = events.iter().find_map(|e| match e {
+        Event::ModelRetry { escalation, error, .. } => Some((escalation.clone(), error.clone())),
+        _ => None,
+    });
+    let (escalation, error) = retry.expect("a retry event");
+    assert!(error.contains("Resources exhausted"), "{error}");
+    assert!(escalation.contains("lease 1MiB ->"), "{escalation}");
+
+    // With no retries left it fails, naming the step and what to change.
+    write(dir.path(), &[("models/j.sql", &sql.replace("profile=1MiB", "profile=1MiB retries=0"))]);
+    let (results, _) = run_in(dir.path(), 128, |_| {}).await;
+    let r = results.unwrap();
+    let j = r.step("j").unwrap();
+    assert_eq!((j.status, j.attempts), (Status::Error, 1));
+    assert!(j.error.as_deref().unwrap().contains("larger lease"), "{:?}", j.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_no_larger_lease_exists_the_retry_goes_to_disk_with_fewer_partitions() {
+    // Already at everything that may be lent: the retry keeps the lease and changes the plan.
+    let sql = "-- spillway: profile=L\nSELECT count(*) AS n FROM range(3000000) a JOIN range(3000000) b ON a.value = b.value";
+    let dir = project(&[("models/j.sql", sql), ("spillway.toml", "[governor]\n")]);
+    let (results, events) = run_in(dir.path(), 16, |_| {}).await;
+    let r = results.unwrap();
+    let j = r.step("j").unwrap();
+    let escalations: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelRetry { escalation, .. } => Some(escalation.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(escalations.len(), 1, "{escalations:?}");
+    // L is 60% of the budget, so the first escalation is to all that may be lent (85%).
+    assert!(escalations[0].starts_with("lease 9.60MiB -> 13.60MiB"), "{escalations:?}");
+    assert_eq!((j.status, j.attempts), (Status::Error, 2), "the join cannot fit 16MiB at all");
+
+    write(dir.path(), &[("models/j.sql", &sql.replace("profile=L", "profile=L retries=2"))]);
+    let (results, events) = run_in(dir.path(), 16, |_| {}).await;
+    let j = results.unwrap().step("j").unwrap().clone();
+    let last = events.iter().rev().find_map(|e| match e {
+        Event::ModelRetry { escalation, .. } => Some(escalation.clone()),
+        _ => None,
+    });
+    assert!(last.unwrap().contains("disk hand-off, 1 partitions"));
+    assert_eq!((j.attempts, j.partitions), (3, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_failing_mid_write_leaves_the_previous_output_intact() {
+    let toml = "[sinks.out]\nmodel = \"numbers\"\npath = \"out/numbers.parquet\"\n";
+    let dir = project(&[("spillway.toml", toml), ("models/numbers.sql", "SELECT value AS v FROM range(100000)")]);
+    let (results, _) = run_in(dir.path(), 128, |_| {}).await;
+    let r = results.unwrap();
+    let step = r.step("numbers").unwrap();
+    assert_eq!((step.status, step.tier.as_deref()), (Status::Ok, Some("sink")));
+    assert_eq!(step.sinks[0].rows, 100000);
+    let out = dir.path().join("out/numbers.parquet");
+    let before = std::fs::read(&out).unwrap();
+
+    // Now the model fails after ~90000 rows have been written to the sink's temp file.
+    write(dir.path(), &[("models/numbers.sql", "SELECT 10 / (value - 90000) AS v FROM range(100000)")]);
+    let (results, _) = run_in(dir.path(), 128, |_| {}).await;
+    assert_eq!(results.unwrap().step("numbers").unwrap().status, Status::Error);
+    assert_eq!(std::fs::read(&out).unwrap(), before, "the previous output is untouched");
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["numbers.parquet".to_string()], "no partial file is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_are_handed_off_by_size_and_read_downstream() {
+    // 3M rows of one i64 column (~23MiB) outgrow the memory tier of a 32MiB budget (45%).
+    let dir = project(&[
+        ("models/small.sql", "SELECT value AS v FROM range(1000)"),
+        ("models/big.sql", "SELECT value AS v FROM range(3000000)"),
+        ("models/kept.sql", "-- spillway: checkpoint=true\nSELECT value AS v FROM range(1000)"),
+        ("models/total.sql", "SELECT (SELECT count(*) FROM small) + (SELECT count(*) FROM big) + (SELECT count(*) FROM kept) AS n"),
+        ("spillway.toml", "[sinks.total]\nmodel = \"total\"\npath = \"total.csv\"\n"),
+    ]);
+    let (results, _) = run_in(dir.path(), 32, |o| o.jobs = 1).await;
+    let r = results.unwrap();
+    let tier = |m: &str| r.step(m).unwrap().tier.clone().unwrap();
+    assert_eq!(tier("small"), "memory");
+    assert_eq!(tier("big"), "ipc");
+    assert_eq!(tier("kept"), "parquet");
+    assert_eq!(std::fs::read_to_string(dir.path().join("total.csv")).unwrap(), "n\n3002000\n");
+
+    // Forcing every hand-off to Parquet (for comparisons).
+    let (results, _) = run_in(dir.path(), 32, |o| o.materialize = Some(spillway_tiers::Materialize::Parquet)).await;
+    let r = results.unwrap();
+    assert!(["small", "big", "kept", "total"].iter().all(|m| r.step(m).unwrap().tier.as_deref() == Some("parquet")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_problem_is_reported_with_file_and_line_before_any_work() {
+    let dir = project(&[
+        ("models/a.sql", "SELECT value AS v FROM range(10)"),
+        ("models/b.sql", "SELECT v,\n       nope\nFROM a"),
+        ("models/c.sql", "SELECT v FROM a WHERE v > 'x' AND v IN (SELECT"),
+        ("models/d.sql", "SELECT x.v, y.v FROM a x, a y"),
+        ("models/e.sql", "SELECT * FROM b"),
+        ("spillway.toml", "[sources.raw]\ntype = \"parquet\"\npath = \"data/missing.parquet\"\n"),
+    ]);
+    let (results, events) = run_in(dir.path(), 64, |_| {}).await;
+    let err = results.unwrap_err().to_string();
+    assert!(err.contains("spillway.toml:1") && err.contains("missing.parquet"), "{err}");
+    assert!(events.is_empty(), "nothing started");
+
+    std::fs::remove_file(dir.path().join("spillway.toml")).unwrap();
+    let (results, _) = run_in(dir.path(), 64, |_| {}).await;
+    let err = results.unwrap_err().to_string();
+    assert!(err.contains("b.sql:2") && err.contains("nope"), "{err}");
+    assert!(err.contains("c.sql:1"), "{err}");
+    assert!(err.contains("d.sql:1") && err.contains("more than one column named v"), "{err}");
+    assert!(!err.contains("e.sql"), "a model downstream of a bad one is not reported again: {err}");
+    assert!(!dir.path().join(".spillway/runs").exists(), "no run was started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selection_runs_a_subset_and_reads_unselected_upstreams_from_their_sinks() {
+    let toml = "[sinks.a]\nmodel = \"a\"\npath = \"a.parquet\"\n";
+    let dir = project(&[
+        ("spillway.toml", toml),
+        ("models/a.sql", "SELECT value AS v FROM range(10)"),
+        ("models/b.sql", "SELECT sum(v) AS s FROM a"),
+    ]);
+    // b alone, before a was ever published: refused up front.
+    let (results, _) = run_in(dir.path(), 64, |o| o.select = Some("b".into())).await;
+    assert!(results.unwrap_err().to_string().contains("select +b"));
+    let (results, _) = run_in(dir.path(), 64, |o| o.select = Some("+b".into())).await;
+    assert_eq!(results.unwrap().steps.len(), 2);
+    // Now a's sink file exists: b alone reads it.
+    let (results, _) = run_in(dir.path(), 64, |o| o.select = Some("b".into())).await;
+    let r = results.unwrap();
+    assert_eq!(r.steps.len(), 1);
+    assert_eq!((r.steps[0].status, r.steps[0].rows), (Status::Ok, 1));
+}
