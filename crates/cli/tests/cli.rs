@@ -4,6 +4,7 @@
 //! - `sql_*`: `spillway sql` under small budgets (spilling, output files, errors).
 //! - `info_*`, `gen_*`: the other commands.
 //! - `bad_input_*`: one-line errors and exit codes for bad sizes, files and SQL.
+//! - `plan_*`, `run_*`, `init_*`: projects (examples/tpch among them).
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -298,4 +299,102 @@ fn plan_prints_the_dag_and_names_file_and_line_of_errors() {
     std::fs::write(dir.join("models/bad.sql"), "SELECT *\nFROM lines\nJOIN nowhere ON true").unwrap();
     let e = fail(bin().arg("plan").arg(&dir));
     assert!(e.contains("models/bad.sql:3: unknown table `nowhere`"), "{e}");
+}
+
+/// Copies the repository's `examples/tpch` project (models and config, not its data or runs).
+fn example_project(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tpch");
+    let dir = scratch().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::copy(src.join("spillway.toml"), dir.join("spillway.toml")).unwrap();
+    for entry in std::fs::read_dir(src.join("models")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join("models").join(p.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Issue #4: the README's first command, at a tiny scale factor under 64MiB: every model runs,
+/// each of the three hand-off tiers is used, memory stays within the budget, outputs are
+/// published, and the report renders.
+#[test]
+fn run_example_project_end_to_end_under_a_small_budget() {
+    let dir = example_project("example-run");
+    let spill = scratch().join("example-run.spill");
+    let out = run(bin()
+        .arg("run")
+        .arg(&dir)
+        .args(["--memory", "64MiB", "--set", "sources.tpch.sf=0.1", "--jobs", "1", "--plain", "--spill-dir"])
+        .arg(&spill));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("9 of 9") && text.contains("9 ok, 0 failed, 0 skipped"), "{text}");
+    assert!(text.contains("OK    order_lines ["), "plain progress lines: {text}");
+
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(dir.join(".spillway/runs/latest/run_results.json")).unwrap()).unwrap();
+    assert_eq!(results["status"], "ok");
+    assert_eq!(results["budget_bytes"], 64u64 << 20);
+    assert_within_budget(&results, 64.0);
+    let steps = results["steps"].as_array().unwrap();
+    let tier = |m: &str| steps.iter().find(|s| s["name"] == m).unwrap()["tier"].as_str().unwrap().to_string();
+    let tiers: std::collections::BTreeSet<String> = steps.iter().filter_map(|s| s["tier"].as_str().map(String::from)).collect();
+    for t in ["memory", "ipc", "parquet"] {
+        assert!(tiers.contains(t), "tier {t} is exercised: {tiers:?}");
+    }
+    assert_eq!(tier("order_lines"), "ipc", "600k order lines outgrow 45% of 64MiB");
+    assert_eq!(tier("customer_revenue"), "parquet", "a checkpoint");
+    assert_eq!(tier("check_revenue_positive"), "check");
+    let order_lines = steps.iter().find(|s| s["name"] == "order_lines").unwrap();
+    assert_eq!(order_lines["rows"], 600572);
+    let top = std::fs::read_to_string(dir.join("output/top_customers.csv")).unwrap();
+    assert_eq!(top.lines().count(), 101, "a header and 100 customers");
+    assert!(dir.join("output/revenue_by_nation_month.parquet").is_file());
+    let empty = std::fs::read_dir(&spill).map(|d| d.filter(|e| e.as_ref().unwrap().path().is_dir()).count() == 0).unwrap_or(true);
+    assert!(empty, "temp space is removed after the run");
+
+    let out = run(bin().arg("report").arg(&dir));
+    let report = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.starts_with("<!doctype html>") && html.contains("<svg class=chart"), "{}", report.display());
+    assert!(html.contains("order_lines") && html.contains("budget 64MiB"));
+}
+
+/// Issue #4: `spillway init` scaffolds a project that plans and runs; bad models are refused
+/// before any work with file and line.
+#[test]
+fn init_scaffolds_a_project_that_runs() {
+    let dir = scratch().join("init-project");
+    let _ = std::fs::remove_dir_all(&dir);
+    run(bin().arg("init").arg(&dir));
+    let e = fail(bin().arg("init").arg(&dir));
+    assert!(e.contains("already holds a spillway.toml"), "{e}");
+    run(bin().arg("plan").arg(&dir).args(["--set", "sources.tpch.sf=0.01"]));
+    let out = run(bin().arg("run").arg(&dir).args(["--memory", "256MiB", "--set", "sources.tpch.sf=0.01", "--plain"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 ok, 0 failed"));
+    assert!(dir.join("output/revenue_by_nation.parquet").is_file());
+
+    std::fs::write(dir.join("models/broken.sql"), "SELECT o_custkey,\n       no_such_column\nFROM order_lines").unwrap();
+    let e = fail(bin().arg("run").arg(&dir).args(["--set", "sources.tpch.sf=0.01"]));
+    assert!(e.contains("models/broken.sql:2") && e.contains("no_such_column"), "{e}");
+    let runs = std::fs::read_dir(dir.join(".spillway/runs")).unwrap().count();
+    assert_eq!(runs, 2, "the failed validation started no run (one run folder and `latest`)");
+}
+
+/// Issue #4: a failed model makes `run` exit non-zero, naming it; its descendants are skipped.
+#[test]
+fn run_failure_exits_non_zero_and_skips_descendants() {
+    let dir = scratch().join("failing-project");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(dir.join("models/fine.sql"), "SELECT value AS v FROM range(1000)").unwrap();
+    std::fs::write(dir.join("models/bad.sql"), "SELECT 1 / (value - 500) AS x FROM range(1000)").unwrap();
+    std::fs::write(dir.join("models/after_bad.sql"), "SELECT count(*) AS n FROM bad").unwrap();
+    let out = bin().arg("run").arg(&dir).args(["--memory", "128MiB", "--plain"]).output().unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ERROR bad") && stdout.contains("SKIP  after_bad (upstream bad did not complete)"), "{stdout}");
+    assert!(stdout.contains("1 ok, 1 failed, 1 skipped"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 model(s) failed") && stderr.contains("models/bad.sql"), "{stderr}");
 }
