@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub async fn validate(project: &Project, select: Option<&str>) -> Result<(Dag, Vec<String>)> {
     let (dag, broken) = Dag::analyze(project)?;
     let models = match select {
-        Some(sel) => dag.select(sel).map_err(|m| Error::at(&project.dir, 1, m))?,
+        Some(sel) => dag.select(sel).map_err(Error::Usage)?,
         None => dag.order.clone(),
     };
     let mut problems = sources::missing_files(project);
@@ -55,8 +55,8 @@ pub async fn validate(project: &Project, select: Option<&str>) -> Result<(Dag, V
             }
         };
         if let Err(e) = registered {
-            let cfg = project.config_path.clone().unwrap_or_else(|| project.dir.join("spillway.toml"));
-            problems.push(Error::at(cfg, 1, format!("[sources.{}]: {e}", by_table[table])));
+            let (cfg, line) = sources::source_line(project, &by_table[table]);
+            problems.push(Error::at(cfg, line, format!("[sources.{}]: {e}", by_table[table])));
         }
     }
     if !problems.is_empty() {

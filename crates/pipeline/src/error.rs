@@ -24,6 +24,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A problem with how the run was asked for (e.g. a selection naming no model).
+    #[error("{0}")]
+    Usage(String),
     /// Models depend on each other in a cycle.
     #[error("dependency cycle: {0}")]
     Cycle(String),

@@ -197,7 +197,7 @@ pub async fn run(project: &Project, governor: &Governor, options: RunOptions, ob
         })
     })
     .await
-    .map_err(|e| Error::at(&project.dir, 1, format!("preparing sources: {e}")))??;
+    .map_err(|e| Error::Usage(format!("preparing sources failed: {e}")))??;
     // Generating data leaves freed pages in the generator threads' arenas: give them back now so
     // the models start from a clean baseline.
     spillway_governor::jemalloc::purge_all_arenas();

@@ -25,7 +25,7 @@ impl SourceTables {
         let location = self
             .locations
             .get(table)
-            .ok_or_else(|| Error::at(PathBuf::from("spillway.toml"), 1, format!("source table {table:?} has no data")))?;
+            .ok_or_else(|| Error::Usage(format!("source table {table:?} has no data")))?;
         tables::register(ctx, table, location).await?;
         Ok(())
     }
@@ -42,7 +42,7 @@ pub fn is_generated(dir: &Path) -> bool {
 }
 
 /// The line of `[sources.NAME]` in the project's `spillway.toml` (1 when not found).
-fn source_line(project: &Project, name: &str) -> (PathBuf, usize) {
+pub(crate) fn source_line(project: &Project, name: &str) -> (PathBuf, usize) {
     let path = project.config_path.clone().unwrap_or_else(|| project.dir.join("spillway.toml"));
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let line = text

@@ -32,7 +32,8 @@ pub async fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
         println!("sink {name}: {} -> {}", sink.model, sink.path.display());
     }
     println!();
-    println!("{:>3}  {:<24} {:<6} {:<18} {:<12} {:<10} reads", "#", "model", "class", "lease", "materialize", "checkpoint");
+    let w = selected.iter().map(|m| m.len()).max().unwrap_or(0).max(24);
+    println!("{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} reads", "#", "model", "class", "lease", "materialize", "checkpoint");
     for (i, name) in selected.iter().enumerate() {
         let m = &project.models[name];
         let s = &m.settings;
@@ -43,7 +44,7 @@ pub async fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
         let too_big = if bytes > g.leasable() { " (> leasable!)" } else { "" };
         let reads: Vec<String> = dag.upstream[name].iter().cloned().chain(dag.sources[name].iter().map(|t| format!("{t}*"))).collect();
         println!(
-            "{:>3}  {:<24} {:<6} {:<18} {:<12} {:<10} {}",
+            "{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} {}",
             i + 1,
             name,
             s.class.to_string(),

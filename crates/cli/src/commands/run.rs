@@ -38,8 +38,12 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<()> {
     options.cancel = Some(cancel.clone());
     let interrupt = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: stopping running models");
+            eprintln!("interrupted: stopping running models (Ctrl-C again to quit at once)");
             cancel.notify_one();
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            // Temp files left behind are swept at the next start.
+            std::process::exit(130);
         }
     });
 
@@ -66,7 +70,10 @@ pub async fn run(settings: &Settings, args: RunArgs) -> Result<()> {
     println!("results: {}  (HTML: spillway report {})", run_dir.join("run_results.json").display(), project.dir.display());
     if results.status != Status::Ok {
         let first = results.steps.iter().find(|s| s.status == Status::Error).and_then(|s| s.error.clone());
-        bail!("{} model(s) failed{}", count(Status::Error).max(1), first.map(|e| format!("; first: {e}")).unwrap_or_default());
+        match first {
+            Some(e) => bail!("{} model(s) failed; first: {e}", count(Status::Error)),
+            None => bail!("the run stopped before {} model(s) ran", count(Status::Skipped)),
+        }
     }
     Ok(())
 }
