@@ -588,8 +588,8 @@ async fn place(
     let intermediate = sh.store.write(name, stream, &hints).await?;
     let info = intermediate.info().clone();
     let mut published = Vec::new();
-    for (sink, path) in sinks {
-        let table = format!("__spillway_sink_{sink}");
+    for (i, (sink, path)) in sinks.into_iter().enumerate() {
+        let table = format!("__spillway_sink_{i}");
         read::register(ctx, &table, &intermediate, 1).await?;
         let df = ctx.table(table.as_str()).await.map_err(spillway_engine::Error::from)?;
         let stream = df.execute_stream().await.map_err(spillway_engine::Error::from)?;

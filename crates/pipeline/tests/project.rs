@@ -1,6 +1,8 @@
 //! Loading projects and building their DAG: settings precedence, dependency inference, selection,
 //! and errors that name the file and line.
 
+#![allow(clippy::result_large_err)]
+
 use spillway_pipeline::*;
 
 fn project(files: &[(&str, &str)]) -> tempfile::TempDir {

@@ -87,7 +87,6 @@ struct Display {
 struct Bars {
     multi: MultiProgress,
     overall: ProgressBar,
-    governor: Governor,
 }
 
 #[derive(Default)]
@@ -111,7 +110,23 @@ impl Display {
                     .progress_chars("=> "),
             );
             overall.enable_steady_tick(Duration::from_millis(200));
-            Bars { multi, overall, governor }
+            // Live memory figures next to the bar.
+            let (bar, gov) = (overall.clone(), governor.clone());
+            tokio::spawn(async move {
+                while !bar.is_finished() {
+                    if let Some(s) = gov.timeline().last() {
+                        bar.set_message(format!(
+                            "resident {} of {} · leased {} · pressure {}",
+                            fmt_bytes(s.rss_anon),
+                            fmt_bytes(gov.budget()),
+                            fmt_bytes(gov.leased()),
+                            gov.pressure()
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            });
+            Bars { multi, overall }
         });
         Self { bars, state: Mutex::new(State::default()) }
     }
@@ -164,8 +179,6 @@ impl Display {
                     });
                     let again = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
                     bar.set_message(format!("{model}{again} · lease {}", fmt_bytes(*lease_bytes)));
-                    let s = b.governor.timeline().last().unwrap_or_default();
-                    b.overall.set_message(format!("resident {} of {}", fmt_bytes(s.rss_anon), fmt_bytes(b.governor.budget())));
                 }
             }
             Event::ModelRetry { model, escalation, error, .. } => {
