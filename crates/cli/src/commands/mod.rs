@@ -3,6 +3,7 @@
 mod gen;
 mod info;
 mod init;
+mod live;
 mod plan;
 mod report;
 mod run;

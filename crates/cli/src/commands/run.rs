@@ -110,22 +110,7 @@ impl Display {
                     .progress_chars("=> "),
             );
             overall.enable_steady_tick(Duration::from_millis(200));
-            // Live memory figures next to the bar.
-            let (bar, gov) = (overall.clone(), governor.clone());
-            tokio::spawn(async move {
-                while !bar.is_finished() {
-                    if let Some(s) = gov.timeline().last() {
-                        bar.set_message(format!(
-                            "resident {} of {} · leased {} · pressure {}",
-                            fmt_bytes(s.rss_anon),
-                            fmt_bytes(gov.budget()),
-                            fmt_bytes(gov.leased()),
-                            gov.pressure()
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            });
+            super::live::show_memory(&overall, &governor);
             Bars { multi, overall }
         });
         Self { bars, state: Mutex::new(State::default()) }

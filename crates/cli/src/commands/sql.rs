@@ -11,7 +11,7 @@ use spillway_tiers::{DiskQuota, SpillRoot};
 use spillway_governor::{fmt_bytes, Governor, LeaseRequest, PoolOptions, PoolStats};
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What `--stats-json` writes.
 #[derive(Debug, Serialize)]
@@ -142,21 +142,6 @@ fn spinner(governor: &Governor) -> Option<ProgressBar> {
     }
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").ok()?);
-    let (bar2, gov) = (bar.clone(), governor.clone());
-    tokio::spawn(async move {
-        while !bar2.is_finished() {
-            if let Some(s) = gov.timeline().last() {
-                bar2.set_message(format!(
-                    "resident {} of {} · reserved {} · pressure {}",
-                    fmt_bytes(s.rss_anon),
-                    fmt_bytes(gov.budget()),
-                    fmt_bytes(gov.reserved()),
-                    gov.pressure()
-                ));
-            }
-            bar2.tick();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    super::live::show_memory(&bar, governor);
     Some(bar)
 }
