@@ -50,6 +50,47 @@ pub enum Command {
     /// Generate benchmark data.
     #[command(subcommand)]
     Gen(GenCommand),
+    /// Benchmarks against other engines under the same memory limit.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The 22 TPC-H queries, each in a fresh process, per engine: status, wall time, peak RSS
+    /// (from the kernel), spilled bytes, result checksum.
+    Tpch(BenchTpchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTpchArgs {
+    /// Scale factor; data is generated once into ~/.cache/spillway/tpch-sf<N> (or --data).
+    #[arg(long, default_value_t = 1.0)]
+    pub sf: f64,
+    /// Queries to run, e.g. 1,5,18 (default all 22).
+    #[arg(long, value_delimiter = ',')]
+    pub queries: Vec<usize>,
+    /// Engines, interleaved per query: spillway (the governor) and datafusion (DataFusion's
+    /// GreedyMemoryPool of the same size, as `datafusion-cli --memory-limit`).
+    #[arg(long = "engine", value_enum, value_delimiter = ',', default_value = "spillway,datafusion")]
+    pub engines: Vec<BenchEngine>,
+    /// Write the rows as JSON: [{"query", "engine", "status", "wall_ms", "peak_rss_bytes", "spilled_bytes", "checksum", ...}].
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// TPC-H Parquet folder to use (generated there if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Seconds before a query is killed and reported as a timeout.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchEngine {
+    /// spillway's governor and lease pool.
+    Spillway,
+    /// DataFusion's stock GreedyMemoryPool of the same size, no governor.
+    Datafusion,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +176,10 @@ pub struct SqlArgs {
     /// Rows to print (0: all, printed as they arrive).
     #[arg(long, default_value_t = 40)]
     pub max_rows: usize,
+    /// Print only the row count and an order-independent checksum of the result (to compare
+    /// engines; see `bench/duckdb_tpch.py`).
+    #[arg(long, conflicts_with = "output")]
+    pub checksum: bool,
     /// Write run statistics (rows, time, peak memory, spilled bytes) as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,

@@ -5,6 +5,7 @@
 //! - `info_*`, `gen_*`: the other commands.
 //! - `bad_input_*`: one-line errors and exit codes for bad sizes, files and SQL.
 //! - `plan_*`, `run_*`, `init_*`: projects (examples/tpch among them).
+//! - `bench_*`: the benchmark harness (and the DuckDB script when duckdb is installed).
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -397,4 +398,74 @@ fn run_failure_exits_non_zero_and_skips_descendants() {
     assert!(stdout.contains("1 ok, 1 failed, 1 skipped"), "{stdout}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("1 model(s) failed") && stderr.contains("models/bad.sql"), "{stderr}");
+}
+
+/// Issue #5: the benchmark harness at a tiny scale factor: each query in a fresh process per
+/// engine, with results that agree, and a query forced to fail reported as a row.
+#[test]
+fn bench_tpch_runs_each_engine_and_reports_failures_as_rows() {
+    let data = scratch().join("bench-tpch-sf0.01");
+    let json = scratch().join("bench.json");
+    let out = run(bin()
+        .args(["bench", "tpch", "--sf", "0.01", "--queries", "1,6,18", "--memory", "256MiB", "--data"])
+        .arg(&data)
+        .arg("--json")
+        .arg(&json));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("spillway   completed 3/3") && text.contains("datafusion completed 3/3"), "{text}");
+    let rows: Vec<Value> = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(rows.len(), 6);
+    for r in &rows {
+        assert_eq!(r["status"], "ok", "{r}");
+        assert!(r["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "peak RSS from the kernel: {r}");
+        assert!(r["wall_ms"].as_u64().is_some() && r["checksum"].as_str().unwrap().len() == 16);
+    }
+    for q in [1, 6, 18] {
+        let sums: Vec<&Value> = rows.iter().filter(|r| r["query"] == q).map(|r| &r["checksum"]).collect();
+        assert_eq!(sums[0], sums[1], "spillway and DataFusion agree on Q{q}");
+    }
+    assert!(!text.contains("results differ"), "{text}");
+
+    // A query that cannot finish in time is a `timeout` row, not a crash of the harness.
+    run(bin()
+        .args(["bench", "tpch", "--sf", "0.01", "--queries", "1", "--engine", "spillway", "--timeout", "0", "--data"])
+        .arg(&data)
+        .arg("--json")
+        .arg(&json));
+    let rows: Vec<Value> = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["status"], "timeout");
+
+    // DuckDB on the same files gives the same checksums (when the package is installed, as
+    // .ci/run does into bench/.venv).
+    let python = std::env::var("SPILLWAY_DUCKDB_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/.venv/bin/python"));
+    let has_duckdb = Command::new(&python).args(["-c", "import duckdb"]).output().is_ok_and(|o| o.status.success());
+    if !has_duckdb {
+        eprintln!("duckdb is not installed at {}: skipping the DuckDB comparison", python.display());
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/duckdb_tpch.py");
+    let duck_json = scratch().join("duckdb.json");
+    run(Command::new(&python)
+        .arg(&script)
+        .args(["--sf", "0.01", "--queries", "1,6,18", "--memory", "256MiB", "--data"])
+        .arg(&data)
+        .arg("--json")
+        .arg(&duck_json));
+    let duck: Vec<Value> = serde_json::from_slice(&std::fs::read(&duck_json).unwrap()).unwrap();
+    let ours: Vec<Value> = {
+        let out = run(bin()
+            .args(["bench", "tpch", "--sf", "0.01", "--queries", "1,6,18", "--engine", "spillway", "--memory", "256MiB", "--data"])
+            .arg(&data)
+            .arg("--json")
+            .arg(&json));
+        assert!(out.status.success());
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+    };
+    for (d, o) in duck.iter().zip(&ours) {
+        assert_eq!(d["status"], "ok", "{d}");
+        assert_eq!(d["checksum"], o["checksum"], "DuckDB and spillway agree on Q{}", o["query"]);
+    }
 }

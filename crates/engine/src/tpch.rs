@@ -55,6 +55,40 @@ fn batches(table: &str, sf: f64, part: i32, parts: i32) -> BatchIter {
     }
 }
 
+/// The 22 TPC-H queries with the specification's validation parameters (`queries/tpch/qN.sql`),
+/// in DataFusion's dialect; Q15's view is a CTE, and some `ORDER BY`s get a tie-breaker so that
+/// results with `LIMIT` are deterministic.
+const QUERIES: [&str; 22] = [
+    include_str!("../queries/tpch/q1.sql"),
+    include_str!("../queries/tpch/q2.sql"),
+    include_str!("../queries/tpch/q3.sql"),
+    include_str!("../queries/tpch/q4.sql"),
+    include_str!("../queries/tpch/q5.sql"),
+    include_str!("../queries/tpch/q6.sql"),
+    include_str!("../queries/tpch/q7.sql"),
+    include_str!("../queries/tpch/q8.sql"),
+    include_str!("../queries/tpch/q9.sql"),
+    include_str!("../queries/tpch/q10.sql"),
+    include_str!("../queries/tpch/q11.sql"),
+    include_str!("../queries/tpch/q12.sql"),
+    include_str!("../queries/tpch/q13.sql"),
+    include_str!("../queries/tpch/q14.sql"),
+    include_str!("../queries/tpch/q15.sql"),
+    include_str!("../queries/tpch/q16.sql"),
+    include_str!("../queries/tpch/q17.sql"),
+    include_str!("../queries/tpch/q18.sql"),
+    include_str!("../queries/tpch/q19.sql"),
+    include_str!("../queries/tpch/q20.sql"),
+    include_str!("../queries/tpch/q21.sql"),
+    include_str!("../queries/tpch/q22.sql"),
+];
+
+/// TPC-H query `n` (1 to 22) for scale factor `sf` (Q11's fraction is 0.0001 / SF).
+pub fn query(n: usize, sf: f64) -> Option<String> {
+    let text = QUERIES.get(n.checked_sub(1)?)?;
+    Some(if n == 11 { text.replace("* 0.0001", &format!("* {}", 0.0001 / sf)) } else { text.to_string() })
+}
+
 /// The Arrow schema of a TPC-H table as generated (`None` for an unknown name).
 pub fn schema(table: &str) -> Option<arrow::datatypes::SchemaRef> {
     Some(match table {

@@ -1,5 +1,6 @@
 //! One module per subcommand; [`run`] dispatches and owns the tokio runtime.
 
+mod bench;
 mod gen;
 mod info;
 mod init;
@@ -9,7 +10,7 @@ mod report;
 mod run;
 mod sql;
 
-use crate::args::{Cli, Command, GenCommand};
+use crate::args::{BenchCommand, Cli, Command, GenCommand};
 use crate::settings;
 use anyhow::{Context, Result};
 
@@ -33,5 +34,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report::run(args),
         Command::Init(args) => init::run(args),
         Command::Gen(GenCommand::Tpch(args)) => gen::tpch(&settings, args),
+        Command::Bench(BenchCommand::Tpch(args)) => bench::run(&settings, args),
     }
 }

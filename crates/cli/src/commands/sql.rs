@@ -30,6 +30,8 @@ struct Stats {
     spilled_bytes: u64,
     pool_stats: Option<PoolStats>,
     output_bytes: Option<u64>,
+    /// Order-independent checksum of the result (`--checksum`).
+    checksum: Option<String>,
 }
 
 pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
@@ -75,18 +77,23 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
     let work = async {
         let q = query::run_sql(&ctx, &args.sql).await?;
         let plan = q.plan.clone();
-        let (rows, output_bytes) = match &args.output {
+        let (rows, output_bytes, checksum) = match &args.output {
+            _ if args.checksum => {
+                let (rows, sum) = output::checksum(q.stream).await?;
+                println!("{rows} rows, checksum {sum}");
+                (rows, None, Some(sum))
+            }
             Some(path) => {
                 let w = output::write_stream(q.stream, path, &output::WriteOptions::default()).await?;
-                (w.rows, Some(w.bytes))
+                (w.rows, Some(w.bytes), None)
             }
             None => {
                 let max = (args.max_rows > 0).then_some(args.max_rows);
                 let mut stdout = std::io::stdout().lock();
-                (output::print_table(q.stream, max, &mut stdout).await?, None)
+                (output::print_table(q.stream, max, &mut stdout).await?, None, None)
             }
         };
-        anyhow::Ok((rows, output_bytes, query::spilled_bytes(&plan)))
+        anyhow::Ok((rows, output_bytes, checksum, query::spilled_bytes(&plan)))
     };
     let outcome = tokio::select! {
         r = work => r,
@@ -95,7 +102,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
     if let Some(s) = &spinner {
         s.finish_and_clear();
     }
-    let (rows, output_bytes, spilled) = outcome.context("query failed")?;
+    let (rows, output_bytes, checksum, spilled) = outcome.context("query failed")?;
     governor.sample_now();
     let stats = Stats {
         rows,
@@ -114,6 +121,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
         spilled_bytes: spilled,
         pool_stats: lease_pool.as_ref().map(|p| p.stats()),
         output_bytes,
+        checksum,
     };
     eprintln!(
         "{} rows in {:.2}s · peak resident {} (RSS {}) of {} budget · spilled {}{}",
