@@ -6,12 +6,13 @@
 #
 #   bench/tpch.sh 1 256MiB            # SF, budget [, queries e.g. 1,5,18]
 #
-# Data: ~/.cache/spillway/tpch-sf<SF> (generated once). DuckDB: installed by this script into
+# TIMEOUT=seconds per query (default 900). Data: ~/.cache/spillway/tpch-sf<SF> (generated once). DuckDB: installed by this script into
 # bench/.venv from PyPI; without it the table has spillway and DataFusion only.
 set -euo pipefail
 sf=${1:-1}
 mem=${2:-1GiB}
 queries=${3:-$(seq -s, 1 22)}
+timeout=${TIMEOUT:-900}
 cd "$(dirname "$0")/.."
 bin=${SPILLWAY_BIN:-${CARGO_TARGET_DIR:-target}/release/spillway}
 [ -x "$bin" ] || cargo build --release
@@ -24,9 +25,9 @@ fi
 has_duckdb=0
 "$py" -c "import duckdb" 2>/dev/null && has_duckdb=1
 for q in ${queries//,/ }; do
-  "$bin" bench tpch --sf "$sf" --memory "$mem" --data "$data" --queries "$q" --json "$out/sd-$q.json" | grep "^q"
+  "$bin" bench tpch --sf "$sf" --memory "$mem" --data "$data" --queries "$q" --timeout "$timeout" --json "$out/sd-$q.json" | grep "^q"
   if [ $has_duckdb = 1 ]; then
-    "$py" bench/duckdb_tpch.py --data "$data" --sf "$sf" --memory "$mem" --queries "$q" --json "$out/duck-$q.json"
+    "$py" bench/duckdb_tpch.py --data "$data" --sf "$sf" --memory "$mem" --queries "$q" --timeout "$timeout" --json "$out/duck-$q.json"
   fi
 done
 echo

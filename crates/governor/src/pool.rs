@@ -240,6 +240,15 @@ impl MemoryPool for LeasePool {
         let mut state = self.lock();
         let new_size = reservation.size() + additional;
         let limit = self.effective_limit();
+        // RepartitionExec's reservations stand for batches in flight between partitions (a few
+        // per partition pair). Refusing them makes it spill those batches to its spill pool,
+        // which in DataFusion 55 can deadlock (every worker parks: apache/datafusion#24883; TPC-H
+        // Q7 at SF10 under 1GiB hung here). They are always granted and counted, so the other
+        // consumers of the lease make room for them.
+        if reservation.consumer().name().starts_with("RepartitionExec") {
+            self.add(&mut state, reservation, additional);
+            return Ok(());
+        }
         if reservation.consumer().can_spill() {
             let spill_available = limit.saturating_sub(state.unspillable.max(self.reserve));
             let me = reservation.consumer().id();

@@ -311,3 +311,21 @@ async fn queue_growable_lease_respects_budget_and_queue() {
     drop((held, step));
     assert_eq!(gov.leased(), 0);
 }
+
+/// RepartitionExec's in-flight batches are always granted (and counted): refusing them makes it
+/// spill into its spill pool, which can deadlock in DataFusion 55 (apache/datafusion#24883).
+#[test]
+fn pool_repartition_is_never_refused_but_counted() {
+    let gov = governor(200);
+    let pool = pool(&gov, 100);
+    let sort = MemoryConsumer::new("Sort[0]").with_can_spill(true).register(&pool);
+    sort.try_grow((30 * MIB) as usize).unwrap();
+    let rep = MemoryConsumer::new("RepartitionExec[0]").with_can_spill(true).register(&pool);
+    rep.try_grow((60 * MIB) as usize).unwrap();
+    rep.try_grow((20 * MIB) as usize).unwrap();
+    assert_eq!(gov.reserved(), 110 * MIB);
+    // The others make room: the lease is over-full, so they are refused and spill.
+    assert!(sort.try_grow(MIB as usize).is_err());
+    let other = MemoryConsumer::new("Agg[0]").with_can_spill(true).register(&pool);
+    assert!(other.try_grow(MIB as usize).is_err());
+}
