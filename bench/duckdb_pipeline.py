@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from sizes import parse_size
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT = os.path.join(ROOT, "examples", "tpch")
 TABLES = ["nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem"]
@@ -32,12 +34,6 @@ SINKS = {  # model -> COPY options, as examples/tpch/spillway.toml publishes the
     "shipping_delays": "(FORMAT parquet, COMPRESSION zstd)",
 }
 
-
-def parse_size(text):
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]i?B?)\s*", text, re.I)
-    if not m:
-        raise SystemExit(f"bad size {text!r}: use e.g. 2GiB")
-    return int(float(m.group(1)) * 1024 ** ("KMGT".index(m.group(2)[0].upper()) + 1))
 
 
 def order(spillway):

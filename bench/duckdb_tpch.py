@@ -11,31 +11,24 @@ summed), so the two engines' answers can be compared.
 
     bench/duckdb_tpch.py --data ~/.cache/spillway/tpch-sf1 --sf 1 --memory 1GiB --json duckdb.json
 
-Needs the `duckdb` package; bench/duckdb.sh installs it into a virtualenv and runs this.
+Needs the `duckdb` package; bench/tpch.sh installs it into bench/.venv and runs this.
 """
 import argparse
 import datetime
 import decimal
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
 
+from sizes import parse_size
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUERIES = os.path.join(ROOT, "crates", "engine", "queries", "tpch")
 TABLES = ["nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem"]
-UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-         "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 
-
-def parse_size(text):
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
-    if not m or m.group(2).lower() not in UNITS:
-        raise SystemExit(f"bad size {text!r}: use e.g. 256MiB, 1GiB")
-    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
 
 
 def query_text(n, sf):

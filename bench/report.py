@@ -10,14 +10,10 @@ import argparse
 import collections
 import json
 import math
-import re
 
-UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+from sizes import parse_size
 
 
-def parse_size(text):
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", text)
-    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
 
 
 def main():
