@@ -469,3 +469,19 @@ fn bench_tpch_runs_each_engine_and_reports_failures_as_rows() {
         assert_eq!(d["checksum"], o["checksum"], "DuckDB and spillway agree on Q{}", o["query"]);
     }
 }
+
+/// A hash join whose build side does not fit (DataFusion's cannot spill) is run again with
+/// sort-merge joins under spillway's pool; the stock pool of the same size fails.
+#[test]
+fn sql_hash_join_out_of_memory_falls_back_to_sort_merge_joins() {
+    let sql = "SELECT count(*) AS n FROM range(2000000) a JOIN range(2000000) b ON a.value = b.value";
+    let stats = scratch().join("join-fallback.stats.json");
+    let out = run(bin().args(["sql", "--memory", "32MiB", "--max-rows", "5", "--stats-json"]).arg(&stats).arg(sql));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2000000"), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("running again with sort-merge joins"));
+    let stats: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(stats["join_fallback"], true);
+    let e = fail(bin().args(["sql", "--memory", "32MiB", "--pool", "greedy", sql]));
+    assert!(e.contains("Resources exhausted"), "{e}");
+}

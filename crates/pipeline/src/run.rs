@@ -10,8 +10,8 @@
 //!   inputs: upstream outputs registered without copying (tiers::read), sources by location
 //!   output: hand-off store (memory / IPC / Parquet by size), or straight into its one sink,
 //!           sinks published atomically; a check must return no rows
-//!   ResourcesExhausted ─▶ retry: a larger lease if the budget allows, else disk hand-off and
-//!                         half the partitions
+//!   ResourcesExhausted ─▶ retry: a larger lease if the budget allows, else sort-merge joins
+//!                         (they spill), disk hand-off and half the partitions
 //!   failure ─▶ descendants skipped, independent models go on (`fail_fast` stops everything)
 //! ```
 //!
@@ -393,6 +393,7 @@ async fn run_model(sh: Arc<Shared>, name: String, inputs: Vec<(String, Arc<Inter
     let mut lease_bytes = sh.lease_bytes(s.lease);
     let mut partitions = if heavy { cores } else { (cores / 2).max(1) };
     let mut materialize = sh.options.materialize.unwrap_or(s.materialize);
+    let mut hash_joins = true;
     let started_abs = sh.governor.timeline().now_ms();
     let started_ms = sh.now();
     let mut spilled = 0;
@@ -401,7 +402,8 @@ async fn run_model(sh: Arc<Shared>, name: String, inputs: Vec<(String, Arc<Inter
         attempt += 1;
         sh.emit(Event::ModelQueued { t_ms: sh.now(), model: name.clone(), lease_bytes, heavy });
         let mut info = Attempt::default();
-        let result = attempt_once(&sh, &model, &inputs, lease_bytes, partitions, materialize, attempt, &mut info).await;
+        let plan = Plan { lease_bytes, partitions, materialize, hash_joins };
+        let result = attempt_once(&sh, &model, &inputs, &plan, attempt, &mut info).await;
         spilled += info.spilled;
         match result {
             Err(e) if attempt <= s.retries && e.is_resources_exhausted() => {
@@ -412,11 +414,17 @@ async fn run_model(sh: Arc<Shared>, name: String, inputs: Vec<(String, Arc<Inter
                         text
                     }
                     None => {
-                        partitions = (partitions / 2).max(1);
+                        // DataFusion plans sort-merge joins only with 2 or more partitions.
+                        partitions = (partitions / 2).max(2);
                         if matches!(materialize, Materialize::Auto | Materialize::Memory) {
                             materialize = Materialize::Ipc;
                         }
-                        format!("lease already {} (all that may be lent): disk hand-off, {partitions} partitions", fmt_bytes(lease_bytes))
+                        // DataFusion's hash join cannot spill; its sort-merge join can.
+                        hash_joins = false;
+                        format!(
+                            "lease already {} (all that may be lent): sort-merge joins, disk hand-off, {partitions} partitions",
+                            fmt_bytes(lease_bytes)
+                        )
                     }
                 };
                 tracing::info!(model = %name, %escalation, "out of memory, retrying");
@@ -468,17 +476,24 @@ fn next_lease(governor: &Governor, current: u64) -> Option<u64> {
         .min()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How one attempt runs (retries change it).
+struct Plan {
+    lease_bytes: u64,
+    partitions: usize,
+    materialize: Materialize,
+    /// `false`: sort-merge joins, which spill, instead of hash joins.
+    hash_joins: bool,
+}
+
 async fn attempt_once(
     sh: &Shared,
     model: &Model,
     inputs: &[(String, Arc<Intermediate>)],
-    lease_bytes: u64,
-    partitions: usize,
-    materialize: Materialize,
+    plan: &Plan,
     attempt: u32,
     info: &mut Attempt,
 ) -> Result<Output> {
+    let Plan { lease_bytes, partitions, materialize, hash_joins } = *plan;
     let name = &model.name;
     let heavy = model.settings.class == Class::Heavy;
     let mut request = LeaseRequest::bytes(name.clone(), lease_bytes);
@@ -496,6 +511,7 @@ async fn attempt_once(
     });
     let mut options = session::SessionOptions::new(partitions, sh.datafusion_dir.clone());
     options.quota = Some(sh.quota.clone());
+    options.prefer_hash_join = hash_joins;
     let ctx = session::context(pool, &options)?;
     for table in &sh.dag.sources[name] {
         sh.sources.register(&ctx, table).await?;

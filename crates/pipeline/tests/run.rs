@@ -139,7 +139,7 @@ async fn out_of_memory_is_retried_with_a_larger_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_no_larger_lease_exists_the_retry_goes_to_disk_with_fewer_partitions() {
+async fn when_no_larger_lease_exists_the_retry_uses_sort_merge_joins_on_disk() {
     // Already at everything that may be lent: the retry keeps the lease and changes the plan.
     let sql = "-- spillway: profile=L\nSELECT count(*) AS n FROM range(3000000) a JOIN range(3000000) b ON a.value = b.value";
     let dir = project(&[("models/j.sql", sql), ("spillway.toml", "[governor]\n")]);
@@ -165,8 +165,10 @@ async fn when_no_larger_lease_exists_the_retry_goes_to_disk_with_fewer_partition
         Event::ModelRetry { escalation, .. } => Some(escalation.clone()),
         _ => None,
     });
-    assert!(last.unwrap().contains("disk hand-off, 1 partitions"));
-    assert_eq!((j.attempts, j.partitions), (3, 1));
+    assert!(last.unwrap().contains("sort-merge joins, disk hand-off, 2 partitions"));
+    // A sort-merge join spills: the third attempt completes where hash joins could not.
+    assert_eq!((j.status, j.attempts, j.partitions), (Status::Ok, 3, 2), "{:?}", j.error);
+    assert_eq!(j.rows, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

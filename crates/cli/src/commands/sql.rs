@@ -4,11 +4,12 @@ use crate::args::{PoolKind, SqlArgs};
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use datafusion::execution::memory_pool::{FairSpillPool, GreedyMemoryPool, MemoryPool, UnboundedMemoryPool};
+use datafusion::prelude::SessionContext;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use spillway_engine::{output, query, session, tables};
 use spillway_tiers::{DiskQuota, SpillRoot};
-use spillway_governor::{fmt_bytes, Governor, LeaseRequest, PoolOptions, PoolStats};
+use spillway_governor::{fmt_bytes, Governor, LeasePool, LeaseRequest, PoolOptions, PoolStats};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +33,8 @@ struct Stats {
     output_bytes: Option<u64>,
     /// Order-independent checksum of the result (`--checksum`).
     checksum: Option<String>,
+    /// The query ran again with sort-merge joins after a hash join ran out of memory.
+    join_fallback: bool,
 }
 
 pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
@@ -43,7 +46,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
     options.quota = Some(quota.clone());
     let budget = settings.budget.bytes;
 
-    let (ctx, lease_pool) = match args.pool {
+    let (lease_pool, stock_pool): (Option<Arc<LeasePool>>, Option<Arc<dyn MemoryPool>>) = match args.pool {
         PoolKind::Spillway => {
             let lease = governor
                 .lease(LeaseRequest::bytes("sql", governor.leasable()).heavy())
@@ -53,7 +56,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
                 unspillable_reserve: settings.unspillable_reserve,
                 pressure_aware: true,
             });
-            (session::context(pool.clone(), &options)?, Some(pool))
+            (Some(pool), None)
         }
         kind => {
             let pool: Arc<dyn MemoryPool> = match kind {
@@ -61,39 +64,37 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
                 PoolKind::Fair => Arc::new(FairSpillPool::new(budget as usize)),
                 _ => Arc::new(UnboundedMemoryPool::default()),
             };
-            (session::stock_context(pool, &options)?, None)
+            (None, Some(pool))
         }
     };
-    for arg in &args.tables {
-        let (name, path) = tables::parse_table_arg(arg)?;
-        tables::register(&ctx, &name, &path).await?;
-    }
-    for dir in &args.data {
-        tables::register_data_dir(&ctx, dir).await?;
-    }
 
     let started = Instant::now();
     let spinner = spinner(&governor);
+    // A hash join whose build side does not fit fails with ResourcesExhausted (DataFusion's hash
+    // join cannot spill). Under spillway's pool the query then runs again with sort-merge joins,
+    // which spill, unless rows were already printed (`--max-rows 0` prints as they come).
+    let retry_safe = args.checksum || args.output.is_some() || args.max_rows > 0;
     let work = async {
-        let q = query::run_sql(&ctx, &args.sql).await?;
-        let plan = q.plan.clone();
-        let (rows, output_bytes, checksum) = match &args.output {
-            _ if args.checksum => {
-                let (rows, sum) = output::checksum(q.stream).await?;
-                println!("{rows} rows, checksum {sum}");
-                (rows, None, Some(sum))
+        let mut options = options.clone();
+        loop {
+            let ctx = match (&lease_pool, &stock_pool) {
+                (Some(pool), _) => session::context(pool.clone(), &options)?,
+                (None, Some(pool)) => session::stock_context(pool.clone(), &options)?,
+                (None, None) => unreachable!("one pool is set"),
+            };
+            match execute(&ctx, &args).await {
+                Err(e)
+                    if lease_pool.is_some()
+                        && retry_safe
+                        && options.prefer_hash_join
+                        && e.downcast_ref::<spillway_engine::Error>().is_some_and(|e| e.is_resources_exhausted()) =>
+                {
+                    eprintln!("out of memory in a hash join; running again with sort-merge joins, which spill ({})", first_line(&e));
+                    options.prefer_hash_join = false;
+                }
+                other => return other.map(|r| (r, !options.prefer_hash_join)),
             }
-            Some(path) => {
-                let w = output::write_stream(q.stream, path, &output::WriteOptions::default()).await?;
-                (w.rows, Some(w.bytes), None)
-            }
-            None => {
-                let max = (args.max_rows > 0).then_some(args.max_rows);
-                let mut stdout = std::io::stdout().lock();
-                (output::print_table(q.stream, max, &mut stdout).await?, None, None)
-            }
-        };
-        anyhow::Ok((rows, output_bytes, checksum, query::spilled_bytes(&plan)))
+        }
     };
     let outcome = tokio::select! {
         r = work => r,
@@ -102,7 +103,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
     if let Some(s) = &spinner {
         s.finish_and_clear();
     }
-    let (rows, output_bytes, checksum, spilled) = outcome.context("query failed")?;
+    let ((rows, output_bytes, checksum, spilled), join_fallback) = outcome.context("query failed")?;
     governor.sample_now();
     let stats = Stats {
         rows,
@@ -122,6 +123,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
         pool_stats: lease_pool.as_ref().map(|p| p.stats()),
         output_bytes,
         checksum,
+        join_fallback,
     };
     eprintln!(
         "{} rows in {:.2}s · peak resident {} (RSS {}) of {} budget · spilled {}{}",
@@ -137,10 +139,44 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
         let text = serde_json::to_string_pretty(&stats)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    drop(ctx);
     drop(lease_pool);
     drop(run_dir);
     Ok(())
+}
+
+/// Registers the tables, runs `args.sql` and sends its result where `args` says: rows, output
+/// bytes, checksum, spilled bytes.
+async fn execute(ctx: &SessionContext, args: &SqlArgs) -> Result<(u64, Option<u64>, Option<String>, u64)> {
+    for arg in &args.tables {
+        let (name, path) = tables::parse_table_arg(arg)?;
+        tables::register(ctx, &name, &path).await?;
+    }
+    for dir in &args.data {
+        tables::register_data_dir(ctx, dir).await?;
+    }
+    let q = query::run_sql(ctx, &args.sql).await?;
+    let plan = q.plan.clone();
+    let (rows, output_bytes, checksum) = match &args.output {
+        _ if args.checksum => {
+            let (rows, sum) = output::checksum(q.stream).await?;
+            println!("{rows} rows, checksum {sum}");
+            (rows, None, Some(sum))
+        }
+        Some(path) => {
+            let w = output::write_stream(q.stream, path, &output::WriteOptions::default()).await?;
+            (w.rows, Some(w.bytes), None)
+        }
+        None => {
+            let max = (args.max_rows > 0).then_some(args.max_rows);
+            let mut stdout = std::io::stdout().lock();
+            (output::print_table(q.stream, max, &mut stdout).await?, None, None)
+        }
+    };
+    Ok((rows, output_bytes, checksum, query::spilled_bytes(&plan)))
+}
+
+fn first_line(e: &anyhow::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().chars().take(160).collect()
 }
 
 /// A spinner with live memory figures, when stderr is a terminal.
