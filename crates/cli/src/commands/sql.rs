@@ -89,7 +89,10 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
                         && options.prefer_hash_join
                         && e.downcast_ref::<spillway_engine::Error>().is_some_and(|e| e.is_resources_exhausted()) =>
                 {
-                    eprintln!("out of memory in a hash join; running again with sort-merge joins, which spill ({})", first_line(&e));
+                    eprintln!(
+                        "out of memory ({}); running again with sort-merge joins, which spill, instead of hash joins",
+                        first_line(&e)
+                    );
                     options.prefer_hash_join = false;
                 }
                 other => return other.map(|r| (r, !options.prefer_hash_join)),
