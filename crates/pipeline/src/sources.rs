@@ -106,14 +106,7 @@ pub fn prepare(
         let location = match def {
             SourceDef::Tpch { sf } => {
                 let dir = tpch_dir(project, *sf);
-                if !is_generated(&dir) {
-                    match generator {
-                        Generator::InProcess => {
-                            generate_tpch(&dir, *sf, threads, &|rows, total| progress(source, rows, total))?
-                        }
-                        Generator::Command(exe) => generate_tpch_child(exe, &dir, *sf)?,
-                    }
-                }
+                ensure_tpch(&dir, *sf, threads, generator, &|rows, total| progress(source, rows, total))?;
                 dir.join(table)
             }
             SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
@@ -123,6 +116,25 @@ pub fn prepare(
         locations.insert(table.clone(), location.to_string_lossy().into_owned());
     }
     Ok(SourceTables { locations })
+}
+
+/// Makes sure `dir` holds complete TPC-H data at scale factor `sf` (the `_SUCCESS` marker),
+/// generating it with `generator` otherwise. In-process generation reports `(rows, total)` to
+/// `progress`; a child process shows its own progress bar.
+pub fn ensure_tpch(
+    dir: &Path,
+    sf: f64,
+    threads: usize,
+    generator: &Generator,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<()> {
+    if is_generated(dir) {
+        return Ok(());
+    }
+    match generator {
+        Generator::InProcess => generate_tpch(dir, sf, threads, progress),
+        Generator::Command(exe) => generate_tpch_child(exe, dir, sf),
+    }
 }
 
 fn generate_tpch_child(exe: &Path, dir: &Path, sf: f64) -> Result<()> {

@@ -76,38 +76,22 @@ pub fn table(intermediate: &Arc<Intermediate>, partitions: usize) -> Result<Arc<
     Ok(Arc::new(MemTable::try_new(intermediate.schema().clone(), parts)?))
 }
 
-/// Reads every batch of an Arrow IPC file through a memory map, zero-copy.
+/// Reads every batch of an Arrow IPC file through one memory map of the whole file, zero-copy.
 pub fn mmap_ipc(path: &Path) -> Result<Vec<RecordBatch>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: the file is ours (mode 0600 in our run directory) and is not modified while mapped;
-    // deleting it keeps the mapping valid.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let len = mmap.len();
-    let bad = |what: &str| Error::Invalid(format!("{}: not an Arrow IPC file ({what})", path.display()));
-    if len < 10 {
-        return Err(bad("too short"));
-    }
-    let ptr = NonNull::new(mmap.as_ptr() as *mut u8).ok_or_else(|| bad("empty mapping"))?;
-    // SAFETY: `ptr` is valid for `len` bytes for as long as the `Mmap` lives, which the buffer owns.
-    let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(mmap)) };
-    let trailer: [u8; 10] = buffer[len - 10..].try_into().map_err(|_| bad("trailer"))?;
-    let footer_len = read_footer_length(trailer)?;
-    let footer = root_as_footer(&buffer[len - 10 - footer_len..len - 10]).map_err(|_| bad("footer"))?;
-    let schema = Arc::new(fb_to_schema(footer.schema().ok_or_else(|| bad("schema"))?));
-    let mut decoder = FileDecoder::new(schema, footer.version());
-    for block in footer.dictionaries().iter().flatten() {
-        let block_len = block.bodyLength() as usize + block.metaDataLength() as usize;
-        let data = buffer.slice_with_length(block.offset() as usize, block_len);
-        decoder.read_dictionary(block, &data)?;
+    let footer = read_footer(&file, path)?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
+    let buffer = map_range(&file, path, 0, len)?;
+    let mut decoder = FileDecoder::new(footer.schema.clone(), footer.version);
+    for block in &footer.dictionaries {
+        let (offset, len) = block_range(block);
+        decoder.read_dictionary(block, &buffer.slice_with_length(offset as usize, len))?;
     }
     let mut batches = Vec::new();
-    if let Some(blocks) = footer.recordBatches() {
-        for block in blocks {
-            let block_len = block.bodyLength() as usize + block.metaDataLength() as usize;
-            let data = buffer.slice_with_length(block.offset() as usize, block_len);
-            if let Some(batch) = decoder.read_record_batch(block, &data)? {
-                batches.push(batch);
-            }
+    for block in &footer.batches {
+        let (offset, len) = block_range(block);
+        if let Some(batch) = decoder.read_record_batch(block, &buffer.slice_with_length(offset as usize, len))? {
+            batches.push(batch);
         }
     }
     Ok(batches)

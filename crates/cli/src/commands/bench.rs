@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use spillway_engine::tpch;
 use spillway_governor::fmt_bytes;
+use spillway_pipeline::sources;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -115,23 +116,13 @@ fn default_data_dir(sf: f64) -> PathBuf {
     home.join(".cache").join("spillway").join(format!("tpch-sf{sf}"))
 }
 
-/// Generates TPC-H at `sf` into `data` unless a complete copy is there (`_SUCCESS`).
+/// Generates TPC-H at `sf` into `data` (in a child process) unless a complete copy is there.
 fn ensure_data(exe: &Path, data: &Path, sf: f64) -> Result<()> {
-    let marker = data.join("_SUCCESS");
-    if marker.is_file() {
-        return Ok(());
+    if !sources::is_generated(data) {
+        println!("generating TPC-H sf{sf} into {} (once)", data.display());
     }
-    println!("generating TPC-H sf{sf} into {} (once)", data.display());
-    let status = Command::new(exe)
-        .args(["gen", "tpch", "--sf", &sf.to_string(), "--out"])
-        .arg(data)
-        .stdout(Stdio::null())
-        .status()
-        .context("running spillway gen tpch")?;
-    if !status.success() {
-        bail!("generating TPC-H sf{sf} failed ({status})");
-    }
-    std::fs::write(&marker, format!("TPC-H sf{sf}\n")).with_context(|| format!("writing {}", marker.display()))
+    let generator = sources::Generator::Command(exe.to_path_buf());
+    sources::ensure_tpch(data, sf, 1, &generator, &|_, _| {}).with_context(|| format!("generating TPC-H sf{sf}"))
 }
 
 /// Runs one query in a fresh `spillway sql` process and classifies how it ended.
