@@ -113,11 +113,7 @@ impl Shared {
     }
     fn lease_bytes(&self, spec: LeaseSpec) -> u64 {
         let g = self.governor.config();
-        match spec {
-            LeaseSpec::Profile(p) => g.profile_bytes(p),
-            LeaseSpec::Bytes(b) => b,
-        }
-        .min(g.leasable())
+        spec.bytes(g).min(g.leasable())
     }
 }
 

@@ -4,7 +4,7 @@
 //! model's file, `[models.NAME]` in `spillway.toml`, and `[defaults]` there.
 
 use serde::Deserialize;
-use spillway_governor::{ByteSize, Profile};
+use spillway_governor::{ByteSize, GovernorConfig, Profile};
 use spillway_tiers::Materialize;
 use std::fmt;
 
@@ -15,6 +15,17 @@ pub enum LeaseSpec {
     Profile(Profile),
     /// An exact size.
     Bytes(u64),
+}
+
+impl LeaseSpec {
+    /// The bytes asked for under `config` (a profile resolves against the budget); not capped
+    /// at what may be lent.
+    pub fn bytes(self, config: &GovernorConfig) -> u64 {
+        match self {
+            LeaseSpec::Profile(p) => config.profile_bytes(p),
+            LeaseSpec::Bytes(b) => b,
+        }
+    }
 }
 
 impl fmt::Display for LeaseSpec {

@@ -5,7 +5,7 @@ use crate::args::PlanArgs;
 use crate::settings::Settings;
 use anyhow::Result;
 use spillway_governor::fmt_bytes;
-use spillway_pipeline::{LeaseSpec, Project, SourceDef};
+use spillway_pipeline::{Project, SourceDef};
 
 pub async fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
     let project = Project::load_with(&args.dir, &args.overrides)?;
@@ -37,10 +37,7 @@ pub async fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
     for (i, name) in selected.iter().enumerate() {
         let m = &project.models[name];
         let s = &m.settings;
-        let bytes = match s.lease {
-            LeaseSpec::Profile(p) => g.profile_bytes(p),
-            LeaseSpec::Bytes(b) => b,
-        };
+        let bytes = s.lease.bytes(g);
         let too_big = if bytes > g.leasable() { " (> leasable!)" } else { "" };
         let reads: Vec<String> = dag.upstream[name].iter().cloned().chain(dag.sources[name].iter().map(|t| format!("{t}*"))).collect();
         println!(
