@@ -1,12 +1,14 @@
 //! Builds a DataFusion [`SessionContext`] that runs inside a spillway lease: the lease's
 //! [`LeasePool`] as memory pool, spill files in spillway's spill directory, parallelism from the
-//! detected cores.
+//! detected cores, and hash joins that go out of core (`spillway-joins`).
 
 use crate::error::Result;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use spillway_joins::GraceJoinRule;
 use spillway_governor::LeasePool;
 use spillway_tiers::DiskQuota;
 use std::path::PathBuf;
@@ -29,6 +31,10 @@ pub struct SessionOptions {
     /// DataFusion only plans them with 2 or more partitions: `build` raises `target_partitions`
     /// to 2 when this is `false`.
     pub prefer_hash_join: bool,
+    /// Replace DataFusion's hash joins (which cannot spill) with spillway's out-of-core grace
+    /// hash join (`spillway-joins`). On by default under a lease; `false` runs DataFusion's own,
+    /// to measure what the grace join costs.
+    pub grace_joins: bool,
 }
 
 impl SessionOptions {
@@ -40,6 +46,7 @@ impl SessionOptions {
             spill_dir: spill_dir.into(),
             quota: None,
             prefer_hash_join: true,
+            grace_joins: true,
         }
     }
 }
@@ -92,5 +99,11 @@ fn build(pool: Arc<dyn MemoryPool>, tuned_for: Option<u64>, options: &SessionOpt
         exec.sort_spill_reservation_bytes = per_partition;
         exec.sort_in_place_threshold_bytes = per_partition.min(1 << 20);
     }
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+    let mut state = SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features();
+    if tuned_for.is_some() && options.grace_joins {
+        // Last, so it sees the plan DataFusion would run: join modes chosen, repartitions in
+        // place, dynamic filters pushed.
+        state = state.with_physical_optimizer_rule(Arc::new(GraceJoinRule::default()));
+    }
+    Ok(SessionContext::new_with_state(state.build()))
 }

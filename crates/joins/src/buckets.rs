@@ -1,0 +1,194 @@
+//! Hash partitioning of a stream into bucket files: the "grace" half of the grace hash join.
+//!
+//! Rows are routed by a hash of their join keys, with a seed that differs per recursion level
+//! and from DataFusion's own repartitioning and hash-table seeds: rows that landed in one
+//! partition (or one bucket of the level above) all share those hashes, so reusing a seed would
+//! send them all to the same bucket. Equal keys (and all NULL keys) always land in the same
+//! bucket, which is what makes joining bucket by bucket exact for every join type.
+//!
+//! Each bucket is an Arrow IPC stream file in the session's spill directory (DataFusion's
+//! `DiskManager`, which spillway points at the run directory, so the files are removed with the
+//! run and counted against its temp-space quota). Small routed pieces are coalesced before they
+//! are written, in buffers whose total size the caller bounds.
+
+use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::compute::BatchCoalescer;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::common::hash_utils::{create_hashes, RandomState};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, SpillFile, SpillWriter, TaskContext};
+use datafusion::physical_expr::PhysicalExprRef;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, SpillMetrics};
+use datafusion::physical_plan::spill::SpillManager;
+use futures::StreamExt;
+use std::io::BufWriter;
+use std::sync::Arc;
+
+/// The hash seed of recursion level `level` (0 = the first split of a partition).
+fn seed(level: usize) -> RandomState {
+    RandomState::with_seed(0x5b11_1a7e_0000_0000 ^ (level as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// The bucket files of one side of one split.
+pub(crate) struct Buckets {
+    pub files: Vec<Option<Arc<dyn SpillFile>>>,
+    pub rows: Vec<usize>,
+    schema: SchemaRef,
+}
+
+impl Buckets {
+    pub fn total_rows(&self) -> usize {
+        self.rows.iter().sum()
+    }
+
+    /// Streams bucket `b` back (empty if it has no rows).
+    pub fn read(&self, b: usize, task: &Arc<TaskContext>, metrics: &ExecutionPlanMetricsSet) -> Result<SendableRecordBatchStream> {
+        read_file(self.files[b].clone(), &self.schema, task, metrics)
+    }
+}
+
+/// Streams a spill file (or nothing) back as record batches.
+pub(crate) fn read_file(
+    file: Option<Arc<dyn SpillFile>>,
+    schema: &SchemaRef,
+    task: &Arc<TaskContext>,
+    metrics: &ExecutionPlanMetricsSet,
+) -> Result<SendableRecordBatchStream> {
+    match file {
+        Some(file) => {
+            // Reading does not touch the spill counters (they count writes).
+            let manager = SpillManager::new(task.runtime_env(), SpillMetrics::new(metrics, 0), schema.clone());
+            manager.read_spill_as_stream(file, None)
+        }
+        None => Ok(Box::pin(datafusion::physical_plan::EmptyRecordBatchStream::new(schema.clone()))),
+    }
+}
+
+struct Writer {
+    file: Arc<dyn SpillFile>,
+    ipc: StreamWriter<BufWriter<Box<dyn SpillWriter>>>,
+}
+
+/// Routes batches into `fanout` bucket files by join-key hash.
+pub(crate) struct Partitioner {
+    keys: Vec<PhysicalExprRef>,
+    state: RandomState,
+    schema: SchemaRef,
+    task: Arc<TaskContext>,
+    what: &'static str,
+    coalescers: Vec<BatchCoalescer>,
+    writers: Vec<Option<Writer>>,
+    rows: Vec<usize>,
+    hashes: Vec<u64>,
+    spill: SpillMetrics,
+}
+
+impl Partitioner {
+    /// A partitioner for `fanout` buckets at recursion `level`; each bucket buffers up to
+    /// `buffer_rows` rows before writing them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        keys: Vec<PhysicalExprRef>,
+        schema: SchemaRef,
+        level: usize,
+        fanout: usize,
+        buffer_rows: usize,
+        task: Arc<TaskContext>,
+        spill: SpillMetrics,
+        what: &'static str,
+    ) -> Self {
+        let coalescers = (0..fanout).map(|_| BatchCoalescer::new(schema.clone(), buffer_rows.max(1))).collect();
+        Self {
+            keys,
+            state: seed(level),
+            schema,
+            task,
+            what,
+            coalescers,
+            writers: (0..fanout).map(|_| None).collect(),
+            rows: vec![0; fanout],
+            hashes: Vec::new(),
+            spill,
+        }
+    }
+
+    /// Routes every row of `batch` to its bucket.
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let arrays = self
+            .keys
+            .iter()
+            .map(|k| k.evaluate(batch).and_then(|v| v.into_array(n)))
+            .collect::<Result<Vec<_>>>()?;
+        self.hashes.clear();
+        self.hashes.resize(n, 0);
+        create_hashes(&arrays, &self.state, &mut self.hashes)?;
+        let fanout = self.coalescers.len() as u64;
+        let mut indices: Vec<Vec<u32>> = vec![Vec::new(); fanout as usize];
+        for (row, h) in self.hashes.iter().enumerate() {
+            indices[(h % fanout) as usize].push(row as u32);
+        }
+        for (b, idx) in indices.into_iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            self.rows[b] += idx.len();
+            if idx.len() == n {
+                self.coalescers[b].push_batch(batch.clone())?;
+            } else {
+                self.coalescers[b].push_batch_with_indices(batch.clone(), &UInt32Array::from(idx))?;
+            }
+            self.drain(b)?;
+        }
+        Ok(())
+    }
+
+    /// Routes a whole stream.
+    pub async fn push_stream(&mut self, mut stream: SendableRecordBatchStream) -> Result<()> {
+        while let Some(batch) = stream.next().await {
+            self.push(&batch?)?;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, b: usize) -> Result<()> {
+        while let Some(done) = self.coalescers[b].next_completed_batch() {
+            if self.writers[b].is_none() {
+                let file = self.task.runtime_env().disk_manager.create_tmp_file(self.what)?;
+                let out = BufWriter::with_capacity(64 << 10, file.open_writer()?);
+                let ipc = StreamWriter::try_new(out, &self.schema)?;
+                self.spill.spill_file_count.add(1);
+                self.writers[b] = Some(Writer { file, ipc });
+            }
+            let w = self.writers[b].as_mut().ok_or_else(|| DataFusionError::Internal("bucket writer".into()))?;
+            w.ipc.write(&done)?;
+            self.spill.spilled_rows.add(done.num_rows());
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and closes the files.
+    pub fn finish(mut self) -> Result<Buckets> {
+        let mut files = Vec::with_capacity(self.coalescers.len());
+        for b in 0..self.coalescers.len() {
+            self.coalescers[b].finish_buffered_batch()?;
+            self.drain(b)?;
+            files.push(match self.writers[b].take() {
+                Some(Writer { file, mut ipc }) => {
+                    ipc.finish()?;
+                    let mut out = ipc.into_inner()?.into_inner().map_err(|e| DataFusionError::IoError(e.into_error()))?;
+                    out.finish()?;
+                    let size = file.size().unwrap_or(0);
+                    self.spill.spilled_bytes.add(size as usize);
+                    Some(file)
+                }
+                None => None,
+            });
+        }
+        Ok(Buckets { files, rows: self.rows, schema: self.schema })
+    }
+}

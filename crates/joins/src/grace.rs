@@ -1,0 +1,408 @@
+//! The out-of-core join of one build side with one probe side, decided at run time.
+//!
+//! ```text
+//!  build ──buffer under a spillable reservation──┐
+//!                                                ├─ all fits ──▶ DataFusion HashJoinExec (CollectLeft)
+//!                                                │               on the buffered batches: fast path
+//!                                                └─ a reservation fails ──▶ split both sides into
+//!                                                    `fanout` bucket files by key hash (seed = level),
+//!                                                    then join bucket by bucket, recursing into any
+//!                                                    bucket whose build side still does not fit
+//!  at `max_depth`, or when a split did not split (one key holds the bucket):
+//!      build side in chunks that fit, each joined with the whole probe bucket (read again per chunk);
+//!      joins that must see every build row against every probe row at once swap sides first.
+//! ```
+//!
+//! Each piece is joined by DataFusion's own `HashJoinExec`, built from the planned join with its
+//! join type, keys, filter, projection and null equality unchanged: rows with equal keys (and
+//! NULL keys) always share a bucket, so the union of the bucket joins is the join, for every join
+//! type. Only a full outer join whose single hottest key does not fit in the lease has no bounded
+//! plan here; it is attempted in memory and fails with DataFusion's error naming the lease.
+
+use crate::buckets::{read_file, Buckets, Partitioner};
+use crate::metrics::GraceMetrics;
+use crate::once::OnceExec;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::JoinType;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
+use datafusion::physical_expr::PhysicalExprRef;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::ExecutionPlan;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use std::sync::Arc;
+use tokio::sync::mpsc::Sender;
+
+/// Knobs of the out-of-core join.
+#[derive(Debug, Clone, Copy)]
+pub struct GraceOptions {
+    /// Buckets per split.
+    pub fanout: usize,
+    /// Splits before a bucket is joined in chunks instead.
+    pub max_depth: usize,
+}
+
+impl Default for GraceOptions {
+    fn default() -> Self {
+        Self { fanout: 16, max_depth: 3 }
+    }
+}
+
+/// Memory a build batch needs to be joined in memory by `HashJoinExec`: the batch, the copy
+/// `concat_batches` makes of the whole build side, and the hash table (~ 32 bytes a row).
+pub(crate) fn build_need(batch: &RecordBatch) -> usize {
+    2 * batch.get_array_memory_size() + 32 * batch.num_rows() + 1024
+}
+
+/// Whether a join emits build (left) rows that found no match.
+fn emits_unmatched_build(t: JoinType) -> bool {
+    matches!(t, JoinType::Left | JoinType::Full | JoinType::LeftAnti | JoinType::LeftMark)
+}
+
+/// Whether a join emits probe (right) rows that found no match.
+fn emits_unmatched_probe(t: JoinType) -> bool {
+    matches!(t, JoinType::Right | JoinType::Full | JoinType::RightAnti | JoinType::RightMark)
+}
+
+/// Whether a join's result is the union of joining each part of its build side with the whole
+/// probe side: true when no output depends on a probe row's matches across the whole build.
+fn build_chunkable(t: JoinType) -> bool {
+    matches!(t, JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark)
+}
+
+/// What one output partition of a join works with.
+pub(crate) struct JoinCtx {
+    /// The planned join with its run-time state cleared: the template of every piece.
+    pub template: Arc<HashJoinExec>,
+    pub task: Arc<TaskContext>,
+    pub options: GraceOptions,
+    pub metrics: GraceMetrics,
+    pub plan_metrics: ExecutionPlanMetricsSet,
+    pub partition: usize,
+}
+
+impl JoinCtx {
+    fn build_keys(&self) -> Vec<PhysicalExprRef> {
+        self.template.on().iter().map(|(l, _)| l.clone()).collect()
+    }
+    fn probe_keys(&self) -> Vec<PhysicalExprRef> {
+        self.template.on().iter().map(|(_, r)| r.clone()).collect()
+    }
+    fn build_schema(&self) -> SchemaRef {
+        self.template.left().schema()
+    }
+    fn probe_schema(&self) -> SchemaRef {
+        self.template.right().schema()
+    }
+    fn reservation(&self) -> MemoryReservation {
+        MemoryConsumer::new(format!("GraceHashJoin[{}]", self.partition))
+            .with_can_spill(true)
+            .register(self.task.memory_pool())
+    }
+}
+
+/// The probe side of a piece: a live stream, or bucket files (read one after the other) that can
+/// be read again.
+pub(crate) enum Probe {
+    Stream(SendableRecordBatchStream),
+    Files(Vec<Arc<dyn SpillFile>>),
+}
+
+impl Probe {
+    fn open(self, ctx: &JoinCtx) -> Result<SendableRecordBatchStream> {
+        match self {
+            Probe::Stream(s) => Ok(s),
+            Probe::Files(files) => read_files(&files, ctx),
+        }
+    }
+}
+
+fn read_files(files: &[Arc<dyn SpillFile>], ctx: &JoinCtx) -> Result<SendableRecordBatchStream> {
+    let schema = ctx.probe_schema();
+    if files.len() <= 1 {
+        return read_file(files.first().cloned(), &schema, &ctx.task, &ctx.plan_metrics);
+    }
+    let streams = files
+        .iter()
+        .map(|f| read_file(Some(f.clone()), &schema, &ctx.task, &ctx.plan_metrics))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(streams).flatten())))
+}
+
+/// Sends `batch` on, counting its rows; `false` when the consumer has gone (the query was
+/// cancelled or has what it needs).
+async fn send(ctx: &JoinCtx, tx: &Sender<Result<RecordBatch>>, batch: RecordBatch) -> bool {
+    ctx.metrics.output_rows.add(batch.num_rows());
+    tx.send(Ok(batch)).await.is_ok()
+}
+
+/// `template` (a `HashJoinExec`, or one under the projection that `swap_inputs` adds) as a
+/// one-partition `CollectLeft` join of `build` and `probe`.
+fn instantiate(
+    template: &Arc<dyn ExecutionPlan>,
+    build: Arc<dyn ExecutionPlan>,
+    probe: Arc<dyn ExecutionPlan>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    if let Some(join) = template.downcast_ref::<HashJoinExec>() {
+        return join
+            .builder()
+            .reset_state()
+            .with_new_children(vec![build, probe])?
+            .with_partition_mode(PartitionMode::CollectLeft)
+            .recompute_properties()
+            .build_exec();
+    }
+    if let Some(projection) = template.downcast_ref::<ProjectionExec>() {
+        let inner = instantiate(projection.input(), build, probe)?;
+        return Arc::new(projection.clone())
+            .replace_children(vec![inner], ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute));
+    }
+    Err(DataFusionError::Internal(format!("grace join: unexpected template {}", template.name())))
+}
+
+/// Joins `build` (in memory) with `probe` using DataFusion's hash join, forwarding the output.
+async fn in_memory(
+    ctx: &JoinCtx,
+    template: &Arc<dyn ExecutionPlan>,
+    build: Vec<RecordBatch>,
+    build_schema: SchemaRef,
+    probe: SendableRecordBatchStream,
+    tx: &Sender<Result<RecordBatch>>,
+) -> Result<bool> {
+    let build = Box::pin(MemoryStream::try_new(build, build_schema, None)?);
+    let plan = instantiate(template, Arc::new(OnceExec::new(build, "build")), Arc::new(OnceExec::new(probe, "probe")))?;
+    let mut out = plan.execute(0, ctx.task.clone())?;
+    while let Some(batch) = out.next().await {
+        if !send(ctx, tx, batch?).await {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Buffers `build` while `res` can grow; returns the buffered batches and the first batch that
+/// did not fit (`None`: the whole side fits).
+async fn buffer(
+    build: &mut SendableRecordBatchStream,
+    res: &mut MemoryReservation,
+) -> Result<(Vec<RecordBatch>, Option<RecordBatch>)> {
+    let mut batches = Vec::new();
+    while let Some(batch) = build.next().await {
+        let batch = batch?;
+        if res.try_grow(build_need(&batch)).is_err() {
+            return Ok((batches, Some(batch)));
+        }
+        batches.push(batch);
+    }
+    Ok((batches, None))
+}
+
+/// Joins one build side with one probe side within the reservation's share; see the module
+/// docs. `level` is the recursion depth (0 for an output partition of the planned join).
+/// Returns `false` if the consumer went away.
+pub(crate) fn join(
+    ctx: Arc<JoinCtx>,
+    mut build: SendableRecordBatchStream,
+    probe: Probe,
+    level: usize,
+    tx: Sender<Result<RecordBatch>>,
+) -> BoxFuture<'static, Result<bool>> {
+    async move {
+        let mut res = ctx.reservation();
+        let (batches, overflow) = buffer(&mut build, &mut res).await?;
+        let template: Arc<dyn ExecutionPlan> = ctx.template.clone();
+        let Some(first_over) = overflow else {
+            res.free();
+            return in_memory(&ctx, &template, batches, ctx.build_schema(), probe.open(&ctx)?, &tx).await;
+        };
+        ctx.metrics.went_out_of_core(level);
+        if level >= ctx.options.max_depth {
+            return chunked(&ctx, batches, first_over, build, probe, res, &tx).await;
+        }
+
+        // Split both sides into buckets. The coalescing buffers get half of what the build
+        // side was allowed to hold.
+        let fanout = ctx.options.fanout;
+        let held_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let buffer_rows = if held_rows == 0 {
+            64
+        } else {
+            let row_bytes = (res.size() / held_rows).max(1);
+            (res.size() / 2 / fanout / row_bytes).clamp(64, ctx.task.session_config().batch_size())
+        };
+        let spill = ctx.metrics.spill.clone();
+        let mut bp = Partitioner::new(ctx.build_keys(), ctx.build_schema(), level, fanout, buffer_rows, ctx.task.clone(), spill.clone(), "GraceHashJoin build bucket");
+        for batch in batches {
+            bp.push(&batch)?;
+        }
+        bp.push(&first_over)?;
+        drop(first_over);
+        res.free();
+        bp.push_stream(build).await?;
+        let built = bp.finish()?;
+        let mut pp = Partitioner::new(ctx.probe_keys(), ctx.probe_schema(), level, fanout, buffer_rows, ctx.task.clone(), spill, "GraceHashJoin probe bucket");
+        pp.push_stream(probe.open(&ctx)?).await?;
+        let probed = pp.finish()?;
+        ctx.metrics.buckets.add(fanout);
+
+        let probe_files: Vec<Vec<Arc<dyn SpillFile>>> =
+            probed.files.into_iter().map(|f| f.into_iter().collect()).collect();
+        join_buckets(ctx, &built, probe_files, 0..fanout, level, tx).await
+    }
+    .boxed()
+}
+
+/// Joins the buckets `which` of a split at `level`: build bucket `b` with the probe files of
+/// bucket `b`. Buckets that cannot produce output are skipped.
+pub(crate) async fn join_buckets(
+    ctx: Arc<JoinCtx>,
+    built: &Buckets,
+    mut probe_files: Vec<Vec<Arc<dyn SpillFile>>>,
+    which: impl Iterator<Item = usize>,
+    level: usize,
+    tx: Sender<Result<RecordBatch>>,
+) -> Result<bool> {
+    let jt = *ctx.template.join_type();
+    let total = built.total_rows();
+    for b in which {
+        let probe = std::mem::take(&mut probe_files[b]);
+        if built.rows[b] == 0 && !emits_unmatched_probe(jt) {
+            continue;
+        }
+        if probe.is_empty() && !emits_unmatched_build(jt) {
+            continue;
+        }
+        // A split that did not split (one key holds every row) will not split again.
+        let next = if built.rows[b] == total && total > 1 { ctx.options.max_depth } else { level + 1 };
+        let stream = built.read(b, &ctx.task, &ctx.plan_metrics)?;
+        if !join(ctx.clone(), stream, Probe::Files(probe), next, tx.clone()).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The last resort for a build side that does not fit and cannot be split further.
+async fn chunked(
+    ctx: &JoinCtx,
+    batches: Vec<RecordBatch>,
+    first_over: RecordBatch,
+    rest: SendableRecordBatchStream,
+    probe: Probe,
+    mut res: MemoryReservation,
+    tx: &Sender<Result<RecordBatch>>,
+) -> Result<bool> {
+    // The probe side is read once per chunk: it must be a file.
+    let probe_file = match probe {
+        Probe::Files(f) if f.len() <= 1 => f.into_iter().next(),
+        other => spill_one(ctx, ctx.probe_keys(), ctx.probe_schema(), other.open(ctx)?).await?,
+    };
+    let jt = *ctx.template.join_type();
+    let build_schema = ctx.build_schema();
+    if build_chunkable(jt) {
+        let template: Arc<dyn ExecutionPlan> = ctx.template.clone();
+        let build = futures::stream::iter(batches.into_iter().chain(std::iter::once(first_over)).map(Ok)).chain(rest);
+        return run_chunks(ctx, &template, build_schema, Box::pin(build), &probe_file, &ctx.probe_schema(), &mut res, tx).await;
+    }
+    if jt != JoinType::Full {
+        // Right, RightSemi, RightAnti and RightMark joins depend on each probe row's matches
+        // across the whole build side; swapped, they are Left/LeftSemi/LeftAnti/LeftMark joins,
+        // which chunk. The old build side becomes the probe, so it goes to a file first.
+        res.free();
+        let mut p = Partitioner::new(ctx.build_keys(), build_schema.clone(), 0, 1, 1024, ctx.task.clone(), ctx.metrics.spill.clone(), "GraceHashJoin build");
+        for batch in batches {
+            p.push(&batch)?;
+        }
+        p.push(&first_over)?;
+        p.push_stream(rest).await?;
+        let build_file = p.finish()?.files.remove(0);
+        let swapped = ctx.template.builder().reset_state().build()?.swap_inputs(PartitionMode::CollectLeft)?;
+        let new_build = read_file(probe_file, &ctx.probe_schema(), &ctx.task, &ctx.plan_metrics)?;
+        return run_chunks(ctx, &swapped, ctx.probe_schema(), new_build, &build_file, &build_schema, &mut res, tx).await;
+    }
+    // A full outer join needs both sides' unmatched rows: attempted in memory.
+    res.free();
+    ctx.metrics.unbounded.add(1);
+    let build = futures::stream::iter(batches.into_iter().chain(std::iter::once(first_over)).map(Ok)).chain(rest);
+    let build = Box::pin(RecordBatchStreamAdapter::new(build_schema, build));
+    let template: Arc<dyn ExecutionPlan> = ctx.template.clone();
+    let plan = instantiate(
+        &template,
+        Arc::new(OnceExec::new(build, "build")),
+        Arc::new(OnceExec::new(read_file(probe_file, &ctx.probe_schema(), &ctx.task, &ctx.plan_metrics)?, "probe")),
+    )?;
+    let mut out = plan.execute(0, ctx.task.clone())?;
+    while let Some(batch) = out.next().await {
+        if !send(ctx, tx, batch?).await {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Joins `build` chunk by chunk (each as much as `res` grants, at least one batch) with the
+/// whole of `probe_file`, read again for each chunk.
+#[allow(clippy::too_many_arguments)]
+async fn run_chunks(
+    ctx: &JoinCtx,
+    template: &Arc<dyn ExecutionPlan>,
+    build_schema: SchemaRef,
+    mut build: futures::stream::BoxStream<'static, Result<RecordBatch>>,
+    probe_file: &Option<Arc<dyn SpillFile>>,
+    probe_schema: &SchemaRef,
+    res: &mut MemoryReservation,
+    tx: &Sender<Result<RecordBatch>>,
+) -> Result<bool> {
+    res.free();
+    let mut pending: Option<RecordBatch> = None;
+    loop {
+        let mut chunk = Vec::new();
+        if let Some(batch) = pending.take() {
+            res.grow(build_need(&batch));
+            chunk.push(batch);
+        }
+        while let Some(batch) = build.next().await {
+            let batch = batch?;
+            if !chunk.is_empty() && res.try_grow(build_need(&batch)).is_err() {
+                pending = Some(batch);
+                break;
+            }
+            if chunk.is_empty() {
+                res.grow(build_need(&batch));
+            }
+            chunk.push(batch);
+        }
+        if chunk.is_empty() {
+            return Ok(true);
+        }
+        ctx.metrics.chunks.add(1);
+        res.free();
+        let probe = read_file(probe_file.clone(), probe_schema, &ctx.task, &ctx.plan_metrics)?;
+        if !in_memory(ctx, template, chunk, build_schema.clone(), probe, tx).await? {
+            return Ok(false);
+        }
+        if pending.is_none() {
+            return Ok(true);
+        }
+    }
+}
+
+/// Writes a whole stream to one file.
+async fn spill_one(
+    ctx: &JoinCtx,
+    keys: Vec<PhysicalExprRef>,
+    schema: SchemaRef,
+    stream: SendableRecordBatchStream,
+) -> Result<Option<Arc<dyn SpillFile>>> {
+    let mut p = Partitioner::new(keys, schema, 0, 1, 1024, ctx.task.clone(), ctx.metrics.spill.clone(), "GraceHashJoin probe");
+    p.push_stream(stream).await?;
+    Ok(p.finish()?.files.remove(0))
+}

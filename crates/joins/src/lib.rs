@@ -1,0 +1,31 @@
+//! Joins that complete within their lease.
+//!
+//! DataFusion 55's `HashJoinExec` cannot spill: when its build side does not fit the memory
+//! pool it fails with `ResourcesExhausted`. This crate's [`GraceJoinRule`] replaces each hash
+//! join with a [`GraceHashJoinExec`], which behaves like it while the build side fits and goes
+//! out of core (a grace hash join, recursive, decided at run time) when it does not.
+//!
+//! ```text
+//!   rule.rs     GraceJoinRule: HashJoinExec ──▶ GraceHashJoinExec (last physical optimizer rule)
+//!   exec.rs     GraceHashJoinExec: per output partition; CollectLeft build shared by partitions
+//!   grace.rs    the algorithm: buffer build → fits? DataFusion's join : split into buckets, recurse
+//!   buckets.rs  hash routing of batches into Arrow IPC bucket files in the spill directory
+//!   once.rs     OnceExec: hands a stream to DataFusion's join as a child plan
+//!   metrics.rs  per-join figures: out of core or not, buckets, depth, bytes spilled
+//! ```
+//!
+//! Depends on DataFusion only; `spillway-engine` installs the rule in every session.
+#![warn(missing_docs)]
+
+mod buckets;
+mod exec;
+mod grace;
+mod metrics;
+mod once;
+mod rule;
+
+pub use exec::GraceHashJoinExec;
+pub use grace::GraceOptions;
+pub use metrics::{join_reports, JoinReport};
+pub use once::OnceExec;
+pub use rule::{supported, GraceJoinRule};

@@ -1,0 +1,98 @@
+//! [`OnceExec`]: a one-partition plan that hands out a stream it was given, once.
+//!
+//! The out-of-core join runs DataFusion's own `HashJoinExec` on pieces it has already produced:
+//! batches it buffered while checking that a build side fits, a probe stream it has started, a
+//! bucket read back from disk. Those are streams, not re-runnable plans; `OnceExec` lets a
+//! `HashJoinExec` consume them as its children. Executing it a second time is an error.
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions,
+};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use std::sync::{Arc, Mutex};
+
+/// A plan with one partition whose stream is handed over at construction.
+pub struct OnceExec {
+    stream: Mutex<Option<SendableRecordBatchStream>>,
+    label: &'static str,
+    properties: Arc<PlanProperties>,
+}
+
+impl OnceExec {
+    /// Wraps `stream`; `label` says what it is in plan displays ("build", "probe").
+    pub fn new(stream: SendableRecordBatchStream, label: &'static str) -> Self {
+        let schema: SchemaRef = stream.schema();
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self { stream: Mutex::new(Some(stream)), label, properties: Arc::new(properties) }
+    }
+}
+
+impl std::fmt::Debug for OnceExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OnceExec({})", self.label)
+    }
+}
+
+impl DisplayAs for OnceExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "OnceExec: {}", self.label)
+    }
+}
+
+impl ExecutionPlan for OnceExec {
+    fn name(&self) -> &str {
+        "OnceExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        _: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("OnceExec has no children".into()))
+        }
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+    }
+
+    fn execute(&self, partition: usize, _ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!("OnceExec has one partition, asked for {partition}")));
+        }
+        self.stream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| DataFusionError::Internal(format!("OnceExec({}) executed twice", self.label)))
+    }
+}
