@@ -470,18 +470,25 @@ fn bench_tpch_runs_each_engine_and_reports_failures_as_rows() {
     }
 }
 
-/// A hash join whose build side does not fit (DataFusion's cannot spill) is run again with
-/// sort-merge joins under spillway's pool; the stock pool of the same size fails.
+/// A hash join whose build side is far larger than the lease completes out of core, reports
+/// what it did, and gives the same answer; the stock pool of the same size fails.
 #[test]
-fn sql_hash_join_out_of_memory_falls_back_to_sort_merge_joins() {
-    let sql = "SELECT count(*) AS n FROM range(2000000) a JOIN range(2000000) b ON a.value = b.value";
-    let stats = scratch().join("join-fallback.stats.json");
+fn sql_hash_join_larger_than_the_lease_goes_out_of_core() {
+    let sql = "SELECT count(*) AS n, sum(a.value) AS s FROM range(2000000) a JOIN range(2000000) b ON a.value = b.value";
+    let stats = scratch().join("grace-join.stats.json");
     let out = run(bin().args(["sql", "--memory", "32MiB", "--max-rows", "5", "--stats-json"]).arg(&stats).arg(sql));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("2000000"), "{text}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("running again with sort-merge joins"));
+    assert!(text.contains("2000000") && text.contains("1999999000000"), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hash join(s) out of core"), "{err}");
     let stats: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
-    assert_eq!(stats["join_fallback"], true);
+    let join = &stats["joins"][0];
+    assert!(join["out_of_core_partitions"].as_u64().unwrap() > 0, "{join}");
+    assert!(join["buckets"].as_u64().unwrap() >= 16, "{join}");
+    assert!(join["spilled_bytes"].as_u64().unwrap() > 16 << 20, "{join}");
+    assert!(stats["peak_resident_bytes"].as_u64().unwrap() < 64 << 20, "{stats}");
+    let e = fail(bin().args(["sql", "--memory", "32MiB", "--native-joins", sql]));
+    assert!(e.contains("Resources exhausted"), "{e}");
     let e = fail(bin().args(["sql", "--memory", "32MiB", "--pool", "greedy", sql]));
     assert!(e.contains("Resources exhausted"), "{e}");
 }

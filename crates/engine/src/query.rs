@@ -1,6 +1,6 @@
 //! Runs SQL text as a stream: every statement is planned, checked by the [`guard`](crate::guard)
 //! and executed; the last one's result comes back as a [`Query`] (a stream plus its physical plan,
-//! whose metrics tell how much was spilled once the stream is drained).
+//! whose metrics tell how much was spilled, and what each join did, once the stream is drained).
 
 use crate::error::Result;
 use crate::guard;
@@ -43,6 +43,8 @@ pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Query> {
     }
     unreachable!("the loop returns at the last statement")
 }
+
+pub use spillway_joins::{join_reports, JoinReport};
 
 /// Bytes spilled to disk by every operator of `plan` (read after the stream is drained).
 pub fn spilled_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {

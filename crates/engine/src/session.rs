@@ -26,11 +26,6 @@ pub struct SessionOptions {
     /// The temp-space quota DataFusion's spill files count against (`None`: DataFusion's
     /// default of 100GiB, uncounted).
     pub quota: Option<Arc<DiskQuota>>,
-    /// Plan equi-joins as hash joins (DataFusion's default). `false` plans sort-merge joins,
-    /// which spill; spillway falls back to them when a hash join's build side does not fit.
-    /// DataFusion only plans them with 2 or more partitions: `build` raises `target_partitions`
-    /// to 2 when this is `false`.
-    pub prefer_hash_join: bool,
     /// Replace DataFusion's hash joins (which cannot spill) with spillway's out-of-core grace
     /// hash join (`spillway-joins`). On by default under a lease; `false` runs DataFusion's own,
     /// to measure what the grace join costs.
@@ -45,7 +40,6 @@ impl SessionOptions {
             batch_size: 8192,
             spill_dir: spill_dir.into(),
             quota: None,
-            prefer_hash_join: true,
             grace_joins: true,
         }
     }
@@ -72,7 +66,7 @@ pub fn stock_context(pool: Arc<dyn MemoryPool>, options: &SessionOptions) -> Res
 /// - `sort_spill_reservation_bytes`, set aside per partition for merging spill files, whose 10MiB
 ///   default would eat a small lease whole.
 fn build(pool: Arc<dyn MemoryPool>, tuned_for: Option<u64>, options: &SessionOptions) -> Result<SessionContext> {
-    let partitions = options.target_partitions.max(if options.prefer_hash_join { 1 } else { 2 });
+    let partitions = options.target_partitions.max(1);
     let mut disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![options.spill_dir.clone()]));
     if let Some(limit) = tuned_for {
         let fan_in = (limit / (partitions as u64 * (4 << 20))).clamp(2, 64) as usize;
@@ -92,7 +86,6 @@ fn build(pool: Arc<dyn MemoryPool>, tuned_for: Option<u64>, options: &SessionOpt
         .with_target_partitions(partitions)
         .with_batch_size(options.batch_size)
         .with_information_schema(true);
-    config.options_mut().optimizer.prefer_hash_join = options.prefer_hash_join;
     if let Some(limit) = tuned_for {
         let per_partition = (limit as usize / (8 * partitions)).clamp(256 << 10, 10 << 20);
         let exec = &mut config.options_mut().execution;

@@ -11,7 +11,8 @@
 //! run and counted against its temp-space quota). Small routed pieces are coalesced before they
 //! are written, in buffers whose total size the caller bounds.
 
-use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -30,7 +31,8 @@ fn seed(level: usize) -> RandomState {
     RandomState::with_seed(0x5b11_1a7e_0000_0000 ^ (level as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
-/// The bucket files of one side of one split.
+/// The bucket files of one side of one split. With NULL routing on, the last bucket (index
+/// `fanout`) holds the rows with a NULL key.
 pub(crate) struct Buckets {
     pub files: Vec<Option<Arc<dyn SpillFile>>>,
     pub rows: Vec<usize>,
@@ -82,23 +84,29 @@ pub(crate) struct Partitioner {
     rows: Vec<usize>,
     hashes: Vec<u64>,
     spill: SpillMetrics,
+    /// Route rows with a NULL key to bucket `fanout` (for joins where NULL matches nothing).
+    nulls_apart: bool,
 }
 
 impl Partitioner {
     /// A partitioner for `fanout` buckets at recursion `level`; each bucket buffers up to
-    /// `buffer_rows` rows before writing them.
+    /// `buffer_rows` rows before writing them. With `nulls_apart`, rows with a NULL in any key
+    /// go to an extra bucket, `fanout`: where NULL matches nothing they need no join, and
+    /// hashed they would all crowd into one bucket that no split could divide.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         keys: Vec<PhysicalExprRef>,
         schema: SchemaRef,
         level: usize,
         fanout: usize,
+        nulls_apart: bool,
         buffer_rows: usize,
         task: Arc<TaskContext>,
         spill: SpillMetrics,
         what: &'static str,
     ) -> Self {
-        let coalescers = (0..fanout).map(|_| BatchCoalescer::new(schema.clone(), buffer_rows.max(1))).collect();
+        let buckets = fanout + usize::from(nulls_apart);
+        let coalescers = (0..buckets).map(|_| BatchCoalescer::new(schema.clone(), buffer_rows.max(1))).collect();
         Self {
             keys,
             state: seed(level),
@@ -106,10 +114,11 @@ impl Partitioner {
             task,
             what,
             coalescers,
-            writers: (0..fanout).map(|_| None).collect(),
-            rows: vec![0; fanout],
+            writers: (0..buckets).map(|_| None).collect(),
+            rows: vec![0; buckets],
             hashes: Vec::new(),
             spill,
+            nulls_apart,
         }
     }
 
@@ -127,10 +136,20 @@ impl Partitioner {
         self.hashes.clear();
         self.hashes.resize(n, 0);
         create_hashes(&arrays, &self.state, &mut self.hashes)?;
-        let fanout = self.coalescers.len() as u64;
-        let mut indices: Vec<Vec<u32>> = vec![Vec::new(); fanout as usize];
+        let buckets = self.coalescers.len();
+        let fanout = (buckets - usize::from(self.nulls_apart)) as u64;
+        let mut indices: Vec<Vec<u32>> = vec![Vec::new(); buckets];
+        let nulls = if self.nulls_apart {
+            arrays.iter().fold(None, |acc: Option<NullBuffer>, a| NullBuffer::union(acc.as_ref(), a.logical_nulls().as_ref()))
+        } else {
+            None
+        };
         for (row, h) in self.hashes.iter().enumerate() {
-            indices[(h % fanout) as usize].push(row as u32);
+            let b = match &nulls {
+                Some(n) if n.is_null(row) => fanout as usize,
+                _ => (h % fanout) as usize,
+            };
+            indices[b].push(row as u32);
         }
         for (b, idx) in indices.into_iter().enumerate() {
             if idx.is_empty() {

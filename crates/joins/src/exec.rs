@@ -166,6 +166,7 @@ impl GraceHashJoinExec {
             self.join.left().schema(),
             0,
             self.options.fanout,
+            ctx.nulls_apart(0),
             buffer_rows,
             ctx.task.clone(),
             ctx.metrics.spill.clone(),
@@ -190,6 +191,7 @@ impl GraceHashJoinExec {
             self.join.right().schema(),
             0,
             self.options.fanout,
+            ctx.nulls_apart(0),
             rows,
             ctx.task.clone(),
             ctx.metrics.spill.clone(),
@@ -212,7 +214,7 @@ impl GraceHashJoinExec {
             }
         }))
         .await?;
-        let mut buckets: Vec<Vec<Arc<dyn SpillFile>>> = vec![Vec::new(); self.options.fanout];
+        let mut buckets: Vec<Vec<Arc<dyn SpillFile>>> = vec![Vec::new(); self.options.fanout + 1];
         for split in splits {
             for (b, file) in split.into_iter().enumerate() {
                 buckets[b].extend(file);
@@ -241,7 +243,6 @@ impl GraceHashJoinExec {
                 }
                 Build::Spilled(buckets) => buckets.clone(),
             };
-            let fanout = self.options.fanout;
             let jt = *self.join.join_type();
             let emits_build = matches!(
                 jt,
@@ -261,11 +262,12 @@ impl GraceHashJoinExec {
                     .map_err(shared_err)?
                     .clone();
                 let n = self.join.right().output_partitioning().partition_count().max(1);
-                grace::join_buckets(ctx, &build, probes, (partition..fanout).step_by(n), 1, tx).await?;
+                let all = build.rows.len();
+                grace::join_buckets(ctx, &build, probes, (partition..all).step_by(n), 1, tx).await?;
             } else {
                 let probes = self.split_probe(partition, &ctx).await?;
                 let probes = probes.into_iter().map(|f| f.into_iter().collect()).collect();
-                grace::join_buckets(ctx, &build, probes, 0..fanout, 1, tx).await?;
+                grace::join_buckets(ctx, &build, probes, 0..build.rows.len(), 1, tx).await?;
             }
             Ok(())
         });

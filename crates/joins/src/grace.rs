@@ -24,7 +24,7 @@ use crate::metrics::GraceMetrics;
 use crate::once::OnceExec;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::JoinType;
+use datafusion::common::{JoinType, NullEquality};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
@@ -102,6 +102,12 @@ impl JoinCtx {
     fn probe_schema(&self) -> SchemaRef {
         self.template.right().schema()
     }
+    /// Whether a split at `level` sets NULL keys apart: only the first, since the buckets it
+    /// makes hold no NULL keys; and only where NULL matches nothing.
+    pub fn nulls_apart(&self, level: usize) -> bool {
+        level == 0 && self.template.null_equality() == NullEquality::NullEqualsNothing
+    }
+
     fn reservation(&self) -> MemoryReservation {
         MemoryConsumer::new(format!("GraceHashJoin[{}]", self.partition))
             .with_can_spill(true)
@@ -239,7 +245,8 @@ pub(crate) fn join(
             (res.size() / 2 / fanout / row_bytes).clamp(64, ctx.task.session_config().batch_size())
         };
         let spill = ctx.metrics.spill.clone();
-        let mut bp = Partitioner::new(ctx.build_keys(), ctx.build_schema(), level, fanout, buffer_rows, ctx.task.clone(), spill.clone(), "GraceHashJoin build bucket");
+        let nulls_apart = ctx.nulls_apart(level);
+        let mut bp = Partitioner::new(ctx.build_keys(), ctx.build_schema(), level, fanout, nulls_apart, buffer_rows, ctx.task.clone(), spill.clone(), "GraceHashJoin build bucket");
         for batch in batches {
             bp.push(&batch)?;
         }
@@ -248,14 +255,14 @@ pub(crate) fn join(
         res.free();
         bp.push_stream(build).await?;
         let built = bp.finish()?;
-        let mut pp = Partitioner::new(ctx.probe_keys(), ctx.probe_schema(), level, fanout, buffer_rows, ctx.task.clone(), spill, "GraceHashJoin probe bucket");
+        let mut pp = Partitioner::new(ctx.probe_keys(), ctx.probe_schema(), level, fanout, nulls_apart, buffer_rows, ctx.task.clone(), spill, "GraceHashJoin probe bucket");
         pp.push_stream(probe.open(&ctx)?).await?;
         let probed = pp.finish()?;
         ctx.metrics.buckets.add(fanout);
 
         let probe_files: Vec<Vec<Arc<dyn SpillFile>>> =
             probed.files.into_iter().map(|f| f.into_iter().collect()).collect();
-        join_buckets(ctx, &built, probe_files, 0..fanout, level, tx).await
+        join_buckets(ctx, &built, probe_files, 0..built.rows.len(), level, tx).await
     }
     .boxed()
 }
@@ -272,8 +279,26 @@ pub(crate) async fn join_buckets(
 ) -> Result<bool> {
     let jt = *ctx.template.join_type();
     let total = built.total_rows();
+    let template: Arc<dyn ExecutionPlan> = ctx.template.clone();
     for b in which {
         let probe = std::mem::take(&mut probe_files[b]);
+        if b == ctx.options.fanout {
+            // The NULL-key bucket: nothing matches; only unmatched rows come out.
+            if emits_unmatched_build(jt) && built.rows[b] > 0 {
+                let stream = built.read(b, &ctx.task, &ctx.plan_metrics)?;
+                let mut res = ctx.reservation();
+                if !run_chunks(&ctx, &template, ctx.build_schema(), stream, &None, &ctx.probe_schema(), &mut res, &tx).await? {
+                    return Ok(false);
+                }
+            }
+            if emits_unmatched_probe(jt) && !probe.is_empty() {
+                let stream = Probe::Files(probe).open(&ctx)?;
+                if !in_memory(&ctx, &template, vec![], ctx.build_schema(), stream, &tx).await? {
+                    return Ok(false);
+                }
+            }
+            continue;
+        }
         if built.rows[b] == 0 && !emits_unmatched_probe(jt) {
             continue;
         }
@@ -317,7 +342,7 @@ async fn chunked(
         // across the whole build side; swapped, they are Left/LeftSemi/LeftAnti/LeftMark joins,
         // which chunk. The old build side becomes the probe, so it goes to a file first.
         res.free();
-        let mut p = Partitioner::new(ctx.build_keys(), build_schema.clone(), 0, 1, 1024, ctx.task.clone(), ctx.metrics.spill.clone(), "GraceHashJoin build");
+        let mut p = Partitioner::new(ctx.build_keys(), build_schema.clone(), 0, 1, false, 1024, ctx.task.clone(), ctx.metrics.spill.clone(), "GraceHashJoin build");
         for batch in batches {
             p.push(&batch)?;
         }
@@ -355,7 +380,7 @@ async fn run_chunks(
     ctx: &JoinCtx,
     template: &Arc<dyn ExecutionPlan>,
     build_schema: SchemaRef,
-    mut build: futures::stream::BoxStream<'static, Result<RecordBatch>>,
+    mut build: impl futures::Stream<Item = Result<RecordBatch>> + Unpin,
     probe_file: &Option<Arc<dyn SpillFile>>,
     probe_schema: &SchemaRef,
     res: &mut MemoryReservation,
@@ -364,19 +389,18 @@ async fn run_chunks(
     res.free();
     let mut pending: Option<RecordBatch> = None;
     loop {
+        // Each chunk takes at least one batch, reserved if the pool allows (the join reserves
+        // it again, and fails with DataFusion's error if it cannot).
         let mut chunk = Vec::new();
         if let Some(batch) = pending.take() {
-            res.grow(build_need(&batch));
+            let _ = res.try_grow(build_need(&batch));
             chunk.push(batch);
         }
         while let Some(batch) = build.next().await {
             let batch = batch?;
-            if !chunk.is_empty() && res.try_grow(build_need(&batch)).is_err() {
+            if res.try_grow(build_need(&batch)).is_err() && !chunk.is_empty() {
                 pending = Some(batch);
                 break;
-            }
-            if chunk.is_empty() {
-                res.grow(build_need(&batch));
             }
             chunk.push(batch);
         }
@@ -402,7 +426,7 @@ async fn spill_one(
     schema: SchemaRef,
     stream: SendableRecordBatchStream,
 ) -> Result<Option<Arc<dyn SpillFile>>> {
-    let mut p = Partitioner::new(keys, schema, 0, 1, 1024, ctx.task.clone(), ctx.metrics.spill.clone(), "GraceHashJoin probe");
+    let mut p = Partitioner::new(keys, schema, 0, 1, false, 1024, ctx.task.clone(), ctx.metrics.spill.clone(), "GraceHashJoin probe");
     p.push_stream(stream).await?;
     Ok(p.finish()?.files.remove(0))
 }

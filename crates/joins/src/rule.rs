@@ -6,17 +6,20 @@
 //! left as it is (and listed by `spillway sql --explain` as a plain `HashJoinExec`) when:
 //! - it is a null-aware anti join (`NOT IN`): whether any build key is NULL is a property of the
 //!   whole build side, so it cannot be decided bucket by bucket;
-//! - it carries a fetch limit, or declares an output ordering that a parent may rely on: out of
-//!   core, rows come out bucket by bucket.
+//! - it carries a fetch limit, or its output ordering is relied on (by an operator above that
+//!   requires an input ordering, or as the query's final order): out of core, rows come out
+//!   bucket by bucket. Which orderings are relied on is worked out top-down: a child's ordering
+//!   matters when its parent requires one, or when the parent's ordering matters and the parent
+//!   keeps its input's order.
 
 use crate::exec::GraceHashJoinExec;
 use crate::grace::GraceOptions;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use std::sync::Arc;
 
 /// Replaces supported `HashJoinExec`s with [`GraceHashJoinExec`].
@@ -32,27 +35,49 @@ impl GraceJoinRule {
     }
 }
 
-/// Whether `join` can run as a [`GraceHashJoinExec`]; see the module docs.
-pub fn supported(join: &HashJoinExec) -> bool {
+/// Whether `join` can run as a [`GraceHashJoinExec`], given whether its output ordering is
+/// relied on; see the module docs.
+pub fn supported(join: &HashJoinExec, ordering_needed: bool) -> bool {
     matches!(join.partition_mode(), PartitionMode::Partitioned | PartitionMode::CollectLeft)
         && !join.null_aware
         && join.fetch().is_none()
-        && join.properties().output_ordering().is_none()
+        && !(ordering_needed && join.properties().output_ordering().is_some())
+}
+
+impl GraceJoinRule {
+    fn rewrite(&self, plan: Arc<dyn ExecutionPlan>, ordering_needed: bool) -> Result<Arc<dyn ExecutionPlan>> {
+        let required = plan.required_input_ordering();
+        let keeps = plan.maintains_input_order();
+        let children = plan.children();
+        let mut changed = false;
+        let mut new_children = Vec::with_capacity(children.len());
+        for (i, child) in children.into_iter().enumerate() {
+            let needed = required.get(i).is_some_and(|r| r.is_some())
+                || (ordering_needed && keeps.get(i).copied().unwrap_or(false));
+            let new = self.rewrite(child.clone(), needed)?;
+            changed |= !Arc::ptr_eq(&new, child);
+            new_children.push(new);
+        }
+        let plan = if changed {
+            plan.replace_children(new_children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))?
+        } else {
+            plan
+        };
+        match plan.downcast_ref::<HashJoinExec>() {
+            Some(join) if supported(join, ordering_needed) => {
+                Ok(Arc::new(GraceHashJoinExec::new(Arc::new(join.builder().build()?), self.options)))
+            }
+            _ => Ok(plan),
+        }
+    }
 }
 
 impl PhysicalOptimizerRule for GraceJoinRule {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            if !supported(join) {
-                return Ok(Transformed::no(node));
-            }
-            let wrapped = GraceHashJoinExec::new(Arc::new(join.builder().build()?), self.options);
-            Ok(Transformed::yes(Arc::new(wrapped) as Arc<dyn ExecutionPlan>))
-        })
-        .map(|t| t.data)
+        // The query's own result order counts as relied on: DataFusion drops an ORDER BY whose
+        // input is already sorted.
+        let root_ordered = plan.output_ordering().is_some();
+        self.rewrite(plan, root_ordered)
     }
 
     fn name(&self) -> &str {

@@ -9,6 +9,7 @@
 //! ```
 
 use crate::error::{Error, Result};
+use spillway_engine::query::JoinReport;
 use serde::{Deserialize, Serialize};
 use spillway_governor::Sample;
 use std::io::Write;
@@ -82,6 +83,10 @@ pub struct StepResult {
     pub error: Option<String>,
     /// Files published from this model.
     pub sinks: Vec<SinkResult>,
+    /// Each hash join of the last attempt: whether it went out of core, buckets, depth, bytes
+    /// spilled.
+    #[serde(default)]
+    pub joins: Vec<JoinReport>,
 }
 
 impl StepResult {
@@ -107,6 +112,7 @@ impl StepResult {
             finished_ms: at_ms,
             error: Some(why),
             sinks: vec![],
+            joins: vec![],
         }
     }
 }

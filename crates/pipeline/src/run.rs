@@ -10,8 +10,8 @@
 //!   inputs: upstream outputs registered without copying (tiers::read), sources by location
 //!   output: hand-off store (memory / IPC / Parquet by size), or straight into its one sink,
 //!           sinks published atomically; a check must return no rows
-//!   ResourcesExhausted ─▶ retry: a larger lease if the budget allows, else sort-merge joins
-//!                         (they spill), disk hand-off and half the partitions
+//!   ResourcesExhausted ─▶ retry: a larger lease if the budget allows, else disk hand-off and
+//!                         half the partitions (hash joins go out of core on their own: spillway-joins)
 //!   failure ─▶ descendants skipped, independent models go on (`fail_fast` stops everything)
 //! ```
 //!
@@ -27,6 +27,7 @@ use crate::settings::{Class, LeaseSpec};
 use crate::sources::{self, SourceTables};
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
+use spillway_engine::query::JoinReport;
 use spillway_engine::{query, session, tables};
 use spillway_governor::{fmt_bytes, Governor, LeaseRequest, PoolOptions, Profile};
 use spillway_tiers::file::WriteOptions;
@@ -378,6 +379,7 @@ struct Output {
 struct Attempt {
     leased_ms: u64,
     spilled: u64,
+    joins: Vec<JoinReport>,
 }
 
 /// Runs one model, retrying with escalation after `ResourcesExhausted`.
@@ -389,18 +391,19 @@ async fn run_model(sh: Arc<Shared>, name: String, inputs: Vec<(String, Arc<Inter
     let mut lease_bytes = sh.lease_bytes(s.lease);
     let mut partitions = if heavy { cores } else { (cores / 2).max(1) };
     let mut materialize = sh.options.materialize.unwrap_or(s.materialize);
-    let mut hash_joins = true;
     let started_abs = sh.governor.timeline().now_ms();
     let started_ms = sh.now();
     let mut spilled = 0;
+    let mut joins: Vec<JoinReport>;
     let mut attempt = 0;
     let (outcome, leased_ms) = loop {
         attempt += 1;
         sh.emit(Event::ModelQueued { t_ms: sh.now(), model: name.clone(), lease_bytes, heavy });
         let mut info = Attempt::default();
-        let plan = Plan { lease_bytes, partitions, materialize, hash_joins };
+        let plan = Plan { lease_bytes, partitions, materialize };
         let result = attempt_once(&sh, &model, &inputs, &plan, attempt, &mut info).await;
         spilled += info.spilled;
+        joins = info.joins;
         match result {
             Err(e) if attempt <= s.retries && e.is_resources_exhausted() => {
                 let escalation = match next_lease(&sh.governor, lease_bytes) {
@@ -410,15 +413,13 @@ async fn run_model(sh: Arc<Shared>, name: String, inputs: Vec<(String, Arc<Inter
                         text
                     }
                     None => {
-                        // DataFusion plans sort-merge joins only with 2 or more partitions.
-                        partitions = (partitions / 2).max(2);
+                        // Fewer partitions give each operator a larger share of the lease.
+                        partitions = (partitions / 2).max(1);
                         if matches!(materialize, Materialize::Auto | Materialize::Memory) {
                             materialize = Materialize::Ipc;
                         }
-                        // DataFusion's hash join cannot spill; its sort-merge join can.
-                        hash_joins = false;
                         format!(
-                            "lease already {} (all that may be lent): sort-merge joins, disk hand-off, {partitions} partitions",
+                            "lease already {} (all that may be lent): disk hand-off, {partitions} partition(s)",
                             fmt_bytes(lease_bytes)
                         )
                     }
@@ -439,6 +440,7 @@ async fn run_model(sh: Arc<Shared>, name: String, inputs: Vec<(String, Arc<Inter
     step.peak_resident_bytes = peak_resident;
     step.peak_rss_bytes = peak_rss;
     step.spilled_bytes = spilled;
+    step.joins = joins;
     step.leased_ms = leased_ms.max(started_ms);
     step.finished_ms = sh.now();
     step.elapsed_ms = step.finished_ms - started_ms;
@@ -477,8 +479,6 @@ struct Plan {
     lease_bytes: u64,
     partitions: usize,
     materialize: Materialize,
-    /// `false`: sort-merge joins, which spill, instead of hash joins.
-    hash_joins: bool,
 }
 
 async fn attempt_once(
@@ -489,7 +489,7 @@ async fn attempt_once(
     attempt: u32,
     info: &mut Attempt,
 ) -> Result<Output> {
-    let Plan { lease_bytes, partitions, materialize, hash_joins } = *plan;
+    let Plan { lease_bytes, partitions, materialize } = *plan;
     let name = &model.name;
     let heavy = model.settings.class == Class::Heavy;
     let mut request = LeaseRequest::bytes(name.clone(), lease_bytes);
@@ -507,7 +507,6 @@ async fn attempt_once(
     });
     let mut options = session::SessionOptions::new(partitions, sh.datafusion_dir.clone());
     options.quota = Some(sh.quota.clone());
-    options.prefer_hash_join = hash_joins;
     let ctx = session::context(pool, &options)?;
     for table in &sh.dag.sources[name] {
         sh.sources.register(&ctx, table).await?;
@@ -524,6 +523,7 @@ async fn attempt_once(
     let plan = q.plan.clone();
     let result = place(sh, model, &ctx, q.stream, materialize, heavy).await;
     info.spilled = query::spilled_bytes(&plan);
+    info.joins = query::join_reports(&plan);
     result
 }
 

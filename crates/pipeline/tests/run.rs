@@ -112,8 +112,11 @@ async fn fail_fast_stops_everything_at_the_first_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_is_retried_with_a_larger_lease() {
-    // A hash join cannot spill: its build side needs more than 1MiB.
-    let sql = "-- spillway: profile=1MiB\nSELECT count(*) AS n FROM range(400000) a JOIN range(400000) b ON a.value = b.value";
+    // A null-aware anti join (NOT IN over a nullable column) is the one hash join that cannot go
+    // out of core (whether the subquery holds a NULL is a property of all of it): its build side
+    // needs more than 1MiB.
+    let sql = "-- spillway: profile=1MiB\nSELECT count(*) AS n FROM range(400000) a \
+               WHERE a.value NOT IN (SELECT CASE WHEN value = 5 THEN NULL ELSE value + 1 END FROM range(400000))";
     let dir = project(&[("models/j.sql", sql)]);
     let (results, events) = run_in(dir.path(), 128, |_| {}).await;
     let r = results.unwrap();
@@ -139,9 +142,10 @@ async fn out_of_memory_is_retried_with_a_larger_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_no_larger_lease_exists_the_retry_uses_sort_merge_joins_on_disk() {
+async fn when_no_larger_lease_exists_the_retry_hands_off_on_disk_with_fewer_partitions() {
     // Already at everything that may be lent: the retry keeps the lease and changes the plan.
-    let sql = "-- spillway: profile=L\nSELECT count(*) AS n FROM range(3000000) a JOIN range(3000000) b ON a.value = b.value";
+    let sql = "-- spillway: profile=L\nSELECT count(*) AS n FROM range(3000000) a \
+               WHERE a.value NOT IN (SELECT CASE WHEN value = 5 THEN NULL ELSE value + 1 END FROM range(3000000))";
     let dir = project(&[("models/j.sql", sql), ("spillway.toml", "[governor]\n")]);
     let (results, events) = run_in(dir.path(), 16, |_| {}).await;
     let r = results.unwrap();
@@ -156,7 +160,7 @@ async fn when_no_larger_lease_exists_the_retry_uses_sort_merge_joins_on_disk() {
     assert_eq!(escalations.len(), 1, "{escalations:?}");
     // L is 60% of the budget, so the first escalation is to all that may be lent (85%).
     assert!(escalations[0].starts_with("lease 9.60MiB -> 13.60MiB"), "{escalations:?}");
-    assert_eq!((j.status, j.attempts), (Status::Error, 2), "the join cannot fit 16MiB at all");
+    assert_eq!((j.status, j.attempts), (Status::Error, 2), "the anti join cannot fit 16MiB at all");
 
     write(dir.path(), &[("models/j.sql", &sql.replace("profile=L", "profile=L retries=2"))]);
     let (results, events) = run_in(dir.path(), 16, |_| {}).await;
@@ -165,10 +169,26 @@ async fn when_no_larger_lease_exists_the_retry_uses_sort_merge_joins_on_disk() {
         Event::ModelRetry { escalation, .. } => Some(escalation.clone()),
         _ => None,
     });
-    assert!(last.unwrap().contains("sort-merge joins, disk hand-off, 2 partitions"));
-    // A sort-merge join spills: the third attempt completes where hash joins could not.
-    assert_eq!((j.status, j.attempts, j.partitions), (Status::Ok, 3, 2), "{:?}", j.error);
-    assert_eq!(j.rows, 1);
+    assert!(last.unwrap().contains("disk hand-off, 1 partition(s)"));
+    assert_eq!((j.status, j.attempts), (Status::Error, 3), "{:?}", j.error);
+    assert!(j.error.as_deref().unwrap().contains("larger lease"), "{:?}", j.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_join_larger_than_any_lease_goes_out_of_core_on_the_first_attempt() {
+    let sql = "SELECT count(*) AS n FROM range(3000000) a JOIN range(3000000) b ON a.value = b.value";
+    let dir = project(&[("models/j.sql", sql), ("spillway.toml", "[governor]\n")]);
+    let (results, _) = run_in(dir.path(), 16, |_| {}).await;
+    let r = results.unwrap();
+    let j = r.step("j").unwrap();
+    assert_eq!((j.status, j.attempts, j.rows), (Status::Ok, 1, 1), "{:?}", j.error);
+    assert_eq!(j.joins.len(), 1, "{:?}", j.joins);
+    let join = &j.joins[0];
+    assert!(join.out_of_core_partitions > 0 && join.buckets >= 16 && join.spilled_bytes > 0, "{join:?}");
+    assert_eq!(join.output_rows, 3_000_000);
+    // run_results.json carries the same figures.
+    let text = std::fs::read_to_string(dir.path().join(".spillway/runs/latest/run_results.json")).unwrap();
+    assert!(text.contains("\"out_of_core_partitions\""), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use datafusion::execution::memory_pool::{FairSpillPool, GreedyMemoryPool, Memory
 use datafusion::prelude::SessionContext;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use spillway_engine::query::JoinReport;
 use spillway_engine::{output, query, session, tables};
 use spillway_tiers::{DiskQuota, SpillRoot};
 use spillway_governor::{fmt_bytes, Governor, LeasePool, LeaseRequest, PoolOptions, PoolStats};
@@ -33,8 +34,8 @@ struct Stats {
     output_bytes: Option<u64>,
     /// Order-independent checksum of the result (`--checksum`).
     checksum: Option<String>,
-    /// The query ran again with sort-merge joins after a hash join ran out of memory.
-    join_fallback: bool,
+    /// Each hash join: whether it went out of core, buckets, depth, bytes spilled.
+    joins: Vec<JoinReport>,
 }
 
 pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
@@ -44,6 +45,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
     let quota = DiskQuota::new(settings.max_spill.unwrap_or_else(|| DiskQuota::default_for(root.path())));
     let mut options = session::SessionOptions::new(settings.cores.count, run_dir.subdir("datafusion")?);
     options.quota = Some(quota.clone());
+    options.grace_joins = !args.native_joins;
     let budget = settings.budget.bytes;
 
     let (lease_pool, stock_pool): (Option<Arc<LeasePool>>, Option<Arc<dyn MemoryPool>>) = match args.pool {
@@ -70,34 +72,13 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
 
     let started = Instant::now();
     let spinner = spinner(&governor);
-    // A hash join whose build side does not fit fails with ResourcesExhausted (DataFusion's hash
-    // join cannot spill). Under spillway's pool the query then runs again with sort-merge joins,
-    // which spill, unless rows were already printed (`--max-rows 0` prints as they come).
-    let retry_safe = args.checksum || args.output.is_some() || args.max_rows > 0;
     let work = async {
-        let mut options = options.clone();
-        loop {
-            let ctx = match (&lease_pool, &stock_pool) {
-                (Some(pool), _) => session::context(pool.clone(), &options)?,
-                (None, Some(pool)) => session::stock_context(pool.clone(), &options)?,
-                (None, None) => unreachable!("one pool is set"),
-            };
-            match execute(&ctx, &args).await {
-                Err(e)
-                    if lease_pool.is_some()
-                        && retry_safe
-                        && options.prefer_hash_join
-                        && e.downcast_ref::<spillway_engine::Error>().is_some_and(|e| e.is_resources_exhausted()) =>
-                {
-                    eprintln!(
-                        "out of memory ({}); running again with sort-merge joins, which spill, instead of hash joins",
-                        first_line(&e)
-                    );
-                    options.prefer_hash_join = false;
-                }
-                other => return other.map(|r| (r, !options.prefer_hash_join)),
-            }
-        }
+        let ctx = match (&lease_pool, &stock_pool) {
+            (Some(pool), _) => session::context(pool.clone(), &options)?,
+            (None, Some(pool)) => session::stock_context(pool.clone(), &options)?,
+            (None, None) => unreachable!("one pool is set"),
+        };
+        execute(&ctx, &args).await
     };
     let outcome = tokio::select! {
         r = work => r,
@@ -106,7 +87,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
     if let Some(s) = &spinner {
         s.finish_and_clear();
     }
-    let ((rows, output_bytes, checksum, spilled), join_fallback) = outcome.context("query failed")?;
+    let Executed { rows, output_bytes, checksum, spilled, joins } = outcome.context("query failed")?;
     governor.sample_now();
     let stats = Stats {
         rows,
@@ -126,10 +107,19 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
         pool_stats: lease_pool.as_ref().map(|p| p.stats()),
         output_bytes,
         checksum,
-        join_fallback,
+        joins,
+    };
+    let out_of_core: Vec<&JoinReport> = stats.joins.iter().filter(|j| j.out_of_core_partitions > 0).collect();
+    let joins_note = match out_of_core.len() {
+        0 => String::new(),
+        n => format!(
+            " · {n} hash join(s) out of core ({} buckets, depth {})",
+            out_of_core.iter().map(|j| j.buckets).sum::<usize>(),
+            out_of_core.iter().map(|j| j.max_depth).max().unwrap_or(0)
+        ),
     };
     eprintln!(
-        "{} rows in {:.2}s · peak resident {} (RSS {}) of {} budget · spilled {}{}",
+        "{} rows in {:.2}s · peak resident {} (RSS {}) of {} budget · spilled {}{joins_note}{}",
         stats.rows,
         stats.elapsed_ms as f64 / 1000.0,
         fmt_bytes(stats.peak_resident_bytes),
@@ -147,9 +137,17 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
     Ok(())
 }
 
-/// Registers the tables, runs `args.sql` and sends its result where `args` says: rows, output
-/// bytes, checksum, spilled bytes.
-async fn execute(ctx: &SessionContext, args: &SqlArgs) -> Result<(u64, Option<u64>, Option<String>, u64)> {
+/// What a query did.
+struct Executed {
+    rows: u64,
+    output_bytes: Option<u64>,
+    checksum: Option<String>,
+    spilled: u64,
+    joins: Vec<JoinReport>,
+}
+
+/// Registers the tables, runs `args.sql` and sends its result where `args` says.
+async fn execute(ctx: &SessionContext, args: &SqlArgs) -> Result<Executed> {
     for arg in &args.tables {
         let (name, path) = tables::parse_table_arg(arg)?;
         tables::register(ctx, &name, &path).await?;
@@ -175,11 +173,7 @@ async fn execute(ctx: &SessionContext, args: &SqlArgs) -> Result<(u64, Option<u6
             (output::print_table(q.stream, max, &mut stdout).await?, None, None)
         }
     };
-    Ok((rows, output_bytes, checksum, query::spilled_bytes(&plan)))
-}
-
-fn first_line(e: &anyhow::Error) -> String {
-    e.to_string().lines().next().unwrap_or_default().chars().take(160).collect()
+    Ok(Executed { rows, output_bytes, checksum, spilled: query::spilled_bytes(&plan), joins: query::join_reports(&plan) })
 }
 
 /// A spinner with live memory figures, when stderr is a terminal.

@@ -1,0 +1,224 @@
+//! Differential tests: every join type, on random, skewed, all-equal and NULL keys, gives the
+//! same answer under a pool of a few MiB (where the grace hash join goes out of core) as
+//! DataFusion's own hash join with unbounded memory.
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::MemTable;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_plan::{collect, ExecutionPlan};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use spillway_joins::{join_reports, GraceJoinRule, GraceOptions, JoinReport};
+use std::sync::Arc;
+
+/// A deterministic pseudo-random sequence (splitmix64).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Keys {
+    /// Uniform in 0..n.
+    Random(u64),
+    /// Half the rows share key 0, the rest uniform in 0..n.
+    Skewed(u64),
+    /// Every row has key 1.
+    AllEqual,
+    /// Uniform in 0..n, one row in five NULL.
+    WithNulls(u64),
+    /// Uniform in 0..n, one row in a hundred NULL.
+    RareNulls(u64),
+}
+
+/// A table `(k BIGINT, s VARCHAR, v BIGINT)` of `rows` rows in batches of 4096, `k` drawn from
+/// `keys`; `s` is `k` as text (a string key), `v` a random payload.
+fn table(rows: usize, keys: Keys, seed: u64) -> MemTable {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("s", DataType::Utf8, true),
+        Field::new("v", DataType::Int64, false),
+    ]));
+    let mut rng = Rng(seed);
+    let mut batches = Vec::new();
+    let mut done = 0;
+    while done < rows {
+        let n = (rows - done).min(4096);
+        let k: Vec<Option<i64>> = (0..n)
+            .map(|_| match keys {
+                Keys::Random(m) => Some((rng.next() % m) as i64),
+                Keys::Skewed(m) => Some(if rng.next() % 2 == 0 { 0 } else { (rng.next() % m) as i64 }),
+                Keys::AllEqual => Some(1),
+                Keys::WithNulls(m) => (rng.next() % 5 != 0).then(|| (rng.next() % m) as i64),
+                Keys::RareNulls(m) => (rng.next() % 100 != 0).then(|| (rng.next() % m) as i64),
+            })
+            .collect();
+        let s: StringArray = k.iter().map(|k| k.map(|k| format!("key-{k}"))).collect();
+        let v: Int64Array = (0..n).map(|_| (rng.next() % 1000) as i64).collect();
+        let columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(k)), Arc::new(s), Arc::new(v)];
+        batches.push(RecordBatch::try_new(schema.clone(), columns).unwrap());
+        done += n;
+    }
+    // Two partitions, so the scans run in parallel as file scans would.
+    let (a, b): (Vec<_>, Vec<_>) = batches.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let parts = vec![a.into_iter().map(|x| x.1).collect(), b.into_iter().map(|x| x.1).collect()];
+    MemTable::try_new(schema, parts).unwrap()
+}
+
+/// A session; `pool_bytes = Some(n)` bounds it to `n` bytes and installs the grace join.
+fn session(pool_bytes: Option<usize>, partitions: usize, collect_left: bool, spill: &std::path::Path) -> SessionContext {
+    let mut config = SessionConfig::new().with_target_partitions(partitions).with_batch_size(4096);
+    if !collect_left {
+        // Never collect the build side into one partition: every join is Partitioned.
+        config.options_mut().optimizer.hash_join_single_partition_threshold = 0;
+        config.options_mut().optimizer.hash_join_single_partition_threshold_rows = 0;
+    } else {
+        config.options_mut().optimizer.hash_join_single_partition_threshold = usize::MAX;
+        config.options_mut().optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
+    }
+    let mut runtime = RuntimeEnvBuilder::new()
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill.to_path_buf()])));
+    if let Some(bytes) = pool_bytes {
+        runtime = runtime.with_memory_pool(Arc::new(GreedyMemoryPool::new(bytes)));
+    }
+    let mut state = SessionStateBuilder::new().with_config(config).with_runtime_env(runtime.build_arc().unwrap()).with_default_features();
+    if pool_bytes.is_some() {
+        state = state.with_physical_optimizer_rule(Arc::new(GraceJoinRule::new(GraceOptions::default())));
+    }
+    SessionContext::new_with_state(state.build())
+}
+
+/// Runs `sql` and returns its rows as sorted text lines, plus the join reports.
+async fn run(ctx: &SessionContext, sql: &str) -> (Vec<String>, Vec<JoinReport>) {
+    let df = ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let plan: Arc<dyn ExecutionPlan> = df.create_physical_plan().await.unwrap();
+    let batches = collect(plan.clone(), ctx.task_ctx()).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    let mut lines: Vec<String> = text.lines().filter(|l| l.starts_with('|')).skip(1).map(String::from).collect();
+    lines.sort();
+    (lines, join_reports(&plan))
+}
+
+/// The aggregate we compare: enough to catch a lost, duplicated or mispaired row.
+fn summary(select: &str, from: &str) -> String {
+    format!("SELECT count(*), {select} FROM {from}")
+}
+
+const JOINS: &[(&str, &str)] = &[
+    ("INNER JOIN", "count(l.k), sum(l.v), sum(r.v), sum(l.v * 1009 + r.v)"),
+    ("LEFT JOIN", "count(l.k), count(r.k), sum(l.v), sum(r.v), sum(l.v * 1009 + coalesce(r.v, 7))"),
+    ("RIGHT JOIN", "count(l.k), count(r.k), sum(l.v), sum(r.v), sum(coalesce(l.v, 7) * 1009 + r.v)"),
+    ("FULL JOIN", "count(l.k), count(r.k), sum(l.v), sum(r.v), sum(coalesce(l.v, 7) * 1009 + coalesce(r.v, 3))"),
+    ("LEFT SEMI JOIN", "count(l.k), sum(l.v), sum(l.v * l.v)"),
+    ("LEFT ANTI JOIN", "count(l.k), sum(l.v), sum(l.v * l.v)"),
+    ("RIGHT SEMI JOIN", "count(r.k), sum(r.v), sum(r.v * r.v)"),
+    ("RIGHT ANTI JOIN", "count(r.k), sum(r.v), sum(r.v * r.v)"),
+];
+
+/// Every join type over `l` and `r` (with `on`), bounded vs unbounded; returns how many joins
+/// went out of core in the bounded runs.
+async fn compare_all(l: (usize, Keys), r: (usize, Keys), on: &str, pool: usize, collect_left: bool) -> usize {
+    let spill = tempfile::tempdir().unwrap();
+    let reference = session(None, 2, collect_left, spill.path());
+    let bounded = session(Some(pool), 2, collect_left, spill.path());
+    for ctx in [&reference, &bounded] {
+        ctx.register_table("l", Arc::new(table(l.0, l.1, 1))).unwrap();
+        ctx.register_table("r", Arc::new(table(r.0, r.1, 2))).unwrap();
+    }
+    let mut out_of_core = 0;
+    for (join, select) in JOINS {
+        let sql = summary(select, &format!("l {join} r ON {on}"));
+        let (want, _) = run(&reference, &sql).await;
+        let (got, reports) = run(&bounded, &sql).await;
+        assert_eq!(got, want, "{sql} with {l:?} / {r:?}, collect_left={collect_left}: {reports:?}");
+        assert!(!reports.is_empty(), "{sql}: no grace join in the plan");
+        out_of_core += reports.iter().filter(|r| r.out_of_core_partitions > 0).count();
+    }
+    // Nothing is left in the spill directory once the queries are done.
+    let left: Vec<_> = walk(spill.path());
+    assert!(left.is_empty(), "spill files left behind: {left:?}");
+    out_of_core
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+const MIB: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_keys_every_join_type_partitioned_and_collect_left() {
+    for collect_left in [false, true] {
+        let n = compare_all((200_000, Keys::Random(50_000)), (150_000, Keys::Random(60_000)), "l.k = r.k", 4 * MIB, collect_left).await;
+        assert_eq!(n, JOINS.len(), "every join went out of core (collect_left={collect_left})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_keys_every_join_type() {
+    for collect_left in [false, true] {
+        let n = compare_all((200_000, Keys::WithNulls(50_000)), (150_000, Keys::WithNulls(50_000)), "l.k = r.k", 4 * MIB, collect_left).await;
+        assert!(n > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_equals_null_keys_every_join_type() {
+    // IS NOT DISTINCT FROM: NULL keys match each other, so they must all meet in one bucket.
+    let n = compare_all(
+        (200_000, Keys::RareNulls(50_000)),
+        (100_000, Keys::RareNulls(50_000)),
+        "l.k IS NOT DISTINCT FROM r.k",
+        4 * MIB,
+        false,
+    )
+    .await;
+    assert!(n > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_keys_and_a_join_filter() {
+    // Half of each side has key 0: that bucket cannot be split and is joined in chunks.
+    let n = compare_all((120_000, Keys::Skewed(40_000)), (200, Keys::Skewed(100)), "l.k = r.k AND l.v < r.v + 500", 2 * MIB, false).await;
+    assert!(n > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_equal_keys_are_joined_in_chunks() {
+    let n = compare_all((150_000, Keys::AllEqual), (20, Keys::AllEqual), "l.k = r.k", 2 * MIB, false).await;
+    assert!(n > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_and_multi_column_keys() {
+    let n = compare_all((200_000, Keys::WithNulls(30_000)), (150_000, Keys::Random(30_000)), "l.s = r.s AND l.k = r.k", 4 * MIB, false).await;
+    assert!(n > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_side_that_fits_stays_in_memory() {
+    let spill = tempfile::tempdir().unwrap();
+    let ctx = session(Some(64 * MIB), 2, false, spill.path());
+    ctx.register_table("l", Arc::new(table(20_000, Keys::Random(5_000), 1))).unwrap();
+    ctx.register_table("r", Arc::new(table(20_000, Keys::Random(5_000), 2))).unwrap();
+    let (_, reports) = run(&ctx, "SELECT count(*) FROM l JOIN r ON l.k = r.k").await;
+    assert_eq!(reports.len(), 1);
+    assert_eq!((reports[0].out_of_core_partitions, reports[0].buckets, reports[0].spilled_bytes), (0, 0, 0), "{reports:?}");
+}
