@@ -8,7 +8,7 @@ use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use spillway_joins::GraceJoinRule;
+use spillway_joins::{GraceJoinRule, WindowGuardRule};
 use spillway_governor::LeasePool;
 use spillway_tiers::DiskQuota;
 use std::path::PathBuf;
@@ -97,6 +97,9 @@ fn build(pool: Arc<dyn MemoryPool>, tuned_for: Option<u64>, options: &SessionOpt
         // Last, so it sees the plan DataFusion would run: join modes chosen, repartitions in
         // place, dynamic filters pushed.
         state = state.with_physical_optimizer_rule(Arc::new(GraceJoinRule::default()));
+    }
+    if tuned_for.is_some() {
+        state = state.with_physical_optimizer_rule(Arc::new(WindowGuardRule));
     }
     Ok(SessionContext::new_with_state(state.build()))
 }

@@ -237,6 +237,11 @@ impl MemoryPool for LeasePool {
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        if additional == 0 {
+            // Nothing more is asked for: refusing it (when others overran the lease) would fail
+            // an operator for memory it does not take.
+            return Ok(());
+        }
         let mut state = self.lock();
         let new_size = reservation.size() + additional;
         let limit = self.effective_limit();

@@ -16,9 +16,10 @@
 //!   unknown, so nothing above relies on where rows come out).
 
 use crate::buckets::{Buckets, Partitioner};
-use crate::grace::{self, build_need, GraceOptions, JoinCtx, Probe};
+use crate::grace::{self, build_keep, build_need, GraceOptions, JoinCtx, Probe};
 use crate::metrics::{GraceMetrics, JoinReport};
 use crate::once::OnceExec;
+use crate::prepaid::PrepaidPool;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::JoinType;
@@ -46,8 +47,9 @@ fn shared_err(e: &Arc<DataFusionError>) -> DataFusionError {
 
 /// The build side of a `CollectLeft` join, collected once for all output partitions.
 enum Build {
-    /// It fitted: DataFusion's join over the buffered batches, shared by all partitions.
-    InMemory(Arc<dyn ExecutionPlan>),
+    /// It fitted: DataFusion's join over the buffered batches, shared by all partitions, which
+    /// hand it their probe streams through `probes`; it runs on the build side's reservation.
+    InMemory { native: Arc<dyn ExecutionPlan>, probes: Arc<OnceExec>, task: Arc<TaskContext> },
     /// It did not: its buckets.
     Spilled(Arc<Buckets>),
 }
@@ -148,13 +150,16 @@ impl GraceHashJoinExec {
             batches.push(batch);
         }
         let Some(first_over) = overflow else {
-            res.free();
+            let keep = build_keep(&batches);
             let schema = self.join.left().schema();
             let left = Arc::new(OnceExec::new(Box::pin(MemoryStream::try_new(batches, schema, None)?), "build"));
+            let probes = Arc::new(OnceExec::slots_like(self.join.right(), "probe"));
             // The builder keeps the dynamic filter DataFusion pushed into the probe side: this
             // join fills it, as the planned one would have.
-            let native = self.join.builder().with_new_children(vec![left, self.join.right().clone()])?.build()?;
-            return Ok(Build::InMemory(Arc::new(native)));
+            let native = self.join.builder().with_new_children(vec![left, probes.clone()])?.build()?;
+            res.shrink(res.size().saturating_sub(keep));
+            let task = PrepaidPool::task(&ctx.task, res)?;
+            return Ok(Build::InMemory { native: Arc::new(native), probes, task });
         };
         ctx.metrics.went_out_of_core(0);
         let held_rows: usize = batches.iter().map(|b| b.num_rows()).sum::<usize>().max(1);
@@ -230,8 +235,11 @@ impl GraceHashJoinExec {
         let tx = builder.tx();
         builder.spawn(async move {
             let build = match self.collect_build(&ctx).await? {
-                Build::InMemory(native) => {
-                    let mut out = native.execute(partition, ctx.task.clone())?;
+                Build::InMemory { native, probes, task } => {
+                    // The probe side runs in the query's own task (its operators reserve from
+                    // the lease); the join itself on the build side's reservation.
+                    probes.fill(partition, self.join.right().execute(partition, ctx.task.clone())?)?;
+                    let mut out = native.execute(partition, task.clone())?;
                     while let Some(batch) = out.next().await {
                         let batch = batch?;
                         ctx.metrics.output_rows.add(batch.num_rows());

@@ -22,6 +22,7 @@
 use crate::buckets::{read_file, Buckets, Partitioner};
 use crate::metrics::GraceMetrics;
 use crate::once::OnceExec;
+use crate::prepaid::PrepaidPool;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{JoinType, NullEquality};
@@ -57,9 +58,16 @@ impl Default for GraceOptions {
 }
 
 /// Memory a build batch needs to be joined in memory by `HashJoinExec`: the batch, the copy
-/// `concat_batches` makes of the whole build side, and the hash table (~ 32 bytes a row).
+/// `concat_batches` makes of the whole build side, and the hash table (up to ~ 40 bytes a row,
+/// as its bucket count rounds up to a power of two, plus the visited bitmap).
 pub(crate) fn build_need(batch: &RecordBatch) -> usize {
-    2 * batch.get_array_memory_size() + 32 * batch.num_rows() + 1024
+    2 * batch.get_array_memory_size() + 48 * batch.num_rows() + 1024
+}
+
+/// Of [`build_need`], what `HashJoinExec` keeps reserved (it does not reserve the transient
+/// copy): what is handed to it once the side is known to fit.
+pub(crate) fn build_keep(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.get_array_memory_size() + 48 * b.num_rows() + 1024).sum()
 }
 
 /// Whether a join emits build (left) rows that found no match.
@@ -175,17 +183,21 @@ fn instantiate(
 }
 
 /// Joins `build` (in memory) with `probe` using DataFusion's hash join, forwarding the output.
+/// The join's memory comes from `prepaid` first (see [`PrepaidPool`]).
+#[allow(clippy::too_many_arguments)]
 async fn in_memory(
     ctx: &JoinCtx,
     template: &Arc<dyn ExecutionPlan>,
     build: Vec<RecordBatch>,
     build_schema: SchemaRef,
     probe: SendableRecordBatchStream,
+    prepaid: MemoryReservation,
     tx: &Sender<Result<RecordBatch>>,
 ) -> Result<bool> {
+    prepaid.shrink(prepaid.size().saturating_sub(build_keep(&build)));
     let build = Box::pin(MemoryStream::try_new(build, build_schema, None)?);
     let plan = instantiate(template, Arc::new(OnceExec::new(build, "build")), Arc::new(OnceExec::new(probe, "probe")))?;
-    let mut out = plan.execute(0, ctx.task.clone())?;
+    let mut out = plan.execute(0, PrepaidPool::task(&ctx.task, prepaid)?)?;
     while let Some(batch) = out.next().await {
         if !send(ctx, tx, batch?).await {
             return Ok(false);
@@ -226,8 +238,7 @@ pub(crate) fn join(
         let (batches, overflow) = buffer(&mut build, &mut res).await?;
         let template: Arc<dyn ExecutionPlan> = ctx.template.clone();
         let Some(first_over) = overflow else {
-            res.free();
-            return in_memory(&ctx, &template, batches, ctx.build_schema(), probe.open(&ctx)?, &tx).await;
+            return in_memory(&ctx, &template, batches, ctx.build_schema(), probe.open(&ctx)?, res, &tx).await;
         };
         ctx.metrics.went_out_of_core(level);
         if level >= ctx.options.max_depth {
@@ -286,14 +297,13 @@ pub(crate) async fn join_buckets(
             // The NULL-key bucket: nothing matches; only unmatched rows come out.
             if emits_unmatched_build(jt) && built.rows[b] > 0 {
                 let stream = built.read(b, &ctx.task, &ctx.plan_metrics)?;
-                let mut res = ctx.reservation();
-                if !run_chunks(&ctx, &template, ctx.build_schema(), stream, &None, &ctx.probe_schema(), &mut res, &tx).await? {
+                if !run_chunks(&ctx, &template, ctx.build_schema(), stream, &None, &ctx.probe_schema(), &tx).await? {
                     return Ok(false);
                 }
             }
             if emits_unmatched_probe(jt) && !probe.is_empty() {
                 let stream = Probe::Files(probe).open(&ctx)?;
-                if !in_memory(&ctx, &template, vec![], ctx.build_schema(), stream, &tx).await? {
+                if !in_memory(&ctx, &template, vec![], ctx.build_schema(), stream, ctx.reservation(), &tx).await? {
                     return Ok(false);
                 }
             }
@@ -322,7 +332,7 @@ async fn chunked(
     first_over: RecordBatch,
     rest: SendableRecordBatchStream,
     probe: Probe,
-    mut res: MemoryReservation,
+    res: MemoryReservation,
     tx: &Sender<Result<RecordBatch>>,
 ) -> Result<bool> {
     // The probe side is read once per chunk: it must be a file.
@@ -335,33 +345,41 @@ async fn chunked(
     if build_chunkable(jt) {
         let template: Arc<dyn ExecutionPlan> = ctx.template.clone();
         let build = futures::stream::iter(batches.into_iter().chain(std::iter::once(first_over)).map(Ok)).chain(rest);
-        return run_chunks(ctx, &template, build_schema, Box::pin(build), &probe_file, &ctx.probe_schema(), &mut res, tx).await;
-    }
-    if jt != JoinType::Full {
-        // Right, RightSemi, RightAnti and RightMark joins depend on each probe row's matches
-        // across the whole build side; swapped, they are Left/LeftSemi/LeftAnti/LeftMark joins,
-        // which chunk. The old build side becomes the probe, so it goes to a file first.
         res.free();
-        let mut p = Partitioner::new(ctx.build_keys(), build_schema.clone(), 0, 1, false, 1024, ctx.task.clone(), ctx.metrics.spill.clone(), "GraceHashJoin build");
-        for batch in batches {
-            p.push(&batch)?;
-        }
-        p.push(&first_over)?;
-        p.push_stream(rest).await?;
-        let build_file = p.finish()?.files.remove(0);
-        let swapped = ctx.template.builder().reset_state().build()?.swap_inputs(PartitionMode::CollectLeft)?;
-        let new_build = read_file(probe_file, &ctx.probe_schema(), &ctx.task, &ctx.plan_metrics)?;
-        return run_chunks(ctx, &swapped, ctx.probe_schema(), new_build, &build_file, &build_schema, &mut res, tx).await;
+        return run_chunks(ctx, &template, build_schema, Box::pin(build), &probe_file, &ctx.probe_schema(), tx).await;
     }
-    // A full outer join needs both sides' unmatched rows: attempted in memory.
+    // Right, RightSemi, RightAnti and RightMark joins depend on each probe row's matches across
+    // the whole build side; swapped, they are Left/LeftSemi/LeftAnti/LeftMark joins, which
+    // chunk. A full outer join does not chunk either way, but swapped it may fit (one side of a
+    // hot key is often small). The old build side becomes the probe, so it goes to a file first.
+    res.free();
+    let mut p = Partitioner::new(ctx.build_keys(), build_schema.clone(), 0, 1, false, 1024, ctx.task.clone(), ctx.metrics.spill.clone(), "GraceHashJoin build");
+    for batch in batches {
+        p.push(&batch)?;
+    }
+    p.push(&first_over)?;
+    p.push_stream(rest).await?;
+    let build_file = p.finish()?.files.remove(0);
+    let swapped = ctx.template.builder().reset_state().build()?.swap_inputs(PartitionMode::CollectLeft)?;
+    let mut new_build = read_file(probe_file.clone(), &ctx.probe_schema(), &ctx.task, &ctx.plan_metrics)?;
+    if jt != JoinType::Full {
+        return run_chunks(ctx, &swapped, ctx.probe_schema(), new_build, &build_file, &build_schema, tx).await;
+    }
+    let mut res = ctx.reservation();
+    let (fits, over) = buffer(&mut new_build, &mut res).await?;
+    if over.is_none() {
+        let probe = read_file(build_file, &build_schema, &ctx.task, &ctx.plan_metrics)?;
+        return in_memory(ctx, &swapped, fits, ctx.probe_schema(), probe, res, tx).await;
+    }
+    // Neither side of this full outer join's bucket fits: attempted in memory, which fails
+    // with the lease's error if it cannot.
+    drop((fits, over, new_build));
     res.free();
     ctx.metrics.unbounded.add(1);
-    let build = futures::stream::iter(batches.into_iter().chain(std::iter::once(first_over)).map(Ok)).chain(rest);
-    let build = Box::pin(RecordBatchStreamAdapter::new(build_schema, build));
     let template: Arc<dyn ExecutionPlan> = ctx.template.clone();
     let plan = instantiate(
         &template,
-        Arc::new(OnceExec::new(build, "build")),
+        Arc::new(OnceExec::new(read_file(build_file, &build_schema, &ctx.task, &ctx.plan_metrics)?, "build")),
         Arc::new(OnceExec::new(read_file(probe_file, &ctx.probe_schema(), &ctx.task, &ctx.plan_metrics)?, "probe")),
     )?;
     let mut out = plan.execute(0, ctx.task.clone())?;
@@ -383,12 +401,11 @@ async fn run_chunks(
     mut build: impl futures::Stream<Item = Result<RecordBatch>> + Unpin,
     probe_file: &Option<Arc<dyn SpillFile>>,
     probe_schema: &SchemaRef,
-    res: &mut MemoryReservation,
     tx: &Sender<Result<RecordBatch>>,
 ) -> Result<bool> {
-    res.free();
     let mut pending: Option<RecordBatch> = None;
     loop {
+        let res = ctx.reservation();
         // Each chunk takes at least one batch, reserved if the pool allows (the join reserves
         // it again, and fails with DataFusion's error if it cannot).
         let mut chunk = Vec::new();
@@ -408,9 +425,8 @@ async fn run_chunks(
             return Ok(true);
         }
         ctx.metrics.chunks.add(1);
-        res.free();
         let probe = read_file(probe_file.clone(), probe_schema, &ctx.task, &ctx.plan_metrics)?;
-        if !in_memory(ctx, template, chunk, build_schema.clone(), probe, tx).await? {
+        if !in_memory(ctx, template, chunk, build_schema.clone(), probe, res, tx).await? {
             return Ok(false);
         }
         if pending.is_none() {

@@ -4,6 +4,7 @@
 //! pool it fails with `ResourcesExhausted`. This crate's [`GraceJoinRule`] replaces each hash
 //! join with a [`GraceHashJoinExec`], which behaves like it while the build side fits and goes
 //! out of core (a grace hash join, recursive, decided at run time) when it does not.
+//! [`WindowGuardRule`] does the same for window functions that need whole partitions.
 //!
 //! ```text
 //!   rule.rs     GraceJoinRule: HashJoinExec ──▶ GraceHashJoinExec (last physical optimizer rule)
@@ -11,7 +12,10 @@
 //!   grace.rs    the algorithm: buffer build → fits? DataFusion's join : split into buckets, recurse
 //!   buckets.rs  hash routing of batches into Arrow IPC bucket files in the spill directory
 //!   once.rs     OnceExec: hands a stream to DataFusion's join as a child plan
+//!   prepaid.rs  PrepaidPool: the memory the grace join reserved, lent to the join it starts
 //!   metrics.rs  per-join figures: out of core or not, buckets, depth, bytes spilled
+//!   window.rs   WindowGuardRule / WindowGuardExec: WindowAggExec fed whole PARTITION BY groups,
+//!               under a reservation (DataFusion's buffers its whole input, uncharged)
 //! ```
 //!
 //! Depends on DataFusion only; `spillway-engine` installs the rule in every session.
@@ -22,10 +26,13 @@ mod exec;
 mod grace;
 mod metrics;
 mod once;
+mod prepaid;
 mod rule;
+mod window;
 
 pub use exec::GraceHashJoinExec;
 pub use grace::GraceOptions;
 pub use metrics::{join_reports, JoinReport};
 pub use once::OnceExec;
 pub use rule::{supported, GraceJoinRule};
+pub use window::{WindowGuardExec, WindowGuardRule};

@@ -1,9 +1,9 @@
-//! [`OnceExec`]: a one-partition plan that hands out a stream it was given, once.
+//! [`OnceExec`]: a plan that hands out streams it was given, once each.
 //!
 //! The out-of-core join runs DataFusion's own `HashJoinExec` on pieces it has already produced:
 //! batches it buffered while checking that a build side fits, a probe stream it has started, a
 //! bucket read back from disk. Those are streams, not re-runnable plans; `OnceExec` lets a
-//! `HashJoinExec` consume them as its children. Executing it a second time is an error.
+//! `HashJoinExec` consume them as its children. Executing a partition a second time is an error.
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -16,15 +16,17 @@ use datafusion::physical_plan::execution_plan::{
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use std::sync::{Arc, Mutex};
 
-/// A plan with one partition whose stream is handed over at construction.
+type Slot = Mutex<Option<SendableRecordBatchStream>>;
+
+/// A plan whose partitions are streams handed over from outside.
 pub struct OnceExec {
-    stream: Mutex<Option<SendableRecordBatchStream>>,
+    slots: Vec<Slot>,
     label: &'static str,
     properties: Arc<PlanProperties>,
 }
 
 impl OnceExec {
-    /// Wraps `stream`; `label` says what it is in plan displays ("build", "probe").
+    /// One partition: `stream`. `label` says what it is in plan displays ("build", "probe").
     pub fn new(stream: SendableRecordBatchStream, label: &'static str) -> Self {
         let schema: SchemaRef = stream.schema();
         let properties = PlanProperties::new(
@@ -33,7 +35,36 @@ impl OnceExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
-        Self { stream: Mutex::new(Some(stream)), label, properties: Arc::new(properties) }
+        Self { slots: vec![Mutex::new(Some(stream))], label, properties: Arc::new(properties) }
+    }
+
+    /// Like [`OnceExec::new`], declaring the orderings and equivalences of `like` (whose schema
+    /// the stream has): for a piece of that plan's output, which is ordered as it is.
+    pub fn ordered_like(stream: SendableRecordBatchStream, label: &'static str, like: &Arc<dyn ExecutionPlan>) -> Self {
+        let properties = PlanProperties::new(
+            like.properties().eq_properties.clone(),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self { slots: vec![Mutex::new(Some(stream))], label, properties: Arc::new(properties) }
+    }
+
+    /// As many empty partitions as `like` has, with its properties; fill each with
+    /// [`OnceExec::fill`] before it is executed.
+    pub fn slots_like(like: &Arc<dyn ExecutionPlan>, label: &'static str) -> Self {
+        let n = like.properties().partitioning.partition_count();
+        Self { slots: (0..n).map(|_| Mutex::new(None)).collect(), label, properties: like.properties().clone() }
+    }
+
+    /// Puts `stream` in partition `partition`.
+    pub fn fill(&self, partition: usize, stream: SendableRecordBatchStream) -> Result<()> {
+        let slot = self
+            .slots
+            .get(partition)
+            .ok_or_else(|| DataFusionError::Internal(format!("OnceExec({}) has no partition {partition}", self.label)))?;
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+        Ok(())
     }
 }
 
@@ -86,13 +117,9 @@ impl ExecutionPlan for OnceExec {
     }
 
     fn execute(&self, partition: usize, _ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!("OnceExec has one partition, asked for {partition}")));
-        }
-        self.stream
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| DataFusionError::Internal(format!("OnceExec({}) executed twice", self.label)))
+        self.slots
+            .get(partition)
+            .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take())
+            .ok_or_else(|| DataFusionError::Internal(format!("OnceExec({}) partition {partition} executed twice or never filled", self.label)))
     }
 }

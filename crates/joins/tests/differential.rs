@@ -6,12 +6,12 @@ use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryLimit, MemoryPool, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use spillway_joins::{join_reports, GraceJoinRule, GraceOptions, JoinReport};
+use spillway_joins::{join_reports, GraceJoinRule, GraceOptions, JoinReport, WindowGuardRule};
 use std::sync::Arc;
 
 /// A deterministic pseudo-random sequence (splitmix64).
@@ -74,9 +74,51 @@ fn table(rows: usize, keys: Keys, seed: u64) -> MemTable {
     MemTable::try_new(schema, parts).unwrap()
 }
 
+/// DataFusion's `GreedyMemoryPool` with spillway's one exception (as in `LeasePool`):
+/// `RepartitionExec` is always granted, since refusing it can deadlock DataFusion 55's
+/// repartition spill pool (apache/datafusion#24883).
+#[derive(Debug)]
+struct TestPool(GreedyMemoryPool);
+
+impl std::fmt::Display for TestPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "test pool ({} reserved)", self.0.reserved())
+    }
+}
+
+impl MemoryPool for TestPool {
+    fn name(&self) -> &str {
+        "test"
+    }
+    fn grow(&self, r: &MemoryReservation, n: usize) {
+        self.0.grow(r, n)
+    }
+    fn shrink(&self, r: &MemoryReservation, n: usize) {
+        self.0.shrink(r, n)
+    }
+    fn try_grow(&self, r: &MemoryReservation, n: usize) -> datafusion::error::Result<()> {
+        if n == 0 {
+            return Ok(()); // as LeasePool: asking for nothing is never refused
+        }
+        if r.consumer().name().starts_with("RepartitionExec") {
+            self.0.grow(r, n);
+            return Ok(());
+        }
+        self.0.try_grow(r, n)
+    }
+    fn reserved(&self) -> usize {
+        self.0.reserved()
+    }
+    fn memory_limit(&self) -> MemoryLimit {
+        self.0.memory_limit()
+    }
+}
+
 /// A session; `pool_bytes = Some(n)` bounds it to `n` bytes and installs the grace join.
 fn session(pool_bytes: Option<usize>, partitions: usize, collect_left: bool, spill: &std::path::Path) -> SessionContext {
     let mut config = SessionConfig::new().with_target_partitions(partitions).with_batch_size(4096);
+    // A sort's merge reserves this up front; DataFusion's 10MiB default exceeds these pools.
+    config.options_mut().execution.sort_spill_reservation_bytes = 1 << 20;
     if !collect_left {
         // Never collect the build side into one partition: every join is Partitioned.
         config.options_mut().optimizer.hash_join_single_partition_threshold = 0;
@@ -88,11 +130,13 @@ fn session(pool_bytes: Option<usize>, partitions: usize, collect_left: bool, spi
     let mut runtime = RuntimeEnvBuilder::new()
         .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill.to_path_buf()])));
     if let Some(bytes) = pool_bytes {
-        runtime = runtime.with_memory_pool(Arc::new(GreedyMemoryPool::new(bytes)));
+        runtime = runtime.with_memory_pool(Arc::new(TestPool(GreedyMemoryPool::new(bytes))));
     }
     let mut state = SessionStateBuilder::new().with_config(config).with_runtime_env(runtime.build_arc().unwrap()).with_default_features();
     if pool_bytes.is_some() {
-        state = state.with_physical_optimizer_rule(Arc::new(GraceJoinRule::new(GraceOptions::default())));
+        state = state
+            .with_physical_optimizer_rule(Arc::new(GraceJoinRule::new(GraceOptions::default())))
+            .with_physical_optimizer_rule(Arc::new(WindowGuardRule));
     }
     SessionContext::new_with_state(state.build())
 }
@@ -127,9 +171,19 @@ const JOINS: &[(&str, &str)] = &[
 /// Every join type over `l` and `r` (with `on`), bounded vs unbounded; returns how many joins
 /// went out of core in the bounded runs.
 async fn compare_all(l: (usize, Keys), r: (usize, Keys), on: &str, pool: usize, collect_left: bool) -> usize {
+    compare_all_with(l, r, on, pool, collect_left, true).await
+}
+
+/// [`compare_all`]; `reorder = false` keeps `l` as the build side whatever the sizes.
+async fn compare_all_with(l: (usize, Keys), r: (usize, Keys), on: &str, pool: usize, collect_left: bool, reorder: bool) -> usize {
     let spill = tempfile::tempdir().unwrap();
     let reference = session(None, 2, collect_left, spill.path());
     let bounded = session(Some(pool), 2, collect_left, spill.path());
+    if !reorder {
+        for ctx in [&reference, &bounded] {
+            ctx.sql("SET datafusion.optimizer.join_reordering = false").await.unwrap().collect().await.unwrap();
+        }
+    }
     for ctx in [&reference, &bounded] {
         ctx.register_table("l", Arc::new(table(l.0, l.1, 1))).unwrap();
         ctx.register_table("r", Arc::new(table(r.0, r.1, 2))).unwrap();
@@ -202,7 +256,8 @@ async fn skewed_keys_and_a_join_filter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_equal_keys_are_joined_in_chunks() {
-    let n = compare_all((150_000, Keys::AllEqual), (20, Keys::AllEqual), "l.k = r.k", 2 * MIB, false).await;
+    // The large side stays the build side (DataFusion would otherwise build on the 20 rows).
+    let n = compare_all_with((150_000, Keys::AllEqual), (20, Keys::AllEqual), "l.k = r.k", 2 * MIB, false, false).await;
     assert!(n > 0);
 }
 
@@ -221,4 +276,37 @@ async fn a_build_side_that_fits_stays_in_memory() {
     let (_, reports) = run(&ctx, "SELECT count(*) FROM l JOIN r ON l.k = r.k").await;
     assert_eq!(reports.len(), 1);
     assert_eq!((reports[0].out_of_core_partitions, reports[0].buckets, reports[0].spilled_bytes), (0, 0, 0), "{reports:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_functions_over_whole_partitions_run_group_batch_by_group_batch() {
+    let spill = tempfile::tempdir().unwrap();
+    let reference = session(None, 2, false, spill.path());
+    let bounded = session(Some(16 * MIB), 2, false, spill.path());
+    for ctx in [&reference, &bounded] {
+        ctx.register_table("l", Arc::new(table(800_000, Keys::WithNulls(2_000), 1))).unwrap();
+    }
+    let sql = "SELECT count(*), sum(w), sum(c * v), count(m) FROM (SELECT v, sum(v) OVER (PARTITION BY k) AS w, \
+               count(*) OVER (PARTITION BY k) AS c, max(s) OVER (PARTITION BY k) AS m FROM l)";
+    let (want, _) = run(&reference, sql).await;
+    let df = bounded.sql(sql).await.unwrap();
+    let plan = df.create_physical_plan().await.unwrap();
+    let batches = collect(plan.clone(), bounded.task_ctx()).await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    let got: Vec<String> = text.lines().filter(|l| l.starts_with('|')).skip(1).map(String::from).collect();
+    assert_eq!(got, want);
+    // The guard is in the plan and handed the groups on in several pieces.
+    let mut pieces = 0;
+    let mut stack = vec![plan];
+    while let Some(p) = stack.pop() {
+        if p.name() == "WindowGuardExec" {
+            pieces += p.metrics().unwrap().sum_by_name("group_batches").unwrap().as_usize();
+        }
+        stack.extend(p.children().into_iter().cloned());
+    }
+    assert!(pieces > 2, "{pieces} pieces");
+
+    // Without PARTITION BY the input is one group: too large for the pool, it fails and says why.
+    let e = bounded.sql("SELECT k, s, v, sum(v) OVER () FROM l").await.unwrap().collect().await.unwrap_err().to_string();
+    assert!(e.contains("without PARTITION BY") && e.contains("Resources exhausted"), "{e}");
 }
