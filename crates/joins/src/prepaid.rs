@@ -9,7 +9,7 @@
 //! Only the pieces the grace join builds (whose children are [`crate::OnceExec`]s) run under it.
 
 use datafusion::error::Result;
-use datafusion::execution::memory_pool::{MemoryLimit, MemoryPool, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::TaskContext;
 use std::sync::{Arc, Mutex};
@@ -39,9 +39,20 @@ struct Held {
 }
 
 impl PrepaidPool {
-    /// A task context like `task` whose memory pool is `reservation`.
+    /// A task context like `task` whose memory pool is `reservation`. The bytes move to a
+    /// consumer that cannot spill (named after the reservation's, `... (in memory)`): the build
+    /// side is committed to memory now, and must not count as a spillable consumer in the lease's
+    /// fair shares (or every join that fitted would shrink the share of the next one).
     pub fn task(task: &Arc<TaskContext>, reservation: MemoryReservation) -> Result<Arc<TaskContext>> {
         let limit = task.memory_pool().memory_limit();
+        let pinned = MemoryConsumer::new(format!("{} (in memory)", reservation.consumer().name())).register(task.memory_pool());
+        let bytes = reservation.size();
+        drop(reservation);
+        // The same bytes, just released: granted even if another consumer took them meanwhile.
+        if pinned.try_grow(bytes).is_err() {
+            pinned.grow(bytes);
+        }
+        let reservation = pinned;
         let pool: Arc<dyn MemoryPool> = Arc::new(PrepaidPool { held: Mutex::new(Held { reservation, used: 0 }), limit });
         let runtime = RuntimeEnvBuilder::from_runtime_env(&task.runtime_env()).with_memory_pool(pool).build_arc()?;
         Ok(Arc::new(TaskContext::new(
