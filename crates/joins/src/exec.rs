@@ -15,12 +15,13 @@
 //!   partition `i` joins buckets `i, i+n, ...` (DataFusion declares their output partitioning
 //!   unknown, so nothing above relies on where rows come out).
 
-use crate::buckets::{Buckets, Partitioner};
-use crate::grace::{self, build_keep, build_need, GraceOptions, JoinCtx, Probe};
+use crate::buckets::Buckets;
+use crate::grace::{self, build_keep, build_need, GraceOptions, JoinCtx, Probe, Side};
 use crate::metrics::{GraceMetrics, JoinReport};
 use crate::once::OnceExec;
 use crate::prepaid::PrepaidPool;
 use datafusion::arrow::array::RecordBatch;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::JoinType;
 use datafusion::error::{DataFusionError, Result};
@@ -165,18 +166,7 @@ impl GraceHashJoinExec {
         let held_rows: usize = batches.iter().map(|b| b.num_rows()).sum::<usize>().max(1);
         let buffer_rows = (res.size() / 2 / self.options.fanout / (res.size() / held_rows).max(1))
             .clamp(64, ctx.task.session_config().batch_size());
-        let keys = self.join.on().iter().map(|(l, _)| l.clone()).collect();
-        let mut p = Partitioner::new(
-            keys,
-            self.join.left().schema(),
-            0,
-            self.options.fanout,
-            ctx.nulls_apart(0),
-            buffer_rows,
-            ctx.task.clone(),
-            ctx.metrics.spill.clone(),
-            "GraceHashJoin build bucket",
-        );
+        let mut p = ctx.partitioner(Side::Build, 0, self.options.fanout, buffer_rows);
         for batch in batches {
             p.push(&batch)?;
         }
@@ -189,19 +179,8 @@ impl GraceHashJoinExec {
 
     /// Splits one probe partition into buckets at level 0.
     async fn split_probe(&self, partition: usize, ctx: &JoinCtx) -> Result<Vec<Option<Arc<dyn SpillFile>>>> {
-        let keys = self.join.on().iter().map(|(_, r)| r.clone()).collect();
         let rows = ctx.task.session_config().batch_size() / 4;
-        let mut p = Partitioner::new(
-            keys,
-            self.join.right().schema(),
-            0,
-            self.options.fanout,
-            ctx.nulls_apart(0),
-            rows,
-            ctx.task.clone(),
-            ctx.metrics.spill.clone(),
-            "GraceHashJoin probe bucket",
-        );
+        let mut p = ctx.partitioner(Side::Probe, 0, self.options.fanout, rows);
         p.push_stream(self.join.right().execute(partition, ctx.task.clone())?).await?;
         Ok(p.finish()?.files)
     }
@@ -213,7 +192,9 @@ impl GraceHashJoinExec {
             let this = self.clone();
             let ctx = ctx.clone();
             async move {
-                tokio::spawn(async move { this.split_probe(j, &ctx).await })
+                // Aborted if this future is dropped (the query was cancelled).
+                SpawnedTask::spawn(async move { this.split_probe(j, &ctx).await })
+                    .join_unwind()
                     .await
                     .map_err(|e| DataFusionError::External(Box::new(e)))?
             }

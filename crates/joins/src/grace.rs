@@ -116,11 +116,29 @@ impl JoinCtx {
         level == 0 && self.template.null_equality() == NullEquality::NullEqualsNothing
     }
 
-    fn reservation(&self) -> MemoryReservation {
+    /// A partitioner of one side into `fanout` buckets at `level` (1 bucket: the whole side to
+    /// one file), with NULL keys set apart where [`JoinCtx::nulls_apart`] says so.
+    pub fn partitioner(&self, side: Side, level: usize, fanout: usize, buffer_rows: usize) -> Partitioner {
+        let nulls_apart = fanout > 1 && self.nulls_apart(level);
+        let (keys, schema, what) = match side {
+            Side::Build => (self.build_keys(), self.build_schema(), "GraceHashJoin build bucket"),
+            Side::Probe => (self.probe_keys(), self.probe_schema(), "GraceHashJoin probe bucket"),
+        };
+        Partitioner::new(keys, schema, level, fanout, nulls_apart, buffer_rows, self.task.clone(), self.metrics.spill.clone(), what)
+    }
+
+    pub(crate) fn reservation(&self) -> MemoryReservation {
         MemoryConsumer::new(format!("GraceHashJoin[{}]", self.partition))
             .with_can_spill(true)
             .register(self.task.memory_pool())
     }
+}
+
+/// Which input of the join.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Side {
+    Build,
+    Probe,
 }
 
 /// The probe side of a piece: a live stream, or bucket files (read one after the other) that can
@@ -255,9 +273,7 @@ pub(crate) fn join(
             let row_bytes = (res.size() / held_rows).max(1);
             (res.size() / 2 / fanout / row_bytes).clamp(64, ctx.task.session_config().batch_size())
         };
-        let spill = ctx.metrics.spill.clone();
-        let nulls_apart = ctx.nulls_apart(level);
-        let mut bp = Partitioner::new(ctx.build_keys(), ctx.build_schema(), level, fanout, nulls_apart, buffer_rows, ctx.task.clone(), spill.clone(), "GraceHashJoin build bucket");
+        let mut bp = ctx.partitioner(Side::Build, level, fanout, buffer_rows);
         for batch in batches {
             bp.push(&batch)?;
         }
@@ -266,7 +282,7 @@ pub(crate) fn join(
         res.free();
         bp.push_stream(build).await?;
         let built = bp.finish()?;
-        let mut pp = Partitioner::new(ctx.probe_keys(), ctx.probe_schema(), level, fanout, nulls_apart, buffer_rows, ctx.task.clone(), spill, "GraceHashJoin probe bucket");
+        let mut pp = ctx.partitioner(Side::Probe, level, fanout, buffer_rows);
         pp.push_stream(probe.open(&ctx)?).await?;
         let probed = pp.finish()?;
         ctx.metrics.buckets.add(fanout);
@@ -338,7 +354,7 @@ async fn chunked(
     // The probe side is read once per chunk: it must be a file.
     let probe_file = match probe {
         Probe::Files(f) if f.len() <= 1 => f.into_iter().next(),
-        other => spill_one(ctx, ctx.probe_keys(), ctx.probe_schema(), other.open(ctx)?).await?,
+        other => spill_probe(ctx, other.open(ctx)?).await?,
     };
     let jt = *ctx.template.join_type();
     let build_schema = ctx.build_schema();
@@ -353,7 +369,7 @@ async fn chunked(
     // chunk. A full outer join does not chunk either way, but swapped it may fit (one side of a
     // hot key is often small). The old build side becomes the probe, so it goes to a file first.
     res.free();
-    let mut p = Partitioner::new(ctx.build_keys(), build_schema.clone(), 0, 1, false, 1024, ctx.task.clone(), ctx.metrics.spill.clone(), "GraceHashJoin build");
+    let mut p = ctx.partitioner(Side::Build, 0, 1, 1024);
     for batch in batches {
         p.push(&batch)?;
     }
@@ -435,14 +451,9 @@ async fn run_chunks(
     }
 }
 
-/// Writes a whole stream to one file.
-async fn spill_one(
-    ctx: &JoinCtx,
-    keys: Vec<PhysicalExprRef>,
-    schema: SchemaRef,
-    stream: SendableRecordBatchStream,
-) -> Result<Option<Arc<dyn SpillFile>>> {
-    let mut p = Partitioner::new(keys, schema, 0, 1, false, 1024, ctx.task.clone(), ctx.metrics.spill.clone(), "GraceHashJoin probe");
+/// Writes a whole probe stream to one file.
+async fn spill_probe(ctx: &JoinCtx, stream: SendableRecordBatchStream) -> Result<Option<Arc<dyn SpillFile>>> {
+    let mut p = ctx.partitioner(Side::Probe, 0, 1, 1024);
     p.push_stream(stream).await?;
     Ok(p.finish()?.files.remove(0))
 }
