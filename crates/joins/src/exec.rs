@@ -16,11 +16,10 @@
 //!   unknown, so nothing above relies on where rows come out).
 
 use crate::buckets::Buckets;
-use crate::grace::{self, build_keep, build_need, GraceOptions, JoinCtx, Probe, Side};
+use crate::grace::{self, build_keep, GraceOptions, JoinCtx, Probe, Side};
 use crate::metrics::{GraceMetrics, JoinReport};
 use crate::once::OnceExec;
 use crate::prepaid::PrepaidPool;
-use datafusion::arrow::array::RecordBatch;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::JoinType;
@@ -139,17 +138,8 @@ impl GraceHashJoinExec {
 
     async fn collect_build_uncached(&self, ctx: &JoinCtx) -> Result<Build> {
         let mut build = self.join.left().execute(0, ctx.task.clone())?;
-        let res = MemoryConsumer::new("GraceHashJoin[build]").with_can_spill(true).register(ctx.task.memory_pool());
-        let mut batches: Vec<RecordBatch> = Vec::new();
-        let mut overflow = None;
-        while let Some(batch) = build.next().await {
-            let batch = batch?;
-            if res.try_grow(build_need(&batch)).is_err() {
-                overflow = Some(batch);
-                break;
-            }
-            batches.push(batch);
-        }
+        let mut res = MemoryConsumer::new("GraceHashJoin[build]").with_can_spill(true).register(ctx.task.memory_pool());
+        let (batches, overflow) = grace::buffer(&mut build, &mut res).await?;
         let Some(first_over) = overflow else {
             let keep = build_keep(&batches);
             let schema = self.join.left().schema();

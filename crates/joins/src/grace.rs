@@ -226,7 +226,7 @@ async fn in_memory(
 
 /// Buffers `build` while `res` can grow; returns the buffered batches and the first batch that
 /// did not fit (`None`: the whole side fits).
-async fn buffer(
+pub(crate) async fn buffer(
     build: &mut SendableRecordBatchStream,
     res: &mut MemoryReservation,
 ) -> Result<(Vec<RecordBatch>, Option<RecordBatch>)> {
@@ -387,10 +387,9 @@ async fn chunked(
         let probe = read_file(build_file, &build_schema, &ctx.task, &ctx.plan_metrics)?;
         return in_memory(ctx, &swapped, fits, ctx.probe_schema(), probe, res, tx).await;
     }
-    // Neither side of this full outer join's bucket fits: attempted in memory, which fails
-    // with the lease's error if it cannot.
+    // Neither side of this full outer join's bucket fits: attempted in memory (on what the
+    // reservation holds, and a small overdraft), which fails with the lease's error if it cannot.
     drop((fits, over, new_build));
-    res.free();
     ctx.metrics.unbounded.add(1);
     let template: Arc<dyn ExecutionPlan> = ctx.template.clone();
     let plan = instantiate(
@@ -398,7 +397,7 @@ async fn chunked(
         Arc::new(OnceExec::new(read_file(build_file, &build_schema, &ctx.task, &ctx.plan_metrics)?, "build")),
         Arc::new(OnceExec::new(read_file(probe_file, &ctx.probe_schema(), &ctx.task, &ctx.plan_metrics)?, "probe")),
     )?;
-    let mut out = plan.execute(0, ctx.task.clone())?;
+    let mut out = plan.execute(0, PrepaidPool::task(&ctx.task, res)?)?;
     while let Some(batch) = out.next().await {
         if !send(ctx, tx, batch?).await {
             return Ok(false);

@@ -108,7 +108,7 @@ impl MemoryPool for PrepaidPool {
                 // The grace join's estimate can fall a little short of what the hash join
                 // reserves (its table rounds up; an empty table still takes a few hundred bytes):
                 // a small overdraft is granted, not failed.
-                if extra > (h.reservation.size() / 16).max(64 << 10) {
+                if extra > (h.reservation.size() / 16).max(1 << 20) {
                     return Err(e);
                 }
                 h.reservation.grow(extra);
