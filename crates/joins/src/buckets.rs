@@ -128,6 +128,12 @@ impl Partitioner {
         if n == 0 {
             return Ok(());
         }
+        if self.keys.is_empty() {
+            // No keys: one bucket, the whole side in one file.
+            self.rows[0] += n;
+            self.coalescers[0].push_batch(batch.clone())?;
+            return self.drain(0);
+        }
         let arrays = self
             .keys
             .iter()

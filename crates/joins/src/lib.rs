@@ -4,13 +4,16 @@
 //! pool it fails with `ResourcesExhausted`. This crate's [`GraceJoinRule`] replaces each hash
 //! join with a [`GraceHashJoinExec`], which behaves like it while the build side fits and goes
 //! out of core (a grace hash join, recursive, decided at run time) when it does not.
-//! [`WindowGuardRule`] does the same for window functions that need whole partitions.
+//! The same rule puts [`NestedLoopGuardExec`] around inner cross and nested-loop joins, which
+//! then go block by block; [`WindowGuardRule`] bounds window functions that need whole
+//! partitions.
 //!
 //! ```text
 //!   rule.rs     GraceJoinRule: HashJoinExec ──▶ GraceHashJoinExec (last physical optimizer rule)
 //!   exec.rs     GraceHashJoinExec: per output partition; CollectLeft build shared by partitions
 //!   grace.rs    the algorithm: buffer build → fits? DataFusion's join : split into buckets, recurse
 //!   buckets.rs  hash routing of batches into Arrow IPC bucket files in the spill directory
+//!   nested.rs   NestedLoopGuardExec: inner cross / nested-loop joins block by block
 //!   once.rs     OnceExec: hands a stream to DataFusion's join as a child plan
 //!   prepaid.rs  PrepaidPool: the memory the grace join reserved, lent to the join it starts
 //!   metrics.rs  per-join figures: out of core or not, buckets, depth, bytes spilled
@@ -25,6 +28,7 @@ mod buckets;
 mod exec;
 mod grace;
 mod metrics;
+mod nested;
 mod once;
 mod prepaid;
 mod rule;
@@ -33,6 +37,7 @@ mod window;
 pub use exec::GraceHashJoinExec;
 pub use grace::GraceOptions;
 pub use metrics::{join_reports, JoinReport};
+pub use nested::NestedLoopGuardExec;
 pub use once::OnceExec;
 pub use rule::{supported, GraceJoinRule};
 pub use window::{WindowGuardExec, WindowGuardRule};

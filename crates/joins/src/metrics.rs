@@ -104,6 +104,9 @@ fn collect(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<JoinReport>) {
     if let Some(join) = plan.downcast_ref::<GraceHashJoinExec>() {
         out.push(join.report());
     }
+    if let Some(join) = plan.downcast_ref::<crate::nested::NestedLoopGuardExec>() {
+        out.push(join.report());
+    }
     for child in plan.children() {
         collect(child, out);
     }

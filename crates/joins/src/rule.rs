@@ -1,5 +1,6 @@
 //! [`GraceJoinRule`]: the physical optimizer rule that puts [`GraceHashJoinExec`] in place of
-//! DataFusion's hash joins.
+//! DataFusion's hash joins, and [`NestedLoopGuardExec`] around its inner cross and nested-loop
+//! joins.
 //!
 //! It runs last, after DataFusion has chosen join modes, inserted repartitions and pushed
 //! dynamic filters, so the plan around each join is exactly what DataFusion would run. A join is
@@ -13,11 +14,13 @@
 //!   keeps its input's order.
 
 use crate::exec::GraceHashJoinExec;
+use crate::nested::NestedLoopGuardExec;
+use datafusion::common::JoinType;
 use crate::grace::GraceOptions;
 use datafusion::common::config::ConfigOptions;
 use datafusion::error::Result;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use std::sync::Arc;
@@ -63,12 +66,17 @@ impl GraceJoinRule {
         } else {
             plan
         };
-        match plan.downcast_ref::<HashJoinExec>() {
-            Some(join) if supported(join, ordering_needed) => {
-                Ok(Arc::new(GraceHashJoinExec::new(Arc::new(join.builder().build()?), self.options)))
+        if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+            if supported(join, ordering_needed) {
+                return Ok(Arc::new(GraceHashJoinExec::new(Arc::new(join.builder().build()?), self.options)));
             }
-            _ => Ok(plan),
         }
+        let inner_nested_loop = plan.downcast_ref::<CrossJoinExec>().is_some()
+            || plan.downcast_ref::<NestedLoopJoinExec>().is_some_and(|j| *j.join_type() == JoinType::Inner);
+        if inner_nested_loop && !(ordering_needed && plan.output_ordering().is_some()) {
+            return Ok(Arc::new(NestedLoopGuardExec::new(plan)));
+        }
+        Ok(plan)
     }
 }
 

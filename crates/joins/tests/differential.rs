@@ -282,11 +282,11 @@ async fn a_build_side_that_fits_stays_in_memory() {
 async fn window_functions_over_whole_partitions_run_group_batch_by_group_batch() {
     let spill = tempfile::tempdir().unwrap();
     let reference = session(None, 2, false, spill.path());
-    // 32MiB: DataFusion's external sort feeding the window gives up in much less, with two
-    // partitions sharing the pool (that is not what this tests).
-    let bounded = session(Some(32 * MIB), 2, false, spill.path());
+    // 64MiB: DataFusion's external sort feeding the window can give up in less, with two
+    // partitions sharing the pool on a busy machine (that is not what this tests).
+    let bounded = session(Some(64 * MIB), 2, false, spill.path());
     for ctx in [&reference, &bounded] {
-        ctx.register_table("l", Arc::new(table(800_000, Keys::WithNulls(2_000), 1))).unwrap();
+        ctx.register_table("l", Arc::new(table(1_600_000, Keys::WithNulls(4_000), 1))).unwrap();
     }
     let sql = "SELECT count(*), sum(w), sum(c * v), count(m) FROM (SELECT v, sum(v) OVER (PARTITION BY k) AS w, \
                count(*) OVER (PARTITION BY k) AS c, max(s) OVER (PARTITION BY k) AS m FROM l)";
@@ -311,4 +311,37 @@ async fn window_functions_over_whole_partitions_run_group_batch_by_group_batch()
     // Without PARTITION BY the input is one group: too large for the pool, it fails and says why.
     let e = bounded.sql("SELECT k, s, v, sum(v) OVER () FROM l").await.unwrap().collect().await.unwrap_err().to_string();
     assert!(e.contains("without PARTITION BY") && e.contains("Resources exhausted"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_and_nested_loop_joins_go_block_by_block() {
+    let spill = tempfile::tempdir().unwrap();
+    let reference = session(None, 2, false, spill.path());
+    let bounded = session(Some(4 * MIB), 2, false, spill.path());
+    for ctx in [&reference, &bounded] {
+        ctx.sql("SET datafusion.optimizer.join_reordering = false").await.unwrap().collect().await.unwrap();
+        ctx.register_table("l", Arc::new(table(200_000, Keys::WithNulls(1_000), 1))).unwrap();
+        ctx.register_table("r", Arc::new(table(60, Keys::Random(1_000), 2))).unwrap();
+    }
+    for sql in [
+        "SELECT count(*), sum(l.v * 1009 + r.v), count(l.k) FROM l CROSS JOIN r",
+        "SELECT count(*), sum(l.v * 1009 + r.v), count(l.k) FROM l JOIN r ON l.v < r.v",
+    ] {
+        let (want, _) = run(&reference, sql).await;
+        let (got, reports) = run(&bounded, sql).await;
+        assert_eq!(got, want, "{sql}: {reports:?}");
+        assert!(reports.iter().any(|r| r.out_of_core_partitions > 0 && r.chunks > 1), "{sql}: {reports:?}");
+    }
+    assert!(walk(spill.path()).is_empty(), "spill files left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ungrouped_aggregate_is_charged_to_the_pool() {
+    // DataFusion's ungrouped aggregate reserves its accumulators: too large, it fails cleanly
+    // (naming itself) instead of growing unseen.
+    let spill = tempfile::tempdir().unwrap();
+    let bounded = session(Some(4 * MIB), 2, false, spill.path());
+    bounded.register_table("l", Arc::new(table(400_000, Keys::Random(1_000), 1))).unwrap();
+    let e = bounded.sql("SELECT array_agg(s) FROM l").await.unwrap().collect().await.unwrap_err().to_string();
+    assert!(e.contains("Resources exhausted") && e.contains("AggregateStream"), "{e}");
 }

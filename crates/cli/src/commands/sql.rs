@@ -113,7 +113,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
     let joins_note = match out_of_core.len() {
         0 => String::new(),
         n => format!(
-            " · {n} hash join(s) out of core ({} buckets, depth {})",
+            " · {n} join(s) out of core ({} buckets, depth {})",
             out_of_core.iter().map(|j| j.buckets).sum::<usize>(),
             out_of_core.iter().map(|j| j.max_depth).max().unwrap_or(0)
         ),
