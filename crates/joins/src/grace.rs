@@ -406,6 +406,30 @@ async fn chunked(
     Ok(true)
 }
 
+/// The next chunk of `build`: as many batches as `res` grants, and at least one (reserved if
+/// the pool allows; the join reserves it again, and fails with DataFusion's error if it cannot).
+/// The batch that did not fit is left in `pending` for the next chunk.
+pub(crate) async fn next_chunk(
+    build: &mut (impl futures::Stream<Item = Result<RecordBatch>> + Unpin),
+    pending: &mut Option<RecordBatch>,
+    res: &MemoryReservation,
+) -> Result<Vec<RecordBatch>> {
+    let mut chunk = Vec::new();
+    if let Some(batch) = pending.take() {
+        let _ = res.try_grow(build_need(&batch));
+        chunk.push(batch);
+    }
+    while let Some(batch) = build.next().await {
+        let batch = batch?;
+        if res.try_grow(build_need(&batch)).is_err() && !chunk.is_empty() {
+            *pending = Some(batch);
+            break;
+        }
+        chunk.push(batch);
+    }
+    Ok(chunk)
+}
+
 /// Joins `build` chunk by chunk (each as much as `res` grants, at least one batch) with the
 /// whole of `probe_file`, read again for each chunk.
 #[allow(clippy::too_many_arguments)]
@@ -421,21 +445,7 @@ async fn run_chunks(
     let mut pending: Option<RecordBatch> = None;
     loop {
         let res = ctx.reservation();
-        // Each chunk takes at least one batch, reserved if the pool allows (the join reserves
-        // it again, and fails with DataFusion's error if it cannot).
-        let mut chunk = Vec::new();
-        if let Some(batch) = pending.take() {
-            let _ = res.try_grow(build_need(&batch));
-            chunk.push(batch);
-        }
-        while let Some(batch) = build.next().await {
-            let batch = batch?;
-            if res.try_grow(build_need(&batch)).is_err() && !chunk.is_empty() {
-                pending = Some(batch);
-                break;
-            }
-            chunk.push(batch);
-        }
+        let chunk = next_chunk(&mut build, &mut pending, &res).await?;
         if chunk.is_empty() {
             return Ok(true);
         }

@@ -12,7 +12,7 @@
 //! blocks and all partitions at once, and stay as DataFusion plans them (charged to the lease).
 
 use crate::buckets::{read_file, Partitioner};
-use crate::grace::build_need;
+use crate::grace::next_chunk;
 use crate::metrics::JoinReport;
 use crate::once::OnceExec;
 use crate::prepaid::PrepaidPool;
@@ -157,19 +157,7 @@ impl NestedLoopGuardExec {
         loop {
             let res: MemoryReservation =
                 MemoryConsumer::new("NestedLoopBlock").with_can_spill(true).register(task.memory_pool());
-            let mut block = Vec::new();
-            if let Some(b) = pending.take() {
-                let _ = res.try_grow(build_need(&b));
-                block.push(b);
-            }
-            while let Some(b) = stream.next().await {
-                let b = b?;
-                if res.try_grow(build_need(&b)).is_err() && !block.is_empty() {
-                    pending = Some(b);
-                    break;
-                }
-                block.push(b);
-            }
+            let block = next_chunk(&mut stream, &mut pending, &res).await?;
             if block.is_empty() {
                 return Ok(());
             }
