@@ -180,8 +180,8 @@ pub struct SqlArgs {
     /// engines; see `bench/duckdb_tpch.py`).
     #[arg(long, conflicts_with = "output")]
     pub checksum: bool,
-    /// Run DataFusion's own hash joins, which cannot spill, instead of spillway's out-of-core
-    /// grace hash join (to measure what the grace join costs when everything fits).
+    /// Run DataFusion's own hash, cross and nested-loop joins, which cannot spill, instead of
+    /// spillway's out-of-core ones (to measure what the grace join costs when everything fits).
     #[arg(long)]
     pub native_joins: bool,
     /// Write run statistics (rows, time, peak memory, spilled bytes) as JSON to this file.
