@@ -153,9 +153,7 @@ impl GraceHashJoinExec {
             return Ok(Build::InMemory { native: Arc::new(native), probes, task });
         };
         ctx.metrics.went_out_of_core(0);
-        let held_rows: usize = batches.iter().map(|b| b.num_rows()).sum::<usize>().max(1);
-        let buffer_rows = (res.size() / 2 / self.options.fanout / (res.size() / held_rows).max(1))
-            .clamp(64, ctx.task.session_config().batch_size());
+        let buffer_rows = ctx.split_buffer_rows(&batches, &res);
         let mut p = ctx.partitioner(Side::Build, 0, self.options.fanout, buffer_rows);
         for batch in batches {
             p.push(&batch)?;

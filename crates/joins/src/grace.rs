@@ -127,6 +127,17 @@ impl JoinCtx {
         Partitioner::new(keys, schema, level, fanout, nulls_apart, buffer_rows, self.task.clone(), self.metrics.spill.clone(), what)
     }
 
+    /// Rows each bucket buffers before writing, when a build side that held `batches` under
+    /// `res` is split: the coalescing buffers of all buckets get half of what it was allowed.
+    pub fn split_buffer_rows(&self, batches: &[RecordBatch], res: &MemoryReservation) -> usize {
+        let held_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if held_rows == 0 {
+            return 64;
+        }
+        let row_bytes = (res.size() / held_rows).max(1);
+        (res.size() / 2 / self.options.fanout / row_bytes).clamp(64, self.task.session_config().batch_size())
+    }
+
     pub(crate) fn reservation(&self) -> MemoryReservation {
         MemoryConsumer::new(format!("GraceHashJoin[{}]", self.partition))
             .with_can_spill(true)
@@ -266,13 +277,7 @@ pub(crate) fn join(
         // Split both sides into buckets. The coalescing buffers get half of what the build
         // side was allowed to hold.
         let fanout = ctx.options.fanout;
-        let held_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let buffer_rows = if held_rows == 0 {
-            64
-        } else {
-            let row_bytes = (res.size() / held_rows).max(1);
-            (res.size() / 2 / fanout / row_bytes).clamp(64, ctx.task.session_config().batch_size())
-        };
+        let buffer_rows = ctx.split_buffer_rows(&batches, &res);
         let mut bp = ctx.partitioner(Side::Build, level, fanout, buffer_rows);
         for batch in batches {
             bp.push(&batch)?;

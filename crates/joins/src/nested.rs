@@ -75,9 +75,7 @@ impl NestedLoopGuardExec {
     pub fn report(&self) -> JoinReport {
         let m = self.metrics.clone_inner();
         let partitions = self.properties().partitioning.partition_count();
-        let mut r = JoinReport::from_metrics(format!("Inner ({})", self.inner.name()), partitions, &m);
-        r.buckets = 0;
-        r
+        JoinReport::from_metrics(format!("Inner ({})", self.inner.name()), partitions, &m)
     }
 
     fn counters(&self, partition: usize) -> Counters {
