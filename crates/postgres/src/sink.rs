@@ -1,0 +1,426 @@
+//! Loading a model's output into a PostgreSQL table, in one transaction per load.
+//!
+//! ```text
+//! replace: BEGIN ─▶ CREATE TABLE new ─▶ COPY new FROM STDIN (FORMAT binary, FREEZE) ─▶ key, indexes
+//!          ─▶ DROP TABLE old ─▶ RENAME new ─▶ COMMIT          readers see the old table, then the new
+//! append:  BEGIN ─▶ COPY t FROM STDIN (FORMAT binary) ─▶ COMMIT
+//! upsert:  BEGIN ─▶ COPY into a temp table ─▶ INSERT INTO t .. ON CONFLICT (key) DO UPDATE ─▶ COMMIT
+//! ```
+//!
+//! A missing table is created from the Arrow schema (key and indexes after the load, which is
+//! faster than maintaining them during it); an existing one must have every model column with a
+//! matching type, or the load stops before any row is sent, listing each mismatch. Nothing is
+//! committed until the end, so any failure leaves the previous table as it was and no staging
+//! table behind. One transaction rules out loading through several connections at once: see
+//! `docs/postgres.md` for the measurement that made that an easy choice.
+
+use crate::conn::{self, ConnSpec};
+use crate::error::{Error, Result};
+use crate::types::{out_columns, OutColumn};
+use crate::{quote_ident, truncate_ident, TableName};
+use bytes::{Bytes, BytesMut};
+use datafusion::execution::SendableRecordBatchStream;
+use futures::{SinkExt, StreamExt};
+use std::time::Instant;
+use tokio_postgres::Client;
+
+/// Bytes of COPY data sent at a time.
+const CHUNK: usize = 1 << 20;
+
+/// What a load does to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Replace the table's contents atomically (a new table swapped in by name).
+    #[default]
+    Replace,
+    /// Add the rows.
+    Append,
+    /// Insert new keys, update existing ones (needs `key`).
+    Upsert,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "replace" => Ok(Mode::Replace),
+            "append" => Ok(Mode::Append),
+            "upsert" => Ok(Mode::Upsert),
+            _ => Err(format!("mode = {s:?}: use replace, append or upsert")),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Replace => "replace",
+            Mode::Append => "append",
+            Mode::Upsert => "upsert",
+        })
+    }
+}
+
+/// One `[sinks.NAME] type = "postgres"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSpec {
+    /// The sink's name (in messages).
+    pub name: String,
+    /// Where to connect.
+    pub conn: ConnSpec,
+    /// The target table.
+    pub table: TableName,
+    /// What the load does.
+    pub mode: Mode,
+    /// Key columns: the primary key of a created table, and the conflict target of `upsert`.
+    pub key: Vec<String>,
+    /// Indexes to build after the load, each a list of columns.
+    pub indexes: Vec<Vec<String>>,
+    /// Create the table `UNLOGGED` (no WAL, emptied after a crash: for scratch tables).
+    pub unlogged: bool,
+    /// `false` sets `synchronous_commit = off` for the load's transaction.
+    pub synchronous_commit: bool,
+    /// `replace` only: a table whose columns differ is replaced by one with the model's columns
+    /// instead of failing.
+    pub recreate_on_schema_change: bool,
+}
+
+impl SinkSpec {
+    /// A replace-mode sink with default options.
+    pub fn new(name: impl Into<String>, conn: ConnSpec, table: TableName) -> Self {
+        Self {
+            name: name.into(),
+            conn,
+            table,
+            mode: Mode::Replace,
+            key: vec![],
+            indexes: vec![],
+            unlogged: false,
+            synchronous_commit: true,
+            recreate_on_schema_change: false,
+        }
+    }
+
+    /// `sink NAME → schema.table`, as errors name it.
+    pub fn target(&self) -> String {
+        format!("sink {} → {}", self.name, self.table)
+    }
+
+    /// Checks the options against each other (before connecting).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.mode == Mode::Upsert && self.key.is_empty() {
+            return Err("mode = \"upsert\" needs `key` (the columns a row is matched on)".into());
+        }
+        if self.recreate_on_schema_change && self.mode != Mode::Replace {
+            return Err("on_schema_change = \"recreate\" only applies to mode = \"replace\"".into());
+        }
+        Ok(())
+    }
+}
+
+/// What a load did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Rows loaded (as PostgreSQL counted them).
+    pub rows: u64,
+    /// Bytes of binary COPY data sent.
+    pub bytes: u64,
+    /// WAL written on the server while loading (includes other sessions' writes meanwhile).
+    pub wal_bytes: Option<u64>,
+    /// Whether the table was created by this load.
+    pub created: bool,
+    /// Wall time, connecting to commit.
+    pub elapsed_ms: u64,
+    /// Where it went, without the password: `user@host:port/db schema.table`.
+    pub destination: String,
+}
+
+/// Loads every batch of `input` as `spec` says; commits only when all arrived.
+pub async fn load(spec: &SinkSpec, input: SendableRecordBatchStream) -> Result<LoadReport> {
+    let target = spec.target();
+    let fail = |message: String| Error::Postgres { target: target.clone(), message };
+    spec.validate().map_err(fail)?;
+    let schema = input.schema();
+    let encoder = pgpq::ArrowToPostgresBinaryEncoder::try_new(&schema)
+        .map_err(|e| fail(format!("the model's columns cannot be written with binary COPY: {e}")))?;
+    let columns = out_columns(&schema, &encoder.schema()).map_err(fail)?;
+    for c in spec.key.iter().chain(spec.indexes.iter().flatten()) {
+        if !columns.iter().any(|o| &o.name == c) {
+            return Err(fail(format!("key/index column {c:?} is not a column of the model")));
+        }
+    }
+    let config = spec.conn.resolve().map_err(fail)?;
+    let destination = format!("{} {}", conn::redacted(&config), spec.table);
+    let started = Instant::now();
+    let client = conn::connect(&config).await.map_err(fail)?;
+    let wal_before = wal_lsn(&client).await;
+    let db = |e: tokio_postgres::Error| fail(conn::describe(&e));
+
+    client.batch_execute("BEGIN").await.map_err(db)?;
+    if !spec.synchronous_commit {
+        client.batch_execute("SET LOCAL synchronous_commit = off").await.map_err(db)?;
+    }
+    let existing = table_columns(&client, &spec.table).await.map_err(db)?;
+    if let Some(have) = &existing {
+        if !(spec.mode == Mode::Replace && spec.recreate_on_schema_change) {
+            let problems = mismatches(&columns, have);
+            if !problems.is_empty() {
+                return Err(fail(format!(
+                    "the table's columns do not match the model's (nothing was loaded):\n{}",
+                    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+                )));
+            }
+        }
+    }
+    let mut load = Loader { client: &client, spec, columns: &columns, target: &target };
+    let created = existing.is_none();
+    let (rows, bytes) = match (spec.mode, existing.is_some()) {
+        (Mode::Replace, _) | (Mode::Append | Mode::Upsert, false) => {
+            // A new table: created, filled and indexed in this transaction. Replace builds it
+            // beside the old one and swaps names at the end.
+            let replacing = spec.mode == Mode::Replace && existing.is_some();
+            let into = if replacing { spec.table.sibling(&format!("__spillway_new_{}", spec.table.table)) } else { spec.table.clone() };
+            load.create(&into).await?;
+            let copied = load.copy(&into, true, input, encoder).await?;
+            let key = load.add_key(&into).await?;
+            let indexes = load.index(&into).await?;
+            if replacing {
+                client.batch_execute(&format!("DROP TABLE {}", spec.table.sql())).await.map_err(|e| {
+                    fail(format!("cannot replace the table: {}", conn::describe(&e)))
+                })?;
+                let mut sql = format!("ALTER TABLE {} RENAME TO {};", into.sql(), quote_ident(&spec.table.table));
+                if let Some((temp, name)) = key {
+                    sql.push_str(&format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {};", spec.table.sql(), quote_ident(&temp), quote_ident(&name)));
+                }
+                for (temp, name) in indexes {
+                    sql.push_str(&format!(
+                        "ALTER INDEX {}.{} RENAME TO {};",
+                        quote_ident(&spec.table.schema),
+                        quote_ident(&temp),
+                        quote_ident(&name)
+                    ));
+                }
+                client.batch_execute(&sql).await.map_err(db)?;
+            }
+            copied
+        }
+        (Mode::Append, true) => {
+            let copied = load.copy(&spec.table, false, input, encoder).await?;
+            load.index(&spec.table).await?;
+            copied
+        }
+        (Mode::Upsert, true) => {
+            load.check_unique_key().await?;
+            let stage = TableName { schema: String::new(), table: format!("__spillway_upsert_{}", std::process::id()) };
+            let cols = column_ddl(&columns);
+            client
+                .batch_execute(&format!("CREATE TEMP TABLE {} ({cols}) ON COMMIT DROP", quote_ident(&stage.table)))
+                .await
+                .map_err(db)?;
+            let (_, bytes) = load.copy(&stage, false, input, encoder).await?;
+            let names = columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+            let key = spec.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
+            let updates: Vec<String> = columns
+                .iter()
+                .filter(|c| !spec.key.contains(&c.name))
+                .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
+                .collect();
+            let action = if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+            let merged = client
+                .execute(
+                    &format!(
+                        "INSERT INTO {} ({names}) SELECT {names} FROM {} ON CONFLICT ({key}) {action}",
+                        spec.table.sql(),
+                        quote_ident(&stage.table)
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            load.index(&spec.table).await?;
+            (merged, bytes)
+        }
+    };
+    client.batch_execute("COMMIT").await.map_err(db)?;
+    let wal_bytes = match (wal_before, wal_lsn(&client).await) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let report = LoadReport { rows, bytes, wal_bytes, created, elapsed_ms: started.elapsed().as_millis() as u64, destination };
+    tracing::info!(sink = %spec.name, table = %spec.table, rows, bytes, ?wal_bytes, "loaded into PostgreSQL");
+    Ok(report)
+}
+
+/// The steps of one load, inside its transaction.
+struct Loader<'a> {
+    client: &'a Client,
+    spec: &'a SinkSpec,
+    columns: &'a [OutColumn],
+    target: &'a str,
+}
+
+impl Loader<'_> {
+    fn fail(&self, message: String) -> Error {
+        Error::Postgres { target: self.target.to_string(), message }
+    }
+
+    fn db(&self, e: tokio_postgres::Error) -> Error {
+        self.fail(conn::describe(&e))
+    }
+
+    async fn create(&self, table: &TableName) -> Result<()> {
+        let unlogged = if self.spec.unlogged { "UNLOGGED " } else { "" };
+        let sql = format!("CREATE {unlogged}TABLE {} ({})", table.sql(), column_ddl(self.columns));
+        self.client.batch_execute(&sql).await.map_err(|e| self.fail(format!("cannot create the table: {}", conn::describe(&e))))
+    }
+
+    /// Streams `input` into `table`; returns (rows, bytes sent).
+    async fn copy(
+        &mut self,
+        table: &TableName,
+        freeze: bool,
+        mut input: SendableRecordBatchStream,
+        mut encoder: pgpq::ArrowToPostgresBinaryEncoder,
+    ) -> Result<(u64, u64)> {
+        let names = self.columns.iter().map(|c| quote_ident(&c.name)).collect::<Vec<_>>().join(", ");
+        let table_sql = if table.schema.is_empty() { quote_ident(&table.table) } else { table.sql() };
+        let freeze = if freeze { ", FREEZE" } else { "" };
+        let sql = format!("COPY {table_sql} ({names}) FROM STDIN (FORMAT binary{freeze})");
+        let sink = self.client.copy_in::<_, Bytes>(&sql).await.map_err(|e| self.db(e))?;
+        let mut sink = std::pin::pin!(sink);
+        let encode_err = |e: pgpq::error::ErrorKind| self.fail(format!("encoding rows for COPY failed: {e}"));
+        let mut buf = BytesMut::with_capacity(2 * CHUNK);
+        encoder.write_header(&mut buf).map_err(encode_err)?;
+        let mut bytes = 0u64;
+        while let Some(batch) = input.next().await {
+            let batch = batch.map_err(|source| Error::Input { target: self.target.to_string(), source })?;
+            encoder.write_batch(&batch, &mut buf).map_err(encode_err)?;
+            if buf.len() >= CHUNK {
+                bytes += buf.len() as u64;
+                sink.as_mut().send(buf.split().freeze()).await.map_err(|e| self.copy_failed(e))?;
+            }
+        }
+        encoder.write_footer(&mut buf).map_err(encode_err)?;
+        bytes += buf.len() as u64;
+        sink.as_mut().send(buf.split().freeze()).await.map_err(|e| self.copy_failed(e))?;
+        let rows = sink.as_mut().finish().await.map_err(|e| self.copy_failed(e))?;
+        Ok((rows, bytes))
+    }
+
+    fn copy_failed(&self, e: tokio_postgres::Error) -> Error {
+        self.fail(format!("COPY failed, nothing was committed: {}", conn::describe(&e)))
+    }
+
+    /// Adds the key to a table this load created, after its rows are in (cheaper than keeping
+    /// the index up to date row by row); returns (name built, final name).
+    async fn add_key(&self, table: &TableName) -> Result<Option<(String, String)>> {
+        if self.spec.key.is_empty() {
+            return Ok(None);
+        }
+        let name = truncate_ident(&format!("{}_pkey", self.spec.table.table));
+        let temp = truncate_ident(&format!("{}_pkey", table.table));
+        let list = self.spec.key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        let sql = format!("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({list})", table.sql(), quote_ident(&temp));
+        self.client.batch_execute(&sql).await.map_err(|e| self.fail(format!("adding the primary key ({list}): {}", conn::describe(&e))))?;
+        Ok(Some((temp, name)))
+    }
+
+    /// Builds the sink's indexes (those missing); returns (name built, final name).
+    async fn index(&self, table: &TableName) -> Result<Vec<(String, String)>> {
+        let mut built = Vec::new();
+        for cols in &self.spec.indexes {
+            let name = truncate_ident(&format!("{}_{}_idx", self.spec.table.table, cols.join("_")));
+            let temp = truncate_ident(&format!("{}_{}", table.table, name));
+            let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+            let built_as = if table == &self.spec.table { &name } else { &temp };
+            let sql = format!("CREATE INDEX IF NOT EXISTS {} ON {} ({list})", quote_ident(built_as), table.sql());
+            self.client.batch_execute(&sql).await.map_err(|e| self.fail(format!("building index on ({list}): {}", conn::describe(&e))))?;
+            if table != &self.spec.table {
+                built.push((temp, name));
+            }
+        }
+        Ok(built)
+    }
+
+    /// `upsert` into an existing table needs a unique index on exactly the key columns.
+    async fn check_unique_key(&self) -> Result<()> {
+        let rows = self
+            .client
+            .query(
+                "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 WHERE i.indrelid = to_regclass($1) AND i.indisunique GROUP BY i.indexrelid",
+                &[&self.spec.table.sql()],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        let mut key = self.spec.key.clone();
+        key.sort();
+        if rows.iter().any(|r| r.get::<_, Vec<String>>(0) == key) {
+            return Ok(());
+        }
+        Err(self.fail(format!(
+            "upsert needs a primary key or unique index on ({}) in the table; add one, or load with mode = \"replace\"",
+            self.spec.key.join(", ")
+        )))
+    }
+}
+
+/// `"a" bigint, "b" text`.
+fn column_ddl(columns: &[OutColumn]) -> String {
+    columns.iter().map(|c| format!("{} {}", quote_ident(&c.name), c.ddl)).collect::<Vec<_>>().join(", ")
+}
+
+/// A column of an existing table.
+#[derive(Debug, Clone)]
+struct PgColumn {
+    name: String,
+    oid: u32,
+    shown: String,
+    required: bool,
+}
+
+/// The columns of `table`, or `None` when it does not exist.
+async fn table_columns(client: &Client, table: &TableName) -> Result<Option<Vec<PgColumn>>, tokio_postgres::Error> {
+    let exists = client.query_one("SELECT to_regclass($1)::oid IS NOT NULL", &[&table.sql()]).await?;
+    if !exists.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT attname::text, atttypid::int8, format_type(atttypid, atttypmod), attnotnull AND NOT atthasdef \
+             FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&table.sql()],
+        )
+        .await?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| PgColumn { name: r.get(0), oid: r.get::<_, i64>(1) as u32, shown: r.get(2), required: r.get(3) })
+            .collect(),
+    ))
+}
+
+/// Every way `want` (the model's columns) does not fit `have` (the table's).
+fn mismatches(want: &[OutColumn], have: &[PgColumn]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for w in want {
+        match have.iter().find(|h| h.name == w.name) {
+            None => problems.push(format!("{}: the model has it ({}), the table does not", w.name, w.arrow)),
+            Some(h) if !w.accepts.contains(&h.oid) => problems.push(format!(
+                "{}: the model gives {} (written as {}), the table has {}",
+                w.name, w.arrow, w.ddl, h.shown
+            )),
+            Some(_) => {}
+        }
+    }
+    for h in have.iter().filter(|h| h.required && !want.iter().any(|w| w.name == h.name)) {
+        problems.push(format!("{}: NOT NULL without a default in the table ({}), and the model does not give it", h.name, h.shown));
+    }
+    problems
+}
+
+/// The server's WAL insert position, in bytes.
+async fn wal_lsn(client: &Client) -> Option<u64> {
+    let row = client.query_one("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::int8", &[]).await.ok()?;
+    Some(row.get::<_, i64>(0) as u64)
+}
