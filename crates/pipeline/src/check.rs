@@ -37,6 +37,10 @@ pub async fn validate(project: &Project, select: Option<&str>) -> Result<(Dag, V
     let ctx = SessionContext::new();
     let by_table = project.source_tables();
     let needed: BTreeSet<&String> = models.iter().flat_map(|m| dag.sources[m].iter()).collect();
+    // PostgreSQL sources: connecting and reading their columns here reports an unreachable
+    // server, a bad password or a missing table before any work starts.
+    let pg_tables: Vec<String> = needed.iter().map(|t| (*t).clone()).collect();
+    let pg = sources::open_postgres(project, &pg_tables).await?;
     for table in needed {
         let def = &project.sources[&by_table[table]];
         let registered = match def {
@@ -52,6 +56,10 @@ pub async fn validate(project: &Project, select: Option<&str>) -> Result<(Dag, V
             }
             SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
                 tables::register(&ctx, table, &project.dir.join(path).to_string_lossy()).await.map_err(Error::from)
+            }
+            SourceDef::Postgres { .. } => {
+                let provider: Arc<dyn TableProvider> = pg[table].clone();
+                ctx.register_table(table.as_str(), provider).map(|_| ()).map_err(|e| Error::from(spillway_engine::Error::from(e)))
             }
         };
         if let Err(e) = registered {

@@ -52,6 +52,9 @@ pub enum Error {
     /// The budget could not be lent.
     #[error(transparent)]
     Governor(#[from] spillway_governor::Error),
+    /// Loading into or reading from PostgreSQL failed (names the sink or source and table).
+    #[error(transparent)]
+    Postgres(#[from] spillway_postgres::Error),
 }
 
 impl Error {
@@ -70,6 +73,7 @@ impl Error {
         match self {
             Error::Engine(e) => e.is_resources_exhausted(),
             Error::Tiers(spillway_tiers::Error::DataFusion(e)) => spillway_engine::is_resources_exhausted(e),
+            Error::Postgres(e) => e.input_error().is_some_and(spillway_engine::is_resources_exhausted),
             _ => false,
         }
     }

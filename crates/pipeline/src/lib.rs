@@ -36,7 +36,7 @@ pub mod sources;
 
 pub use dag::Dag;
 pub use error::{Error, Result};
-pub use project::{Model, Project, SinkDef, SourceDef, TPCH_TABLES};
+pub use project::{Model, Project, SinkDef, SinkTarget, SourceDef, TPCH_TABLES};
 pub use results::{Event, RunResults, Status, StepResult};
 pub use run::{Observer, RunOptions};
 pub use settings::{Class, LeaseSpec, ModelSettings, SettingsTable};

@@ -39,6 +39,19 @@ pub enum SourceDef {
         /// Scale factor.
         sf: f64,
     },
+    /// A PostgreSQL table or query, read with binary COPY (filters pushed down).
+    Postgres {
+        /// Connection URL (better: `url_env`, so no password is in the file).
+        url: Option<String>,
+        /// Environment variable holding the URL.
+        url_env: Option<String>,
+        /// Table (`schema.table` or with `schema`).
+        table: Option<String>,
+        /// Schema of `table` (default `public`).
+        schema: Option<String>,
+        /// A `SELECT` to read instead of a table.
+        query: Option<String>,
+    },
 }
 
 impl SourceDef {
@@ -51,14 +64,150 @@ impl SourceDef {
     }
 }
 
-/// `[sinks.NAME]`: where a model's output is published.
+impl SourceDef {
+    /// A `postgres` source as the postgres crate takes it; `None` for other sources.
+    pub fn postgres(&self, name: &str) -> Option<Result<spillway_postgres::SourceSpec, String>> {
+        let SourceDef::Postgres { url, url_env, table, schema, query } = self else { return None };
+        let conn = spillway_postgres::ConnSpec { url: url.clone(), url_env: url_env.clone() };
+        Some(match (table, query) {
+            (Some(_), Some(_)) | (None, None) => Err("give either `table` or `query`".into()),
+            _ if url.is_none() && url_env.is_none() => Err("give `url_env` (an environment variable holding the URL) or `url`".into()),
+            _ => Ok(spillway_postgres::SourceSpec {
+                name: name.to_string(),
+                conn,
+                table: table.as_deref().map(|t| spillway_postgres::TableName::new(schema.as_deref(), t)),
+                query: query.clone(),
+            }),
+        })
+    }
+}
+
+/// `[sinks.NAME]`: where a model's output is published: a file (`path`), or a PostgreSQL table
+/// (`type = "postgres"`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkDef {
     /// The model whose output is written.
     pub model: String,
+    /// `file` (the default) or `postgres`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
     /// Output file (.parquet, .csv, .json or .arrow), relative to the project.
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
+    /// postgres: connection URL (better: `url_env`).
+    pub url: Option<String>,
+    /// postgres: environment variable holding the URL.
+    pub url_env: Option<String>,
+    /// postgres: the table (`schema.table` or with `schema`).
+    pub table: Option<String>,
+    /// postgres: schema of `table` (default `public`).
+    pub schema: Option<String>,
+    /// postgres: `replace` (default), `append` or `upsert`.
+    pub mode: Option<String>,
+    /// postgres: key columns (primary key of a created table; what `upsert` matches on).
+    pub key: Option<Vec<String>>,
+    /// postgres: indexes built after the load, each `"col"` or `"col1, col2"`.
+    pub indexes: Option<Vec<String>>,
+    /// postgres: create the table UNLOGGED (scratch tables: no WAL, emptied by a crash).
+    pub unlogged: Option<bool>,
+    /// postgres: `"off"` (or false) sets synchronous_commit = off for the load.
+    pub synchronous_commit: Option<toml::Value>,
+    /// postgres: `fail` (default) or `recreate` (replace mode: a table whose columns differ is
+    /// replaced by one with the model's columns).
+    pub on_schema_change: Option<String>,
+    /// postgres: skip the sink (noting why) when `url_env` is not set, instead of failing.
+    pub optional: Option<bool>,
+}
+
+/// Where a sink publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkTarget {
+    /// A file, published atomically (absolute path).
+    File(PathBuf),
+    /// A PostgreSQL table; `optional` sinks are skipped when their URL variable is unset.
+    Postgres {
+        /// What and how to load.
+        spec: spillway_postgres::SinkSpec,
+        /// Skip when `url_env` is unset.
+        optional: bool,
+    },
+}
+
+impl SinkDef {
+    /// The published file of a file sink, relative to the project.
+    pub fn file(&self) -> Option<&PathBuf> {
+        match self.kind.as_deref() {
+            None | Some("file") => self.path.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Where sink `name` publishes (`dir` is the project folder); `Err` says what is wrong.
+    pub fn target(&self, name: &str, dir: &std::path::Path) -> std::result::Result<SinkTarget, String> {
+        let pg_keys = [
+            ("url", self.url.is_some()),
+            ("url_env", self.url_env.is_some()),
+            ("table", self.table.is_some()),
+            ("schema", self.schema.is_some()),
+            ("mode", self.mode.is_some()),
+            ("key", self.key.is_some()),
+            ("indexes", self.indexes.is_some()),
+            ("unlogged", self.unlogged.is_some()),
+            ("synchronous_commit", self.synchronous_commit.is_some()),
+            ("on_schema_change", self.on_schema_change.is_some()),
+            ("optional", self.optional.is_some()),
+        ];
+        match self.kind.as_deref() {
+            None | Some("file") => {
+                if let Some((k, _)) = pg_keys.iter().find(|(_, set)| *set) {
+                    return Err(format!("`{k}` is a postgres setting: add type = \"postgres\" (or remove it)"));
+                }
+                let path = self.path.as_ref().ok_or("a file sink needs `path` (or type = \"postgres\" with `table`)")?;
+                Ok(SinkTarget::File(dir.join(path)))
+            }
+            Some("postgres") => {
+                if self.path.is_some() {
+                    return Err("a postgres sink has `table`, not `path`".into());
+                }
+                let table = self.table.as_deref().ok_or("a postgres sink needs `table`")?;
+                if self.url.is_none() && self.url_env.is_none() {
+                    return Err("give `url_env` (an environment variable holding the URL) or `url`".into());
+                }
+                let conn = spillway_postgres::ConnSpec { url: self.url.clone(), url_env: self.url_env.clone() };
+                let mut spec = spillway_postgres::SinkSpec::new(name, conn, spillway_postgres::TableName::new(self.schema.as_deref(), table));
+                if let Some(m) = &self.mode {
+                    spec.mode = m.parse()?;
+                }
+                spec.key = self.key.clone().unwrap_or_default();
+                spec.indexes = self
+                    .indexes
+                    .iter()
+                    .flatten()
+                    .map(|i| i.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect())
+                    .collect();
+                spec.unlogged = self.unlogged.unwrap_or(false);
+                spec.synchronous_commit = match &self.synchronous_commit {
+                    None => true,
+                    Some(toml::Value::Boolean(b)) => *b,
+                    Some(toml::Value::String(s)) if s.eq_ignore_ascii_case("on") => true,
+                    Some(toml::Value::String(s)) if s.eq_ignore_ascii_case("off") => false,
+                    Some(other) => return Err(format!("synchronous_commit = {other}: use \"on\" or \"off\"")),
+                };
+                spec.recreate_on_schema_change = match self.on_schema_change.as_deref() {
+                    None | Some("fail") => false,
+                    Some("recreate") => true,
+                    Some(other) => return Err(format!("on_schema_change = {other:?}: use fail or recreate")),
+                };
+                spec.validate()?;
+                let optional = self.optional.unwrap_or(false);
+                if optional && self.url_env.is_none() {
+                    return Err("`optional` needs `url_env` (the sink is skipped while that variable is unset)".into());
+                }
+                Ok(SinkTarget::Postgres { spec, optional })
+            }
+            Some(other) => Err(format!("type = {other:?}: use file or postgres")),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,9 +331,17 @@ impl Project {
                 }
             }
         }
+        let text = std::fs::read_to_string(&cfg).unwrap_or_default();
         for (sink, def) in &file.sinks {
+            let line = section_line(&text, &format!("[sinks.{sink}]"));
             if !models.contains_key(&def.model) {
-                return Err(Error::at(&cfg, 1, format!("[sinks.{sink}]: model {:?} does not exist", def.model)));
+                return Err(Error::at(&cfg, line, format!("[sinks.{sink}]: model {:?} does not exist", def.model)));
+            }
+            def.target(sink, &dir).map_err(|m| Error::at(&cfg, line, format!("[sinks.{sink}]: {m}")))?;
+        }
+        for (source, def) in &file.sources {
+            if let Some(Err(m)) = def.postgres(source) {
+                return Err(Error::at(&cfg, section_line(&text, &format!("[sources.{source}]")), format!("[sources.{source}]: {m}")));
             }
         }
         Ok(Project { dir, config_path, models, sources: file.sources, sinks: file.sinks })
@@ -215,6 +372,11 @@ fn apply_overrides(text: &str, overrides: &[String]) -> std::result::Result<Stri
         table.insert(last.to_string(), value);
     }
     toml::to_string(&doc).map_err(|e| e.to_string())
+}
+
+/// The 1-based line of a `[section]` header in `text` (1 when not found).
+pub(crate) fn section_line(text: &str, header: &str) -> usize {
+    text.lines().position(|l| l.trim_start().starts_with(header)).map_or(1, |i| i + 1)
 }
 
 /// The 1-based line of the first whole-word, case-insensitive occurrence of `word` in `text`.

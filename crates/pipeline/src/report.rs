@@ -177,7 +177,14 @@ fn table(results: &RunResults) -> String {
             Status::Skipped => "<span class=skip>skipped</span>",
         };
         let note = st.error.clone().or_else(|| st.tier_reason.clone()).unwrap_or_default();
-        let sinks: Vec<String> = st.sinks.iter().map(|k| format!("→ {}", k.path.display())).collect();
+        let sinks: Vec<String> = st
+            .sinks
+            .iter()
+            .map(|k| match &k.skipped {
+                Some(why) => format!("→ {} ({why})", k.name),
+                None => format!("→ {}", k.path.display()),
+            })
+            .collect();
         let _ = write!(
             s,
             "<tr><td>{}</td><td>{status}</td><td>{}</td><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=note>{}{}</td></tr>",

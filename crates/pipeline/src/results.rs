@@ -33,12 +33,18 @@ pub enum Status {
 pub struct SinkResult {
     /// Sink name.
     pub name: String,
-    /// Published file.
+    /// Published file; for a postgres sink `user@host:port/db schema.table` (no password).
     pub path: PathBuf,
     /// Rows written.
     pub rows: u64,
-    /// File size.
+    /// File size; for a postgres sink the bytes of COPY data sent.
     pub bytes: u64,
+    /// postgres: WAL the server wrote during the load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_bytes: Option<u64>,
+    /// Why an optional sink was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// One model's record in `run_results.json`.

@@ -21,7 +21,7 @@
 use crate::check;
 use crate::dag::Dag;
 use crate::error::{Error, Result};
-use crate::project::{Model, Project};
+use crate::project::{Model, Project, SinkTarget};
 use crate::results::{self, Event, RunFolder, RunResults, SinkResult, Status, StepResult};
 use crate::settings::{Class, LeaseSpec};
 use crate::sources::{self, SourceTables};
@@ -129,7 +129,8 @@ pub async fn run(project: &Project, governor: &Governor, options: RunOptions, ob
     let mut problems = Vec::new();
     for m in &selected {
         for up in dag.upstream[m].iter().filter(|u| !chosen.contains(u)) {
-            let published = project.sinks.values().filter(|s| &s.model == up).map(|s| project.dir.join(&s.path)).find(|p| p.is_file());
+            let published =
+                project.sinks.values().filter(|s| &s.model == up).filter_map(|s| s.file()).map(|p| project.dir.join(p)).find(|p| p.is_file());
             match published {
                 Some(p) => {
                     external.insert(up.clone(), p.to_string_lossy().into_owned());
@@ -187,6 +188,7 @@ pub async fn run(project: &Project, governor: &Governor, options: RunOptions, ob
     // Sources (generating TPC-H data the first time) on a blocking thread.
     let needed: Vec<String> =
         selected.iter().flat_map(|m| dag.sources[m].iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+    let postgres = sources::open_postgres(project, &needed).await?;
     let (p, obs, threads, generator) = (project.clone(), shared.observer.clone(), options.cores, options.generator.clone());
     shared.sources = tokio::task::spawn_blocking(move || {
         sources::prepare(&p, &needed, threads, &generator, &|source, rows, total| {
@@ -195,13 +197,20 @@ pub async fn run(project: &Project, governor: &Governor, options: RunOptions, ob
     })
     .await
     .map_err(|e| Error::Usage(format!("preparing sources failed: {e}")))??;
+    shared.sources.postgres = postgres;
     // Generating data leaves freed pages in the generator threads' arenas: give them back now so
     // the models start from a clean baseline.
     spillway_governor::jemalloc::purge_all_arenas();
     let sources_ready_ms = shared.now();
     shared.emit(Event::SourcesReady {
         t_ms: sources_ready_ms,
-        tables: shared.sources.locations.iter().map(|(t, l)| format!("{t}={l}")).collect(),
+        tables: shared
+            .sources
+            .locations
+            .iter()
+            .map(|(t, l)| format!("{t}={l}"))
+            .chain(shared.sources.postgres.keys().map(|t| format!("{t}=postgres")))
+            .collect(),
     });
 
     let shared = Arc::new(shared);
@@ -527,6 +536,43 @@ async fn attempt_once(
     result
 }
 
+/// Why an optional postgres sink is skipped (its URL variable is unset); `None` to publish.
+fn skipped_because(target: &SinkTarget) -> Option<String> {
+    match target {
+        SinkTarget::Postgres { spec, optional: true } if spec.conn.env_unset() => Some(format!(
+            "skipped: optional, and {} is not set",
+            spec.conn.url_env.as_deref().unwrap_or("its URL variable")
+        )),
+        _ => None,
+    }
+}
+
+fn is_skipped(target: &SinkTarget) -> bool {
+    skipped_because(target).is_some()
+}
+
+/// Writes `stream` to one sink: a file published atomically, or a PostgreSQL load committed
+/// in one transaction.
+async fn publish(sink: &str, target: &SinkTarget, stream: SendableRecordBatchStream) -> Result<SinkResult> {
+    match target {
+        SinkTarget::File(path) => {
+            let w = spillway_tiers::file::write_stream(stream, path, &WriteOptions::default()).await?;
+            Ok(SinkResult { name: sink.to_string(), path: path.clone(), rows: w.rows, bytes: w.bytes, wal_bytes: None, skipped: None })
+        }
+        SinkTarget::Postgres { spec, .. } => {
+            let report = spillway_postgres::load(spec, stream).await?;
+            Ok(SinkResult {
+                name: sink.to_string(),
+                path: PathBuf::from(report.destination),
+                rows: report.rows,
+                bytes: report.bytes,
+                wal_bytes: report.wal_bytes,
+                skipped: None,
+            })
+        }
+    }
+}
+
 /// Counts this process's heavy models holding their lease.
 struct HeavyMark<'a>(&'a AtomicUsize);
 
@@ -571,25 +617,31 @@ async fn place(
         }
         return Ok(Output { tier: "check".into(), reason: "a check: passes with no rows".into(), rows, bytes: 0, intermediate: None, sinks: vec![] });
     }
-    let sinks: Vec<(&String, PathBuf)> =
-        sh.project.sinks.iter().filter(|(_, s)| &s.model == name).map(|(n, s)| (n, sh.project.dir.join(&s.path))).collect();
-    for (_, path) in &sinks {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut sinks: Vec<(&String, SinkTarget)> = Vec::new();
+    for (n, def) in sh.project.sinks.iter().filter(|(_, s)| &s.model == name) {
+        // Checked when the project was loaded.
+        let target = def.target(n, &sh.project.dir).map_err(|m| Error::Usage(format!("[sinks.{n}]: {m}")))?;
+        if let SinkTarget::File(path) = &target {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
         }
+        sinks.push((n, target));
     }
     let readers = sh.consumers.get(name).copied().unwrap_or(0);
     if readers == 0 && sinks.len() == 1 && sh.options.materialize.is_none() {
-        let (sink, path) = &sinks[0];
-        let w = spillway_tiers::file::write_stream(stream, path, &WriteOptions::default()).await?;
-        return Ok(Output {
-            tier: "sink".into(),
-            reason: format!("read by no other model: streamed straight into sink {sink}"),
-            rows: w.rows,
-            bytes: w.bytes,
-            intermediate: None,
-            sinks: vec![SinkResult { name: (*sink).clone(), path: path.clone(), rows: w.rows, bytes: w.bytes }],
-        });
+        let (sink, target) = &sinks[0];
+        if !is_skipped(target) {
+            let published = publish(sink, target, stream).await?;
+            return Ok(Output {
+                tier: "sink".into(),
+                reason: format!("read by no other model: streamed straight into sink {sink}"),
+                rows: published.rows,
+                bytes: published.bytes,
+                intermediate: None,
+                sinks: vec![published],
+            });
+        }
     }
     let hints = Hints {
         materialize,
@@ -600,13 +652,16 @@ async fn place(
     let intermediate = sh.store.write(name, stream, &hints).await?;
     let info = intermediate.info().clone();
     let mut published = Vec::new();
-    for (i, (sink, path)) in sinks.into_iter().enumerate() {
+    for (i, (sink, target)) in sinks.into_iter().enumerate() {
+        if let Some(why) = skipped_because(&target) {
+            published.push(SinkResult { name: sink.clone(), path: PathBuf::new(), rows: 0, bytes: 0, wal_bytes: None, skipped: Some(why) });
+            continue;
+        }
         let table = format!("__spillway_sink_{i}");
         read::register(ctx, &table, &intermediate, 1).await?;
         let df = ctx.table(table.as_str()).await.map_err(spillway_engine::Error::from)?;
         let stream = df.execute_stream().await.map_err(spillway_engine::Error::from)?;
-        let w = spillway_tiers::file::write_stream(stream, &path, &WriteOptions::default()).await?;
-        published.push(SinkResult { name: sink.clone(), path, rows: w.rows, bytes: w.bytes });
+        published.push(publish(sink, &target, stream).await?);
     }
     Ok(Output {
         tier: info.tier.to_string(),

@@ -3,8 +3,11 @@
 //! model's session.
 
 use crate::error::{Error, Result};
-use crate::project::{line_of, Project, SourceDef};
+use crate::project::{line_of, section_line, Project, SourceDef};
+use datafusion::catalog::TableProvider;
 use datafusion::prelude::SessionContext;
+use spillway_postgres::PgTable;
+use std::sync::Arc;
 use spillway_engine::{tables, tpch};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,16 +15,23 @@ use std::path::{Path, PathBuf};
 /// Marks a complete generated data folder (written last).
 const COMPLETE: &str = "_SUCCESS";
 
-/// Where the data of every source table is: a file, a folder or a glob.
+/// Where the data of every source table is: a file, a folder or a glob, or a PostgreSQL table.
 #[derive(Debug, Clone, Default)]
 pub struct SourceTables {
     /// Table name → location (a path or glob, as DataFusion's listing tables take it).
     pub locations: BTreeMap<String, String>,
+    /// Table name → PostgreSQL table or query (columns read once, when the run starts).
+    pub postgres: BTreeMap<String, Arc<PgTable>>,
 }
 
 impl SourceTables {
     /// Registers `table` in `ctx`.
     pub async fn register(&self, ctx: &SessionContext, table: &str) -> Result<()> {
+        if let Some(pg) = self.postgres.get(table) {
+            let provider: Arc<dyn TableProvider> = pg.clone();
+            ctx.register_table(table, provider).map_err(spillway_engine::Error::from)?;
+            return Ok(());
+        }
         let location = self
             .locations
             .get(table)
@@ -45,11 +55,10 @@ pub fn is_generated(dir: &Path) -> bool {
 pub(crate) fn source_line(project: &Project, name: &str) -> (PathBuf, usize) {
     let path = project.config_path.clone().unwrap_or_else(|| project.dir.join("spillway.toml"));
     let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let line = text
-        .lines()
-        .position(|l| l.trim_start().starts_with(&format!("[sources.{name}]")))
-        .map(|i| i + 1)
-        .unwrap_or_else(|| line_of(&text, name));
+    let line = match section_line(&text, &format!("[sources.{name}]")) {
+        1 => line_of(&text, name),
+        n => n,
+    };
     (path, line)
 }
 
@@ -61,7 +70,7 @@ pub fn missing_files(project: &Project) -> Vec<Error> {
             SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
                 project.dir.join(path)
             }
-            SourceDef::Tpch { .. } => continue,
+            SourceDef::Tpch { .. } | SourceDef::Postgres { .. } => continue,
         };
         let text = path.to_string_lossy();
         let exists = match text.find(['*', '?', '[']) {
@@ -112,10 +121,40 @@ pub fn prepare(
             SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
                 project.dir.join(path)
             }
+            SourceDef::Postgres { .. } => continue,
         };
         locations.insert(table.clone(), location.to_string_lossy().into_owned());
     }
-    Ok(SourceTables { locations })
+    Ok(SourceTables { locations, postgres: BTreeMap::new() })
+}
+
+/// Opens the `postgres` sources among `needed` (reading their columns); errors name the source
+/// and its line in `spillway.toml`.
+pub async fn open_postgres(project: &Project, needed: &[String]) -> Result<BTreeMap<String, Arc<PgTable>>> {
+    let by_table = project.source_tables();
+    let mut out = BTreeMap::new();
+    let mut problems = Vec::new();
+    for table in needed {
+        let Some(source) = by_table.get(table) else { continue };
+        let Some(spec) = project.sources[source].postgres(source) else { continue };
+        let opened = match spec {
+            Ok(spec) => PgTable::open(&spec).await.map_err(|e| e.to_string()),
+            Err(m) => Err(m),
+        };
+        match opened {
+            Ok(t) => {
+                out.insert(table.clone(), Arc::new(t));
+            }
+            Err(m) => {
+                let (cfg, line) = source_line(project, source);
+                problems.push(Error::at(cfg, line, format!("[sources.{source}]: {m}")));
+            }
+        }
+    }
+    match Error::many(problems) {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 /// Makes sure `dir` holds complete TPC-H data at scale factor `sf` (the `_SUCCESS` marker),

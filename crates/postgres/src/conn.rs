@@ -41,6 +41,15 @@ impl ConnSpec {
         Ok(config)
     }
 
+    /// Where the connection comes from, for display: `$VAR` or the URL without its password.
+    pub fn shown(&self) -> String {
+        match (&self.url_env, &self.url) {
+            (Some(var), _) => format!("${var}"),
+            (None, Some(_)) => self.resolve().map(|c| redacted(&c)).unwrap_or_else(|e| e),
+            (None, None) => "(no connection)".into(),
+        }
+    }
+
     /// Whether the URL comes from an environment variable that is not set (an optional sink is
     /// then skipped).
     pub fn env_unset(&self) -> bool {

@@ -5,7 +5,7 @@ use crate::args::PlanArgs;
 use crate::settings::Settings;
 use anyhow::Result;
 use spillway_governor::fmt_bytes;
-use spillway_pipeline::{Project, SourceDef};
+use spillway_pipeline::{Project, SinkTarget, SourceDef};
 
 pub async fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
     let project = Project::load_with(&args.dir, &args.overrides)?;
@@ -25,11 +25,30 @@ pub async fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
             SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
                 format!("{} {}", def_kind(def), path.display())
             }
+            SourceDef::Postgres { .. } => match def.postgres(name) {
+                Some(Ok(spec)) => format!(
+                    "postgres {} via {}",
+                    spec.table.as_ref().map_or("(query)".to_string(), |t| t.to_string()),
+                    spec.conn.shown()
+                ),
+                _ => "postgres (invalid)".into(),
+            },
         };
         println!("source {name}: {what}");
     }
     for (name, sink) in &project.sinks {
-        println!("sink {name}: {} -> {}", sink.model, sink.path.display());
+        let to = match sink.target(name, &project.dir) {
+            Ok(SinkTarget::File(path)) => path.display().to_string(),
+            Ok(SinkTarget::Postgres { spec, optional }) => format!(
+                "postgres {} ({}{}) via {}",
+                spec.table,
+                spec.mode,
+                if optional { ", optional" } else { "" },
+                spec.conn.shown()
+            ),
+            Err(e) => e,
+        };
+        println!("sink {name}: {} -> {to}", sink.model);
     }
     println!();
     let w = selected.iter().map(|m| m.len()).max().unwrap_or(0).max(24);
@@ -62,5 +81,6 @@ fn def_kind(def: &SourceDef) -> &'static str {
         SourceDef::Json { .. } => "json",
         SourceDef::Arrow { .. } => "arrow",
         SourceDef::Tpch { .. } => "tpch",
+        SourceDef::Postgres { .. } => "postgres",
     }
 }
