@@ -547,10 +547,6 @@ fn skipped_because(target: &SinkTarget) -> Option<String> {
     }
 }
 
-fn is_skipped(target: &SinkTarget) -> bool {
-    skipped_because(target).is_some()
-}
-
 /// Writes `stream` to one sink: a file published atomically, or a PostgreSQL load committed
 /// in one transaction.
 async fn publish(sink: &str, target: &SinkTarget, stream: SendableRecordBatchStream) -> Result<SinkResult> {
@@ -618,9 +614,14 @@ async fn place(
         return Ok(Output { tier: "check".into(), reason: "a check: passes with no rows".into(), rows, bytes: 0, intermediate: None, sinks: vec![] });
     }
     let mut sinks: Vec<(&String, SinkTarget)> = Vec::new();
+    let mut skipped = Vec::new();
     for (n, def) in sh.project.sinks.iter().filter(|(_, s)| &s.model == name) {
         // Checked when the project was loaded.
         let target = def.target(n, &sh.project.dir).map_err(|m| Error::Usage(format!("[sinks.{n}]: {m}")))?;
+        if let Some(why) = skipped_because(&target) {
+            skipped.push(SinkResult { name: n.clone(), path: PathBuf::new(), rows: 0, bytes: 0, wal_bytes: None, skipped: Some(why) });
+            continue;
+        }
         if let SinkTarget::File(path) = &target {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -631,17 +632,16 @@ async fn place(
     let readers = sh.consumers.get(name).copied().unwrap_or(0);
     if readers == 0 && sinks.len() == 1 && sh.options.materialize.is_none() {
         let (sink, target) = &sinks[0];
-        if !is_skipped(target) {
-            let published = publish(sink, target, stream).await?;
-            return Ok(Output {
-                tier: "sink".into(),
-                reason: format!("read by no other model: streamed straight into sink {sink}"),
-                rows: published.rows,
-                bytes: published.bytes,
-                intermediate: None,
-                sinks: vec![published],
-            });
-        }
+        let published = publish(sink, target, stream).await?;
+        skipped.insert(0, published.clone());
+        return Ok(Output {
+            tier: "sink".into(),
+            reason: format!("read by no other model: streamed straight into sink {sink}"),
+            rows: published.rows,
+            bytes: published.bytes,
+            intermediate: None,
+            sinks: skipped,
+        });
     }
     let hints = Hints {
         materialize,
@@ -653,16 +653,13 @@ async fn place(
     let info = intermediate.info().clone();
     let mut published = Vec::new();
     for (i, (sink, target)) in sinks.into_iter().enumerate() {
-        if let Some(why) = skipped_because(&target) {
-            published.push(SinkResult { name: sink.clone(), path: PathBuf::new(), rows: 0, bytes: 0, wal_bytes: None, skipped: Some(why) });
-            continue;
-        }
         let table = format!("__spillway_sink_{i}");
         read::register(ctx, &table, &intermediate, 1).await?;
         let df = ctx.table(table.as_str()).await.map_err(spillway_engine::Error::from)?;
         let stream = df.execute_stream().await.map_err(spillway_engine::Error::from)?;
         published.push(publish(sink, &target, stream).await?);
     }
+    published.extend(skipped);
     Ok(Output {
         tier: info.tier.to_string(),
         reason: info.reason,

@@ -38,7 +38,7 @@ async fn a_project_loads_into_postgres_and_reads_from_it() {
     write(
         load.path(),
         &[
-            ("models/numbers.sql", "SELECT value AS n, CAST(value % 10 AS INT) AS bucket, 'row ' || CAST(value AS VARCHAR) AS label FROM range(50000)"),
+            ("models/numbers.sql", "SELECT value AS n, CAST(value % 10 AS INT) AS bucket, 'row ' || CAST(value AS VARCHAR) AS label, date_trunc('month', CAST('2024-05-17 10:11:12.123456789' AS TIMESTAMP)) AS month FROM range(50000)"),
             ("models/buckets.sql", "SELECT bucket, count(*) AS rows, sum(n) AS total FROM numbers GROUP BY bucket"),
             (
                 "spillway.toml",
@@ -83,6 +83,8 @@ optional = true
     let skipped = buckets.sinks.iter().find(|s| s.name == "nowhere").unwrap();
     assert!(skipped.skipped.as_deref().unwrap().contains("SPILLWAY_TEST_SURELY_UNSET_URL is not set"));
     assert_eq!(server.psql("dw", "SELECT count(*), sum(n) FROM staging.numbers").unwrap(), "50000|1249975000");
+    // DataFusion's nanosecond timestamps are loaded as PostgreSQL's microseconds.
+    assert_eq!(server.psql("dw", "SELECT DISTINCT month::text FROM staging.numbers").unwrap(), "2024-05-01 00:00:00");
     assert_eq!(server.psql("dw", "SELECT sum(rows), sum(total) FROM buckets").unwrap(), "50000|1249975000");
     assert_eq!(
         server.psql("dw", "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'numbers'").unwrap(),

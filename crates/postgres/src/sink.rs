@@ -18,7 +18,11 @@ use crate::conn::{self, ConnSpec};
 use crate::error::{Error, Result};
 use crate::types::{out_columns, OutColumn};
 use crate::{quote_ident, truncate_ident, TableName};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
 use bytes::{Bytes, BytesMut};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use std::sync::Arc;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::{SinkExt, StreamExt};
 use std::time::Instant;
@@ -26,6 +30,47 @@ use tokio_postgres::Client;
 
 /// Bytes of COPY data sent at a time.
 const CHUNK: usize = 1 << 20;
+
+/// The type a column is loaded as when PostgreSQL cannot hold it as it is: nanoseconds become
+/// microseconds (PostgreSQL's precision; DataFusion's `date_trunc` and `now()` give nanoseconds),
+/// dictionary-encoded columns their values.
+fn loadable_type(t: &DataType) -> Option<DataType> {
+    match t {
+        DataType::Timestamp(TimeUnit::Nanosecond, tz) => Some(DataType::Timestamp(TimeUnit::Microsecond, tz.clone())),
+        DataType::Time64(TimeUnit::Nanosecond) => Some(DataType::Time64(TimeUnit::Microsecond)),
+        DataType::Dictionary(_, values) => Some(loadable_type(values).unwrap_or_else(|| values.as_ref().clone())),
+        _ => None,
+    }
+}
+
+/// `input` with every column PostgreSQL cannot hold as it is cast to [`loadable_type`].
+fn pg_compatible(input: SendableRecordBatchStream) -> SendableRecordBatchStream {
+    let schema = input.schema();
+    if schema.fields().iter().all(|f| loadable_type(f.data_type()).is_none()) {
+        return input;
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match loadable_type(f.data_type()) {
+            Some(t) => f.as_ref().clone().with_data_type(t),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    let target: SchemaRef = Arc::new(Schema::new(fields));
+    let out = target.clone();
+    let batches = input.map(move |batch| {
+        let batch = batch?;
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(out.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(out.clone(), columns)?)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(target, batches))
+}
 
 /// What a load does to the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,6 +185,7 @@ pub async fn load(spec: &SinkSpec, input: SendableRecordBatchStream) -> Result<L
     let target = spec.target();
     let fail = |message: String| Error::Postgres { target: target.clone(), message };
     spec.validate().map_err(fail)?;
+    let input = pg_compatible(input);
     let schema = input.schema();
     let encoder = pgpq::ArrowToPostgresBinaryEncoder::try_new(&schema)
         .map_err(|e| fail(format!("the model's columns cannot be written with binary COPY: {e}")))?;
