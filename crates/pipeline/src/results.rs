@@ -39,6 +39,9 @@ pub struct SinkResult {
     pub rows: u64,
     /// File size; for a postgres sink the bytes of COPY data sent.
     pub bytes: u64,
+    /// Time spent writing (for a postgres sink: connecting to commit).
+    #[serde(default)]
+    pub elapsed_ms: u64,
     /// postgres: WAL the server wrote during the load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_bytes: Option<u64>,

@@ -552,8 +552,17 @@ fn skipped_because(target: &SinkTarget) -> Option<String> {
 async fn publish(sink: &str, target: &SinkTarget, stream: SendableRecordBatchStream) -> Result<SinkResult> {
     match target {
         SinkTarget::File(path) => {
+            let started = std::time::Instant::now();
             let w = spillway_tiers::file::write_stream(stream, path, &WriteOptions::default()).await?;
-            Ok(SinkResult { name: sink.to_string(), path: path.clone(), rows: w.rows, bytes: w.bytes, wal_bytes: None, skipped: None })
+            Ok(SinkResult {
+                name: sink.to_string(),
+                path: path.clone(),
+                rows: w.rows,
+                bytes: w.bytes,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                wal_bytes: None,
+                skipped: None,
+            })
         }
         SinkTarget::Postgres { spec, .. } => {
             let report = spillway_postgres::load(spec, stream).await?;
@@ -562,6 +571,7 @@ async fn publish(sink: &str, target: &SinkTarget, stream: SendableRecordBatchStr
                 path: PathBuf::from(report.destination),
                 rows: report.rows,
                 bytes: report.bytes,
+                elapsed_ms: report.elapsed_ms,
                 wal_bytes: report.wal_bytes,
                 skipped: None,
             })
@@ -619,7 +629,15 @@ async fn place(
         // Checked when the project was loaded.
         let target = def.target(n, &sh.project.dir).map_err(|m| Error::Usage(format!("[sinks.{n}]: {m}")))?;
         if let Some(why) = skipped_because(&target) {
-            skipped.push(SinkResult { name: n.clone(), path: PathBuf::new(), rows: 0, bytes: 0, wal_bytes: None, skipped: Some(why) });
+            skipped.push(SinkResult {
+                name: n.clone(),
+                path: PathBuf::new(),
+                rows: 0,
+                bytes: 0,
+                elapsed_ms: 0,
+                wal_bytes: None,
+                skipped: Some(why),
+            });
             continue;
         }
         if let SinkTarget::File(path) = &target {
