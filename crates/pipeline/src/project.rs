@@ -117,6 +117,8 @@ pub struct SinkDef {
     pub on_schema_change: Option<String>,
     /// postgres: skip the sink (noting why) when `url_env` is not set, instead of failing.
     pub optional: Option<bool>,
+    /// postgres, replace mode: COPY streams loading at once (default 1: one transaction).
+    pub streams: Option<usize>,
 }
 
 /// Where a sink publishes.
@@ -156,6 +158,7 @@ impl SinkDef {
             ("synchronous_commit", self.synchronous_commit.is_some()),
             ("on_schema_change", self.on_schema_change.is_some()),
             ("optional", self.optional.is_some()),
+            ("streams", self.streams.is_some()),
         ];
         match self.kind.as_deref() {
             None | Some("file") => {
@@ -198,6 +201,7 @@ impl SinkDef {
                     Some("recreate") => true,
                     Some(other) => return Err(format!("on_schema_change = {other:?}: use fail or recreate")),
                 };
+                spec.streams = self.streams.unwrap_or(1);
                 spec.validate()?;
                 let optional = self.optional.unwrap_or(false);
                 if optional && self.url_env.is_none() {

@@ -128,6 +128,9 @@ pub struct SinkSpec {
     /// `replace` only: a table whose columns differ is replaced by one with the model's columns
     /// instead of failing.
     pub recreate_on_schema_change: bool,
+    /// `replace` only: COPY streams (connections) loading the new table at once. Above 1 the
+    /// new table is committed before it is filled (see [`load`]).
+    pub streams: usize,
 }
 
 impl SinkSpec {
@@ -143,6 +146,7 @@ impl SinkSpec {
             unlogged: false,
             synchronous_commit: true,
             recreate_on_schema_change: false,
+            streams: 1,
         }
     }
 
@@ -158,6 +162,9 @@ impl SinkSpec {
         }
         if self.recreate_on_schema_change && self.mode != Mode::Replace {
             return Err("on_schema_change = \"recreate\" only applies to mode = \"replace\"".into());
+        }
+        if self.streams == 0 || (self.streams > 1 && self.mode != Mode::Replace) {
+            return Err("streams must be 1, or more with mode = \"replace\" (append and upsert load in one transaction)".into());
         }
         Ok(())
     }
@@ -200,25 +207,37 @@ pub async fn load(spec: &SinkSpec, input: SendableRecordBatchStream) -> Result<L
     let started = Instant::now();
     let client = conn::connect(&config).await.map_err(fail)?;
     let wal_before = wal_lsn(&client).await;
-    let db = |e: tokio_postgres::Error| fail(conn::describe(&e));
+    let (rows, bytes, created) = if spec.mode == Mode::Replace && spec.streams > 1 {
+        parallel_replace(&client, &config, spec, &columns, input, &target).await?
+    } else {
+        one_transaction(&client, spec, &columns, input, encoder, &target).await?
+    };
+    let wal_bytes = match (wal_before, wal_lsn(&client).await) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let report = LoadReport { rows, bytes, wal_bytes, created, elapsed_ms: started.elapsed().as_millis() as u64, destination };
+    tracing::info!(sink = %spec.name, table = %spec.table, rows, bytes, ?wal_bytes, "loaded into PostgreSQL");
+    Ok(report)
+}
 
+/// The whole load in one transaction on `client` (every mode; `streams = 1`).
+async fn one_transaction(
+    client: &Client,
+    spec: &SinkSpec,
+    columns: &[OutColumn],
+    input: SendableRecordBatchStream,
+    encoder: pgpq::ArrowToPostgresBinaryEncoder,
+    target: &str,
+) -> Result<(u64, u64, bool)> {
+    let fail = |message: String| Error::Postgres { target: target.to_string(), message };
+    let db = |e: tokio_postgres::Error| fail(conn::describe(&e));
     client.batch_execute("BEGIN").await.map_err(db)?;
     if !spec.synchronous_commit {
         client.batch_execute("SET LOCAL synchronous_commit = off").await.map_err(db)?;
     }
-    let existing = table_columns(&client, &spec.table).await.map_err(db)?;
-    if let Some(have) = &existing {
-        if !(spec.mode == Mode::Replace && spec.recreate_on_schema_change) {
-            let problems = mismatches(&columns, have);
-            if !problems.is_empty() {
-                return Err(fail(format!(
-                    "the table's columns do not match the model's (nothing was loaded):\n{}",
-                    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
-                )));
-            }
-        }
-    }
-    let mut load = Loader { client: &client, spec, columns: &columns, target: &target };
+    let existing = check_existing(client, spec, columns, target).await?;
+    let mut load = Loader { client, spec, columns, target };
     let created = existing.is_none();
     let (rows, bytes) = match (spec.mode, existing.is_some()) {
         (Mode::Replace, _) | (Mode::Append | Mode::Upsert, false) => {
@@ -231,22 +250,7 @@ pub async fn load(spec: &SinkSpec, input: SendableRecordBatchStream) -> Result<L
             let key = load.add_key(&into).await?;
             let indexes = load.index(&into).await?;
             if replacing {
-                client.batch_execute(&format!("DROP TABLE {}", spec.table.sql())).await.map_err(|e| {
-                    fail(format!("cannot replace the table: {}", conn::describe(&e)))
-                })?;
-                let mut sql = format!("ALTER TABLE {} RENAME TO {};", into.sql(), quote_ident(&spec.table.table));
-                if let Some((temp, name)) = key {
-                    sql.push_str(&format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {};", spec.table.sql(), quote_ident(&temp), quote_ident(&name)));
-                }
-                for (temp, name) in indexes {
-                    sql.push_str(&format!(
-                        "ALTER INDEX {}.{} RENAME TO {};",
-                        quote_ident(&spec.table.schema),
-                        quote_ident(&temp),
-                        quote_ident(&name)
-                    ));
-                }
-                client.batch_execute(&sql).await.map_err(db)?;
+                load.swap(&into, key, indexes).await?;
             }
             copied
         }
@@ -258,7 +262,7 @@ pub async fn load(spec: &SinkSpec, input: SendableRecordBatchStream) -> Result<L
         (Mode::Upsert, true) => {
             load.check_unique_key().await?;
             let stage = TableName { schema: String::new(), table: format!("__spillway_upsert_{}", std::process::id()) };
-            let cols = column_ddl(&columns);
+            let cols = column_ddl(columns);
             client
                 .batch_execute(&format!("CREATE TEMP TABLE {} ({cols}) ON COMMIT DROP", quote_ident(&stage.table)))
                 .await
@@ -288,13 +292,144 @@ pub async fn load(spec: &SinkSpec, input: SendableRecordBatchStream) -> Result<L
         }
     };
     client.batch_execute("COMMIT").await.map_err(db)?;
-    let wal_bytes = match (wal_before, wal_lsn(&client).await) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
+    Ok((rows, bytes, created))
+}
+
+/// `replace` through `spec.streams` connections at once. Separate connections cannot share a
+/// transaction, so the new table is created and committed first (under a unique name, with a
+/// session advisory lock held on that name for the whole load), filled by every stream in its own
+/// transaction, then keyed, indexed and swapped in one transaction as in [`one_transaction`].
+/// A failure drops it; a crash leaves it, and the next parallel load into the same schema drops
+/// every staging table whose lock nobody holds.
+async fn parallel_replace(
+    client: &Client,
+    config: &tokio_postgres::Config,
+    spec: &SinkSpec,
+    columns: &[OutColumn],
+    input: SendableRecordBatchStream,
+    target: &str,
+) -> Result<(u64, u64, bool)> {
+    let fail = |message: String| Error::Postgres { target: target.to_string(), message };
+    let db = |e: tokio_postgres::Error| fail(conn::describe(&e));
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() % 1_000_000_000);
+    let stage = spec.table.sibling(&format!("{STAGE_PREFIX}{}_{nonce}_{}", std::process::id(), spec.table.table));
+    client.query_one("SELECT pg_advisory_lock(hashtext($1))", &[&stage.table]).await.map_err(db)?;
+    sweep_stages(client, &spec.table.schema).await.map_err(db)?;
+    let existing = check_existing(client, spec, columns, target).await?;
+    let load = Loader { client, spec, columns, target };
+    load.create(&stage).await?;
+    let result = async {
+        let (rows, bytes) = copy_streams(config, spec, columns, &stage, input, target).await?;
+        client.batch_execute("BEGIN").await.map_err(db)?;
+        if !spec.synchronous_commit {
+            client.batch_execute("SET LOCAL synchronous_commit = off").await.map_err(db)?;
+        }
+        let key = load.add_key(&stage).await?;
+        let indexes = load.index(&stage).await?;
+        if existing.is_some() {
+            load.swap(&stage, key, indexes).await?;
+        } else {
+            load.rename(&stage, key, indexes).await?;
+        }
+        client.batch_execute("COMMIT").await.map_err(db)?;
+        Ok((rows, bytes, existing.is_none()))
+    }
+    .await;
+    if result.is_err() {
+        // Best effort: a dead connection leaves it for the next load's sweep.
+        let _ = client.batch_execute(&format!("ROLLBACK; DROP TABLE IF EXISTS {}", stage.sql())).await;
+    }
+    let _ = client.query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&stage.table]).await;
+    result
+}
+
+/// Staging tables of parallel loads start with this.
+const STAGE_PREFIX: &str = "__spillway_stage_";
+
+/// Drops the staging tables in `schema` whose loads are gone (their advisory lock is free).
+async fn sweep_stages(client: &Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'r' AND starts_with(c.relname::text, $2)",
+            &[&schema, &STAGE_PREFIX],
+        )
+        .await?;
+    for row in rows {
+        let name: String = row.get(0);
+        let free: bool = client.query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&name]).await?.get(0);
+        if free {
+            tracing::info!(table = %name, "dropping a staging table left by a load that did not finish");
+            client.batch_execute(&format!("DROP TABLE IF EXISTS {}.{}", quote_ident(schema), quote_ident(&name))).await?;
+            client.query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&name]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Spreads `input`'s batches over `spec.streams` connections, each COPYing into `stage` in its
+/// own transaction; returns (rows, bytes sent).
+async fn copy_streams(
+    config: &tokio_postgres::Config,
+    spec: &SinkSpec,
+    columns: &[OutColumn],
+    stage: &TableName,
+    mut input: SendableRecordBatchStream,
+    target: &str,
+) -> Result<(u64, u64)> {
+    let fail = |message: String| Error::Postgres { target: target.to_string(), message };
+    let schema = input.schema();
+    let mut senders = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..spec.streams {
+        let (tx, rx) = futures::channel::mpsc::channel::<datafusion::error::Result<RecordBatch>>(2);
+        senders.push(tx);
+        let schema = schema.clone();
+        workers.push(async move {
+            let client = conn::connect(config).await.map_err(fail)?;
+            let db = |e: tokio_postgres::Error| fail(conn::describe(&e));
+            client.batch_execute("BEGIN").await.map_err(db)?;
+            if !spec.synchronous_commit {
+                client.batch_execute("SET LOCAL synchronous_commit = off").await.map_err(db)?;
+            }
+            let encoder = pgpq::ArrowToPostgresBinaryEncoder::try_new(&schema)
+                .map_err(|e| fail(format!("the model's columns cannot be written with binary COPY: {e}")))?;
+            let mut load = Loader { client: &client, spec, columns, target };
+            let copied = load.copy(stage, false, Box::pin(RecordBatchStreamAdapter::new(schema, rx)), encoder).await?;
+            client.batch_execute("COMMIT").await.map_err(db)?;
+            Ok::<_, Error>(copied)
+        });
+    }
+    let dispatch = async move {
+        let (mut i, n) = (0, senders.len());
+        while let Some(batch) = input.next().await {
+            let batch = batch.map_err(|source| Error::Input { target: target.to_string(), source })?;
+            // A closed channel means that stream failed: its error is the one reported.
+            let _ = senders[i % n].send(Ok(batch)).await;
+            i += 1;
+        }
+        Ok::<_, Error>(())
     };
-    let report = LoadReport { rows, bytes, wal_bytes, created, elapsed_ms: started.elapsed().as_millis() as u64, destination };
-    tracing::info!(sink = %spec.name, table = %spec.table, rows, bytes, ?wal_bytes, "loaded into PostgreSQL");
-    Ok(report)
+    let (_, copied) = futures::future::try_join(dispatch, futures::future::try_join_all(workers)).await?;
+    Ok(copied.iter().fold((0, 0), |(r, b), (rows, bytes)| (r + rows, b + bytes)))
+}
+
+/// The existing table's columns after checking they fit the model's (`None`: no table).
+async fn check_existing(client: &Client, spec: &SinkSpec, columns: &[OutColumn], target: &str) -> Result<Option<Vec<PgColumn>>> {
+    let fail = |message: String| Error::Postgres { target: target.to_string(), message };
+    let existing = table_columns(client, &spec.table).await.map_err(|e| fail(conn::describe(&e)))?;
+    if let Some(have) = &existing {
+        if !(spec.mode == Mode::Replace && spec.recreate_on_schema_change) {
+            let problems = mismatches(columns, have);
+            if !problems.is_empty() {
+                return Err(fail(format!(
+                    "the table's columns do not match the model's (nothing was loaded):\n{}",
+                    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+                )));
+            }
+        }
+    }
+    Ok(existing)
 }
 
 /// The steps of one load, inside its transaction.
@@ -351,6 +486,28 @@ impl Loader<'_> {
         sink.as_mut().send(buf.split().freeze()).await.map_err(|e| self.copy_failed(e))?;
         let rows = sink.as_mut().finish().await.map_err(|e| self.copy_failed(e))?;
         Ok((rows, bytes))
+    }
+
+    /// Drops the old table and renames `into` (with its key and indexes) to take its place.
+    async fn swap(&self, into: &TableName, key: Option<(String, String)>, indexes: Vec<(String, String)>) -> Result<()> {
+        self.client
+            .batch_execute(&format!("DROP TABLE {}", self.spec.table.sql()))
+            .await
+            .map_err(|e| self.fail(format!("cannot replace the table: {}", conn::describe(&e))))?;
+        self.rename(into, key, indexes).await
+    }
+
+    /// Renames `into`, its key and its indexes to their final names.
+    async fn rename(&self, into: &TableName, key: Option<(String, String)>, indexes: Vec<(String, String)>) -> Result<()> {
+        let table = &self.spec.table;
+        let mut sql = format!("ALTER TABLE {} RENAME TO {};", into.sql(), quote_ident(&table.table));
+        if let Some((temp, name)) = key {
+            sql.push_str(&format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {};", table.sql(), quote_ident(&temp), quote_ident(&name)));
+        }
+        for (temp, name) in indexes {
+            sql.push_str(&format!("ALTER INDEX {}.{} RENAME TO {};", quote_ident(&table.schema), quote_ident(&temp), quote_ident(&name)));
+        }
+        self.client.batch_execute(&sql).await.map_err(|e| self.db(e))
     }
 
     fn copy_failed(&self, e: tokio_postgres::Error) -> Error {

@@ -219,6 +219,46 @@ async fn bad_input_leaves_the_previous_table_and_no_staging_table() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_streams_load_one_table_and_clean_up_after_themselves() {
+    let server = TestServer::start().unwrap();
+    server.create_db("shop").unwrap();
+    let mut spec = sink(&server, "shop", "items", Mode::Replace);
+    spec.streams = 3;
+    spec.key = vec!["k".into()];
+    spec.indexes = vec![vec!["day".into()]];
+    // A staging table left by a crashed parallel load (nobody holds its lock): swept.
+    server.psql("shop", "CREATE TABLE __spillway_stage_1_2_items (k bigint)").unwrap();
+
+    let report = load(&spec, rows(0, 30_000, "a")).await.unwrap();
+    assert_eq!((report.rows, report.created), (30_000, true));
+    assert_eq!(server.psql("shop", "SELECT count(*), count(DISTINCT k), sum(k) FROM items").unwrap(), "30000|30000|449985000");
+    let report = load(&spec, rows(0, 20_000, "b")).await.unwrap();
+    assert_eq!((report.rows, report.created), (20_000, false));
+    assert_eq!(server.psql("shop", "SELECT count(*), min(name) FROM items").unwrap(), "20000|b-0-é'\"");
+    let indexes = server.psql("shop", "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'items'").unwrap();
+    assert_eq!(indexes, "items_day_idx,items_pkey");
+    assert_eq!(leftovers(&server, "shop"), "");
+
+    // The model fails mid-load: the staging table is dropped, the table is as it was.
+    let failing = stream((0..10).map(|i| Ok(batch(i * 1000, (i + 1) * 1000, "c"))).chain([Err(DataFusionError::Execution("boom".into()))]).collect());
+    let err = load(&spec, failing).await.unwrap_err().to_string();
+    assert!(err.contains("sink items_pg → public.items") && err.contains("boom"), "{err}");
+    assert_eq!(server.psql("shop", "SELECT count(*), min(name) FROM items").unwrap(), "20000|b-0-é'\"");
+    assert_eq!(leftovers(&server, "shop"), "");
+
+    // A duplicate key across streams fails when the key is added, before the swap.
+    let dup = stream(vec![Ok(batch(0, 1000, "d")), Ok(batch(0, 1000, "d")), Ok(batch(1000, 2000, "d"))]);
+    let err = load(&spec, dup).await.unwrap_err().to_string();
+    assert!(err.contains("adding the primary key") && err.contains("is duplicated"), "{err}");
+    assert_eq!(server.psql("shop", "SELECT count(*) FROM items").unwrap(), "20000");
+    assert_eq!(leftovers(&server, "shop"), "");
+
+    let mut bad = spec.clone();
+    bad.mode = Mode::Append;
+    assert!(load(&bad, rows(0, 10, "x")).await.unwrap_err().to_string().contains("streams must be 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_server_and_wrong_password_are_named() {
     let server = TestServer::start().unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
