@@ -547,8 +547,8 @@ fn skipped_because(target: &SinkTarget) -> Option<String> {
     }
 }
 
-/// Writes `stream` to one sink: a file published atomically, or a PostgreSQL load committed
-/// in one transaction.
+/// Writes `stream` to one sink: a file published atomically, or a PostgreSQL table loaded as
+/// [`spillway_postgres::load`] says (never half-loaded).
 async fn publish(sink: &str, target: &SinkTarget, stream: SendableRecordBatchStream) -> Result<SinkResult> {
     match target {
         SinkTarget::File(path) => {
