@@ -16,7 +16,7 @@ const MIB: f64 = 1048576.0;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_spillway"));
-    c.env_remove("SPILLWAY_MEMORY").env("SPILLWAY_LOG", "warn");
+    c.env_remove("SPILLWAY_MEMORY").env_remove("SPILLWAY_PG_URL").env("SPILLWAY_LOG", "warn");
     c
 }
 
@@ -359,6 +359,48 @@ fn run_example_project_end_to_end_under_a_small_budget() {
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(html.starts_with("<!doctype html>") && html.contains("<svg class=chart"), "{}", report.display());
     assert!(html.contains("order_lines") && html.contains("budget 64MiB"));
+}
+
+/// Issue #7: with `SPILLWAY_PG_URL` set, the example also ends in PostgreSQL (a real server
+/// started for the test): its two postgres sinks load, keyed as configured, and a second run
+/// replaces the tables in place.
+#[test]
+fn run_example_project_ends_in_postgres() {
+    let server = spillway_postgres::testing::TestServer::start().unwrap();
+    server.create_db("tpch").unwrap();
+    let dir = example_project("example-postgres");
+    let args = ["--memory", "256MiB", "--set", "sources.tpch.sf=0.01", "--plain"];
+    for _ in 0..2 {
+        let out = run(bin().arg("run").arg(&dir).args(args).env("SPILLWAY_PG_URL", server.url("tpch")));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("9 ok, 0 failed") && text.contains("/tpch public.customer_revenue"), "{text}");
+        assert!(!text.contains(spillway_postgres::testing::PASSWORD), "no password in the output: {text}");
+    }
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(dir.join(".spillway/runs/latest/run_results.json")).unwrap()).unwrap();
+    let steps = results["steps"].as_array().unwrap();
+    let step = |m: &str| steps.iter().find(|s| s["name"] == m).unwrap().clone();
+    let sink_rows = |m: &str, sink: &str| {
+        step(m)["sinks"].as_array().unwrap().iter().find(|s| s["name"] == sink).unwrap()["rows"].as_u64().unwrap()
+    };
+    let revenue = sink_rows("revenue_by_nation_month", "revenue_by_nation_month_pg");
+    assert_eq!(revenue, step("revenue_by_nation_month")["rows"].as_u64().unwrap());
+    assert_eq!(server.psql("tpch", "SELECT count(*) FROM revenue_by_nation_month").unwrap(), revenue.to_string());
+    let customers = sink_rows("customer_revenue", "customer_revenue_pg");
+    assert_eq!(server.psql("tpch", "SELECT count(DISTINCT o_custkey) FROM customer_revenue").unwrap(), customers.to_string());
+    assert_eq!(
+        server.psql("tpch", "SELECT string_agg(indexname, ',') FROM pg_indexes WHERE tablename = 'customer_revenue'").unwrap(),
+        "customer_revenue_pkey"
+    );
+    assert_eq!(server.psql("tpch", "SELECT count(*) FROM pg_class WHERE relname LIKE '%spillway%'").unwrap(), "0");
+
+    // Without the variable the optional sinks are skipped, saying why.
+    let out = run(bin().arg("run").arg(&dir).args(args));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("9 ok, 0 failed"));
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(dir.join(".spillway/runs/latest/run_results.json")).unwrap()).unwrap();
+    let skipped = results["steps"].as_array().unwrap().iter().flat_map(|s| s["sinks"].as_array().unwrap().clone()).filter(|k| k.get("skipped").is_some()).count();
+    assert_eq!(skipped, 2);
 }
 
 /// Issue #4: `spillway init` scaffolds a project that plans and runs; bad models are refused
