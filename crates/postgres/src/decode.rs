@@ -75,37 +75,17 @@ impl Column {
     }
 
     fn value(&mut self, v: &[u8]) -> Result<(), String> {
-        let fixed = |n: usize| if v.len() == n { Ok(()) } else { Err(format!("a field of {} bytes where {n} were expected", v.len())) };
         match self {
-            Column::Bool(b) => {
-                fixed(1)?;
-                b.append_value(v[0] != 0)
-            }
-            Column::Int2(b) => {
-                fixed(2)?;
-                b.append_value(i16::from_be_bytes([v[0], v[1]]))
-            }
-            Column::Int4(b) => {
-                fixed(4)?;
-                b.append_value(i32::from_be_bytes(v.try_into().expect("length checked")))
-            }
-            Column::Int8(b) => {
-                fixed(8)?;
-                b.append_value(i64::from_be_bytes(v.try_into().expect("length checked")))
-            }
-            Column::Float4(b) => {
-                fixed(4)?;
-                b.append_value(f32::from_be_bytes(v.try_into().expect("length checked")))
-            }
-            Column::Float8(b) => {
-                fixed(8)?;
-                b.append_value(f64::from_be_bytes(v.try_into().expect("length checked")))
-            }
+            Column::Bool(b) => b.append_value(be::<1>(v)?[0] != 0),
+            Column::Int2(b) => b.append_value(i16::from_be_bytes(be(v)?)),
+            Column::Int4(b) => b.append_value(i32::from_be_bytes(be(v)?)),
+            Column::Int8(b) => b.append_value(i64::from_be_bytes(be(v)?)),
+            Column::Float4(b) => b.append_value(f32::from_be_bytes(be(v)?)),
+            Column::Float8(b) => b.append_value(f64::from_be_bytes(be(v)?)),
             Column::Text(b) => b.append_value(std::str::from_utf8(v).map_err(|_| "text that is not UTF-8".to_string())?),
             Column::Bytea(b) => b.append_value(v),
             Column::Date(b) => {
-                fixed(4)?;
-                let days = i32::from_be_bytes(v.try_into().expect("length checked"));
+                let days = i32::from_be_bytes(be(v)?);
                 // ±infinity (i32::MAX/MIN) has no Arrow date: read as NULL.
                 match days.checked_add(EPOCH_DAYS) {
                     Some(d) if days != i32::MAX && days != i32::MIN => b.append_value(d),
@@ -113,17 +93,13 @@ impl Column {
                 }
             }
             Column::Timestamp(b) => {
-                fixed(8)?;
-                let us = i64::from_be_bytes(v.try_into().expect("length checked"));
+                let us = i64::from_be_bytes(be(v)?);
                 match us.checked_add(EPOCH_MICROS) {
                     Some(t) if us != i64::MAX && us != i64::MIN => b.append_value(t),
                     _ => b.append_null(),
                 }
             }
-            Column::Time(b) => {
-                fixed(8)?;
-                b.append_value(i64::from_be_bytes(v.try_into().expect("length checked")))
-            }
+            Column::Time(b) => b.append_value(i64::from_be_bytes(be(v)?)),
             Column::Decimal(b, scale) => match numeric(v, *scale)? {
                 Some(x) => b.append_value(x),
                 None => b.append_null(),
@@ -166,6 +142,11 @@ impl Column {
             Column::Decimal(b, _) => b.capacity() * 16,
         }
     }
+}
+
+/// A fixed-size field's bytes, or an error when it has another length.
+fn be<const N: usize>(v: &[u8]) -> Result<[u8; N], String> {
+    v.try_into().map_err(|_| format!("a field of {} bytes where {N} were expected", v.len()))
 }
 
 /// A `numeric` in binary form as an integer scaled by 10^`scale`; `None` for NaN.

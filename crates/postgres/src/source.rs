@@ -161,7 +161,7 @@ impl PgTable {
                     Operator::GtEq => ">=",
                     _ => return None,
                 };
-                let (column, kind) = self.column(&c_name(col))?;
+                let (column, kind) = self.column(&col.name)?;
                 let value = literal_sql(lit, kind)?;
                 let column = if kind == ReadAs::Text && !matches!(op, Operator::Eq | Operator::NotEq) {
                     format!("{column} COLLATE \"C\"")
@@ -172,14 +172,14 @@ impl PgTable {
             }
             Expr::IsNull(e) | Expr::IsNotNull(e) => {
                 let Expr::Column(c) = e.as_ref() else { return None };
-                let (column, _) = self.column(&c_name(c))?;
+                let (column, _) = self.column(&c.name)?;
                 Some(format!("{column} IS {}NULL", if matches!(expr, Expr::IsNotNull(_)) { "NOT " } else { "" }))
             }
             Expr::Between(Between { expr: e, negated, low, high }) => {
                 let (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) = (e.as_ref(), low.as_ref(), high.as_ref()) else {
                     return None;
                 };
-                let (column, kind) = self.column(&c_name(c))?;
+                let (column, kind) = self.column(&c.name)?;
                 if kind == ReadAs::Text {
                     return None;
                 }
@@ -188,7 +188,7 @@ impl PgTable {
             }
             Expr::InList(list) => {
                 let Expr::Column(c) = list.expr.as_ref() else { return None };
-                let (column, kind) = self.column(&c_name(c))?;
+                let (column, kind) = self.column(&c.name)?;
                 let values: Option<Vec<String>> = list
                     .list
                     .iter()
@@ -208,10 +208,6 @@ impl PgTable {
         let (n, kind) = self.columns.iter().find(|(n, _)| n == name)?;
         (*kind != ReadAs::CastText).then(|| (quote_ident(n), *kind))
     }
-}
-
-fn c_name(c: &datafusion::common::Column) -> String {
-    c.name.clone()
 }
 
 /// A literal compared with a column read as `kind`, written so PostgreSQL compares the same values.
