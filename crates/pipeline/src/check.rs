@@ -17,6 +17,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use spillway_engine::{tables, tpch};
 use std::collections::{BTreeMap, BTreeSet};
+use spillway_postgres::PgTable;
 use std::sync::Arc;
 
 /// Builds the DAG, selects models (`select`, dbt-style; `None` for all) and plans every model
@@ -24,6 +25,22 @@ use std::sync::Arc;
 /// problem found, each with file and line: SQL that does not parse, unknown tables and columns,
 /// type errors, missing source files.
 pub async fn validate(project: &Project, select: Option<&str>) -> Result<(Dag, Vec<String>)> {
+    validate_and_open(project, select).await.map(|v| (v.dag, v.selected))
+}
+
+/// What [`validate_and_open`] found: the DAG, the selected models in run order, and the
+/// `postgres` sources it opened (their columns read), for the run to use as they are.
+pub struct Validated {
+    /// The dependency graph.
+    pub dag: Dag,
+    /// Selected models, in run order.
+    pub selected: Vec<String>,
+    /// PostgreSQL source tables by table name.
+    pub postgres: BTreeMap<String, Arc<PgTable>>,
+}
+
+/// [`validate`], keeping the PostgreSQL sources it opened.
+pub async fn validate_and_open(project: &Project, select: Option<&str>) -> Result<Validated> {
     let (dag, broken) = Dag::analyze(project)?;
     let models = match select {
         Some(sel) => dag.select(sel).map_err(Error::Usage)?,
@@ -117,7 +134,7 @@ pub async fn validate(project: &Project, select: Option<&str>) -> Result<(Dag, V
     }
     match Error::many(problems) {
         Some(e) => Err(e),
-        None => Ok((dag, models.clone())),
+        None => Ok(Validated { dag, selected: models.clone(), postgres: pg }),
     }
 }
 

@@ -122,7 +122,7 @@ impl Shared {
 /// (also written to the run's folder) whether or not models failed; `Err` only for problems found
 /// before any work started, or when the run's folder or temp space cannot be set up.
 pub async fn run(project: &Project, governor: &Governor, options: RunOptions, observer: Observer) -> Result<RunResults> {
-    let (dag, selected) = check::validate(project, options.select.as_deref()).await?;
+    let check::Validated { dag, selected, postgres } = check::validate_and_open(project, options.select.as_deref()).await?;
     let chosen: BTreeSet<&String> = selected.iter().collect();
     // Upstream models left out of the selection are read from their published sink files.
     let mut external = BTreeMap::new();
@@ -188,7 +188,6 @@ pub async fn run(project: &Project, governor: &Governor, options: RunOptions, ob
     // Sources (generating TPC-H data the first time) on a blocking thread.
     let needed: Vec<String> =
         selected.iter().flat_map(|m| dag.sources[m].iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
-    let postgres = sources::open_postgres(project, &needed).await?;
     let (p, obs, threads, generator) = (project.clone(), shared.observer.clone(), options.cores, options.generator.clone());
     shared.sources = tokio::task::spawn_blocking(move || {
         sources::prepare(&p, &needed, threads, &generator, &|source, rows, total| {
