@@ -43,6 +43,10 @@ pub enum Command {
     /// Run a project's models as a DAG under the budget: heavy models one at a time, light ones
     /// side by side, outputs handed off by size, sinks published atomically.
     Run(RunArgs),
+    /// Run again what the last run did not finish (failed, skipped, interrupted or killed),
+    /// reusing every model it finished whose inputs are unchanged: `run --resume` with the last
+    /// run's selection (as `dbt retry`).
+    Retry(RunArgs),
     /// Render a run's HTML report (memory timeline, models) from .spillway/runs/.
     Report(ReportArgs),
     /// Create a working example project in DIR.
@@ -116,6 +120,10 @@ pub struct RunArgs {
     /// Plain lines instead of progress bars, even on a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// Reuse what the last run finished (same fingerprint: SQL, settings, upstream, sources; kept
+    /// output) and run the rest. `spillway plan --resume` shows what would be reused and why not.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -158,6 +166,9 @@ pub struct PlanArgs {
     /// Override a setting of spillway.toml, e.g. `--set sources.tpch.sf=10` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Show what `run --resume` would reuse from the last run, and why each other model runs.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,51 +1,16 @@
-//! Resolves settings from flags, environment and the config file (in that order of precedence)
-//! into what the commands need: the budget, the governor's configuration, cores, spill location.
+//! Resolves what the commands need (the budget, the governor's configuration, cores, temp space)
+//! from flags and their `SPILLWAY_*` variables over the one [`Config`] read from `spillway.toml`
+//! (with `--set` applied): a flag wins over the file, the file over the defaults.
 
 use crate::args::GlobalArgs;
-use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use anyhow::{Context, Result};
 use spillway_governor::limits::{self, Cores};
-use spillway_governor::{Budget, ByteSize, GovernorConfig, MemorySpec, ProfileSize, PressureThresholds};
-use std::collections::BTreeMap;
+use spillway_governor::{Budget, ByteSize, GovernorConfig, MemorySpec};
+use spillway_pipeline::Config;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// The budget used when neither a flag, `SPILLWAY_MEMORY` nor the config file sets one.
 const DEFAULT_MEMORY: &str = "60%";
-
-/// The parts of `spillway.toml` the governor reads. Other sections belong to other features.
-#[derive(Debug, Default, Deserialize)]
-pub struct FileConfig {
-    /// Budget, e.g. "12GiB" or "60%".
-    pub memory: Option<String>,
-    /// Spill root.
-    pub spill_dir: Option<PathBuf>,
-    /// Spill quota, e.g. "100GiB".
-    pub max_spill: Option<String>,
-    /// Governor tuning.
-    #[serde(default)]
-    pub governor: GovernorSection,
-}
-
-/// `[governor]` in `spillway.toml`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GovernorSection {
-    /// Share of the budget never lent (default 0.15).
-    pub headroom: Option<f64>,
-    /// Heavy steps at once (default 1).
-    pub heavy_slots: Option<usize>,
-    /// Longest wait for a lease, seconds.
-    pub lease_timeout_secs: Option<u64>,
-    /// Sampler period, milliseconds.
-    pub sample_interval_ms: Option<u64>,
-    /// `S`, `M`, `L` → "10%" or "2GiB".
-    pub profiles: Option<BTreeMap<String, String>>,
-    /// Pressure thresholds as fractions of the budget.
-    pub pressure: Option<PressureThresholds>,
-    /// Share of each lease kept for consumers that cannot spill (default 0.2).
-    pub unspillable_reserve: Option<f64>,
-}
 
 /// Everything resolved.
 #[derive(Debug)]
@@ -53,86 +18,50 @@ pub struct Settings {
     pub budget: Budget,
     pub governor: GovernorConfig,
     pub cores: Cores,
-    pub spill_root: PathBuf,
+    pub spill_dir: PathBuf,
     pub max_spill: Option<u64>,
     pub unspillable_reserve: f64,
     pub config_file: Option<PathBuf>,
 }
 
-fn load_file(explicit: Option<&Path>, project: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let p = project.unwrap_or(Path::new(".")).join("spillway.toml");
-            if !p.is_file() {
-                return Ok((FileConfig::default(), None));
-            }
-            p
-        }
-    };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config {}", path.display()))?;
-    let cfg: FileConfig = toml::from_str(&text).with_context(|| format!("in config {}", path.display()))?;
-    Ok((cfg, Some(path)))
+/// Reads the configuration once: `--config`, else `spillway.toml` in the project folder (for
+/// commands that take one), else in the current folder; `overrides` are `--set` pairs.
+pub fn load_config(global: &GlobalArgs, project: Option<&Path>, overrides: &[String]) -> Result<Config> {
+    Ok(match &global.config {
+        Some(p) => Config::load(p, overrides)?,
+        None => Config::load_dir(project.unwrap_or(Path::new(".")), overrides)?,
+    })
 }
 
-/// Resolves settings; the config file is `--config`, else `spillway.toml` in the project folder
-/// (commands that take one), else in the current folder.
-pub fn resolve(global: &GlobalArgs, project: Option<&Path>) -> Result<Settings> {
-    let (file, config_file) = load_file(global.config.as_deref(), project)?;
-    let memory_text = global.memory.clone().or(file.memory.clone()).unwrap_or_else(|| DEFAULT_MEMORY.into());
-    let spec: MemorySpec = memory_text.parse().context("--memory")?;
-    let budget = Budget::resolve(spec, limits::memory_limit())?;
-    let mut governor = GovernorConfig::new(budget.bytes);
-    let g = &file.governor;
-    if let Some(h) = g.headroom {
-        governor.headroom = h;
-    }
-    if let Some(n) = g.heavy_slots {
-        governor.heavy_slots = n;
-    }
-    if let Some(s) = g.lease_timeout_secs {
-        governor.lease_timeout = Some(Duration::from_secs(s));
-    }
-    if let Some(ms) = g.sample_interval_ms {
-        governor.sample_interval = Duration::from_millis(ms.max(1));
-    }
-    if let Some(p) = g.pressure {
-        governor.pressure = p;
-    }
-    if let Some(profiles) = &g.profiles {
-        for (name, size) in profiles {
-            let idx = match name.to_ascii_uppercase().as_str() {
-                "S" => 0,
-                "M" => 1,
-                "L" => 2,
-                other => bail!("[governor.profiles]: unknown profile {other:?} (use S, M or L)"),
-            };
-            governor.profiles[idx] = size
-                .parse::<ProfileSize>()
-                .with_context(|| format!("[governor.profiles] {name}"))?;
-        }
-    }
-    let unspillable_reserve = g.unspillable_reserve.unwrap_or(0.2);
-    if !(0.0..=0.9).contains(&unspillable_reserve) {
-        bail!("[governor] unspillable_reserve must be between 0 and 0.9, got {unspillable_reserve}");
-    }
-    let max_spill_text = global.max_spill.clone().or(file.max_spill.clone());
-    let max_spill = match max_spill_text {
-        Some(t) => Some(t.parse::<ByteSize>().context("--max-spill")?.bytes()),
-        None => None,
+/// Resolves the settings from flags over `config`.
+pub fn resolve(global: &GlobalArgs, config: &Config) -> Result<Settings> {
+    let file = &config.file;
+    let shown = config.path.as_ref().map_or("spillway.toml".into(), |p| p.display().to_string());
+    let spec: MemorySpec = match &global.memory {
+        Some(m) => m.parse().context("--memory")?,
+        None => match file.memory().map_err(anyhow::Error::msg).with_context(|| format!("in {shown}"))? {
+            Some(m) => m,
+            None => DEFAULT_MEMORY.parse().context("default memory")?,
+        },
     };
-    let spill_root = global
+    let budget = Budget::resolve(spec, limits::memory_limit())?;
+    let governor = file.governor.governor_config(budget.bytes).map_err(anyhow::Error::msg).with_context(|| format!("in {shown}"))?;
+    let max_spill = match &global.max_spill {
+        Some(t) => Some(t.parse::<ByteSize>().context("--max-spill")?.bytes()),
+        None => file.max_spill().map_err(anyhow::Error::msg).with_context(|| format!("in {shown}"))?,
+    };
+    let spill_dir = global
         .spill_dir
         .clone()
         .or(file.spill_dir.clone())
-        .unwrap_or_else(spillway_tiers::rundir::default_root);
+        .unwrap_or_else(spillway_tiers::rundir::default_spill_dir);
     Ok(Settings {
         budget,
         governor,
         cores: limits::cores(),
-        spill_root,
+        spill_dir,
         max_spill,
-        unspillable_reserve,
-        config_file,
+        unspillable_reserve: file.governor.unspillable_reserve(),
+        config_file: config.path.clone(),
     })
 }

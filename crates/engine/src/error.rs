@@ -11,11 +11,8 @@ pub enum Error {
     // print them a second time in the CLI's error chain.
     #[error("{0}")]
     DataFusion(datafusion::error::DataFusionError),
-    /// DataFusion's spill files passed the temp-space quota.
-    #[error(
-        "spill files passed the temp-space quota ({0}); raise --max-spill (or `max_spill` in \
-         spillway.toml) or free disk space"
-    )]
+    /// An operator's spill file would have passed the process's temp-space quota.
+    #[error("spill files passed the temp-space quota: {0}")]
     SpillQuota(String),
     /// Writing an output or intermediate failed.
     #[error(transparent)]
@@ -59,15 +56,29 @@ pub enum Error {
 
 impl From<datafusion::error::DataFusionError> for Error {
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        // DataFusion's own quota message points at `datafusion.runtime.max_temp_directory_size`,
-        // which spillway refuses; say what to change here instead.
-        let msg = e.to_string();
-        if let Some(pos) = msg.find("exceeded the allowable limit of ") {
-            let limit = msg[pos + 32..].split(". ").next().unwrap_or("").to_string();
-            return Error::SpillQuota(format!("limit {limit}"));
+        // An operator's spill file refused by the process's temp-space quota: the quota's own
+        // error travels inside DataFusion's (as an I/O error) and is found by type.
+        if let Some(q) = quota_error(&e) {
+            return Error::SpillQuota(q.to_string());
         }
         Error::DataFusion(e)
     }
+}
+
+/// Every error in `e`'s chain: `e`, its sources, and the errors I/O errors carry.
+fn chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    let mut next = Some(e);
+    std::iter::from_fn(move || {
+        let cur = next?;
+        let inner = cur.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|i| i as &(dyn std::error::Error + 'static));
+        next = inner.or_else(|| cur.source());
+        Some(cur)
+    })
+}
+
+/// The temp-space quota error inside `e`, if a quota refusal caused it.
+pub fn quota_error(e: &datafusion::error::DataFusionError) -> Option<&spillway_tiers::Error> {
+    chain(e).find_map(|c| c.downcast_ref::<spillway_tiers::Error>()).filter(|t| matches!(t, spillway_tiers::Error::QuotaExceeded { .. }))
 }
 
 impl From<spillway_tiers::Error> for Error {
@@ -104,12 +115,10 @@ impl Error {
 /// Result with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Whether `e` is, or wraps, `ResourcesExhausted`.
+/// Whether `e` is, or wraps, `ResourcesExhausted` (found by type along its chain, also through
+/// Arrow errors and shared errors; never by message text).
 pub fn is_resources_exhausted(e: &datafusion::error::DataFusionError) -> bool {
     use datafusion::error::DataFusionError as E;
-    match e.find_root() {
-        E::ResourcesExhausted(_) => true,
-        // Errors that crossed an Arrow boundary keep only their text.
-        other => other.to_string().contains("Resources exhausted"),
-    }
+    matches!(e.find_root(), E::ResourcesExhausted(_))
+        || chain(e).any(|c| matches!(c.downcast_ref::<E>().map(|d| d.find_root()), Some(E::ResourcesExhausted(_))))
 }

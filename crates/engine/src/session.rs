@@ -1,17 +1,16 @@
 //! Builds a DataFusion [`SessionContext`] that runs inside a spillway lease: the lease's
-//! [`LeasePool`] as memory pool, spill files in spillway's spill directory, parallelism from the
-//! detected cores, and hash joins that go out of core (`spillway-joins`).
+//! [`LeasePool`] as memory pool, spill files from the process's one temp-space quota
+//! ([`QuotaTempFiles`]: every session's spill files count against one `--max-spill`), parallelism
+//! from the detected cores, and hash joins that go out of core (`spillway-joins`).
 
 use crate::error::Result;
-use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use spillway_joins::{GraceJoinRule, WindowGuardRule};
+use spillway_joins::{GraceJoinRule, SortWithoutTopKRule, WindowGuardRule};
 use spillway_governor::LeasePool;
-use spillway_tiers::DiskQuota;
-use std::path::PathBuf;
+use spillway_tiers::QuotaTempFiles;
 use std::sync::Arc;
 
 /// How a session is set up, apart from its pool.
@@ -21,27 +20,22 @@ pub struct SessionOptions {
     pub target_partitions: usize,
     /// Rows per batch (default 8192).
     pub batch_size: usize,
-    /// Where DataFusion's operator spill files go.
-    pub spill_dir: PathBuf,
-    /// The temp-space quota DataFusion's spill files count against (`None`: DataFusion's
-    /// default of 100GiB, uncounted).
-    pub quota: Option<Arc<DiskQuota>>,
+    /// Where DataFusion's operator spill files go, and the process's temp-space quota they
+    /// count against (shared by every session and by the hand-off files).
+    pub temp_files: Arc<QuotaTempFiles>,
     /// Replace DataFusion's hash joins (which cannot spill) with spillway's out-of-core grace
     /// hash join (`spillway-joins`). On by default under a lease; `false` runs DataFusion's own,
     /// to measure what the grace join costs.
     pub grace_joins: bool,
+    /// Run sorts with a limit as external sorts (which spill) instead of TopK (which cannot):
+    /// a retry's plan after a TopK was refused memory.
+    pub no_topk: bool,
 }
 
 impl SessionOptions {
-    /// Defaults with `cores` partitions and spill files under `spill_dir`.
-    pub fn new(cores: usize, spill_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            target_partitions: cores.max(1),
-            batch_size: 8192,
-            spill_dir: spill_dir.into(),
-            quota: None,
-            grace_joins: true,
-        }
+    /// Defaults with `cores` partitions and spill files from `temp_files`.
+    pub fn new(cores: usize, temp_files: Arc<QuotaTempFiles>) -> Self {
+        Self { target_partitions: cores.max(1), batch_size: 8192, temp_files, grace_joins: true, no_topk: false }
     }
 }
 
@@ -67,21 +61,11 @@ pub fn stock_context(pool: Arc<dyn MemoryPool>, options: &SessionOptions) -> Res
 ///   default would eat a small lease whole.
 fn build(pool: Arc<dyn MemoryPool>, tuned_for: Option<u64>, options: &SessionOptions) -> Result<SessionContext> {
     let partitions = options.target_partitions.max(1);
-    let mut disk = DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![options.spill_dir.clone()]));
-    if let Some(limit) = tuned_for {
-        let fan_in = (limit / (partitions as u64 * (4 << 20))).clamp(2, 64) as usize;
-        disk = disk.with_max_spill_merge_fan_in(fan_in);
-    }
-    if let Some(q) = &options.quota {
-        disk = disk.with_max_temp_directory_size(q.max());
-    }
+    let fan_in = tuned_for.map(|limit| (limit / (partitions as u64 * (4 << 20))).clamp(2, 64) as usize);
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(pool)
-        .with_disk_manager_builder(disk)
+        .with_disk_manager_builder(options.temp_files.disk_manager(fan_in))
         .build_arc()?;
-    if let Some(q) = &options.quota {
-        q.attach(runtime.disk_manager.clone());
-    }
     let mut config = SessionConfig::new()
         .with_target_partitions(partitions)
         .with_batch_size(options.batch_size)
@@ -100,6 +84,9 @@ fn build(pool: Arc<dyn MemoryPool>, tuned_for: Option<u64>, options: &SessionOpt
     }
     if tuned_for.is_some() {
         state = state.with_physical_optimizer_rule(Arc::new(WindowGuardRule));
+    }
+    if options.no_topk {
+        state = state.with_physical_optimizer_rule(Arc::new(SortWithoutTopKRule));
     }
     Ok(SessionContext::new_with_state(state.build()))
 }

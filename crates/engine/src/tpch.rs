@@ -142,10 +142,11 @@ pub fn generate(
             jobs.push((table, part, parts));
         }
     }
-    let staging: Vec<(String, PathBuf)> = TABLES
-        .iter()
-        .map(|t| (t.to_string(), out.join(format!(".{t}.tmp-{}", std::process::id()))))
-        .collect();
+    // Staged beside the cache under names that say whose they are: a generator killed midway
+    // leaves them, and the next one removes them (`staging::sweep`).
+    spillway_tiers::staging::sweep(out);
+    let staging: Vec<(String, PathBuf)> =
+        TABLES.iter().map(|t| (t.to_string(), spillway_tiers::staging::staging_path(&out.join(t)))).collect();
     for (_, dir) in &staging {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -216,6 +217,7 @@ fn write_part(table: &str, sf: f64, part: i32, parts: i32, path: &Path, progress
     let mut sink = FileSink::create(FileFormat::Parquet, path, &schema, &options)?;
     for batch in iter {
         let batch = batch?;
+        spillway_faults::point("sources-generating");
         sink.write(&batch)?;
         progress(batch.num_rows() as u64);
     }

@@ -40,6 +40,9 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// The share of each lease kept for consumers that cannot spill, unless configured.
+pub const DEFAULT_UNSPILLABLE_RESERVE: f64 = 0.2;
+
 /// How a lease is divided inside its pool.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
@@ -53,7 +56,7 @@ pub struct PoolOptions {
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        Self { step: None, unspillable_reserve: 0.2, pressure_aware: true }
+        Self { step: None, unspillable_reserve: DEFAULT_UNSPILLABLE_RESERVE, pressure_aware: true }
     }
 }
 
@@ -86,6 +89,8 @@ struct PoolState {
     unspillable: usize,
     consumers: HashMap<usize, Consumer>,
     stats: PoolStats,
+    /// The last consumer that cannot spill and was refused.
+    refused_unspillable: Option<String>,
 }
 
 struct Consumer {
@@ -121,6 +126,13 @@ impl LeasePool {
         self.lock().stats
     }
 
+    /// The name of the last consumer that cannot spill and was refused memory (what made the
+    /// step fail with `ResourcesExhausted`, e.g. `TopK[0]` or `HashJoinInput`), if any: what a
+    /// retry's plan must avoid.
+    pub fn refused_unspillable(&self) -> Option<String> {
+        self.lock().refused_unspillable.clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -153,6 +165,9 @@ impl LeasePool {
 
     fn deny(&self, state: &mut PoolState, r: &MemoryReservation, additional: usize, why: &str) -> DataFusionError {
         state.stats.denials += 1;
+        if !r.consumer().can_spill() {
+            state.refused_unspillable = Some(r.consumer().name().to_string());
+        }
         let kind = if r.consumer().can_spill() { "spillable" } else { "cannot spill" };
         let mut top: Vec<&Consumer> = state.consumers.values().filter(|c| c.size > 0).collect();
         top.sort_by_key(|c| std::cmp::Reverse(c.size));

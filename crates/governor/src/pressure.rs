@@ -48,6 +48,7 @@ impl fmt::Display for Pressure {
 
 /// Fractions of the budget at which each level starts.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PressureThresholds {
     /// Start of [`Pressure::Moderate`] (default 0.85).
     pub moderate: f64,

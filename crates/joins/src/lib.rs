@@ -19,6 +19,8 @@
 //!   metrics.rs  per-join figures: out of core or not, buckets, depth, bytes spilled
 //!   window.rs   WindowGuardRule / WindowGuardExec: WindowAggExec fed whole PARTITION BY groups,
 //!               under a reservation (DataFusion's buffers its whole input, uncharged)
+//!   topk.rs     SortWithoutTopKRule: a sort with a limit as an external sort + limit (a retry's
+//!               plan after TopK, which cannot spill, was refused memory)
 //! ```
 //!
 //! Depends on DataFusion only; `spillway-engine` installs the rule in every session.
@@ -32,6 +34,7 @@ mod nested;
 mod once;
 mod prepaid;
 mod rule;
+mod topk;
 mod window;
 
 pub use exec::GraceHashJoinExec;
@@ -40,4 +43,5 @@ pub use metrics::{join_reports, JoinReport};
 pub use nested::NestedLoopGuardExec;
 pub use once::OnceExec;
 pub use rule::{supported, GraceJoinRule};
+pub use topk::SortWithoutTopKRule;
 pub use window::{WindowGuardExec, WindowGuardRule};

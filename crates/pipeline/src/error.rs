@@ -55,6 +55,22 @@ pub enum Error {
     /// Loading into or reading from PostgreSQL failed (names the sink or source and table).
     #[error(transparent)]
     Postgres(#[from] spillway_postgres::Error),
+    /// Publishing a model's sinks stopped partway: what was and was not published.
+    #[error(
+        "publishing {model}'s sinks stopped: published {}; not published {}: {cause}",
+        if published.is_empty() { "none".to_string() } else { published.join(", ") },
+        not_published.join(", ")
+    )]
+    Publish {
+        /// The model.
+        model: String,
+        /// Sinks published before the failure.
+        published: Vec<String>,
+        /// Sinks not published (the failed one first).
+        not_published: Vec<String>,
+        /// What failed.
+        cause: Box<Error>,
+    },
 }
 
 impl Error {

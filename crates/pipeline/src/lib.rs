@@ -3,7 +3,9 @@
 //! # Crate overview
 //!
 //! ```text
-//!   Project::load(dir)  spillway.toml ([defaults], [sources.*], [sinks.*], [models.*])
+//!   Config::load      spillway.toml, typed, read once (+ --set): budget, temp space, [governor],
+//!        │            [defaults], [sources.*], [sinks.*], [models.*]
+//!   Project::from_config(dir, &config)
 //!        │              models/*.sql  (+ leading `-- spillway: key=value` settings)
 //!        ▼
 //!   Dag::build(&project)  tables referenced by each model (DataFusion's SQL parser)
@@ -13,8 +15,11 @@
 //!        ▼
 //!   check::validate       every model planned against its inputs' schemas: all problems at once
 //!        ▼
+//!   resume::decide        with --resume: what the last run's manifest lets this one reuse
+//!        ▼
 //!   run::run              the DAG under the governor (leases, hand-offs, sinks, retries)
-//!        ▼                → RunResults, events.jsonl, timeline.json in .spillway/runs/<id>/
+//!        ▼                → RunResults, events.jsonl, timeline.json, manifest.json in
+//!                           .spillway/runs/<id>/; checkpoints in .spillway/state/
 //!   report::render        one HTML page: steps table and memory timeline chart
 //! ```
 //!
@@ -25,15 +30,19 @@
 #![allow(clippy::result_large_err)]
 
 pub mod check;
+pub mod config;
 mod dag;
 mod error;
+pub mod manifest;
 mod project;
 pub mod report;
 pub mod results;
+pub mod resume;
 pub mod run;
 mod settings;
 pub mod sources;
 
+pub use config::{Config, ConfigFile, GovernorSection};
 pub use dag::Dag;
 pub use error::{Error, Result};
 pub use project::{Model, Project, SinkDef, SinkTarget, SourceDef, TPCH_TABLES};

@@ -1,8 +1,9 @@
 //! A project folder: `spillway.toml` and `models/*.sql` (one `SELECT` per file, model name =
 //! file stem).
 
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::settings::{comment_settings, ModelSettings, SettingsTable};
+use crate::settings::{comment_settings, ModelSettings};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -214,27 +215,6 @@ impl SinkDef {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct ProjectFile {
-    #[serde(default)]
-    defaults: SettingsTable,
-    #[serde(default)]
-    sources: BTreeMap<String, SourceDef>,
-    #[serde(default)]
-    sinks: BTreeMap<String, SinkDef>,
-    #[serde(default)]
-    models: BTreeMap<String, SettingsTable>,
-    // Read by the CLI's settings, accepted here.
-    #[allow(dead_code)]
-    memory: Option<toml::Value>,
-    #[allow(dead_code)]
-    spill_dir: Option<toml::Value>,
-    #[allow(dead_code)]
-    max_spill: Option<toml::Value>,
-    #[allow(dead_code)]
-    governor: Option<toml::Value>,
-}
-
 /// One model: a `SELECT` in `models/NAME.sql`.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -275,26 +255,29 @@ impl Project {
     /// `sources.tpch.sf=10`.
     pub fn load_with(dir: impl Into<PathBuf>, overrides: &[String]) -> Result<Project> {
         let dir = dir.into();
+        Self::check_dir(&dir)?;
+        Self::from_config(dir.clone(), &Config::load_dir(&dir, overrides)?)
+    }
+
+    fn check_dir(dir: &std::path::Path) -> Result<()> {
         if !dir.is_dir() {
-            return Err(Error::io(&dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such project folder")));
+            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such project folder")));
         }
-        let config_path = dir.join("spillway.toml");
-        let (file, config_path) = if config_path.is_file() {
-            let mut text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-            if !overrides.is_empty() {
-                text = apply_overrides(&text, overrides).map_err(|m| Error::at(&config_path, 1, m))?;
-            }
-            let parsed: ProjectFile = toml::from_str(&text).map_err(|e| {
-                let line = e.span().map_or(1, |s| text[..s.start.min(text.len())].lines().count().max(1));
-                Error::at(&config_path, line, e.message().to_string())
-            })?;
-            (parsed, Some(config_path))
-        } else {
-            (ProjectFile::default(), None)
-        };
+        Ok(())
+    }
+
+    /// The project in `dir` as `config` describes it (read once by the caller, e.g. from
+    /// `--config`): its models are `dir/models/*.sql`.
+    pub fn from_config(dir: impl Into<PathBuf>, config: &Config) -> Result<Project> {
+        let dir = dir.into();
+        Self::check_dir(&dir)?;
+        let file = &config.file;
+        let config_path = config.path.clone();
         let cfg = config_path.clone().unwrap_or_else(|| dir.join("spillway.toml"));
         let mut defaults = ModelSettings::default();
-        defaults.apply(&file.defaults).map_err(|m| Error::at(&cfg, 1, format!("[defaults]: {m}")))?;
+        defaults
+            .apply(&file.defaults)
+            .map_err(|m| Error::at(&cfg, section_line(&config.text, "[defaults]"), format!("[defaults]: {m}")))?;
 
         let models_dir = dir.join("models");
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&models_dir)
@@ -312,7 +295,9 @@ impl Project {
             let sql = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
             let mut settings = defaults.clone();
             if let Some(t) = file.models.get(&name) {
-                settings.apply(t).map_err(|m| Error::at(&cfg, 1, format!("[models.{name}]: {m}")))?;
+                settings.apply(t).map_err(|m| {
+                    Error::at(&cfg, section_line(&config.text, &format!("[models.{name}]")), format!("[models.{name}]: {m}"))
+                })?;
             }
             for (line, k, v) in comment_settings(&sql) {
                 settings.set(&k, &v).map_err(|m| Error::at(&path, line, m))?;
@@ -321,7 +306,8 @@ impl Project {
         }
         for name in file.models.keys() {
             if !models.contains_key(name) {
-                return Err(Error::at(&cfg, 1, format!("[models.{name}]: there is no models/{name}.sql")));
+                let line = section_line(&config.text, &format!("[models.{name}]"));
+                return Err(Error::at(&cfg, line, format!("[models.{name}]: there is no models/{name}.sql")));
             }
         }
         let mut provided: BTreeMap<String, String> = BTreeMap::new();
@@ -335,9 +321,9 @@ impl Project {
                 }
             }
         }
-        let text = std::fs::read_to_string(&cfg).unwrap_or_default();
+        let text = &config.text;
         for (sink, def) in &file.sinks {
-            let line = section_line(&text, &format!("[sinks.{sink}]"));
+            let line = section_line(text, &format!("[sinks.{sink}]"));
             if !models.contains_key(&def.model) {
                 return Err(Error::at(&cfg, line, format!("[sinks.{sink}]: model {:?} does not exist", def.model)));
             }
@@ -345,37 +331,16 @@ impl Project {
         }
         for (source, def) in &file.sources {
             if let Some(Err(m)) = def.postgres(source) {
-                return Err(Error::at(&cfg, section_line(&text, &format!("[sources.{source}]")), format!("[sources.{source}]: {m}")));
+                return Err(Error::at(&cfg, section_line(text, &format!("[sources.{source}]")), format!("[sources.{source}]: {m}")));
             }
         }
-        Ok(Project { dir, config_path, models, sources: file.sources, sinks: file.sinks })
+        Ok(Project { dir, config_path, models, sources: file.sources.clone(), sinks: file.sinks.clone() })
     }
 
     /// Source tables by name, with the source that provides each.
     pub fn source_tables(&self) -> BTreeMap<String, String> {
         self.sources.iter().flat_map(|(n, d)| d.tables(n).into_iter().map(move |t| (t, n.clone()))).collect()
     }
-}
-
-/// `text` (a TOML document) with each `a.b.c=value` of `overrides` set.
-fn apply_overrides(text: &str, overrides: &[String]) -> std::result::Result<String, String> {
-    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.message().to_string())?;
-    for o in overrides {
-        let (key, value) = o.split_once('=').ok_or_else(|| format!("--set {o:?}: expected KEY=VALUE"))?;
-        let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
-            Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(value.into())),
-            Err(_) => toml::Value::String(value.into()),
-        };
-        let parts: Vec<&str> = key.trim().split('.').collect();
-        let (last, path) = parts.split_last().ok_or_else(|| format!("--set {o:?}: empty key"))?;
-        let mut table = &mut doc;
-        for p in path {
-            let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-            table = entry.as_table_mut().ok_or_else(|| format!("--set {o:?}: {p} is not a table"))?;
-        }
-        table.insert(last.to_string(), value);
-    }
-    toml::to_string(&doc).map_err(|e| e.to_string())
 }
 
 /// The 1-based line of a `[section]` header in `text` (1 when not found).

@@ -4,6 +4,7 @@
 //!   events.jsonl      one JSON object per event, written as it happens
 //!   run_results.json  per model: status, timings, lease, peak memory, spilled bytes, tier, rows
 //!   timeline.json     the governor's memory samples (for `spillway report`)
+//!   manifest.json     what finished, with fingerprints: what `run --resume` reuses (crate::manifest)
 //!   report.html       written by `spillway report`
 //!   ../latest         symlink to the newest run
 //! ```
@@ -96,6 +97,12 @@ pub struct StepResult {
     /// spilled.
     #[serde(default)]
     pub joins: Vec<JoinReport>,
+    /// Its output, kept beyond the run for resuming (`checkpoint = true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<PathBuf>,
+    /// The run it was reused from (`--resume`), instead of running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 impl StepResult {
@@ -122,6 +129,8 @@ impl StepResult {
             error: Some(why),
             sinks: vec![],
             joins: vec![],
+            kept: None,
+            reused_from: None,
         }
     }
 }
@@ -345,9 +354,7 @@ pub fn read_timeline(run_dir: &Path) -> Vec<Sample> {
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_vec_pretty(value).map_err(|e| Error::at(path, 1, e.to_string()))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    Ok(spillway_tiers::durable::replace_synced(path, &text)?)
 }
 
 /// At most about `max` samples, keeping each dropped stretch's highest resident sample so peaks

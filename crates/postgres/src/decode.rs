@@ -45,7 +45,7 @@ impl Column {
             ReadAs::Int8 => Column::Int8(Int64Builder::new()),
             ReadAs::Float4 => Column::Float4(Float32Builder::new()),
             ReadAs::Float8 => Column::Float8(Float64Builder::new()),
-            ReadAs::Text | ReadAs::CastText => Column::Text(StringBuilder::new()),
+            ReadAs::Text | ReadAs::Bpchar | ReadAs::CastText => Column::Text(StringBuilder::new()),
             ReadAs::Bytea => Column::Bytea(BinaryBuilder::new()),
             ReadAs::Date => Column::Date(Date32Builder::new()),
             ReadAs::Timestamp | ReadAs::TimestampTz => {

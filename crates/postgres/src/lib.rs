@@ -17,7 +17,7 @@
 //!
 //! `conn` owns connecting (URLs from the config or the environment, never shown with their
 //! password), `types` the Arrow ⇄ PostgreSQL type mapping, `sink` loading, `decode` the binary
-//! COPY reader and `source` the DataFusion table. `testing` (feature `testing`) starts a
+//! COPY reader and `source` the DataFusion table. `testing` starts a
 //! throwaway server for tests.
 #![warn(missing_docs)]
 #![allow(clippy::result_large_err)]
@@ -27,13 +27,12 @@ mod decode;
 mod error;
 pub mod sink;
 pub mod source;
-#[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
 
 pub use conn::ConnSpec;
 pub use error::{Error, Result};
-pub use sink::{load, LoadReport, Mode, SinkSpec};
+pub use sink::{load, prepare, LoadReport, Mode, PreparedLoad, SinkSpec};
 pub use source::{PgTable, SourceSpec};
 
 /// `"name"` with embedded quotes doubled: every identifier spillway sends is quoted, so names

@@ -187,8 +187,79 @@ pub struct LoadReport {
     pub destination: String,
 }
 
-/// Loads every batch of `input` as `spec` says; commits only when all arrived.
+/// Loads every batch of `input` as `spec` says; commits only when all arrived
+/// ([`prepare`] then [`PreparedLoad::commit`]).
 pub async fn load(spec: &SinkSpec, input: SendableRecordBatchStream) -> Result<LoadReport> {
+    prepare(spec, input).await?.commit().await
+}
+
+/// A load whose rows are all in PostgreSQL, in a transaction not yet committed: nothing of it is
+/// visible to other sessions. [`PreparedLoad::commit`] publishes it; dropping it (or
+/// [`PreparedLoad::rollback`]) leaves the table as it was. The pipeline stages a model's file
+/// sinks, prepares its PostgreSQL loads, and commits them only once every sink is ready.
+pub struct PreparedLoad {
+    client: Client,
+    name: String,
+    table: TableName,
+    target: String,
+    /// A parallel replace's staging table: dropped on rollback, its advisory lock released.
+    stage: Option<TableName>,
+    rows: u64,
+    bytes: u64,
+    created: bool,
+    wal_before: Option<u64>,
+    started: Instant,
+    destination: String,
+}
+
+impl std::fmt::Debug for PreparedLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedLoad").field("target", &self.target).field("rows", &self.rows).finish_non_exhaustive()
+    }
+}
+
+impl PreparedLoad {
+    /// The sink and table, as errors name them.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Commits the load: from now on readers see the new rows.
+    pub async fn commit(self) -> Result<LoadReport> {
+        let db = |e: tokio_postgres::Error| Error::Postgres { target: self.target.clone(), message: conn::describe(&e) };
+        spillway_faults::point("postgres-before-commit");
+        self.client.batch_execute("COMMIT").await.map_err(db)?;
+        if let Some(stage) = &self.stage {
+            let _ = self.client.query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&stage.table]).await;
+        }
+        let wal_bytes = match (self.wal_before, wal_lsn(&self.client).await) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        let (rows, bytes) = (self.rows, self.bytes);
+        tracing::info!(sink = %self.name, table = %self.table, rows, bytes, ?wal_bytes, "loaded into PostgreSQL");
+        Ok(LoadReport {
+            rows,
+            bytes,
+            wal_bytes,
+            created: self.created,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            destination: self.destination,
+        })
+    }
+
+    /// Rolls the load back (best effort: a dead connection rolls back on the server anyway).
+    pub async fn rollback(self) {
+        let _ = self.client.batch_execute("ROLLBACK").await;
+        if let Some(stage) = &self.stage {
+            let _ = self.client.batch_execute(&format!("DROP TABLE IF EXISTS {}", stage.sql())).await;
+            let _ = self.client.query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&stage.table]).await;
+        }
+    }
+}
+
+/// Sends every batch of `input` as `spec` says and stops just before COMMIT.
+pub async fn prepare(spec: &SinkSpec, input: SendableRecordBatchStream) -> Result<PreparedLoad> {
     let target = spec.target();
     let fail = |message: String| Error::Postgres { target: target.clone(), message };
     spec.validate().map_err(fail)?;
@@ -207,21 +278,29 @@ pub async fn load(spec: &SinkSpec, input: SendableRecordBatchStream) -> Result<L
     let started = Instant::now();
     let client = conn::connect(&config).await.map_err(fail)?;
     let wal_before = wal_lsn(&client).await;
-    let (rows, bytes, created) = if spec.mode == Mode::Replace && spec.streams > 1 {
+    let (rows, bytes, created, stage) = if spec.mode == Mode::Replace && spec.streams > 1 {
         parallel_replace(&client, &config, spec, &columns, input, &target).await?
     } else {
-        one_transaction(&client, spec, &columns, input, encoder, &target).await?
+        let (rows, bytes, created) = one_transaction(&client, spec, &columns, input, encoder, &target).await?;
+        (rows, bytes, created, None)
     };
-    let wal_bytes = match (wal_before, wal_lsn(&client).await) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
-    let report = LoadReport { rows, bytes, wal_bytes, created, elapsed_ms: started.elapsed().as_millis() as u64, destination };
-    tracing::info!(sink = %spec.name, table = %spec.table, rows, bytes, ?wal_bytes, "loaded into PostgreSQL");
-    Ok(report)
+    Ok(PreparedLoad {
+        client,
+        name: spec.name.clone(),
+        table: spec.table.clone(),
+        target,
+        stage,
+        rows,
+        bytes,
+        created,
+        wal_before,
+        started,
+        destination,
+    })
 }
 
-/// The whole load in one transaction on `client` (every mode; `streams = 1`).
+/// The whole load in one transaction on `client` (every mode; `streams = 1`), left open for the
+/// caller to commit.
 async fn one_transaction(
     client: &Client,
     spec: &SinkSpec,
@@ -291,16 +370,16 @@ async fn one_transaction(
             (merged, bytes)
         }
     };
-    client.batch_execute("COMMIT").await.map_err(db)?;
     Ok((rows, bytes, created))
 }
 
 /// `replace` through `spec.streams` connections at once. Separate connections cannot share a
 /// transaction, so the new table is created and committed first (under a unique name, with a
 /// session advisory lock held on that name for the whole load), filled by every stream in its own
-/// transaction, then keyed, indexed and swapped in one transaction as in [`one_transaction`].
-/// A failure drops it; a crash leaves it, and the next parallel load into the same schema drops
-/// every staging table whose lock nobody holds.
+/// transaction, then keyed, indexed and swapped in one transaction as in [`one_transaction`],
+/// left open for the caller to commit (the staging table is returned: its lock is released after
+/// COMMIT). A failure drops it; a crash leaves it, and the next parallel load into the same
+/// schema drops every staging table whose lock nobody holds.
 async fn parallel_replace(
     client: &Client,
     config: &tokio_postgres::Config,
@@ -308,7 +387,7 @@ async fn parallel_replace(
     columns: &[OutColumn],
     input: SendableRecordBatchStream,
     target: &str,
-) -> Result<(u64, u64, bool)> {
+) -> Result<(u64, u64, bool, Option<TableName>)> {
     let fail = |message: String| Error::Postgres { target: target.to_string(), message };
     let db = |e: tokio_postgres::Error| fail(conn::describe(&e));
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() % 1_000_000_000);
@@ -331,16 +410,18 @@ async fn parallel_replace(
         } else {
             load.rename(&stage, key, indexes).await?;
         }
-        client.batch_execute("COMMIT").await.map_err(db)?;
         Ok((rows, bytes, existing.is_none()))
     }
     .await;
-    if result.is_err() {
-        // Best effort: a dead connection leaves it for the next load's sweep.
-        let _ = client.batch_execute(&format!("ROLLBACK; DROP TABLE IF EXISTS {}", stage.sql())).await;
+    match result {
+        Ok((rows, bytes, created)) => Ok((rows, bytes, created, Some(stage))),
+        Err(e) => {
+            // Best effort: a dead connection leaves it for the next load's sweep.
+            let _ = client.batch_execute(&format!("ROLLBACK; DROP TABLE IF EXISTS {}", stage.sql())).await;
+            let _ = client.query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&stage.table]).await;
+            Err(e)
+        }
     }
-    let _ = client.query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&stage.table]).await;
-    result
 }
 
 /// Staging tables of parallel loads start with this.
@@ -477,11 +558,13 @@ impl Loader<'_> {
             let batch = batch.map_err(|source| Error::Input { target: self.target.to_string(), source })?;
             encoder.write_batch(&batch, &mut buf).map_err(encode_err)?;
             if buf.len() >= CHUNK {
+                spillway_faults::point("postgres-copy");
                 bytes += buf.len() as u64;
                 sink.as_mut().send(buf.split().freeze()).await.map_err(|e| self.copy_failed(e))?;
             }
         }
         encoder.write_footer(&mut buf).map_err(encode_err)?;
+        spillway_faults::point("postgres-copy");
         bytes += buf.len() as u64;
         sink.as_mut().send(buf.split().freeze()).await.map_err(|e| self.copy_failed(e))?;
         let rows = sink.as_mut().finish().await.map_err(|e| self.copy_failed(e))?;

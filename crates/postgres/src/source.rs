@@ -6,9 +6,13 @@
 //! as `PostgresScan[NAME]`; at most two decoded batches wait for the query to take them.
 //!
 //! Filters pushed down: `col <op> literal` (=, <>, <, <=, >, >=), `IS [NOT] NULL`, `BETWEEN`,
-//! `IN (...)`, and `AND`/`OR` of those. Text ranges compare with `COLLATE "C"` (byte order, as
-//! DataFusion does). All are marked inexact, so DataFusion applies them again: a pushed filter only
-//! saves the transfer, it never decides the answer.
+//! `IN (...)`, and `AND`/`OR` of those, on columns PostgreSQL compares the way DataFusion compares
+//! what is read ([`ReadAs::compares_like_datafusion`]): not on floats or unconstrained numerics,
+//! not on text under a nondeterministic collation (where `'a' <> 'A'` may be false). Text ranges
+//! compare with `COLLATE "C"` (byte order, as DataFusion does); `char(n)` is read, and filtered,
+//! as its `::text` (trailing blanks removed, PostgreSQL's own reading of a `char(n)`). All are
+//! marked inexact, so DataFusion applies them again: a pushed filter only saves the transfer, and
+//! since PostgreSQL keeps every row DataFusion's filter keeps, it never decides the answer.
 
 use crate::conn::{self, ConnSpec};
 use crate::decode::CopyDecoder;
@@ -52,15 +56,35 @@ impl SourceSpec {
     }
 }
 
+/// One column of a PostgreSQL table as read.
+#[derive(Debug, Clone)]
+struct SourceColumn {
+    name: String,
+    kind: ReadAs,
+    /// Filters on it may be pushed down (a comparable type, and a deterministic collation).
+    filterable: bool,
+}
+
+impl SourceColumn {
+    /// The column in the `SELECT` of a scan.
+    fn select(&self) -> String {
+        match self.kind {
+            ReadAs::CastText | ReadAs::Bpchar => format!("{}::text", quote_ident(&self.name)),
+            _ => quote_ident(&self.name),
+        }
+    }
+}
+
 /// A PostgreSQL table or query, read with binary COPY.
 #[derive(Debug)]
 pub struct PgTable {
     target: String,
     config: Arc<Config>,
     from: String,
-    columns: Vec<(String, ReadAs)>,
+    columns: Vec<SourceColumn>,
     schema: SchemaRef,
     scans: Mutex<Vec<String>>,
+    identity: Option<String>,
 }
 
 impl PgTable {
@@ -68,6 +92,14 @@ impl PgTable {
     /// down, for tests and debugging; also logged at debug level).
     pub fn scans(&self) -> Vec<String> {
         self.scans.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// What identifies the table's data when it was opened: its oid, file node, size and change
+    /// counters (a run's fingerprint of the models reading it). `None` for a query source.
+    /// PostgreSQL publishes the counters up to a few seconds after a commit, so a change made
+    /// just before may not show.
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
     }
 
     /// Connects once to read the columns (names, types and type modifiers).
@@ -97,8 +129,10 @@ impl PgTable {
         };
         let rows = client
             .query(
-                "SELECT attname::text, atttypid::int8, atttypmod, attnotnull FROM pg_attribute \
-                 WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                "SELECT a.attname::text, a.atttypid::int8, a.atttypmod, a.attnotnull, \
+                 COALESCE((SELECT c.collisdeterministic FROM pg_collation c WHERE c.oid = a.attcollation), true) \
+                 FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum",
                 &[&relation],
             )
             .await
@@ -109,24 +143,39 @@ impl PgTable {
             let name: String = r.get(0);
             let kind = ReadAs::for_type(r.get::<_, i64>(1) as u32, r.get(2));
             let not_null: bool = r.get(3);
+            let deterministic: bool = r.get(4);
             fields.push(Field::new(&name, kind.arrow(), !not_null || spec.query.is_some()));
-            columns.push((name, kind));
+            columns.push(SourceColumn { name, kind, filterable: deterministic && kind.compares_like_datafusion() });
         }
-        Ok(PgTable { target, config: Arc::new(config), from, columns, schema: Arc::new(Schema::new(fields)), scans: Mutex::default() })
+        let identity = match &spec.table {
+            Some(t) => Some(
+                client
+                    .query_one(
+                        "SELECT format('oid %s node %s size %s ins %s upd %s del %s', c.oid, c.relfilenode, \
+                         pg_relation_size(c.oid), s.n_tup_ins, s.n_tup_upd, s.n_tup_del) \
+                         FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid WHERE c.oid = to_regclass($1)",
+                        &[&t.sql()],
+                    )
+                    .await
+                    .map_err(db)?
+                    .get::<_, String>(0),
+            ),
+            None => None,
+        };
+        Ok(PgTable {
+            target,
+            config: Arc::new(config),
+            from,
+            columns,
+            schema: Arc::new(Schema::new(fields)),
+            scans: Mutex::default(),
+            identity,
+        })
     }
 
     /// The `COPY` statement a scan runs.
     fn copy_sql(&self, projection: &[usize], filters: &[Expr], limit: Option<usize>) -> String {
-        let cols: Vec<String> = projection
-            .iter()
-            .map(|&i| {
-                let (name, kind) = &self.columns[i];
-                match kind {
-                    ReadAs::CastText => format!("{}::text", quote_ident(name)),
-                    _ => quote_ident(name),
-                }
-            })
-            .collect();
+        let cols: Vec<String> = projection.iter().map(|&i| self.columns[i].select()).collect();
         let conditions: Vec<String> = filters.iter().filter_map(|f| self.filter_sql(f)).collect();
         let mut sql = format!("SELECT {} FROM {}", cols.join(", "), self.from);
         if !conditions.is_empty() {
@@ -163,7 +212,7 @@ impl PgTable {
                 };
                 let (column, kind) = self.column(&col.name)?;
                 let value = literal_sql(lit, kind)?;
-                let column = if kind == ReadAs::Text && !matches!(op, Operator::Eq | Operator::NotEq) {
+                let column = if is_text(kind) && !matches!(op, Operator::Eq | Operator::NotEq) {
                     format!("{column} COLLATE \"C\"")
                 } else {
                     column
@@ -172,7 +221,8 @@ impl PgTable {
             }
             Expr::IsNull(e) | Expr::IsNotNull(e) => {
                 let Expr::Column(c) = e.as_ref() else { return None };
-                let (column, _) = self.column(&c.name)?;
+                // NULL is NULL whatever the type.
+                let column = self.columns.iter().find(|col| col.name == c.name)?.select();
                 Some(format!("{column} IS {}NULL", if matches!(expr, Expr::IsNotNull(_)) { "NOT " } else { "" }))
             }
             Expr::Between(Between { expr: e, negated, low, high }) => {
@@ -180,7 +230,7 @@ impl PgTable {
                     return None;
                 };
                 let (column, kind) = self.column(&c.name)?;
-                if kind == ReadAs::Text {
+                if is_text(kind) {
                     return None;
                 }
                 let not = if *negated { "NOT " } else { "" };
@@ -204,10 +254,15 @@ impl PgTable {
         }
     }
 
+    /// A column filters may compare, as the scan reads it (`char(n)` as its `::text`).
     fn column(&self, name: &str) -> Option<(String, ReadAs)> {
-        let (n, kind) = self.columns.iter().find(|(n, _)| n == name)?;
-        (*kind != ReadAs::CastText).then(|| (quote_ident(n), *kind))
+        let c = self.columns.iter().find(|c| c.name == name)?;
+        c.filterable.then(|| (c.select(), c.kind))
     }
+}
+
+fn is_text(kind: ReadAs) -> bool {
+    matches!(kind, ReadAs::Text | ReadAs::Bpchar)
 }
 
 /// A literal compared with a column read as `kind`, written so PostgreSQL compares the same values.
@@ -232,7 +287,7 @@ fn literal_sql(v: &ScalarValue, kind: ReadAs) -> Option<String> {
         }
         ScalarValue::Float64(Some(f)) if numeric && f.is_finite() => Some(format!("{f:?}")),
         ScalarValue::Float32(Some(f)) if numeric && f.is_finite() => Some(format!("{f:?}")),
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) if kind == ReadAs::Text => {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) if is_text(kind) => {
             Some(quote_literal(s))
         }
         ScalarValue::Boolean(Some(b)) if kind == ReadAs::Bool => Some(b.to_string()),
@@ -274,7 +329,7 @@ impl TableProvider for PgTable {
             target: self.target.clone(),
             config: self.config.clone(),
             sql: self.copy_sql(&projection, filters, limit),
-            kinds: projection.iter().map(|&i| self.columns[i].1).collect(),
+            kinds: projection.iter().map(|&i| self.columns[i].kind).collect(),
             schema: schema.clone(),
         };
         tracing::debug!(source = %self.target, sql = %partition.sql, "scanning PostgreSQL");

@@ -97,8 +97,11 @@ pub enum ReadAs {
     Float4,
     /// double precision → Float64
     Float8,
-    /// text, varchar, char(n), name → Utf8
+    /// text, varchar, name → Utf8
     Text,
+    /// char(n) → Utf8 without its trailing blanks, as PostgreSQL's `::text` gives it: PostgreSQL
+    /// compares char(n) with trailing blanks insignificant, so `c = 'ab'` holds for `'ab   '`
+    Bpchar,
     /// bytea → Binary
     Bytea,
     /// date → Date32
@@ -127,7 +130,8 @@ impl ReadAs {
             20 => ReadAs::Int8,
             700 => ReadAs::Float4,
             701 => ReadAs::Float8,
-            25 | 1043 | 1042 | 19 => ReadAs::Text,
+            25 | 1043 | 19 => ReadAs::Text,
+            1042 => ReadAs::Bpchar,
             17 => ReadAs::Bytea,
             1082 => ReadAs::Date,
             1114 => ReadAs::Timestamp,
@@ -147,6 +151,14 @@ impl ReadAs {
         }
     }
 
+    /// Whether PostgreSQL compares values of this type exactly as DataFusion compares what is
+    /// read, so a filter on it may be pushed down. Not for floats (PostgreSQL has `-0 = 0` and
+    /// `NaN = NaN`; Arrow orders them by IEEE total order), unconstrained numerics (PostgreSQL
+    /// compares the exact value, DataFusion the rounded Float64), or text cast from other types.
+    pub fn compares_like_datafusion(self) -> bool {
+        !matches!(self, ReadAs::Float4 | ReadAs::Float8 | ReadAs::NumericFloat | ReadAs::CastText | ReadAs::Bytea)
+    }
+
     /// The Arrow type read.
     pub fn arrow(self) -> DataType {
         match self {
@@ -156,7 +168,7 @@ impl ReadAs {
             ReadAs::Int8 => DataType::Int64,
             ReadAs::Float4 => DataType::Float32,
             ReadAs::Float8 | ReadAs::NumericFloat => DataType::Float64,
-            ReadAs::Text | ReadAs::CastText => DataType::Utf8,
+            ReadAs::Text | ReadAs::Bpchar | ReadAs::CastText => DataType::Utf8,
             ReadAs::Bytea => DataType::Binary,
             ReadAs::Date => DataType::Date32,
             ReadAs::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -195,5 +207,6 @@ mod tests {
         assert_eq!(ReadAs::for_type(1700, -1), ReadAs::NumericFloat);
         assert_eq!(ReadAs::for_type(2950, -1), ReadAs::CastText);
         assert_eq!(ReadAs::for_type(1043, 14), ReadAs::Text);
+        assert_eq!(ReadAs::for_type(1042, 9), ReadAs::Bpchar);
     }
 }

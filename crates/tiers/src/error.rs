@@ -25,7 +25,7 @@ pub enum Error {
     /// Writing would take temp files past the disk quota.
     #[error(
         "disk quota for temp files exceeded writing {}: {used} in use + {asking} more > quota {quota} \
-         (raise --max-spill or free space)",
+         (raise --max-spill, or `max_spill` in spillway.toml, or free space)",
         path.display()
     )]
     QuotaExceeded {

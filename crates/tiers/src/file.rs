@@ -1,6 +1,15 @@
 //! File formats spillway writes (Parquet, Arrow IPC, CSV, NDJSON) and the streaming writer that
-//! publishes a file atomically: written under a hidden temp name beside the destination, renamed
-//! into place when complete, removed on any failure.
+//! publishes a file atomically and durably.
+//!
+//! ```text
+//!   stage_stream(stream, dest) ─▶ .NAME.spillway-tmp-<owner>  (staging::sweep first removes
+//!        │                         the staging files of dead processes in dest's folder)
+//!        ▼ Staged                  dropped unpublished: removed
+//!   Staged::publish() ─▶ fsync(file) ─▶ rename onto dest ─▶ fsync(folder)
+//! ```
+//!
+//! A model with several file sinks stages them all before publishing any
+//! (`spillway-pipeline`'s publication), so a failure while writing publishes none.
 
 use crate::error::{Error, Result};
 use crate::quota::{DiskQuota, QuotaWriter};
@@ -223,10 +232,35 @@ pub struct WriteSummary {
     pub bytes: u64,
 }
 
-/// A temp file removed on drop unless published.
-struct Staged {
+/// A complete file staged beside its destination, not yet published: removed when dropped
+/// unpublished (a failure elsewhere, a panic).
+#[derive(Debug)]
+#[must_use = "a staged file is removed unless published"]
+pub struct Staged {
     tmp: PathBuf,
+    dest: PathBuf,
+    summary: WriteSummary,
     published: bool,
+}
+
+impl Staged {
+    /// Where it will be published.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// What was written.
+    pub fn summary(&self) -> WriteSummary {
+        self.summary
+    }
+
+    /// Publishes it: the staged file is synced, renamed onto the destination (replacing any
+    /// previous file at once) and the folder synced.
+    pub fn publish(mut self) -> Result<WriteSummary> {
+        crate::durable::rename_synced(&self.tmp, &self.dest)?;
+        self.published = true;
+        Ok(self.summary)
+    }
 }
 
 impl Drop for Staged {
@@ -237,15 +271,17 @@ impl Drop for Staged {
     }
 }
 
-/// Streams `stream` into `path` (format from the extension) and publishes it atomically: a
-/// failure leaves any previous file at `path` untouched and no partial file behind. Encoding
+/// Streams `stream` into `path` and publishes it ([`stage_stream`] then [`Staged::publish`]): a
+/// failure leaves any previous file at `path` untouched and no partial file behind.
+pub async fn write_stream(stream: SendableRecordBatchStream, path: &Path, options: &WriteOptions) -> Result<WriteSummary> {
+    stage_stream(stream, path, options).await?.publish()
+}
+
+/// Streams `stream` into a staging file beside `path` (format from `path`'s extension), complete
+/// and unpublished. Staging files of dead processes in that folder are removed first. Encoding
 /// runs on a writer thread fed through a two-batch channel, so the query keeps computing while
 /// the file is written and at most two batches wait.
-pub async fn write_stream(
-    mut stream: SendableRecordBatchStream,
-    path: &Path,
-    options: &WriteOptions,
-) -> Result<WriteSummary> {
+pub async fn stage_stream(mut stream: SendableRecordBatchStream, path: &Path, options: &WriteOptions) -> Result<Staged> {
     let invalid = |reason: String| Error::Invalid(format!("{}: {reason}", path.display()));
     let format = FileFormat::from_path(path)
         .ok_or_else(|| invalid("unknown output type; use .parquet, .csv, .json/.ndjson or .arrow".into()))?;
@@ -256,8 +292,13 @@ pub async fn write_stream(
     if !dir.is_dir() {
         return Err(invalid(format!("directory {} does not exist", dir.display())));
     }
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let mut staged = Staged { tmp: dir.join(format!(".{file_name}.tmp-{}", std::process::id())), published: false };
+    crate::staging::sweep(&dir);
+    let mut staged = Staged {
+        tmp: crate::staging::staging_path(path),
+        dest: path.to_path_buf(),
+        summary: WriteSummary::default(),
+        published: false,
+    };
     let _ = std::fs::remove_file(&staged.tmp);
     let schema = stream.schema();
     let mut sink = FileSink::create(format, &staged.tmp, &schema, options)?;
@@ -276,6 +317,7 @@ pub async fn write_stream(
     while let Some(batch) = stream.next().await {
         match batch {
             Ok(b) => {
+                spillway_faults::point("sink-staging");
                 if tx.send(b).await.is_err() {
                     break; // the writer failed; its error is reported below
                 }
@@ -296,7 +338,6 @@ pub async fn write_stream(
         return Err(e);
     }
     let (rows, bytes) = written?;
-    std::fs::rename(&staged.tmp, path).map_err(|e| Error::io(path, e))?;
-    staged.published = true;
-    Ok(WriteSummary { rows, bytes })
+    staged.summary = WriteSummary { rows, bytes };
+    Ok(staged)
 }

@@ -1,22 +1,39 @@
-//! Temp space hygiene: one run directory per process under the spill root, removed on success,
-//! error and panic; run directories of dead processes are swept at the next start.
+//! Temp space hygiene: spillway works in a folder of its own under the spill dir, one run folder
+//! per process, removed on success, error and panic; run folders of dead processes are swept at
+//! the next start. Nothing is ever removed that spillway did not create.
 //!
 //! ```text
-//!   <spill root>/
-//!     run-<pid>-<millis>/      owned by a live process: left alone
-//!       LOCK                   "<pid> <process start time>"
-//!       handoff/…  datafusion spill files…
-//!     run-<pid>-<millis>/      owner gone (killed, crashed): removed by `SpillRoot::open`
+//!   <spill dir>/                   given by --spill-dir: never swept, may hold anything
+//!     spillway/                    the spill root: created by spillway
+//!       run-<owner tag>/           owned by a live process: left alone
+//!         SPILLWAY-RUN             marker: magic first line, pid, start time, boot id, pid namespace
+//!         handoff/…  datafusion/…
+//!       run-<owner tag>/           owner gone (killed, crashed, rebooted): removed by the sweep
+//!       .run-<owner tag>.creating  being created (marker written, not yet renamed)
 //! ```
 //!
-//! A process is the owner if `/proc/<pid>/stat` exists with the same start time as recorded in
-//! the lock file (so a recycled pid does not keep a stale directory alive).
+//! The sweep removes a `run-*` folder only when it is a real folder (not a symlink), holds a
+//! `SPILLWAY-RUN` regular file whose first line is the magic header, and that file names an owner
+//! that is [dead](crate::owner::Liveness::Dead): same boot, same PID namespace, and no process with
+//! that pid and start time; or another boot. A missing, unreadable or foreign marker, or an owner
+//! in another PID namespace, leaves the folder alone. [`SpillRoot::inspect`] reports what a sweep
+//! would remove without removing anything (`spillway info`).
 
 use crate::error::{Error, Result};
+use crate::owner::{Liveness, Owner};
 use std::path::{Path, PathBuf};
 
 /// Below this much free space at the spill root nothing is started.
 const MIN_FREE: u64 = 16 << 20;
+
+/// The name of the marker file in every run folder.
+pub const MARKER: &str = "SPILLWAY-RUN";
+
+/// The marker's first line: what makes a folder spillway's to remove.
+const MAGIC: &str = "# spillway run folder v1: removed by spillway once the process below is gone";
+
+/// The folder spillway creates for itself under any spill dir.
+const ROOT_NAME: &str = "spillway";
 
 /// The spill root, opened: checked writable and swept of dead runs.
 #[derive(Debug, Clone)]
@@ -24,23 +41,50 @@ pub struct SpillRoot {
     path: PathBuf,
 }
 
-/// What sweeping removed.
+/// What sweeping removed (or, from [`SpillRoot::inspect`], would remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Swept {
-    /// Directories removed.
+    /// Directories or files removed.
     pub dirs: Vec<PathBuf>,
     /// Bytes they held.
     pub bytes: u64,
 }
 
+impl Swept {
+    /// Adds another sweep's findings.
+    pub fn extend(&mut self, other: Swept) {
+        self.dirs.extend(other.dirs);
+        self.bytes += other.bytes;
+    }
+}
+
 impl SpillRoot {
-    /// Creates the root if needed, checks it is a writable directory, and removes run directories
-    /// whose owner process is dead (logging what was removed).
-    pub fn open(path: impl Into<PathBuf>) -> Result<(SpillRoot, Swept)> {
-        let path = path.into();
+    /// The spill root for spill dir `dir`: `dir/spillway`.
+    pub fn path_for(dir: &Path) -> PathBuf {
+        dir.join(ROOT_NAME)
+    }
+
+    /// Creates `dir/spillway` if needed, checks it is a writable directory, and removes run
+    /// folders whose owner process is dead (logging what was removed).
+    pub fn open(dir: impl AsRef<Path>) -> Result<(SpillRoot, Swept)> {
+        let root = Self::prepare(dir.as_ref())?;
+        let swept = root.sweep(true);
+        Ok((root, swept))
+    }
+
+    /// Like [`SpillRoot::open`] but removes nothing: the returned [`Swept`] lists what a sweep
+    /// would remove. The root is not created when it does not exist.
+    pub fn inspect(dir: impl AsRef<Path>) -> Swept {
+        SpillRoot { path: Self::path_for(dir.as_ref()) }.sweep(false)
+    }
+
+    fn prepare(dir: &Path) -> Result<SpillRoot> {
+        let path = Self::path_for(dir);
         let bad = |reason: String| Error::SpillRoot { path: path.clone(), reason };
-        if path.exists() && !path.is_dir() {
-            return Err(bad("exists and is not a directory".into()));
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            if !m.is_dir() {
+                return Err(bad("exists and is not a directory (spillway only works in a folder it created)".into()));
+            }
         }
         std::fs::create_dir_all(&path).map_err(|e| bad(format!("cannot create it: {e}")))?;
         // Writable? Create and remove a probe file.
@@ -56,59 +100,105 @@ impl SpillRoot {
                 )));
             }
         }
-        let root = SpillRoot { path };
-        let swept = root.sweep();
-        Ok((root, swept))
+        Ok(SpillRoot { path })
     }
 
-    /// The root directory.
+    /// The root directory (`<spill dir>/spillway`).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Removes run directories whose owner is dead. Errors removing one are logged, not fatal.
-    pub fn sweep(&self) -> Swept {
+    /// Finds run folders whose owner is dead and, with `remove`, removes them. Errors removing
+    /// one are logged, not fatal.
+    fn sweep(&self, remove: bool) -> Swept {
         let mut swept = Swept::default();
         let Ok(entries) = std::fs::read_dir(&self.path) else { return swept };
         for entry in entries.filter_map(|e| e.ok()) {
             let dir = entry.path();
-            let is_run = dir.is_dir()
-                && dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("run-"));
-            if !is_run || owner_alive(&dir) {
+            // `file_type` does not follow symlinks: a link named run-* is never ours.
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let owner = if name.starts_with("run-") {
+                read_marker(&dir)
+            } else if let Some(tag) = name.strip_prefix(".run-").and_then(|n| n.strip_suffix(".creating")) {
+                // Half-created: the tag in the name is the owner.
+                Owner::from_tag(tag)
+            } else {
+                None
+            };
+            let Some(owner) = owner.filter(|_| is_dir) else { continue };
+            if owner.liveness() != Liveness::Dead {
                 continue;
             }
             let bytes = dir_size(&dir);
+            if !remove {
+                swept.bytes += bytes;
+                swept.dirs.push(dir);
+                continue;
+            }
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {
                     tracing::warn!(
                         dir = %dir.display(),
                         bytes,
-                        "removed the run directory of a process that is gone (killed or crashed)"
+                        %owner,
+                        "removed the run folder of a process that is gone (killed or crashed)"
                     );
                     swept.bytes += bytes;
                     swept.dirs.push(dir);
                 }
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not remove stale run directory"),
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not remove stale run folder"),
             }
         }
         swept
     }
 
-    /// Creates this process's run directory (mode 0700) with its lock file.
+    /// Creates this process's run folder (mode 0700) with its marker: written and synced under
+    /// a `.creating` name first, then renamed, so a `run-*` folder always carries its marker.
     pub fn create_run_dir(&self) -> Result<RunDir> {
+        let owner = Owner::current();
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let pid = std::process::id();
-        let path = self.path.join(format!("run-{pid}-{millis}"));
-        std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
-        let dir = RunDir { path };
-        set_mode(&dir.path, 0o700)?;
-        let lock = format!("{pid} {}\n", process_start_time(pid).unwrap_or(0));
-        std::fs::write(dir.path.join("LOCK"), lock).map_err(|e| Error::io(dir.path.join("LOCK"), e))?;
-        Ok(dir)
+        let tag = owner.tag();
+        let creating = self.path.join(format!(".run-{tag}.creating"));
+        let path = self.path.join(format!("run-{tag}-{millis}"));
+        std::fs::create_dir(&creating).map_err(|e| Error::io(&creating, e))?;
+        set_mode(&creating, 0o700)?;
+        crate::durable::write_synced(&creating.join(MARKER), marker_for(&owner).as_bytes())?;
+        std::fs::rename(&creating, &path).map_err(|e| Error::io(&path, e))?;
+        Ok(RunDir { path })
     }
+}
+
+/// The marker a run folder of `owner` carries (what [`SpillRoot::open`] checks before removing).
+pub fn marker_for(owner: &Owner) -> String {
+    format!("{MAGIC}\npid={}\nstart={}\nboot={}\npid_ns={}\n", owner.pid, owner.start, owner.boot, owner.pid_ns)
+}
+
+/// The owner named by `dir`'s marker, if `dir` has a valid one.
+fn read_marker(dir: &Path) -> Option<Owner> {
+    let marker = dir.join(MARKER);
+    let meta = std::fs::symlink_metadata(&marker).ok()?;
+    if !meta.is_file() || meta.len() > 4096 {
+        return None;
+    }
+    let text = std::fs::read_to_string(&marker).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != MAGIC {
+        return None;
+    }
+    let mut field = |key: &str| -> Option<String> {
+        let line = lines.next()?;
+        line.strip_prefix(key)?.strip_prefix('=').map(str::to_string)
+    };
+    let pid = field("pid")?.parse().ok()?;
+    let start = field("start")?.parse().ok()?;
+    let boot = field("boot")?;
+    let pid_ns = field("pid_ns")?.parse().ok()?;
+    Some(Owner { pid, start, boot, pid_ns })
 }
 
 /// This process's run directory. Removed with everything in it when dropped, including while
@@ -148,30 +238,6 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(path, e))
 }
 
-fn owner_alive(dir: &Path) -> bool {
-    let Ok(lock) = std::fs::read_to_string(dir.join("LOCK")) else {
-        // No lock: a directory being created right now has its lock within microseconds;
-        // only treat it as stale once it is older than a minute.
-        let age = std::fs::metadata(dir).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-        return age.is_none_or(|a| a.as_secs() < 60);
-    };
-    let mut fields = lock.split_whitespace();
-    let Some(pid) = fields.next().and_then(|p| p.parse::<u32>().ok()) else { return false };
-    let recorded_start: u64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    match process_start_time(pid) {
-        None => false,
-        Some(start) => recorded_start == 0 || start == recorded_start,
-    }
-}
-
-/// A process's start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`), if it exists.
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// Bytes under `dir` (best effort).
 pub fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
@@ -198,14 +264,14 @@ pub fn free_space(path: &Path) -> Option<u64> {
     }
 }
 
-/// The default spill root: `$XDG_CACHE_HOME/spillway/spill`, else `~/.cache/spillway/spill`,
-/// else the system temp dir.
-pub fn default_root() -> PathBuf {
+/// The default spill dir: `$XDG_CACHE_HOME`, else `~/.cache`, else the system temp dir. spillway
+/// works in `spillway/` under it ([`SpillRoot::path_for`]).
+pub fn default_spill_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("spillway/spill");
+        return PathBuf::from(d);
     }
     if let Some(h) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(h).join(".cache/spillway/spill");
+        return PathBuf::from(h).join(".cache");
     }
-    std::env::temp_dir().join("spillway/spill")
+    std::env::temp_dir()
 }

@@ -283,7 +283,7 @@ impl HandoffStore {
             Materialize::Memory => (Tier::Memory, "materialize = memory".into()),
             Materialize::Ipc => (Tier::Ipc, "materialize = ipc".into()),
             Materialize::Parquet => (Tier::Parquet, "materialize = parquet".into()),
-            Materialize::Auto if hints.checkpoint => (Tier::Parquet, "checkpoint (kept for resume)".into()),
+            Materialize::Auto if hints.checkpoint => (Tier::Parquet, "checkpoint".into()),
             Materialize::Auto if hints.heavy_running => {
                 (Tier::Parquet, "another heavy step is running: memory stays free for it".into())
             }
@@ -295,6 +295,36 @@ impl HandoffStore {
                 _ => (Tier::Memory, format!("fits in memory (<= in_memory_max {})", fmt_bytes(c.in_memory_max))),
             },
         }
+    }
+
+    /// Consumes `stream` into a Parquet file at `dest` that outlives the run (a checkpoint):
+    /// staged beside it, synced and renamed when complete ([`crate::file::stage_stream`]), so a
+    /// crash leaves the previous file or the new one. It is not temp space (no quota), and
+    /// dropping the intermediate keeps the file.
+    pub async fn write_kept(&self, name: &str, stream: SendableRecordBatchStream, dest: &Path) -> Result<Arc<Intermediate>> {
+        let started = Instant::now();
+        spillway_faults::point("checkpoint-write");
+        let schema = stream.schema();
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let options = WriteOptions { row_group_bytes: self.config.row_group_bytes, zstd_level: self.config.zstd_level, quota: None };
+        let staged = crate::file::stage_stream(stream, dest, &options).await?;
+        spillway_faults::point("checkpoint-before-rename");
+        let w = staged.publish()?;
+        Ok(Arc::new(Intermediate {
+            info: IntermediateInfo {
+                name: name.into(),
+                tier: Tier::Parquet,
+                rows: w.rows,
+                bytes: w.bytes,
+                write_ms: started.elapsed().as_millis() as u64,
+                reason: format!("checkpoint: kept for resume at {}", dest.display()),
+                path: Some(dest.to_path_buf()),
+            },
+            schema,
+            data: Data::File { path: dest.to_path_buf(), bytes: 0, quota: self.quota.clone(), keep: AtomicBool::new(true) },
+        }))
     }
 
     /// Consumes `stream` and places it. See the [module docs](self).
@@ -322,6 +352,7 @@ impl HandoffStore {
             }
         }
         if tier != Tier::Memory {
+            spillway_faults::point(if tier == Tier::Parquet { "handoff-parquet-write" } else { "handoff-ipc-write" });
             let s = self.open(name, tier, &schema)?;
             cleanup.path = Some(s.path().to_path_buf());
             sink = Some(s);
@@ -345,6 +376,7 @@ impl HandoffStore {
                 format!("the budget would not lend more than {} to hold it", fmt_bytes(lease_ref.bytes()))
             };
             tier = Tier::Ipc;
+            spillway_faults::point("handoff-ipc-write");
             let mut s = self.open(name, tier, &schema)?;
             cleanup.path = Some(s.path().to_path_buf());
             for b in held.drain(..).chain(std::iter::once(batch)) {
@@ -383,6 +415,7 @@ impl HandoffStore {
             }
         };
         tracing::debug!(info = ?intermediate.info, "intermediate placed");
+        spillway_faults::point("handoff-done");
         Ok(Arc::new(intermediate))
     }
 }

@@ -12,6 +12,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use spillway_governor::{Governor, GovernorConfig};
+use spillway_tiers::owner::Owner;
 use spillway_tiers::*;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -180,35 +181,156 @@ async fn cleanup_failed_stream_leaves_no_file() {
 
 #[test]
 fn cleanup_panic_in_a_step_leaves_no_files() {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiers-panic");
-    let _ = std::fs::remove_dir_all(&root);
-    let (spill_root, _) = SpillRoot::open(&root).unwrap();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiers-panic");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (spill_root, _) = SpillRoot::open(&dir).unwrap();
     let result = std::panic::catch_unwind(|| {
         let run = spill_root.create_run_dir().unwrap();
         std::fs::write(run.subdir("handoff").unwrap().join("x.arrow"), vec![0u8; 4096]).unwrap();
         panic!("step panicked");
     });
     assert!(result.is_err());
+    let root = SpillRoot::path_for(&dir);
     assert!(files_in(&root).is_empty(), "run dir must be gone: {:?}", files_in(&root));
 }
 
-#[test]
-fn sweep_removes_run_dirs_of_dead_processes_only() {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiers-sweep");
-    let _ = std::fs::remove_dir_all(&root);
-    let (spill_root, _) = SpillRoot::open(&root).unwrap();
-    let mine = spill_root.create_run_dir().unwrap();
-    // A run directory whose owner has exited.
+/// A process that has exited: its pid, with this process's boot and namespace.
+fn dead_owner() -> Owner {
     let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead_pid = child.id();
+    let pid = child.id();
     child.wait().unwrap();
-    let stale = root.join(format!("run-{dead_pid}-1"));
-    std::fs::create_dir_all(stale.join("handoff")).unwrap();
-    std::fs::write(stale.join("LOCK"), format!("{dead_pid} 12345\n")).unwrap();
-    std::fs::write(stale.join("handoff/x.arrow"), vec![0u8; 1000]).unwrap();
-    let (_, swept) = SpillRoot::open(&root).unwrap();
-    assert_eq!(swept.dirs, vec![stale.clone()]);
-    assert!(swept.bytes >= 1000);
-    assert!(!stale.exists());
-    assert!(mine.path().exists(), "a live process's run dir stays");
+    Owner { pid, ..Owner::current() }
+}
+
+fn plant(dir: &Path, marker: Option<String>) {
+    std::fs::create_dir_all(dir.join("handoff")).unwrap();
+    std::fs::write(dir.join("handoff/x.arrow"), vec![0u8; 1000]).unwrap();
+    if let Some(m) = marker {
+        std::fs::write(dir.join(spillway_tiers::rundir::MARKER), m).unwrap();
+    }
+}
+
+/// Issue #13: the sweep removes only run folders spillway marked as its own whose owner is dead
+/// (same boot and PID namespace, or another boot); never a folder without a valid marker, a
+/// symlink, a live or unjudgeable owner's folder, or anything outside `<spill dir>/spillway/`;
+/// `inspect` (what `spillway info` shows) removes nothing.
+#[test]
+fn issue_13_sweep_removes_only_what_spillway_made_for_a_dead_process() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiers-sweep");
+    let _ = std::fs::remove_dir_all(&dir);
+    // What a user keeps in the folder they pass as --spill-dir: never touched.
+    std::fs::create_dir_all(dir.join("run-mine")).unwrap();
+    std::fs::write(dir.join("run-mine/notes.txt"), "keep").unwrap();
+    let (spill_root, _) = SpillRoot::open(&dir).unwrap();
+    let root = SpillRoot::path_for(&dir);
+    let mine = spill_root.create_run_dir().unwrap();
+    let dead = dead_owner();
+    let marker = spillway_tiers::rundir::marker_for;
+    plant(&root.join("run-dead"), Some(marker(&dead)));
+    plant(&root.join("run-other-boot"), Some(marker(&Owner { boot: "0".repeat(32), ..dead.clone() })));
+    plant(&root.join("run-other-ns"), Some(marker(&Owner { pid_ns: dead.pid_ns + 1, ..dead.clone() })));
+    plant(&root.join("run-no-marker"), None);
+    plant(&root.join("run-foreign"), Some(format!("{} 0\n", dead.pid))); // an old-style LOCK-like file
+    // A symlink named like a run folder, pointing at a dead-marked folder outside the root.
+    let outside = dir.join("outside");
+    plant(&outside, Some(marker(&dead)));
+    std::os::unix::fs::symlink(&outside, root.join("run-link")).unwrap();
+
+    let would = SpillRoot::inspect(&dir);
+    assert_eq!(would.dirs.len(), 2, "{would:?}");
+    assert!(root.join("run-dead").exists(), "inspect removes nothing");
+
+    let (_, swept) = SpillRoot::open(&dir).unwrap();
+    let mut removed: Vec<String> = swept.dirs.iter().map(|d| d.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    removed.sort();
+    assert_eq!(removed, ["run-dead", "run-other-boot"]);
+    assert!(swept.bytes >= 2000);
+    for kept in ["run-other-ns", "run-no-marker", "run-foreign", "run-link"] {
+        assert!(std::fs::symlink_metadata(root.join(kept)).is_ok(), "{kept} must stay");
+    }
+    assert!(outside.join("handoff/x.arrow").exists(), "a symlink is never followed");
+    assert!(dir.join("run-mine/notes.txt").exists(), "nothing outside spillway/ is touched");
+    assert!(mine.path().exists(), "a live process's run folder stays");
+}
+
+/// Issue #13: staging files (`.NAME.spillway-tmp-<owner>`) of dead processes are removed; a live
+/// process's, files of other names and symlinks stay.
+#[test]
+fn issue_13_staging_files_of_dead_processes_are_swept() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiers-staging");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let dead = dead_owner();
+    let dead_file = dir.join(format!(".out.parquet.spillway-tmp-{}", dead.tag()));
+    let dead_dir = dir.join(format!(".lineitem.spillway-tmp-{}", dead.tag()));
+    std::fs::write(&dead_file, vec![0u8; 100]).unwrap();
+    std::fs::create_dir_all(&dead_dir).unwrap();
+    std::fs::write(dead_dir.join("part-1.parquet"), vec![0u8; 100]).unwrap();
+    let live = spillway_tiers::staging::staging_path(&dir.join("live.parquet"));
+    std::fs::write(&live, b"x").unwrap();
+    std::fs::write(dir.join(".out.parquet.tmp-1"), b"x").unwrap();
+    std::os::unix::fs::symlink(&dead_file, dir.join(format!(".link.spillway-tmp-{}", dead.tag()))).unwrap();
+    let swept = spillway_tiers::staging::sweep(&dir);
+    assert_eq!(swept.dirs.len(), 2, "{swept:?}");
+    assert!(!dead_file.exists() && !dead_dir.exists());
+    assert!(live.exists());
+    assert!(dir.join(".out.parquet.tmp-1").exists());
+    assert!(std::fs::symlink_metadata(dir.join(format!(".link.spillway-tmp-{}", dead.tag()))).is_ok());
+}
+
+/// A session whose spill files come from `temp` (as `spillway-engine` builds them), with a small
+/// memory pool so a sort spills.
+fn spilling_session(temp: &Arc<QuotaTempFiles>) -> SessionContext {
+    use datafusion::execution::memory_pool::GreedyMemoryPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(GreedyMemoryPool::new(24 << 20)))
+        .with_disk_manager_builder(temp.disk_manager(None))
+        .build_arc()
+        .unwrap();
+    let mut config = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
+    config.options_mut().execution.sort_spill_reservation_bytes = 2 << 20;
+    SessionContext::new_with_config_rt(config, runtime)
+}
+
+const SPILLING_SORT: &str = "SELECT value FROM generate_series(1, 6000000) ORDER BY value DESC";
+
+/// Issue #13: `--max-spill` is one quota for the process. Two sessions spilling at once draw
+/// from it together (each used to get a DiskManager allowed the whole quota): while the first
+/// holds its spill files, the second is refused at the quota, and usage never passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_is_shared_by_every_session_of_the_process() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiers-shared-quota");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // How much one such sort spills.
+    let alone = DiskQuota::new(u64::MAX);
+    let temp = QuotaTempFiles::new(dir.join("a"), alone.clone());
+    let rows = spilling_session(&temp).sql(SPILLING_SORT).await.unwrap().collect().await.unwrap();
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 6_000_000);
+    let one = alone.peak();
+    assert!(one > 8 << 20, "the sort must spill: {one}");
+    assert_eq!(alone.used(), 0, "spill files are released when the query ends");
+
+    // Room for one and a half: the second sort cannot spill while the first holds its files.
+    let quota = DiskQuota::new(one * 3 / 2);
+    let temp = QuotaTempFiles::new(dir.join("b"), quota.clone());
+    let first = spilling_session(&temp);
+    let mut held = first.sql(SPILLING_SORT).await.unwrap().execute_stream().await.unwrap();
+    held.next().await.unwrap().unwrap(); // sorted: every run is spilled and being merged
+    assert!(quota.used() > one / 2, "the first sort holds its spill files: {}", quota.used());
+    let err = spilling_session(&temp).sql(SPILLING_SORT).await.unwrap().collect().await.unwrap_err().to_string();
+    assert!(err.contains("disk quota for temp files exceeded"), "{err}");
+    assert!(quota.peak() <= quota.max(), "peak {} over the quota {}", quota.peak(), quota.max());
+    drop(held);
+    drop(first);
+    // The sort's tasks end (and drop their spill files) as their abort is processed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while quota.used() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(quota.used(), 0, "dropped spill files return to the quota");
+    let again = spilling_session(&temp).sql(SPILLING_SORT).await.unwrap().collect().await.unwrap();
+    assert_eq!(again.iter().map(|b| b.num_rows()).sum::<usize>(), 6_000_000, "alone it fits");
+    assert!(files_in(&dir.join("b")).is_empty(), "spill files are deleted: {:?}", files_in(&dir.join("b")));
 }

@@ -39,7 +39,7 @@ pub fn run(settings: &Settings, args: BenchTpchArgs) -> Result<()> {
         bail!("--queries: there is no TPC-H query {q} (1 to 22)");
     }
     let budget = settings.budget.bytes;
-    let spill = settings.spill_root.clone();
+    let spill = settings.spill_dir.clone();
     println!(
         "TPC-H sf{} at {} ({}), {} queries × {:?}, timeout {}s",
         args.sf,

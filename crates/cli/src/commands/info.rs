@@ -29,15 +29,17 @@ pub fn run(s: &Settings) -> Result<()> {
         g.pressure.critical * 100.0
     );
     println!("cores         {} ({})", s.cores.count, s.cores.source);
-    let free = spillway_tiers::rundir::free_space(&s.spill_root).map_or("unknown".into(), fmt_bytes);
-    let quota = fmt_bytes(s.max_spill.unwrap_or_else(|| spillway_tiers::DiskQuota::default_for(&s.spill_root)));
-    let (_, swept) = spillway_tiers::SpillRoot::open(&s.spill_root)?;
-    let swept = if swept.dirs.is_empty() {
+    let root = spillway_tiers::SpillRoot::path_for(&s.spill_dir);
+    let free = spillway_tiers::rundir::free_space(&root).map_or("unknown".into(), fmt_bytes);
+    let quota = fmt_bytes(s.max_spill.unwrap_or_else(|| spillway_tiers::DiskQuota::default_for(&root)));
+    // Only reports: the next `run` or `sql` removes them.
+    let stale = spillway_tiers::SpillRoot::inspect(&s.spill_dir);
+    let stale = if stale.dirs.is_empty() {
         String::new()
     } else {
-        format!("; removed {} stale run dir(s), {}", swept.dirs.len(), fmt_bytes(swept.bytes))
+        format!("; {} run folder(s) of dead processes, {}, removed at the next run", stale.dirs.len(), fmt_bytes(stale.bytes))
     };
-    println!("spill dir     {} (free {free}, quota {quota}{swept})", s.spill_root.display());
+    println!("spill root    {} (free {free}, quota {quota}{stale})", root.display());
     let allocator = if jemalloc::is_active() { "jemalloc (global allocator)" } else { "system (jemalloc not active)" };
     let je = jemalloc::read().unwrap_or_default();
     println!(

@@ -15,12 +15,14 @@ use crate::settings;
 use anyhow::{Context, Result};
 
 pub fn run(cli: Cli) -> Result<()> {
-    let project = match &cli.command {
-        Command::Plan(a) => Some(a.dir.as_path()),
-        Command::Run(a) => Some(a.dir.as_path()),
-        _ => None,
+    let (project, overrides) = match &cli.command {
+        Command::Plan(a) => (Some(a.dir.as_path()), a.overrides.as_slice()),
+        Command::Run(a) | Command::Retry(a) => (Some(a.dir.as_path()), a.overrides.as_slice()),
+        _ => (None, &[][..]),
     };
-    let settings = settings::resolve(&cli.global, project)?;
+    // `spillway.toml` is read here, once; `plan` and `run` build their project from it.
+    let config = settings::load_config(&cli.global, project, overrides)?;
+    let settings = settings::resolve(&cli.global, &config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.cores.count)
         .enable_all()
@@ -29,8 +31,15 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info => info::run(&settings),
         Command::Sql(args) => runtime.block_on(sql::run(&settings, args)),
-        Command::Plan(args) => runtime.block_on(plan::run(&settings, args)),
-        Command::Run(args) => runtime.block_on(run::run(&settings, args)),
+        Command::Plan(args) => runtime.block_on(plan::run(&settings, &config, args)),
+        Command::Run(args) => runtime.block_on(run::run(&settings, &config, args)),
+        Command::Retry(mut args) => {
+            args.resume = true;
+            if args.select.is_none() {
+                args.select = spillway_pipeline::manifest::Manifest::latest(&args.dir).and_then(|m| m.select);
+            }
+            runtime.block_on(run::run(&settings, &config, args))
+        }
         Command::Report(args) => report::run(args),
         Command::Init(args) => init::run(args),
         Command::Gen(GenCommand::Tpch(args)) => gen::tpch(&settings, args),

@@ -5,10 +5,11 @@ use crate::args::PlanArgs;
 use crate::settings::Settings;
 use anyhow::Result;
 use spillway_governor::fmt_bytes;
-use spillway_pipeline::{Project, SinkTarget, SourceDef};
+use spillway_pipeline::resume::Decision;
+use spillway_pipeline::{Config, Project, SinkTarget, SourceDef};
 
-pub async fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
-    let project = Project::load_with(&args.dir, &args.overrides)?;
+pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result<()> {
+    let project = Project::from_config(&args.dir, config)?;
     let (dag, selected) = spillway_pipeline::check::validate(&project, args.select.as_deref()).await?;
     let g = &settings.governor;
     println!(
@@ -71,6 +72,23 @@ pub async fn run(settings: &Settings, args: PlanArgs) -> Result<()> {
         );
     }
     println!("(* = source table)");
+    if args.resume {
+        let (previous, decisions) = spillway_pipeline::resume::preview(&project, args.select.as_deref()).await?;
+        println!();
+        match previous {
+            Some(run) => println!("--resume from run {run}:"),
+            None => println!("--resume: no earlier run with a manifest; everything runs"),
+        }
+        for (name, decision) in decisions {
+            match decision {
+                Decision::Reuse { record, input } => {
+                    let from = input.map_or_else(|| "not read by anything that runs".to_string(), |p| format!("read from {}", p.display()));
+                    println!("  reuse  {name:<w$} (run {}; {from})", record.reused_from.unwrap_or_default());
+                }
+                Decision::Rerun(why) => println!("  run    {name:<w$} {why}"),
+            }
+        }
+    }
     Ok(())
 }
 

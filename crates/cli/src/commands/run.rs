@@ -7,19 +7,20 @@ use anyhow::{bail, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use spillway_governor::{fmt_bytes, Governor};
 use spillway_pipeline::results::SinkResult;
-use spillway_pipeline::{run, Event, Project, RunOptions, Status, StepResult};
+use spillway_pipeline::{Config, run, Event, Project, RunOptions, Status, StepResult};
 use spillway_tiers::Materialize;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub async fn run(settings: &Settings, args: RunArgs) -> Result<()> {
-    let project = Project::load_with(&args.dir, &args.overrides)?;
+pub async fn run(settings: &Settings, config: &Config, args: RunArgs) -> Result<()> {
+    let project = Project::from_config(&args.dir, config)?;
     let governor = Governor::new(settings.governor.clone())?;
-    let mut options = RunOptions::new(settings.cores.count, &settings.spill_root);
+    let mut options = RunOptions::new(settings.cores.count, &settings.spill_dir);
     options.select = args.select.clone();
     options.fail_fast = args.fail_fast;
+    options.resume = args.resume;
     if let Some(j) = args.jobs {
         options.jobs = j.max(1);
     }

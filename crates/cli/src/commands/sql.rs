@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use spillway_engine::query::JoinReport;
 use spillway_engine::{output, query, session, tables};
-use spillway_tiers::{DiskQuota, SpillRoot};
+use spillway_tiers::TempSpace;
 use spillway_governor::{fmt_bytes, Governor, LeasePool, LeaseRequest, PoolOptions, PoolStats};
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -40,11 +40,8 @@ struct Stats {
 
 pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
     let governor = Governor::new(settings.governor.clone())?;
-    let (root, _swept) = SpillRoot::open(&settings.spill_root)?;
-    let run_dir = root.create_run_dir()?;
-    let quota = DiskQuota::new(settings.max_spill.unwrap_or_else(|| DiskQuota::default_for(root.path())));
-    let mut options = session::SessionOptions::new(settings.cores.count, run_dir.subdir("datafusion")?);
-    options.quota = Some(quota.clone());
+    let temp = TempSpace::open(&settings.spill_dir, settings.max_spill)?;
+    let mut options = session::SessionOptions::new(settings.cores.count, temp.temp_files().clone());
     options.grace_joins = !args.native_joins;
     let budget = settings.budget.bytes;
 
@@ -133,7 +130,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     drop(lease_pool);
-    drop(run_dir);
+    drop(temp);
     Ok(())
 }
 
