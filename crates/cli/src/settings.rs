@@ -45,16 +45,17 @@ pub fn resolve(global: &GlobalArgs, config: &Config) -> Result<Settings> {
         },
     };
     let budget = Budget::resolve(spec, limits::memory_limit())?;
-    let governor = file.governor.governor_config(budget.bytes).map_err(anyhow::Error::msg).with_context(|| format!("in {shown}"))?;
+    let governor = file
+        .governor
+        .governor_config(budget.bytes)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("in {shown}"))?;
     let max_spill = match &global.max_spill {
         Some(t) => Some(t.parse::<ByteSize>().context("--max-spill")?.bytes()),
         None => file.max_spill().map_err(anyhow::Error::msg).with_context(|| format!("in {shown}"))?,
     };
-    let spill_dir = global
-        .spill_dir
-        .clone()
-        .or(file.spill_dir.clone())
-        .unwrap_or_else(spillway_tiers::rundir::default_spill_dir);
+    let spill_dir =
+        global.spill_dir.clone().or(file.spill_dir.clone()).unwrap_or_else(spillway_tiers::rundir::default_spill_dir);
     Ok(Settings {
         budget,
         governor,

@@ -70,7 +70,10 @@ fn chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = &
     let mut next = Some(e);
     std::iter::from_fn(move || {
         let cur = next?;
-        let inner = cur.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|i| i as &(dyn std::error::Error + 'static));
+        let inner = cur
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
         next = inner.or_else(|| cur.source());
         Some(cur)
     })
@@ -78,7 +81,9 @@ fn chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = &
 
 /// The temp-space quota error inside `e`, if a quota refusal caused it.
 pub fn quota_error(e: &datafusion::error::DataFusionError) -> Option<&spillway_tiers::Error> {
-    chain(e).find_map(|c| c.downcast_ref::<spillway_tiers::Error>()).filter(|t| matches!(t, spillway_tiers::Error::QuotaExceeded { .. }))
+    chain(e)
+        .find_map(|c| c.downcast_ref::<spillway_tiers::Error>())
+        .filter(|t| matches!(t, spillway_tiers::Error::QuotaExceeded { .. }))
 }
 
 impl From<spillway_tiers::Error> for Error {

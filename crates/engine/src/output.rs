@@ -43,7 +43,11 @@ pub async fn checksum(mut stream: SendableRecordBatchStream) -> Result<(u64, Str
                     } else {
                         let v = f.value(i);
                         let text = format!("{v:.2}");
-                        if text == "-0.00" { "0.00".into() } else { text }
+                        if text == "-0.00" {
+                            "0.00".into()
+                        } else {
+                            text
+                        }
                     }
                 }));
             } else {
@@ -97,10 +101,9 @@ pub async fn print_table(
         writeln!(out, "{}", arrow::util::pretty::pretty_format_batches(&schema_only)?).map_err(io)?;
     }
     match max_rows {
-        Some(max) if total as usize > max => writeln!(
-            out,
-            "{total} rows (showing the first {max}; use --max-rows or --output FILE for all)"
-        ),
+        Some(max) if total as usize > max => {
+            writeln!(out, "{total} rows (showing the first {max}; use --max-rows or --output FILE for all)")
+        }
         _ => writeln!(out, "{total} row{}", if total == 1 { "" } else { "s" }),
     }
     .map_err(io)?;

@@ -4,8 +4,8 @@
 
 use crate::error::Result;
 use crate::guard;
-use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::DFParserBuilder;
 use futures::StreamExt;

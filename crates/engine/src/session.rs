@@ -8,8 +8,8 @@ use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use spillway_joins::{GraceJoinRule, SortWithoutTopKRule, WindowGuardRule};
 use spillway_governor::LeasePool;
+use spillway_joins::{GraceJoinRule, SortWithoutTopKRule, WindowGuardRule};
 use spillway_tiers::QuotaTempFiles;
 use std::sync::Arc;
 

@@ -44,9 +44,8 @@ pub async fn register(ctx: &SessionContext, name: &str, path: &str) -> Result<()
         (f, ext, loc)
     } else if p.is_file() {
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or_default().to_string();
-        let f = FileFormat::from_extension(&ext).ok_or_else(|| {
-            err("unknown file type; use .parquet, .csv, .json/.ndjson or .arrow".into())
-        })?;
+        let f = FileFormat::from_extension(&ext)
+            .ok_or_else(|| err("unknown file type; use .parquet, .csv, .json/.ndjson or .arrow".into()))?;
         (f, ext, path.to_string())
     } else {
         return Err(err("no such file or directory".into()));
@@ -70,7 +69,16 @@ pub async fn register(ctx: &SessionContext, name: &str, path: &str) -> Result<()
             ctx.register_arrow(name, &location, o).await
         }
     };
-    result.map_err(|e| err(e.to_string()))
+    result.map_err(|e| err(reason(&e)))
+}
+
+/// A reading failure in words: DataFusion calls a malformed file an internal error and asks for a
+/// bug report; the file is the problem, so only its message is kept.
+fn reason(e: &datafusion::error::DataFusionError) -> String {
+    match e.find_root() {
+        datafusion::error::DataFusionError::Internal(m) => m.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The format of the data files in a directory (the first known extension found).

@@ -124,12 +124,7 @@ pub struct TableSummary {
 
 /// Generates all TPC-H tables at scale factor `sf` into `out` with `threads` threads.
 /// `progress` is called with the rows of every batch written (from several threads).
-pub fn generate(
-    sf: f64,
-    out: &Path,
-    threads: usize,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<Vec<TableSummary>> {
+pub fn generate(sf: f64, out: &Path, threads: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<TableSummary>> {
     if !(sf > 0.0 && sf <= 10_000.0) {
         return Err(Error::Output { path: out.into(), reason: format!("scale factor {sf} is not in (0, 10000]") });
     }
@@ -201,12 +196,24 @@ pub fn generate(
         let bytes = std::fs::read_dir(&dest)
             .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
             .unwrap_or(0);
-        summaries.push(TableSummary { table: table.clone(), rows: rows_by_table.get(table).copied().unwrap_or(0), bytes, path: dest });
+        summaries.push(TableSummary {
+            table: table.clone(),
+            rows: rows_by_table.get(table).copied().unwrap_or(0),
+            bytes,
+            path: dest,
+        });
     }
     Ok(summaries)
 }
 
-fn write_part(table: &str, sf: f64, part: i32, parts: i32, path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<u64> {
+fn write_part(
+    table: &str,
+    sf: f64,
+    part: i32,
+    parts: i32,
+    path: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64> {
     let mut iter = batches(table, sf, part, parts).peekable();
     let schema = match iter.peek() {
         Some(Ok(b)) => b.schema(),

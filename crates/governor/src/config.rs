@@ -36,10 +36,7 @@ impl Budget {
             });
         }
         if bytes < MIN_BUDGET {
-            return Err(Error::BudgetTooSmall {
-                budget: fmt_bytes(bytes),
-                minimum: fmt_bytes(MIN_BUDGET),
-            });
+            return Err(Error::BudgetTooSmall { budget: fmt_bytes(bytes), minimum: fmt_bytes(MIN_BUDGET) });
         }
         Ok(Budget { bytes, spec, limit })
     }
@@ -92,10 +89,7 @@ impl std::str::FromStr for Profile {
             "S" | "SMALL" => Ok(Profile::S),
             "M" | "MEDIUM" => Ok(Profile::M),
             "L" | "LARGE" => Ok(Profile::L),
-            _ => Err(Error::InvalidSetting {
-                name: "profile",
-                reason: format!("{s:?} is not S, M or L"),
-            }),
+            _ => Err(Error::InvalidSetting { name: "profile", reason: format!("{s:?} is not S, M or L") }),
         }
     }
 }
@@ -127,11 +121,7 @@ impl GovernorConfig {
         Self {
             budget,
             headroom: 0.15,
-            profiles: [
-                ProfileSize::Fraction(0.10),
-                ProfileSize::Fraction(0.30),
-                ProfileSize::Fraction(0.60),
-            ],
+            profiles: [ProfileSize::Fraction(0.10), ProfileSize::Fraction(0.30), ProfileSize::Fraction(0.60)],
             pressure: PressureThresholds::default(),
             heavy_slots: 1,
             lease_timeout: Some(Duration::from_secs(3600)),

@@ -213,11 +213,7 @@ impl Shared {
         }
         let mut hs: Vec<&Holder> = state.holders.values().collect();
         hs.sort_by_key(|h| std::cmp::Reverse(h.bytes));
-        hs.iter()
-            .take(8)
-            .map(|h| format!("{} ({})", h.name, fmt_bytes(h.bytes)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        hs.iter().take(8).map(|h| format!("{} ({})", h.name, fmt_bytes(h.bytes))).collect::<Vec<_>>().join(", ")
     }
 
     pub(crate) fn resolve(&self, size: LeaseSize) -> u64 {

@@ -55,16 +55,11 @@ pub fn memory_limit() -> MemoryLimit {
 /// Reads the effective memory limit with `/proc` and `/sys` under `root` (for tests).
 pub fn memory_limit_at(root: &Path) -> MemoryLimit {
     let mem_total = read_mem_total(&root.join("proc/meminfo")).unwrap_or(u64::MAX);
-    let mut best = MemoryLimit {
-        bytes: mem_total,
-        source: LimitSource::MemTotal,
-        mem_total,
-    };
+    let mut best = MemoryLimit { bytes: mem_total, source: LimitSource::MemTotal, mem_total };
     let cgroup = std::fs::read_to_string(root.join("proc/self/cgroup")).unwrap_or_default();
     for line in cgroup.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         let (base, file, v2) = if controllers.split(',').any(|c| c == "memory") {
@@ -82,11 +77,7 @@ pub fn memory_limit_at(root: &Path) -> MemoryLimit {
                 if limit < best.bytes {
                     let shown = Path::new("/").join(candidate.strip_prefix(root).unwrap_or(&candidate));
                     best.bytes = limit;
-                    best.source = if v2 {
-                        LimitSource::CgroupV2(shown)
-                    } else {
-                        LimitSource::CgroupV1(shown)
-                    };
+                    best.source = if v2 { LimitSource::CgroupV2(shown) } else { LimitSource::CgroupV1(shown) };
                 }
             }
             if !dir.pop() {
@@ -114,10 +105,7 @@ pub fn cores_at(root: &Path, affinity: Option<usize>) -> Cores {
     }
     .max(1);
     let quota_desc = quota.map_or("none".to_string(), |q| format!("{q:.2}"));
-    Cores {
-        count,
-        source: format!("affinity {affinity_n}, cgroup cpu quota {quota_desc}"),
-    }
+    Cores { count, source: format!("affinity {affinity_n}, cgroup cpu quota {quota_desc}") }
 }
 
 fn affinity_count() -> Option<usize> {
@@ -141,8 +129,7 @@ fn cpu_quota(root: &Path) -> Option<f64> {
     let mut consider = |q: f64| best = Some(best.map_or(q, |b: f64| b.min(q)));
     for line in cgroup.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         let rel = path.trim_start_matches('/');
@@ -248,10 +235,7 @@ mod tests {
         write(&root, "sys/fs/cgroup/memory/jobs/memory.limit_in_bytes", "2147483648\n");
         let l = memory_limit_at(&root);
         assert_eq!(l.bytes, 2 << 30);
-        assert_eq!(
-            l.source,
-            LimitSource::CgroupV1("/sys/fs/cgroup/memory/jobs/memory.limit_in_bytes".into())
-        );
+        assert_eq!(l.source, LimitSource::CgroupV1("/sys/fs/cgroup/memory/jobs/memory.limit_in_bytes".into()));
         fs::remove_dir_all(root).unwrap();
     }
 

@@ -272,11 +272,8 @@ impl MemoryPool for LeasePool {
         if reservation.consumer().can_spill() {
             let spill_available = limit.saturating_sub(state.unspillable.max(self.reserve));
             let me = reservation.consumer().id();
-            let others_active = state
-                .consumers
-                .iter()
-                .filter(|(id, c)| **id != me && c.can_spill && c.size > 0)
-                .count();
+            let others_active =
+                state.consumers.iter().filter(|(id, c)| **id != me && c.can_spill && c.size > 0).count();
             let share = spill_available / (others_active + 1);
             // Within its fair share a consumer may grow as long as the lease has room, even into
             // the unspillable reserve: if the spillable area is full, it is because others grew

@@ -80,10 +80,8 @@ impl PressureThresholds {
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
-        let ok = 0.0 < self.moderate
-            && self.moderate <= self.high
-            && self.high <= self.critical
-            && self.critical <= 1.5;
+        let ok =
+            0.0 < self.moderate && self.moderate <= self.high && self.high <= self.critical && self.critical <= 1.5;
         ok.then_some(()).ok_or_else(|| {
             format!(
                 "thresholds must satisfy 0 < moderate <= high <= critical <= 1.5, got {}/{}/{}",

@@ -49,17 +49,12 @@ impl FromStr for ByteSize {
 
     /// Parses `123`, `4GiB`, `4G`, `4GB` (decimal), `512 MiB`, `1.5g`. Case-insensitive.
     fn from_str(input: &str) -> Result<Self> {
-        let err = |reason: &str| Error::InvalidSize {
-            input: input.to_string(),
-            reason: reason.to_string(),
-        };
+        let err = |reason: &str| Error::InvalidSize { input: input.to_string(), reason: reason.to_string() };
         let s = input.trim();
         if s.is_empty() {
             return Err(err("empty"));
         }
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         if num.is_empty() {
             return Err(err("it must start with a number"));
@@ -100,10 +95,10 @@ impl FromStr for MemorySpec {
     fn from_str(input: &str) -> Result<Self> {
         let s = input.trim();
         if let Some(p) = s.strip_suffix('%') {
-            let v: f64 = p.trim().parse().map_err(|_| Error::InvalidSize {
-                input: input.to_string(),
-                reason: "not a percentage".into(),
-            })?;
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| Error::InvalidSize { input: input.to_string(), reason: "not a percentage".into() })?;
             if !(v > 0.0 && v <= 100.0) {
                 return Err(Error::InvalidSize {
                     input: input.to_string(),

@@ -145,10 +145,8 @@ async fn queue_cancellation_returns_place_and_unblocks_followers() {
 async fn queue_timeout_names_the_holders() {
     let gov = governor(100);
     let _a = gov.lease(LeaseRequest::bytes("model_a", 60 * MIB)).await.unwrap();
-    let err = gov
-        .lease(LeaseRequest::bytes("model_b", 50 * MIB).with_timeout(Duration::from_millis(30)))
-        .await
-        .unwrap_err();
+    let err =
+        gov.lease(LeaseRequest::bytes("model_b", 50 * MIB).with_timeout(Duration::from_millis(30))).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("model_b") && msg.contains("timed out"), "{msg}");
     assert!(msg.contains("model_a (60MiB)"), "{msg}");

@@ -45,7 +45,12 @@ impl Buckets {
     }
 
     /// Streams bucket `b` back (empty if it has no rows).
-    pub fn read(&self, b: usize, task: &Arc<TaskContext>, metrics: &ExecutionPlanMetricsSet) -> Result<SendableRecordBatchStream> {
+    pub fn read(
+        &self,
+        b: usize,
+        task: &Arc<TaskContext>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<SendableRecordBatchStream> {
         read_file(self.files[b].clone(), &self.schema, task, metrics)
     }
 }
@@ -134,11 +139,8 @@ impl Partitioner {
             self.coalescers[0].push_batch(batch.clone())?;
             return self.drain(0);
         }
-        let arrays = self
-            .keys
-            .iter()
-            .map(|k| k.evaluate(batch).and_then(|v| v.into_array(n)))
-            .collect::<Result<Vec<_>>>()?;
+        let arrays =
+            self.keys.iter().map(|k| k.evaluate(batch).and_then(|v| v.into_array(n))).collect::<Result<Vec<_>>>()?;
         self.hashes.clear();
         self.hashes.resize(n, 0);
         create_hashes(&arrays, &self.state, &mut self.hashes)?;
@@ -146,7 +148,9 @@ impl Partitioner {
         let fanout = (buckets - usize::from(self.nulls_apart)) as u64;
         let mut indices: Vec<Vec<u32>> = vec![Vec::new(); buckets];
         let nulls = if self.nulls_apart {
-            arrays.iter().fold(None, |acc: Option<NullBuffer>, a| NullBuffer::union(acc.as_ref(), a.logical_nulls().as_ref()))
+            arrays
+                .iter()
+                .fold(None, |acc: Option<NullBuffer>, a| NullBuffer::union(acc.as_ref(), a.logical_nulls().as_ref()))
         } else {
             None
         };
@@ -205,7 +209,8 @@ impl Partitioner {
             files.push(match self.writers[b].take() {
                 Some(Writer { file, mut ipc }) => {
                     ipc.finish()?;
-                    let mut out = ipc.into_inner()?.into_inner().map_err(|e| DataFusionError::IoError(e.into_error()))?;
+                    let mut out =
+                        ipc.into_inner()?.into_inner().map_err(|e| DataFusionError::IoError(e.into_error()))?;
                     out.finish()?;
                     let size = file.size().unwrap_or(0);
                     self.spill.spilled_bytes.add(size as usize);

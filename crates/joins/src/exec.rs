@@ -28,13 +28,15 @@ use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::InputDistributionRequirements;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::stream::{RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter};
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, Statistics};
 use datafusion::physical_plan::statistics::StatisticsArgs;
+use datafusion::physical_plan::stream::{RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter};
+use datafusion::physical_plan::InputDistributionRequirements;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties, Statistics,
+};
 use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use tokio::sync::OnceCell;
@@ -95,7 +97,11 @@ impl GraceHashJoinExec {
 
     /// This join's figures so far (after execution: what it did).
     pub fn report(&self) -> JoinReport {
-        JoinReport::from_metrics(self.describe(), self.properties().partitioning.partition_count(), &self.metrics.clone_inner())
+        JoinReport::from_metrics(
+            self.describe(),
+            self.properties().partitioning.partition_count(),
+            &self.metrics.clone_inner(),
+        )
     }
 
     fn ctx(&self, partition: usize, task: &Arc<TaskContext>) -> Result<Arc<JoinCtx>> {
@@ -126,13 +132,8 @@ impl GraceHashJoinExec {
 
     /// Collects the shared build side of a `CollectLeft` join (first caller does the work).
     async fn collect_build(&self, ctx: &JoinCtx) -> Result<&Build> {
-        let result = self
-            .state
-            .build
-            .get_or_init(|| async {
-                self.collect_build_uncached(ctx).await.map_err(Arc::new)
-            })
-            .await;
+        let result =
+            self.state.build.get_or_init(|| async { self.collect_build_uncached(ctx).await.map_err(Arc::new) }).await;
         result.as_ref().map_err(shared_err)
     }
 
@@ -197,7 +198,11 @@ impl GraceHashJoinExec {
         Ok(buckets)
     }
 
-    fn execute_collect_left(self: Arc<Self>, partition: usize, task: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+    fn execute_collect_left(
+        self: Arc<Self>,
+        partition: usize,
+        task: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
         let ctx = self.ctx(partition, &task)?;
         let schema = self.schema();
         let mut builder = RecordBatchReceiverStreamBuilder::new(schema.clone(), 2);
@@ -341,7 +346,11 @@ impl ExecutionPlan for GraceHashJoinExec {
         Some(self.metrics.clone_inner())
     }
 
-    fn statistics_from_inputs(&self, input_stats: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
         self.join.statistics_from_inputs(input_stats, args)
     }
 }

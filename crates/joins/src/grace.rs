@@ -30,12 +30,12 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
 use datafusion::physical_expr::PhysicalExprRef;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -124,7 +124,17 @@ impl JoinCtx {
             Side::Build => (self.build_keys(), self.build_schema(), "GraceHashJoin build bucket"),
             Side::Probe => (self.probe_keys(), self.probe_schema(), "GraceHashJoin probe bucket"),
         };
-        Partitioner::new(keys, schema, level, fanout, nulls_apart, buffer_rows, self.task.clone(), self.metrics.spill.clone(), what)
+        Partitioner::new(
+            keys,
+            schema,
+            level,
+            fanout,
+            nulls_apart,
+            buffer_rows,
+            self.task.clone(),
+            self.metrics.spill.clone(),
+            what,
+        )
     }
 
     /// Rows each bucket buffers before writing, when a build side that held `batches` under

@@ -2,7 +2,9 @@
 //! collected into a [`JoinReport`] per join for `run_results.json` and `spillway sql --stats-json`.
 
 use crate::exec::GraceHashJoinExec;
-use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, Gauge, MetricBuilder, MetricsSet, SpillMetrics};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, Gauge, MetricBuilder, MetricsSet, SpillMetrics,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use std::sync::Arc;
 
@@ -73,12 +75,8 @@ pub struct JoinReport {
 impl JoinReport {
     pub(crate) fn from_metrics(join: String, partitions: usize, m: &MetricsSet) -> Self {
         let sum = |name: &str| m.sum_by_name(name).map(|v| v.as_usize()).unwrap_or(0);
-        let max_depth = m
-            .iter()
-            .filter(|x| x.value().name() == "max_depth")
-            .map(|x| x.value().as_usize())
-            .max()
-            .unwrap_or(0);
+        let max_depth =
+            m.iter().filter(|x| x.value().name() == "max_depth").map(|x| x.value().as_usize()).max().unwrap_or(0);
         Self {
             join,
             partitions,

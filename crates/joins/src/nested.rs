@@ -26,7 +26,9 @@ use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceC
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, SpillMetrics};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements, PlanProperties,
+};
 use futures::StreamExt;
 use std::sync::Arc;
 use tokio::sync::mpsc::Sender;
@@ -100,7 +102,8 @@ impl NestedLoopGuardExec {
         let mut res = MemoryConsumer::new("NestedLoopBuild").with_can_spill(true).register(task.memory_pool());
         let (batches, over) = crate::grace::buffer(&mut stream, &mut res).await?;
         let Some(first_over) = over else {
-            let left = Arc::new(OnceExec::new(Box::pin(MemoryStream::try_new(batches, self.left().schema(), None)?), "build"));
+            let left =
+                Arc::new(OnceExec::new(Box::pin(MemoryStream::try_new(batches, self.left().schema(), None)?), "build"));
             let probes = Arc::new(OnceExec::slots_like(self.right(), "probe"));
             let native = self.piece(left, probes.clone())?;
             let task = PrepaidPool::task(task, res)?;
@@ -118,10 +121,25 @@ impl NestedLoopGuardExec {
     }
 
     fn writer(&self, task: &Arc<TaskContext>, c: &Counters) -> Partitioner {
-        Partitioner::new(vec![], self.left().schema(), 0, 1, false, 1024, task.clone(), c.spill.clone(), "NestedLoop build")
+        Partitioner::new(
+            vec![],
+            self.left().schema(),
+            0,
+            1,
+            false,
+            1024,
+            task.clone(),
+            c.spill.clone(),
+            "NestedLoop build",
+        )
     }
 
-    async fn run(self: Arc<Self>, partition: usize, task: Arc<TaskContext>, tx: Sender<Result<RecordBatch>>) -> Result<()> {
+    async fn run(
+        self: Arc<Self>,
+        partition: usize,
+        task: Arc<TaskContext>,
+        tx: Sender<Result<RecordBatch>>,
+    ) -> Result<()> {
         let c = self.counters(partition);
         let build = self.build.get_or_init(|| async { self.collect(&task, &c).await.map_err(Arc::new) }).await;
         let build = build.as_ref().map_err(|e| DataFusionError::Shared(e.clone()))?;
@@ -132,7 +150,17 @@ impl NestedLoopGuardExec {
             }
             Build::Spilled(file) => {
                 // This partition's right side to a file, read again for each block.
-                let mut p = Partitioner::new(vec![], self.right().schema(), 0, 1, false, 1024, task.clone(), c.spill.clone(), "NestedLoop probe");
+                let mut p = Partitioner::new(
+                    vec![],
+                    self.right().schema(),
+                    0,
+                    1,
+                    false,
+                    1024,
+                    task.clone(),
+                    c.spill.clone(),
+                    "NestedLoop probe",
+                );
                 p.push_stream(self.right().execute(partition, task.clone())?).await?;
                 let probe = p.finish()?.files.remove(0);
                 return self.blocks(file.clone(), probe, &task, &c, &tx).await;
@@ -160,8 +188,12 @@ impl NestedLoopGuardExec {
                 return Ok(());
             }
             c.chunks.add(1);
-            let left = Arc::new(OnceExec::new(Box::pin(MemoryStream::try_new(block, self.left().schema(), None)?), "build"));
-            let right = Arc::new(OnceExec::new(read_file(probe.clone(), &self.right().schema(), task, &self.metrics)?, "probe"));
+            let left =
+                Arc::new(OnceExec::new(Box::pin(MemoryStream::try_new(block, self.left().schema(), None)?), "build"));
+            let right = Arc::new(OnceExec::new(
+                read_file(probe.clone(), &self.right().schema(), task, &self.metrics)?,
+                "probe",
+            ));
             let out = self.piece(left, right)?.execute(0, PrepaidPool::task(task, res)?)?;
             if !forward(out, c, tx).await || pending.is_none() {
                 return Ok(());
@@ -236,7 +268,8 @@ impl ExecutionPlan for NestedLoopGuardExec {
     }
 
     fn execute(&self, partition: usize, task: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let this = Arc::new(Self { inner: self.inner.clone(), build: self.build.clone(), metrics: self.metrics.clone() });
+        let this =
+            Arc::new(Self { inner: self.inner.clone(), build: self.build.clone(), metrics: self.metrics.clone() });
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema(), 2);
         let tx = builder.tx();
         builder.spawn(async move { this.run(partition, task, tx).await });

@@ -59,10 +59,9 @@ impl OnceExec {
 
     /// Puts `stream` in partition `partition`.
     pub fn fill(&self, partition: usize, stream: SendableRecordBatchStream) -> Result<()> {
-        let slot = self
-            .slots
-            .get(partition)
-            .ok_or_else(|| DataFusionError::Internal(format!("OnceExec({}) has no partition {partition}", self.label)))?;
+        let slot = self.slots.get(partition).ok_or_else(|| {
+            DataFusionError::Internal(format!("OnceExec({}) has no partition {partition}", self.label))
+        })?;
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
         Ok(())
     }
@@ -117,9 +116,11 @@ impl ExecutionPlan for OnceExec {
     }
 
     fn execute(&self, partition: usize, _ctx: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        self.slots
-            .get(partition)
-            .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take())
-            .ok_or_else(|| DataFusionError::Internal(format!("OnceExec({}) partition {partition} executed twice or never filled", self.label)))
+        self.slots.get(partition).and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take()).ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "OnceExec({}) partition {partition} executed twice or never filled",
+                self.label
+            ))
+        })
     }
 }

@@ -45,7 +45,8 @@ impl PrepaidPool {
     /// fair shares (or every join that fitted would shrink the share of the next one).
     pub fn task(task: &Arc<TaskContext>, reservation: MemoryReservation) -> Result<Arc<TaskContext>> {
         let limit = task.memory_pool().memory_limit();
-        let pinned = MemoryConsumer::new(format!("{} (in memory)", reservation.consumer().name())).register(task.memory_pool());
+        let pinned =
+            MemoryConsumer::new(format!("{} (in memory)", reservation.consumer().name())).register(task.memory_pool());
         let bytes = reservation.size();
         drop(reservation);
         // The same bytes, just released: granted even if another consumer took them meanwhile.
@@ -53,7 +54,8 @@ impl PrepaidPool {
             pinned.grow(bytes);
         }
         let reservation = pinned;
-        let pool: Arc<dyn MemoryPool> = Arc::new(PrepaidPool { held: Mutex::new(Held { reservation, used: 0 }), limit });
+        let pool: Arc<dyn MemoryPool> =
+            Arc::new(PrepaidPool { held: Mutex::new(Held { reservation, used: 0 }), limit });
         let runtime = RuntimeEnvBuilder::from_runtime_env(&task.runtime_env()).with_memory_pool(pool).build_arc()?;
         Ok(Arc::new(TaskContext::new(
             task.task_id(),

@@ -14,14 +14,14 @@
 //!   keeps its input's order.
 
 use crate::exec::GraceHashJoinExec;
-use crate::nested::NestedLoopGuardExec;
-use datafusion::common::JoinType;
 use crate::grace::GraceOptions;
+use crate::nested::NestedLoopGuardExec;
 use datafusion::common::config::ConfigOptions;
+use datafusion::common::JoinType;
 use datafusion::error::Result;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::joins::{CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use std::sync::Arc;
 

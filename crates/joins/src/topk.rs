@@ -31,7 +31,8 @@ impl PhysicalOptimizerRule for SortWithoutTopKRule {
             let Some(sort) = node.downcast_ref::<SortExec>() else { return Ok(Transformed::no(node)) };
             let Some(fetch) = sort.fetch() else { return Ok(Transformed::no(node)) };
             let full: Arc<dyn ExecutionPlan> = Arc::new(
-                SortExec::new(sort.expr().clone(), sort.input().clone()).with_preserve_partitioning(sort.preserve_partitioning()),
+                SortExec::new(sort.expr().clone(), sort.input().clone())
+                    .with_preserve_partitioning(sort.preserve_partitioning()),
             );
             let limited: Arc<dyn ExecutionPlan> = if sort.preserve_partitioning() {
                 Arc::new(LocalLimitExec::new(full, fetch))

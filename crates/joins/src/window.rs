@@ -18,8 +18,8 @@
 use crate::once::OnceExec;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -30,7 +30,9 @@ use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::windows::WindowAggExec;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements, PlanProperties};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements, PlanProperties,
+};
 use futures::StreamExt;
 use std::sync::Arc;
 use tokio::sync::mpsc::Sender;
@@ -264,10 +266,7 @@ impl ExecutionPlan for WindowGuardExec {
         let input = self.window.input().execute(partition, task.clone())?;
         let keys = self.keys();
         let schema = self.window.input().schema();
-        let fields = keys
-            .iter()
-            .map(|k| k.data_type(&schema).map(SortField::new))
-            .collect::<Result<Vec<_>>>()?;
+        let fields = keys.iter().map(|k| k.data_type(&schema).map(SortField::new)).collect::<Result<Vec<_>>>()?;
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.window.schema(), 2);
         let mut run = Run {
             window: self.window.clone(),
@@ -304,13 +303,18 @@ fn guard(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
         return Ok(plan);
     };
     let first = window.window_expr()[0].partition_by();
-    let same = window.window_expr().iter().all(|w| {
-        w.partition_by().len() == first.len() && w.partition_by().iter().zip(first).all(|(a, b)| a.eq(b))
-    });
+    let same = window
+        .window_expr()
+        .iter()
+        .all(|w| w.partition_by().len() == first.len() && w.partition_by().iter().zip(first).all(|(a, b)| a.eq(b)));
     if !same {
         return Ok(plan);
     }
-    let window = WindowAggExec::try_new(window.window_expr().to_vec(), window.input().clone(), !window.partition_keys().is_empty())?;
+    let window = WindowAggExec::try_new(
+        window.window_expr().to_vec(),
+        window.input().clone(),
+        !window.partition_keys().is_empty(),
+    )?;
     Ok(Arc::new(WindowGuardExec::new(Arc::new(window))))
 }
 

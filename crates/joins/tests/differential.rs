@@ -56,10 +56,10 @@ fn table(rows: usize, keys: Keys, seed: u64) -> MemTable {
         let k: Vec<Option<i64>> = (0..n)
             .map(|_| match keys {
                 Keys::Random(m) => Some((rng.next() % m) as i64),
-                Keys::Skewed(m) => Some(if rng.next() % 2 == 0 { 0 } else { (rng.next() % m) as i64 }),
+                Keys::Skewed(m) => Some(if rng.next().is_multiple_of(2) { 0 } else { (rng.next() % m) as i64 }),
                 Keys::AllEqual => Some(1),
-                Keys::WithNulls(m) => (rng.next() % 5 != 0).then(|| (rng.next() % m) as i64),
-                Keys::RareNulls(m) => (rng.next() % 100 != 0).then(|| (rng.next() % m) as i64),
+                Keys::WithNulls(m) => (!rng.next().is_multiple_of(5)).then(|| (rng.next() % m) as i64),
+                Keys::RareNulls(m) => (!rng.next().is_multiple_of(100)).then(|| (rng.next() % m) as i64),
             })
             .collect();
         let s: StringArray = k.iter().map(|k| k.map(|k| format!("key-{k}"))).collect();
@@ -115,7 +115,12 @@ impl MemoryPool for TestPool {
 }
 
 /// A session; `pool_bytes = Some(n)` bounds it to `n` bytes and installs the grace join.
-fn session(pool_bytes: Option<usize>, partitions: usize, collect_left: bool, spill: &std::path::Path) -> SessionContext {
+fn session(
+    pool_bytes: Option<usize>,
+    partitions: usize,
+    collect_left: bool,
+    spill: &std::path::Path,
+) -> SessionContext {
     let mut config = SessionConfig::new().with_target_partitions(partitions).with_batch_size(4096);
     // A sort's merge reserves this up front; DataFusion's 10MiB default exceeds these pools.
     config.options_mut().execution.sort_spill_reservation_bytes = 1 << 20;
@@ -127,12 +132,16 @@ fn session(pool_bytes: Option<usize>, partitions: usize, collect_left: bool, spi
         config.options_mut().optimizer.hash_join_single_partition_threshold = usize::MAX;
         config.options_mut().optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
     }
-    let mut runtime = RuntimeEnvBuilder::new()
-        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill.to_path_buf()])));
+    let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(
+        DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill.to_path_buf()])),
+    );
     if let Some(bytes) = pool_bytes {
         runtime = runtime.with_memory_pool(Arc::new(TestPool(GreedyMemoryPool::new(bytes))));
     }
-    let mut state = SessionStateBuilder::new().with_config(config).with_runtime_env(runtime.build_arc().unwrap()).with_default_features();
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime.build_arc().unwrap())
+        .with_default_features();
     if pool_bytes.is_some() {
         state = state
             .with_physical_optimizer_rule(Arc::new(GraceJoinRule::new(GraceOptions::default())))
@@ -175,7 +184,14 @@ async fn compare_all(l: (usize, Keys), r: (usize, Keys), on: &str, pool: usize, 
 }
 
 /// [`compare_all`]; `reorder = false` keeps `l` as the build side whatever the sizes.
-async fn compare_all_with(l: (usize, Keys), r: (usize, Keys), on: &str, pool: usize, collect_left: bool, reorder: bool) -> usize {
+async fn compare_all_with(
+    l: (usize, Keys),
+    r: (usize, Keys),
+    on: &str,
+    pool: usize,
+    collect_left: bool,
+    reorder: bool,
+) -> usize {
     let spill = tempfile::tempdir().unwrap();
     let reference = session(None, 2, collect_left, spill.path());
     let bounded = session(Some(pool), 2, collect_left, spill.path());
@@ -220,7 +236,14 @@ const MIB: usize = 1 << 20;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_keys_every_join_type_partitioned_and_collect_left() {
     for collect_left in [false, true] {
-        let n = compare_all((200_000, Keys::Random(50_000)), (150_000, Keys::Random(60_000)), "l.k = r.k", 4 * MIB, collect_left).await;
+        let n = compare_all(
+            (200_000, Keys::Random(50_000)),
+            (150_000, Keys::Random(60_000)),
+            "l.k = r.k",
+            4 * MIB,
+            collect_left,
+        )
+        .await;
         assert_eq!(n, JOINS.len(), "every join went out of core (collect_left={collect_left})");
     }
 }
@@ -228,7 +251,14 @@ async fn random_keys_every_join_type_partitioned_and_collect_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_keys_every_join_type() {
     for collect_left in [false, true] {
-        let n = compare_all((200_000, Keys::WithNulls(50_000)), (150_000, Keys::WithNulls(50_000)), "l.k = r.k", 4 * MIB, collect_left).await;
+        let n = compare_all(
+            (200_000, Keys::WithNulls(50_000)),
+            (150_000, Keys::WithNulls(50_000)),
+            "l.k = r.k",
+            4 * MIB,
+            collect_left,
+        )
+        .await;
         assert!(n > 0);
     }
 }
@@ -250,7 +280,15 @@ async fn null_equals_null_keys_every_join_type() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skewed_keys_and_a_join_filter() {
     // Half of each side has key 0: that bucket cannot be split and is joined in chunks.
-    let n = compare_all_with((120_000, Keys::Skewed(40_000)), (200, Keys::Skewed(100)), "l.k = r.k AND l.v < r.v + 500", 2 * MIB, false, false).await;
+    let n = compare_all_with(
+        (120_000, Keys::Skewed(40_000)),
+        (200, Keys::Skewed(100)),
+        "l.k = r.k AND l.v < r.v + 500",
+        2 * MIB,
+        false,
+        false,
+    )
+    .await;
     assert!(n > 0);
 }
 
@@ -263,7 +301,14 @@ async fn all_equal_keys_are_joined_in_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn string_and_multi_column_keys() {
-    let n = compare_all((200_000, Keys::WithNulls(30_000)), (150_000, Keys::Random(30_000)), "l.s = r.s AND l.k = r.k", 4 * MIB, false).await;
+    let n = compare_all(
+        (200_000, Keys::WithNulls(30_000)),
+        (150_000, Keys::Random(30_000)),
+        "l.s = r.s AND l.k = r.k",
+        4 * MIB,
+        false,
+    )
+    .await;
     assert!(n > 0);
 }
 
@@ -275,7 +320,11 @@ async fn a_build_side_that_fits_stays_in_memory() {
     ctx.register_table("r", Arc::new(table(20_000, Keys::Random(5_000), 2))).unwrap();
     let (_, reports) = run(&ctx, "SELECT count(*) FROM l JOIN r ON l.k = r.k").await;
     assert_eq!(reports.len(), 1);
-    assert_eq!((reports[0].out_of_core_partitions, reports[0].buckets, reports[0].spilled_bytes), (0, 0, 0), "{reports:?}");
+    assert_eq!(
+        (reports[0].out_of_core_partitions, reports[0].buckets, reports[0].spilled_bytes),
+        (0, 0, 0),
+        "{reports:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +358,8 @@ async fn window_functions_over_whole_partitions_run_group_batch_by_group_batch()
     assert!(pieces > 2, "{pieces} pieces");
 
     // Without PARTITION BY the input is one group: too large for the pool, it fails and says why.
-    let e = bounded.sql("SELECT k, s, v, sum(v) OVER () FROM l").await.unwrap().collect().await.unwrap_err().to_string();
+    let e =
+        bounded.sql("SELECT k, s, v, sum(v) OVER () FROM l").await.unwrap().collect().await.unwrap_err().to_string();
     assert!(e.contains("without PARTITION BY") && e.contains("Resources exhausted"), "{e}");
 }
 

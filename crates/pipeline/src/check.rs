@@ -16,8 +16,8 @@ use datafusion::datasource::empty::EmptyTable;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use spillway_engine::{tables, tpch};
-use std::collections::{BTreeMap, BTreeSet};
 use spillway_postgres::PgTable;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Builds the DAG, selects models (`select`, dbt-style; `None` for all) and plans every model
@@ -68,15 +68,22 @@ pub async fn validate_and_open(project: &Project, select: Option<&str>) -> Resul
                 } else {
                     let schema = tpch::schema(table).expect("a tpch source provides TPC-H tables only");
                     let empty: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(schema));
-                    ctx.register_table(table.as_str(), empty).map(|_| ()).map_err(|e| Error::from(spillway_engine::Error::from(e)))
+                    ctx.register_table(table.as_str(), empty)
+                        .map(|_| ())
+                        .map_err(|e| Error::from(spillway_engine::Error::from(e)))
                 }
             }
-            SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
+            SourceDef::Parquet { path }
+            | SourceDef::Csv { path }
+            | SourceDef::Json { path }
+            | SourceDef::Arrow { path } => {
                 tables::register(&ctx, table, &project.dir.join(path).to_string_lossy()).await.map_err(Error::from)
             }
             SourceDef::Postgres { .. } => {
                 let provider: Arc<dyn TableProvider> = pg[table].clone();
-                ctx.register_table(table.as_str(), provider).map(|_| ()).map_err(|e| Error::from(spillway_engine::Error::from(e)))
+                ctx.register_table(table.as_str(), provider)
+                    .map(|_| ())
+                    .map_err(|e| Error::from(spillway_engine::Error::from(e)))
             }
         };
         if let Err(e) = registered {
@@ -116,14 +123,16 @@ pub async fn validate_and_open(project: &Project, select: Option<&str>) -> Resul
         };
         let schema = plan.schema().as_arrow().clone();
         let mut seen = BTreeSet::new();
-        let dups: Vec<&str> =
-            schema.fields().iter().map(|f| f.name().as_str()).filter(|n| !seen.insert(*n)).collect();
+        let dups: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).filter(|n| !seen.insert(*n)).collect();
         if !dups.is_empty() {
             failed.insert(name, ());
             problems.push(Error::at(
                 &model.path,
                 1,
-                format!("the result has more than one column named {}: give each column its own alias", dups.join(", ")),
+                format!(
+                    "the result has more than one column named {}: give each column its own alias",
+                    dups.join(", ")
+                ),
             ));
             continue;
         }

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::project::{SinkDef, SourceDef};
 use crate::settings::SettingsTable;
 use serde::Deserialize;
-use spillway_governor::{ByteSize, GovernorConfig, MemorySpec, ProfileSize, PressureThresholds};
+use spillway_governor::{ByteSize, GovernorConfig, MemorySpec, PressureThresholds, ProfileSize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -100,11 +100,13 @@ impl Config {
     pub fn parse(text: &str, path: Option<&Path>, overrides: &[String]) -> Result<Config> {
         let shown = path.map_or_else(|| PathBuf::from("spillway.toml"), Path::to_path_buf);
         // First as written, so a mistake in the file is reported at its line.
-        let file: ConfigFile = toml::from_str(text).map_err(|e| Error::at(&shown, error_line(text, &e), e.message().to_string()))?;
+        let file: ConfigFile =
+            toml::from_str(text).map_err(|e| Error::at(&shown, error_line(text, &e), e.message().to_string()))?;
         let file = if overrides.is_empty() {
             file
         } else {
-            let mut doc: toml::Table = toml::from_str(text).map_err(|e| Error::at(&shown, 1, e.message().to_string()))?;
+            let mut doc: toml::Table =
+                toml::from_str(text).map_err(|e| Error::at(&shown, 1, e.message().to_string()))?;
             for o in overrides {
                 apply_override(&mut doc, o).map_err(Error::Usage)?;
             }
@@ -158,7 +160,8 @@ impl GovernorSection {
             g.pressure = p;
         }
         for (name, size) in self.profiles.iter().flatten() {
-            g.profiles[profile_index(name)?] = size.parse::<ProfileSize>().map_err(|e| format!("[governor.profiles] {name}: {e}"))?;
+            g.profiles[profile_index(name)?] =
+                size.parse::<ProfileSize>().map_err(|e| format!("[governor.profiles] {name}: {e}"))?;
         }
         Ok(g)
     }
@@ -242,7 +245,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_at_their_line() {
-        let e = Config::parse("memory = \"1GiB\"\nmax_spil = \"2GiB\"\n", Some(Path::new("p/spillway.toml")), &[]).unwrap_err();
+        let e = Config::parse("memory = \"1GiB\"\nmax_spil = \"2GiB\"\n", Some(Path::new("p/spillway.toml")), &[])
+            .unwrap_err();
         assert!(e.to_string().starts_with("p/spillway.toml:2: unknown field `max_spil`"), "{e}");
         let e = Config::parse("[governor]\nheavy_slot = 2\n", None, &[]).unwrap_err();
         assert!(e.to_string().contains(":2: unknown field `heavy_slot`"), "{e}");
@@ -252,7 +256,12 @@ mod tests {
 
     #[test]
     fn set_reaches_every_key() {
-        let c = Config::parse("memory = \"1GiB\"\n", None, &["memory=2GiB".into(), "governor.heavy_slots=2".into(), "spill_dir=/x".into()]).unwrap();
+        let c = Config::parse(
+            "memory = \"1GiB\"\n",
+            None,
+            &["memory=2GiB".into(), "governor.heavy_slots=2".into(), "spill_dir=/x".into()],
+        )
+        .unwrap();
         assert_eq!(c.file.memory.as_deref(), Some("2GiB"));
         assert_eq!(c.file.governor.heavy_slots, Some(2));
         assert_eq!(c.file.spill_dir, Some(PathBuf::from("/x")));

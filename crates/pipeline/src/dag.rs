@@ -56,7 +56,8 @@ impl Dag {
                 }
             }
         }
-        let mut downstream: BTreeMap<String, Vec<String>> = project.models.keys().map(|k| (k.clone(), vec![])).collect();
+        let mut downstream: BTreeMap<String, Vec<String>> =
+            project.models.keys().map(|k| (k.clone(), vec![])).collect();
         for (m, ups) in &upstream {
             for u in ups {
                 downstream.entry(u.clone()).or_default().push(m.clone());
@@ -165,7 +166,11 @@ fn topological(upstream: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>> 
     let mut path = vec![*stuck.iter().next().expect("non-empty")];
     loop {
         let last = *path.last().expect("non-empty");
-        let next = upstream[last].iter().map(|s| s.as_str()).find(|u| stuck.contains(u)).expect("a stuck model has a stuck upstream");
+        let next = upstream[last]
+            .iter()
+            .map(|s| s.as_str())
+            .find(|u| stuck.contains(u))
+            .expect("a stuck model has a stuck upstream");
         if let Some(pos) = path.iter().position(|p| *p == next) {
             let mut cycle: Vec<&str> = path[pos..].to_vec();
             cycle.reverse();
@@ -178,5 +183,9 @@ fn topological(upstream: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>> 
 
 /// The line number in a sqlparser error message (`... at Line: 3, Column: 7`), else 1.
 pub(crate) fn sql_error_line(msg: &str) -> usize {
-    msg.split("Line: ").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or(1)
+    msg.split("Line: ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
 }

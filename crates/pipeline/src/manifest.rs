@@ -201,7 +201,8 @@ impl ManifestWriter {
 
 /// Where a `checkpoint = true` model's output is kept: `.spillway/state/<model>.parquet`.
 pub fn state_path(project_dir: &Path, model: &str) -> PathBuf {
-    let safe: String = model.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    let safe: String =
+        model.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
     project_dir.join(".spillway").join("state").join(format!("{safe}.parquet"))
 }
 
@@ -225,9 +226,10 @@ pub fn source_identities(project: &Project, postgres: &BTreeMap<String, String>)
         .map(|(name, def)| {
             let id = match def {
                 SourceDef::Tpch { sf } => Some(format!("tpch sf{sf}")),
-                SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
-                    Some(files_identity(&project.dir.join(path)))
-                }
+                SourceDef::Parquet { path }
+                | SourceDef::Csv { path }
+                | SourceDef::Json { path }
+                | SourceDef::Arrow { path } => Some(files_identity(&project.dir.join(path))),
                 SourceDef::Postgres { .. } => postgres.get(name).cloned(),
             };
             (name.clone(), id.map(|i| format!("{def:?} {i}")))
@@ -274,19 +276,27 @@ pub fn fingerprints_now(
     dag: &Dag,
     postgres: &BTreeMap<String, std::sync::Arc<spillway_postgres::PgTable>>,
 ) -> BTreeMap<String, Fingerprint> {
-    let pg: BTreeMap<String, String> = postgres.iter().filter_map(|(t, p)| p.identity().map(|i| (t.clone(), i.to_string()))).collect();
+    let pg: BTreeMap<String, String> =
+        postgres.iter().filter_map(|(t, p)| p.identity().map(|i| (t.clone(), i.to_string()))).collect();
     fingerprints(project, dag, &source_identities(project, &pg))
 }
 
 /// Every model's fingerprint, upstream first.
-pub fn fingerprints(project: &Project, dag: &Dag, sources: &BTreeMap<String, Option<String>>) -> BTreeMap<String, Fingerprint> {
+pub fn fingerprints(
+    project: &Project,
+    dag: &Dag,
+    sources: &BTreeMap<String, Option<String>>,
+) -> BTreeMap<String, Fingerprint> {
     let by_table = project.source_tables();
     let mut out: BTreeMap<String, Fingerprint> = BTreeMap::new();
     for name in &dag.order {
         let model = &project.models[name];
         let sql = hash(&[model.sql.as_bytes()]);
         let settings = hash(&[format!("{:?}", model.settings).as_bytes()]);
-        let ups: Vec<String> = dag.upstream[name].iter().map(|u| format!("{u}={}", out.get(u).map_or("?", |f| f.total.as_str()))).collect();
+        let ups: Vec<String> = dag.upstream[name]
+            .iter()
+            .map(|u| format!("{u}={}", out.get(u).map_or("?", |f| f.total.as_str())))
+            .collect();
         let upstream = hash(&[ups.join(",").as_bytes()]);
         let mut ids = Vec::new();
         let mut identified = true;
@@ -298,7 +308,12 @@ pub fn fingerprints(project: &Project, dag: &Dag, sources: &BTreeMap<String, Opt
             }
         }
         let sources = identified.then(|| hash(&[ids.join("\n").as_bytes()]));
-        let total = hash(&[sql.as_bytes(), settings.as_bytes(), upstream.as_bytes(), sources.as_deref().unwrap_or("none").as_bytes()]);
+        let total = hash(&[
+            sql.as_bytes(),
+            settings.as_bytes(),
+            upstream.as_bytes(),
+            sources.as_deref().unwrap_or("none").as_bytes(),
+        ]);
         out.insert(name.clone(), Fingerprint { total, sql, settings, upstream, sources });
     }
     out

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The TPC-H tables a `tpch` source provides.
-pub const TPCH_TABLES: [&str; 8] = ["nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem"];
+pub const TPCH_TABLES: [&str; 8] =
+    ["nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem"];
 
 /// `[sources.NAME]`: where input tables come from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -72,7 +73,9 @@ impl SourceDef {
         let conn = spillway_postgres::ConnSpec { url: url.clone(), url_env: url_env.clone() };
         Some(match (table, query) {
             (Some(_), Some(_)) | (None, None) => Err("give either `table` or `query`".into()),
-            _ if url.is_none() && url_env.is_none() => Err("give `url_env` (an environment variable holding the URL) or `url`".into()),
+            _ if url.is_none() && url_env.is_none() => {
+                Err("give `url_env` (an environment variable holding the URL) or `url`".into())
+            }
             _ => Ok(spillway_postgres::SourceSpec {
                 name: name.to_string(),
                 conn,
@@ -166,7 +169,14 @@ impl SinkDef {
                 if let Some((k, _)) = pg_keys.iter().find(|(_, set)| *set) {
                     return Err(format!("`{k}` is a postgres setting: add type = \"postgres\" (or remove it)"));
                 }
-                let path = self.path.as_ref().ok_or("a file sink needs `path` (or type = \"postgres\" with `table`)")?;
+                let path =
+                    self.path.as_ref().ok_or("a file sink needs `path` (or type = \"postgres\" with `table`)")?;
+                if spillway_tiers::FileFormat::from_path(path).is_none() {
+                    return Err(format!(
+                        "path = {:?}: unknown output type; use .parquet, .csv, .json/.ndjson or .arrow",
+                        path.display().to_string()
+                    ));
+                }
                 Ok(SinkTarget::File(dir.join(path)))
             }
             Some("postgres") => {
@@ -178,7 +188,11 @@ impl SinkDef {
                     return Err("give `url_env` (an environment variable holding the URL) or `url`".into());
                 }
                 let conn = spillway_postgres::ConnSpec { url: self.url.clone(), url_env: self.url_env.clone() };
-                let mut spec = spillway_postgres::SinkSpec::new(name, conn, spillway_postgres::TableName::new(self.schema.as_deref(), table));
+                let mut spec = spillway_postgres::SinkSpec::new(
+                    name,
+                    conn,
+                    spillway_postgres::TableName::new(self.schema.as_deref(), table),
+                );
                 if let Some(m) = &self.mode {
                     spec.mode = m.parse()?;
                 }
@@ -296,7 +310,11 @@ impl Project {
             let mut settings = defaults.clone();
             if let Some(t) = file.models.get(&name) {
                 settings.apply(t).map_err(|m| {
-                    Error::at(&cfg, section_line(&config.text, &format!("[models.{name}]")), format!("[models.{name}]: {m}"))
+                    Error::at(
+                        &cfg,
+                        section_line(&config.text, &format!("[models.{name}]")),
+                        format!("[models.{name}]: {m}"),
+                    )
                 })?;
             }
             for (line, k, v) in comment_settings(&sql) {
@@ -314,10 +332,18 @@ impl Project {
         for (source, def) in &file.sources {
             for table in def.tables(source) {
                 if models.contains_key(&table) {
-                    return Err(Error::at(&cfg, 1, format!("source {source:?} provides table {table:?}, which is also a model")));
+                    return Err(Error::at(
+                        &cfg,
+                        1,
+                        format!("source {source:?} provides table {table:?}, which is also a model"),
+                    ));
                 }
                 if let Some(other) = provided.insert(table.clone(), source.clone()) {
-                    return Err(Error::at(&cfg, 1, format!("table {table:?} is provided by sources {other:?} and {source:?}")));
+                    return Err(Error::at(
+                        &cfg,
+                        1,
+                        format!("table {table:?} is provided by sources {other:?} and {source:?}"),
+                    ));
                 }
             }
         }
@@ -330,8 +356,22 @@ impl Project {
             def.target(sink, &dir).map_err(|m| Error::at(&cfg, line, format!("[sinks.{sink}]: {m}")))?;
         }
         for (source, def) in &file.sources {
+            if let SourceDef::Tpch { sf } = def {
+                if !(*sf > 0.0 && *sf <= 10_000.0) {
+                    let line = section_line(text, &format!("[sources.{source}]"));
+                    return Err(Error::at(
+                        &cfg,
+                        line,
+                        format!("[sources.{source}]: sf = {sf}: the scale factor must be in (0, 10000]"),
+                    ));
+                }
+            }
             if let Some(Err(m)) = def.postgres(source) {
-                return Err(Error::at(&cfg, section_line(text, &format!("[sources.{source}]")), format!("[sources.{source}]: {m}")));
+                return Err(Error::at(
+                    &cfg,
+                    section_line(text, &format!("[sources.{source}]")),
+                    format!("[sources.{source}]: {m}"),
+                ));
             }
         }
         Ok(Project { dir, config_path, models, sources: file.sources.clone(), sinks: file.sinks.clone() })

@@ -111,7 +111,9 @@ fn chart(results: &RunResults, timeline: &[Sample]) -> String {
         let _ = write!(s, "<text class=axis x='{:.1}' y='{}' text-anchor=middle>{}</text>", x(t), H - 4.0, secs(t));
     }
     // Budget and leasable lines.
-    for (label, bytes, class) in [("budget", results.budget_bytes, "budget"), ("leasable", results.leasable_bytes, "leasable")] {
+    for (label, bytes, class) in
+        [("budget", results.budget_bytes, "budget"), ("leasable", results.leasable_bytes, "leasable")]
+    {
         let _ = write!(
             s,
             "<line class={class} x1='{LEFT}' x2='{}' y1='{:.1}' y2='{:.1}'/><text class='axis {class}' x='{}' y='{:.1}' text-anchor=end>{label} {}</text>",
@@ -123,7 +125,9 @@ fn chart(results: &RunResults, timeline: &[Sample]) -> String {
             fmt_bytes(bytes)
         );
     }
-    for (class, f) in [("resident", (|s: &Sample| s.rss_anon) as fn(&Sample) -> u64), ("allocated", |s: &Sample| s.allocated)] {
+    for (class, f) in
+        [("resident", (|s: &Sample| s.rss_anon) as fn(&Sample) -> u64), ("allocated", |s: &Sample| s.allocated)]
+    {
         let points: Vec<String> = timeline.iter().map(|smp| format!("{:.1},{:.1}", x(smp.t_ms), y(f(smp)))).collect();
         if !points.is_empty() {
             let _ = write!(s, "<polyline class={class} points='{}'/>", points.join(" "));

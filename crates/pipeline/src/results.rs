@@ -10,8 +10,8 @@
 //! ```
 
 use crate::error::{Error, Result};
-use spillway_engine::query::JoinReport;
 use serde::{Deserialize, Serialize};
+use spillway_engine::query::JoinReport;
 use spillway_governor::Sample;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -312,10 +312,10 @@ impl RunFolder {
         write_json(&self.dir.join("run_results.json"), results)?;
         write_json(&self.dir.join("timeline.json"), &thin(timeline, 4000))?;
         let runs = self.dir.parent().expect("a run folder has a parent");
-        let tmp = runs.join(format!(".latest-{}", std::process::id()));
+        let latest = runs.join("latest");
+        let tmp = spillway_tiers::staging::staging_path(&latest);
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&results.run_id, &tmp).map_err(|e| Error::io(&tmp, e))?;
-        let latest = runs.join("latest");
         std::fs::rename(&tmp, &latest).map_err(|e| Error::io(&latest, e))
     }
 }
@@ -340,7 +340,10 @@ pub fn find_run(project_dir: &Path, run: Option<&str>) -> Result<PathBuf> {
     }
     Err(Error::io(
         &dir,
-        std::io::Error::new(std::io::ErrorKind::NotFound, "no run_results.json here: run `spillway run` first, or name a run"),
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no run_results.json here: run `spillway run` first, or name a run",
+        ),
     ))
 }
 

@@ -28,7 +28,7 @@ pub enum Decision {
     /// Reuse what `record` describes; downstream models read `input` (when they run).
     Reuse {
         /// The earlier run's record (with `reused_from` set to the run that computed it).
-        record: ModelRecord,
+        record: Box<ModelRecord>,
         /// The file downstream models read, if it was kept.
         input: Option<PathBuf>,
     },
@@ -57,7 +57,9 @@ pub fn decide(
             .filter(|d| chosen.contains(d))
             .find(|d| matches!(out.get(*d), Some(Decision::Rerun(_))));
         if let Some(reader) = rerun_reader {
-            let why = format!("{reader} runs again and reads it, and its output was not kept (set checkpoint = true to keep it)");
+            let why = format!(
+                "{reader} runs again and reads it, and its output was not kept (set checkpoint = true to keep it)"
+            );
             out.insert(name.clone(), Decision::Rerun(why));
         }
     }
@@ -81,12 +83,15 @@ fn first_pass(project: &Project, name: &str, now: &Fingerprint, previous: Option
     }
     // Every sink it publishes now must still be as it was published.
     for (sink, def) in project.sinks.iter().filter(|(_, d)| d.model == name) {
-        let Ok(target) = def.target(sink, &project.dir) else { return Decision::Rerun(format!("sink {sink} is invalid")) };
+        let Ok(target) = def.target(sink, &project.dir) else {
+            return Decision::Rerun(format!("sink {sink} is invalid"));
+        };
         let published = record.sinks.iter().find(|s| &s.name == sink);
         let ok = match (&target, published) {
             (SinkTarget::File(path), Some(s)) => s.file.as_ref().is_some_and(|f| &f.path == path && f.intact()),
             (SinkTarget::Postgres { spec, optional }, Some(s)) => {
-                s.postgres.as_ref().is_some_and(|t| t.ends_with(&format!(" {}", spec.table))) || (*optional && spec.conn.env_unset())
+                s.postgres.as_ref().is_some_and(|t| t.ends_with(&format!(" {}", spec.table)))
+                    || (*optional && spec.conn.env_unset())
             }
             (SinkTarget::Postgres { spec, optional: true }, None) => spec.conn.env_unset(),
             _ => false,
@@ -104,12 +109,15 @@ fn first_pass(project: &Project, name: &str, now: &Fingerprint, previous: Option
     let input = kept.or_else(|| from_sink().map(|f| f.path.clone()));
     let mut record = record.clone();
     record.reused_from.get_or_insert_with(|| prev.run_id.clone());
-    Decision::Reuse { record, input }
+    Decision::Reuse { record: Box::new(record), input }
 }
 
 /// What `spillway run --resume` would do now, for `spillway plan --resume`: the last run's id
 /// (if any) and each selected model's decision, in run order.
-pub async fn preview(project: &Project, select: Option<&str>) -> crate::Result<(Option<String>, Vec<(String, Decision)>)> {
+pub async fn preview(
+    project: &Project,
+    select: Option<&str>,
+) -> crate::Result<(Option<String>, Vec<(String, Decision)>)> {
     let v = crate::check::validate_and_open(project, select).await?;
     let fingerprints = crate::manifest::fingerprints_now(project, &v.dag, &v.postgres);
     let previous = Manifest::latest(&project.dir);

@@ -75,7 +75,14 @@ pub struct ModelSettings {
 
 impl Default for ModelSettings {
     fn default() -> Self {
-        Self { lease: LeaseSpec::Profile(Profile::M), class: Class::Light, materialize: Materialize::Auto, retries: 1, checkpoint: false, check: false }
+        Self {
+            lease: LeaseSpec::Profile(Profile::M),
+            class: Class::Light,
+            materialize: Materialize::Auto,
+            retries: 1,
+            checkpoint: false,
+            check: false,
+        }
     }
 }
 

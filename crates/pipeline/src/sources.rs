@@ -6,11 +6,11 @@ use crate::error::{Error, Result};
 use crate::project::{line_of, section_line, Project, SourceDef};
 use datafusion::catalog::TableProvider;
 use datafusion::prelude::SessionContext;
-use spillway_postgres::PgTable;
-use std::sync::Arc;
 use spillway_engine::{tables, tpch};
+use spillway_postgres::PgTable;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Marks a complete generated data folder (written last).
 const COMPLETE: &str = "_SUCCESS";
@@ -32,10 +32,8 @@ impl SourceTables {
             ctx.register_table(table, provider).map_err(spillway_engine::Error::from)?;
             return Ok(());
         }
-        let location = self
-            .locations
-            .get(table)
-            .ok_or_else(|| Error::Usage(format!("source table {table:?} has no data")))?;
+        let location =
+            self.locations.get(table).ok_or_else(|| Error::Usage(format!("source table {table:?} has no data")))?;
         tables::register(ctx, table, location).await?;
         Ok(())
     }
@@ -67,9 +65,10 @@ pub fn missing_files(project: &Project) -> Vec<Error> {
     let mut problems = Vec::new();
     for (name, def) in &project.sources {
         let path = match def {
-            SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
-                project.dir.join(path)
-            }
+            SourceDef::Parquet { path }
+            | SourceDef::Csv { path }
+            | SourceDef::Json { path }
+            | SourceDef::Arrow { path } => project.dir.join(path),
             SourceDef::Tpch { .. } | SourceDef::Postgres { .. } => continue,
         };
         let text = path.to_string_lossy();
@@ -118,9 +117,10 @@ pub fn prepare(
                 ensure_tpch(&dir, *sf, threads, generator, &|rows, total| progress(source, rows, total))?;
                 dir.join(table)
             }
-            SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
-                project.dir.join(path)
-            }
+            SourceDef::Parquet { path }
+            | SourceDef::Csv { path }
+            | SourceDef::Json { path }
+            | SourceDef::Arrow { path } => project.dir.join(path),
             SourceDef::Postgres { .. } => continue,
         };
         locations.insert(table.clone(), location.to_string_lossy().into_owned());

@@ -87,7 +87,12 @@ optional = true
     assert_eq!(server.psql("dw", "SELECT DISTINCT month::text FROM staging.numbers").unwrap(), "2024-05-01 00:00:00");
     assert_eq!(server.psql("dw", "SELECT sum(rows), sum(total) FROM buckets").unwrap(), "50000|1249975000");
     assert_eq!(
-        server.psql("dw", "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'numbers'").unwrap(),
+        server
+            .psql(
+                "dw",
+                "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'numbers'"
+            )
+            .unwrap(),
         "numbers_bucket_idx,numbers_bucket_label_idx,numbers_pkey"
     );
 
@@ -119,10 +124,17 @@ path = "out/odd.csv"
     assert_eq!(csv, "bucket,c,first\n1,4900,row 10001\n3,4900,row 10003\n");
 
     // 3. A bad load fails the model with the sink and table named, and keeps the old table.
-    write(load.path(), &[("models/numbers.sql", "SELECT CAST(value AS INT) AS n, 1 AS bucket, 'x' AS label FROM range(10)")]);
+    write(
+        load.path(),
+        &[("models/numbers.sql", "SELECT CAST(value AS INT) AS n, 1 AS bucket, 'x' AS label FROM range(10)")],
+    );
     let r = run_in(load.path(), 64).await.unwrap();
     let err = r.step("numbers").unwrap().error.clone().unwrap();
-    assert!(err.contains("sink numbers_pg → staging.numbers") && err.contains("n: the model gives Int32 (written as integer), the table has bigint"), "{err}");
+    assert!(
+        err.contains("sink numbers_pg → staging.numbers")
+            && err.contains("n: the model gives Int32 (written as integer), the table has bigint"),
+        "{err}"
+    );
     assert_eq!(server.psql("dw", "SELECT count(*) FROM staging.numbers").unwrap(), "50000");
     assert_eq!(server.psql("dw", "SELECT count(*) FROM pg_class WHERE relname LIKE '%spillway%'").unwrap(), "0");
 
@@ -130,7 +142,13 @@ path = "out/odd.csv"
     write(read.path(), &[("spillway.toml", "[sources.numbers]\ntype = \"postgres\"\nurl = \"postgresql://spillway:x@127.0.0.1:1/dw\"\ntable = \"numbers\"\n")]);
     let err = run_in(read.path(), 64).await.unwrap_err().to_string();
     assert!(err.contains("spillway.toml:1: [sources.numbers]: source numbers (public.numbers): cannot reach PostgreSQL at spillway@127.0.0.1:1/dw"), "{err}");
-    write(load.path(), &[("spillway.toml", "[sinks.x]\nmodel = \"numbers\"\ntype = \"postgres\"\ntable = \"t\"\nmode = \"merge\"\nurl_env = \"A\"\n")]);
+    write(
+        load.path(),
+        &[(
+            "spillway.toml",
+            "[sinks.x]\nmodel = \"numbers\"\ntype = \"postgres\"\ntable = \"t\"\nmode = \"merge\"\nurl_env = \"A\"\n",
+        )],
+    );
     let err = Project::load(load.path()).unwrap_err().to_string();
     assert!(err.contains("spillway.toml:1: [sinks.x]: mode = \"merge\": use replace, append or upsert"), "{err}");
 }

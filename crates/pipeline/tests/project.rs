@@ -84,11 +84,17 @@ fn errors_name_file_and_line() {
     assert!(e.starts_with("P/models/a.sql:1: class = \"huge\""), "{e}");
     let e = load_err(&[("models/a.sql", "CREATE TABLE t (x int)")]);
     assert!(e.contains("must be a SELECT"), "{e}");
-    let e = load_err(&[("spillway.toml", "[sources.x]\ntype = \"tpch\"\nsf = \"big\"\n"), ("models/a.sql", "SELECT 1")]);
+    let e =
+        load_err(&[("spillway.toml", "[sources.x]\ntype = \"tpch\"\nsf = \"big\"\n"), ("models/a.sql", "SELECT 1")]);
     assert!(e.starts_with("P/spillway.toml:"), "{e}");
-    let e = load_err(&[("models/a.sql", "SELECT * FROM b"), ("models/b.sql", "SELECT * FROM c"), ("models/c.sql", "SELECT * FROM a")]);
+    let e = load_err(&[
+        ("models/a.sql", "SELECT * FROM b"),
+        ("models/b.sql", "SELECT * FROM c"),
+        ("models/c.sql", "SELECT * FROM a"),
+    ]);
     assert!(e.starts_with("dependency cycle: ") && e.contains("a -> ") && e.contains("c"), "{e}");
-    let e = load_err(&[("spillway.toml", "[sinks.s]\nmodel = \"zz\"\npath = \"x.csv\"\n"), ("models/a.sql", "SELECT 1")]);
+    let e =
+        load_err(&[("spillway.toml", "[sinks.s]\nmodel = \"zz\"\npath = \"x.csv\"\n"), ("models/a.sql", "SELECT 1")]);
     assert!(e.contains("[sinks.s]: model \"zz\" does not exist"), "{e}");
     let e = load_err(&[("spillway.toml", TOML), ("models/a.sql", "SELECT 1")]);
     assert!(e.contains("[models.order_lines]: there is no models/order_lines.sql"), "{e}");

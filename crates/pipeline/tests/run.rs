@@ -5,6 +5,7 @@
 //! Models read DataFusion's `range()` table function, so no data files are needed.
 
 use spillway_governor::{Governor, GovernorConfig};
+use spillway_pipeline::resume::Decision;
 use spillway_pipeline::run::{run, RunOptions};
 use spillway_pipeline::{Event, Project, RunResults, Status};
 use std::path::Path;
@@ -39,7 +40,8 @@ async fn run_in(
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
     let project = Project::load(dir).unwrap();
-    let results = run(&project, &governor, options, Arc::new(move |e: &Event| seen.lock().unwrap().push(e.clone()))).await;
+    let results =
+        run(&project, &governor, options, Arc::new(move |e: &Event| seen.lock().unwrap().push(e.clone()))).await;
     let events = events.lock().unwrap().clone();
     (results, events)
 }
@@ -70,13 +72,24 @@ async fn a_failed_model_skips_its_descendants_and_the_rest_goes_on() {
 
     // run_results.json: the issue's shape, on disk, with `latest` pointing at it.
     let run_dir = dir.path().join(".spillway/runs").join(&r.run_id);
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run_results.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run_results.json")).unwrap()).unwrap();
     for key in ["run_id", "budget_bytes", "peak_resident_bytes", "spilled_bytes", "steps"] {
         assert!(json.get(key).is_some(), "run_results.json lacks {key}");
     }
     assert_eq!(json["budget_bytes"], 128u64 << 20);
     let a = json["steps"].as_array().unwrap().iter().find(|s| s["name"] == "a").unwrap();
-    for key in ["status", "tier", "lease_bytes", "peak_resident_bytes", "spilled_bytes", "rows", "bytes", "elapsed_ms", "error"] {
+    for key in [
+        "status",
+        "tier",
+        "lease_bytes",
+        "peak_resident_bytes",
+        "spilled_bytes",
+        "rows",
+        "bytes",
+        "elapsed_ms",
+        "error",
+    ] {
         assert!(a.get(key).is_some(), "step lacks {key}");
     }
     assert_eq!(a["status"], "ok");
@@ -89,7 +102,13 @@ async fn a_failed_model_skips_its_descendants_and_the_rest_goes_on() {
     assert!(log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
     assert!(events.iter().any(|e| matches!(e, Event::RunFinished { errors: 1, skipped: 1, ok: 2, .. })));
     // Temp space is gone.
-    assert_eq!(std::fs::read_dir(dir.path().join(".spill/spillway")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join(".spill/spillway"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,8 +247,10 @@ async fn a_model_failing_mid_write_leaves_the_previous_output_intact() {
     let (results, _) = run_in(dir.path(), 128, |_| {}).await;
     assert_eq!(results.unwrap().step("numbers").unwrap().status, Status::Error);
     assert_eq!(std::fs::read(&out).unwrap(), before, "the previous output is untouched");
-    let names: Vec<String> =
-        std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names, vec!["numbers.parquet".to_string()], "no partial file is left");
 }
 
@@ -240,7 +261,10 @@ async fn outputs_are_handed_off_by_size_and_read_downstream() {
         ("models/small.sql", "SELECT value AS v FROM range(1000)"),
         ("models/big.sql", "SELECT value AS v FROM range(3000000)"),
         ("models/kept.sql", "-- spillway: checkpoint=true\nSELECT value AS v FROM range(1000)"),
-        ("models/total.sql", "SELECT (SELECT count(*) FROM small) + (SELECT count(*) FROM big) + (SELECT count(*) FROM kept) AS n"),
+        (
+            "models/total.sql",
+            "SELECT (SELECT count(*) FROM small) + (SELECT count(*) FROM big) + (SELECT count(*) FROM kept) AS n",
+        ),
         ("spillway.toml", "[sinks.total]\nmodel = \"total\"\npath = \"total.csv\"\n"),
     ]);
     let (results, _) = run_in(dir.path(), 32, |o| o.jobs = 1).await;
@@ -300,4 +324,152 @@ async fn selection_runs_a_subset_and_reads_unselected_upstreams_from_their_sinks
     let r = results.unwrap();
     assert_eq!(r.steps.len(), 1);
     assert_eq!((r.steps[0].status, r.steps[0].rows), (Status::Ok, 1));
+}
+
+/// Issue #13: `--resume` reuses every model the last run finished whose fingerprint matches
+/// (SQL, settings, upstream, sources) and whose output is still there: a checkpoint's Parquet in
+/// `.spillway/state/`, or its published sink file; the rest runs again, with the same answers as
+/// a run from scratch. A changed model reruns with everything downstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_resume_reuses_what_finished_and_reruns_the_rest() {
+    let toml = "[sinks.total]\nmodel = \"total\"\npath = \"out/total.parquet\"\n";
+    let dir = project(&[
+        ("spillway.toml", toml),
+        ("models/base.sql", "-- spillway: checkpoint\nSELECT value AS v FROM range(200000)"),
+        ("models/total.sql", "SELECT sum(v) AS s, count(*) AS n FROM base"),
+        ("models/flaky.sql", "SELECT 10 / (v - 100000) AS x FROM base"),
+        ("models/after.sql", "SELECT count(*) AS n FROM flaky"),
+    ]);
+    let (first, _) = run_in(dir.path(), 128, |_| {}).await;
+    let first = first.unwrap();
+    assert_eq!(first.step("flaky").unwrap().status, Status::Error);
+    assert_eq!(first.step("after").unwrap().status, Status::Skipped);
+    let kept = dir.path().join(".spillway/state/base.parquet");
+    assert_eq!(first.step("base").unwrap().kept.as_deref(), Some(kept.as_path()));
+    assert!(kept.is_file(), "a checkpoint outlives its run");
+
+    // What a resume would do, and why.
+    let project = Project::load(dir.path()).unwrap();
+    let (previous, decisions) = spillway_pipeline::resume::preview(&project, None).await.unwrap();
+    assert_eq!(previous.as_deref(), Some(first.run_id.as_str()));
+    let decision = |m: &str| decisions.iter().find(|(n, _)| n == m).unwrap().1.clone();
+    assert!(matches!(decision("base"), Decision::Reuse { input: Some(ref p), .. } if p == &kept));
+    assert!(matches!(decision("total"), Decision::Reuse { .. }));
+    assert!(
+        matches!(decision("flaky"), Decision::Rerun(ref why) if why.contains("did not complete")),
+        "{:?}",
+        decision("flaky")
+    );
+
+    // Fixed, resumed: base and total are reused, flaky and after run, reading base's checkpoint.
+    write(dir.path(), &[("models/flaky.sql", "SELECT 10 / (v + 1) AS x FROM base")]);
+    let (second, _) = run_in(dir.path(), 128, |o| o.resume = true).await;
+    let second = second.unwrap();
+    assert_eq!(second.status, Status::Ok, "{:?}", second.steps);
+    for m in ["base", "total"] {
+        assert_eq!(second.step(m).unwrap().reused_from.as_deref(), Some(first.run_id.as_str()), "{m}");
+    }
+    for m in ["flaky", "after"] {
+        let s = second.step(m).unwrap();
+        assert_eq!((s.status, s.reused_from.as_deref()), (Status::Ok, None), "{m}");
+    }
+    assert_eq!(second.step("flaky").unwrap().rows, 200_000);
+
+    // A resume of the resume reuses everything; a changed base reruns base and all below it.
+    let (third, _) = run_in(dir.path(), 128, |o| o.resume = true).await;
+    assert!(third.unwrap().steps.iter().all(|s| s.reused_from.is_some()));
+    write(dir.path(), &[("models/base.sql", "-- spillway: checkpoint\nSELECT value AS v FROM range(100000)")]);
+    let (fourth, _) = run_in(dir.path(), 128, |o| o.resume = true).await;
+    let fourth = fourth.unwrap();
+    assert!(fourth.steps.iter().all(|s| s.reused_from.is_none() && s.status == Status::Ok), "{:?}", fourth.steps);
+    assert_eq!(fourth.step("flaky").unwrap().rows, 100_000);
+}
+
+/// Issue #13: at critical memory pressure the scheduler cancels the lowest-priority running
+/// model (the light one started last) and runs it again disk-first; both complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_critical_pressure_cancels_a_model_and_requeues_it_disk_first() {
+    let slow = "SELECT count(*) AS n FROM (SELECT value FROM range(6000000) ORDER BY value DESC LIMIT 5000000)";
+    let dir = project(&[("models/one.sql", slow), ("models/two.sql", slow)]);
+    let mut config = GovernorConfig::new(256 << 20);
+    config.sample_interval = std::time::Duration::from_secs(3600); // pressure is set by the test
+    let governor = Governor::new(config).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (seen, g) = (events.clone(), governor.clone());
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let observer = Arc::new(move |e: &Event| {
+        match e {
+            Event::ModelStarted { .. } if started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 => {
+                g.set_pressure(spillway_governor::Pressure::Critical)
+            }
+            Event::ModelRetry { error, .. } if error.contains("critical") => {
+                g.set_pressure(spillway_governor::Pressure::Normal)
+            }
+            _ => {}
+        }
+        seen.lock().unwrap().push(e.clone());
+    });
+    let project = Project::load(dir.path()).unwrap();
+    let r = run(&project, &governor, RunOptions::new(2, dir.path().join(".spill")), observer).await.unwrap();
+    assert_eq!(r.status, Status::Ok, "{:?}", r.steps);
+    let events = events.lock().unwrap().clone();
+    let requeued: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ModelRetry { model, error, escalation, .. } if error.contains("critical") => {
+                assert!(escalation.contains("disk-first"), "{escalation}");
+                Some(model.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requeued, ["two"], "the model started last is cancelled, once");
+    let two = r.step("two").unwrap();
+    assert_eq!((two.rows, two.partitions), (1, 1), "rerun on one partition");
+    assert_eq!(two.tier.as_deref(), Some("ipc"), "hand-off on disk");
+}
+
+/// Issue #13: a model's sinks are published together. A sink that cannot be written publishes
+/// none (the other's staged file is removed, the previous outputs stay); a rename refused after
+/// another sink was published is reported with what was and was not published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_13_sinks_are_published_together_or_the_error_says_which_were() {
+    let sinks = |second: &str| {
+        format!("[sinks.a_out]\nmodel = \"m\"\npath = \"out/a.parquet\"\n[sinks.b_out]\nmodel = \"m\"\npath = \"{second}\"\n")
+    };
+    let dir =
+        project(&[("spillway.toml", &sinks("out/b.parquet")), ("models/m.sql", "SELECT value AS v FROM range(1000)")]);
+    let (r, _) = run_in(dir.path(), 128, |_| {}).await;
+    assert_eq!(r.unwrap().status, Status::Ok);
+    let before = std::fs::read(dir.path().join("out/a.parquet")).unwrap();
+    let staging = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("spillway-tmp"))
+            .collect()
+    };
+
+    // The second sink cannot be staged (a PostgreSQL server nobody listens on) after the first
+    // was: nothing is published.
+    let unreachable = "[sinks.a_out]\nmodel = \"m\"\npath = \"out/a.parquet\"\n[sinks.b_out]\nmodel = \"m\"\n\
+                       type = \"postgres\"\nurl = \"postgresql://nobody@127.0.0.1:1/db\"\ntable = \"t\"\n";
+    write(dir.path(), &[("spillway.toml", unreachable), ("models/m.sql", "SELECT value + 1 AS v FROM range(1000)")]);
+    let (r, _) = run_in(dir.path(), 128, |_| {}).await;
+    let m = r.unwrap().step("m").unwrap().clone();
+    assert_eq!(m.status, Status::Error);
+    assert!(m.error.as_deref().unwrap().contains("sink b_out"), "{:?}", m.error);
+    assert_eq!(std::fs::read(dir.path().join("out/a.parquet")).unwrap(), before, "a_out is not published alone");
+    assert!(staging(&dir.path().join("out")).is_empty(), "{:?}", staging(&dir.path().join("out")));
+
+    // The second sink's rename is refused (a folder is in the way) after the first was
+    // published: the error says so.
+    std::fs::create_dir_all(dir.path().join("out/b2.parquet/in-the-way")).unwrap();
+    write(dir.path(), &[("spillway.toml", &sinks("out/b2.parquet"))]);
+    let (r, _) = run_in(dir.path(), 128, |_| {}).await;
+    let m = r.unwrap().step("m").unwrap().clone();
+    let e = m.error.as_deref().unwrap();
+    assert!(e.contains("published a_out; not published b_out"), "{e}");
+    assert!(staging(&dir.path().join("out")).is_empty(), "{:?}", staging(&dir.path().join("out")));
 }

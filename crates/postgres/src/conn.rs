@@ -27,7 +27,11 @@ impl ConnSpec {
                 Ok(v) if !v.trim().is_empty() => v,
                 _ => match url {
                     Some(u) => u.clone(),
-                    None => return Err(format!("environment variable {var} is not set (it should hold a postgresql:// URL)")),
+                    None => {
+                        return Err(format!(
+                            "environment variable {var} is not set (it should hold a postgresql:// URL)"
+                        ))
+                    }
                 },
             },
             (None, Some(u)) => u.clone(),

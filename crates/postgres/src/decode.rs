@@ -82,7 +82,9 @@ impl Column {
             Column::Int8(b) => b.append_value(i64::from_be_bytes(be(v)?)),
             Column::Float4(b) => b.append_value(f32::from_be_bytes(be(v)?)),
             Column::Float8(b) => b.append_value(f64::from_be_bytes(be(v)?)),
-            Column::Text(b) => b.append_value(std::str::from_utf8(v).map_err(|_| "text that is not UTF-8".to_string())?),
+            Column::Text(b) => {
+                b.append_value(std::str::from_utf8(v).map_err(|_| "text that is not UTF-8".to_string())?)
+            }
             Column::Bytea(b) => b.append_value(v),
             Column::Date(b) => {
                 let days = i32::from_be_bytes(be(v)?);
@@ -250,7 +252,9 @@ impl CopyDecoder {
             if &self.buf[..SIGNATURE.len()] != SIGNATURE {
                 return Err("not a binary COPY stream".into());
             }
-            let ext = u32::from_be_bytes(self.buf[SIGNATURE.len() + 4..SIGNATURE.len() + 8].try_into().expect("4 bytes")) as usize;
+            let ext =
+                u32::from_be_bytes(self.buf[SIGNATURE.len() + 4..SIGNATURE.len() + 8].try_into().expect("4 bytes"))
+                    as usize;
             if self.buf.len() < SIGNATURE.len() + 8 + ext {
                 return Ok(false);
             }

@@ -21,10 +21,10 @@ use crate::{quote_ident, truncate_ident, TableName};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use bytes::{Bytes, BytesMut};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use std::sync::Arc;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{SinkExt, StreamExt};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio_postgres::Client;
 
@@ -61,12 +61,19 @@ fn pg_compatible(input: SendableRecordBatchStream) -> SendableRecordBatchStream 
     let out = target.clone();
     let batches = input.map(move |batch| {
         let batch = batch?;
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(out.fields())
-            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) })
-            .collect::<Result<Vec<_>, _>>()?;
+        let columns =
+            batch
+                .columns()
+                .iter()
+                .zip(out.fields())
+                .map(|(c, f)| {
+                    if c.data_type() == f.data_type() {
+                        Ok(c.clone())
+                    } else {
+                        arrow::compute::cast(c, f.data_type())
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
         Ok(RecordBatch::try_new(out.clone(), columns)?)
     });
     Box::pin(RecordBatchStreamAdapter::new(target, batches))
@@ -164,7 +171,9 @@ impl SinkSpec {
             return Err("on_schema_change = \"recreate\" only applies to mode = \"replace\"".into());
         }
         if self.streams == 0 || (self.streams > 1 && self.mode != Mode::Replace) {
-            return Err("streams must be 1, or more with mode = \"replace\" (append and upsert load in one transaction)".into());
+            return Err(
+                "streams must be 1, or more with mode = \"replace\" (append and upsert load in one transaction)".into(),
+            );
         }
         Ok(())
     }
@@ -226,7 +235,8 @@ impl PreparedLoad {
 
     /// Commits the load: from now on readers see the new rows.
     pub async fn commit(self) -> Result<LoadReport> {
-        let db = |e: tokio_postgres::Error| Error::Postgres { target: self.target.clone(), message: conn::describe(&e) };
+        let db =
+            |e: tokio_postgres::Error| Error::Postgres { target: self.target.clone(), message: conn::describe(&e) };
         spillway_faults::point("postgres-before-commit");
         self.client.batch_execute("COMMIT").await.map_err(db)?;
         if let Some(stage) = &self.stage {
@@ -323,7 +333,11 @@ async fn one_transaction(
             // A new table: created, filled and indexed in this transaction. Replace builds it
             // beside the old one and swaps names at the end.
             let replacing = spec.mode == Mode::Replace && existing.is_some();
-            let into = if replacing { spec.table.sibling(&format!("__spillway_new_{}", spec.table.table)) } else { spec.table.clone() };
+            let into = if replacing {
+                spec.table.sibling(&format!("__spillway_new_{}", spec.table.table))
+            } else {
+                spec.table.clone()
+            };
             load.create(&into).await?;
             let copied = load.copy(&into, true, input, encoder).await?;
             let key = load.add_key(&into).await?;
@@ -354,7 +368,11 @@ async fn one_transaction(
                 .filter(|c| !spec.key.contains(&c.name))
                 .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(&c.name)))
                 .collect();
-            let action = if updates.is_empty() { "DO NOTHING".to_string() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+            let action = if updates.is_empty() {
+                "DO NOTHING".to_string()
+            } else {
+                format!("DO UPDATE SET {}", updates.join(", "))
+            };
             let merged = client
                 .execute(
                     &format!(
@@ -390,7 +408,8 @@ async fn parallel_replace(
 ) -> Result<(u64, u64, bool, Option<TableName>)> {
     let fail = |message: String| Error::Postgres { target: target.to_string(), message };
     let db = |e: tokio_postgres::Error| fail(conn::describe(&e));
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() % 1_000_000_000);
+    let nonce =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() % 1_000_000_000);
     let stage = spec.table.sibling(&format!("{STAGE_PREFIX}{}_{nonce}_{}", std::process::id(), spec.table.table));
     client.query_one("SELECT pg_advisory_lock(hashtext($1))", &[&stage.table]).await.map_err(db)?;
     sweep_stages(client, &spec.table.schema).await.map_err(db)?;
@@ -441,7 +460,9 @@ async fn sweep_stages(client: &Client, schema: &str) -> Result<(), tokio_postgre
         let free: bool = client.query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&name]).await?.get(0);
         if free {
             tracing::info!(table = %name, "dropping a staging table left by a load that did not finish");
-            client.batch_execute(&format!("DROP TABLE IF EXISTS {}.{}", quote_ident(schema), quote_ident(&name))).await?;
+            client
+                .batch_execute(&format!("DROP TABLE IF EXISTS {}.{}", quote_ident(schema), quote_ident(&name)))
+                .await?;
             client.query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&name]).await?;
         }
     }
@@ -496,7 +517,12 @@ async fn copy_streams(
 }
 
 /// The existing table's columns after checking they fit the model's (`None`: no table).
-async fn check_existing(client: &Client, spec: &SinkSpec, columns: &[OutColumn], target: &str) -> Result<Option<Vec<PgColumn>>> {
+async fn check_existing(
+    client: &Client,
+    spec: &SinkSpec,
+    columns: &[OutColumn],
+    target: &str,
+) -> Result<Option<Vec<PgColumn>>> {
     let fail = |message: String| Error::Postgres { target: target.to_string(), message };
     let existing = table_columns(client, &spec.table).await.map_err(|e| fail(conn::describe(&e)))?;
     if let Some(have) = &existing {
@@ -533,7 +559,10 @@ impl Loader<'_> {
     async fn create(&self, table: &TableName) -> Result<()> {
         let unlogged = if self.spec.unlogged { "UNLOGGED " } else { "" };
         let sql = format!("CREATE {unlogged}TABLE {} ({})", table.sql(), column_ddl(self.columns));
-        self.client.batch_execute(&sql).await.map_err(|e| self.fail(format!("cannot create the table: {}", conn::describe(&e))))
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| self.fail(format!("cannot create the table: {}", conn::describe(&e))))
     }
 
     /// Streams `input` into `table`; returns (rows, bytes sent).
@@ -572,7 +601,12 @@ impl Loader<'_> {
     }
 
     /// Drops the old table and renames `into` (with its key and indexes) to take its place.
-    async fn swap(&self, into: &TableName, key: Option<(String, String)>, indexes: Vec<(String, String)>) -> Result<()> {
+    async fn swap(
+        &self,
+        into: &TableName,
+        key: Option<(String, String)>,
+        indexes: Vec<(String, String)>,
+    ) -> Result<()> {
         self.client
             .batch_execute(&format!("DROP TABLE {}", self.spec.table.sql()))
             .await
@@ -581,14 +615,29 @@ impl Loader<'_> {
     }
 
     /// Renames `into`, its key and its indexes to their final names.
-    async fn rename(&self, into: &TableName, key: Option<(String, String)>, indexes: Vec<(String, String)>) -> Result<()> {
+    async fn rename(
+        &self,
+        into: &TableName,
+        key: Option<(String, String)>,
+        indexes: Vec<(String, String)>,
+    ) -> Result<()> {
         let table = &self.spec.table;
         let mut sql = format!("ALTER TABLE {} RENAME TO {};", into.sql(), quote_ident(&table.table));
         if let Some((temp, name)) = key {
-            sql.push_str(&format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {};", table.sql(), quote_ident(&temp), quote_ident(&name)));
+            sql.push_str(&format!(
+                "ALTER TABLE {} RENAME CONSTRAINT {} TO {};",
+                table.sql(),
+                quote_ident(&temp),
+                quote_ident(&name)
+            ));
         }
         for (temp, name) in indexes {
-            sql.push_str(&format!("ALTER INDEX {}.{} RENAME TO {};", quote_ident(&table.schema), quote_ident(&temp), quote_ident(&name)));
+            sql.push_str(&format!(
+                "ALTER INDEX {}.{} RENAME TO {};",
+                quote_ident(&table.schema),
+                quote_ident(&temp),
+                quote_ident(&name)
+            ));
         }
         self.client.batch_execute(&sql).await.map_err(|e| self.db(e))
     }
@@ -607,7 +656,10 @@ impl Loader<'_> {
         let temp = truncate_ident(&format!("{}_pkey", table.table));
         let list = self.spec.key.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
         let sql = format!("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({list})", table.sql(), quote_ident(&temp));
-        self.client.batch_execute(&sql).await.map_err(|e| self.fail(format!("adding the primary key ({list}): {}", conn::describe(&e))))?;
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| self.fail(format!("adding the primary key ({list}): {}", conn::describe(&e))))?;
         Ok(Some((temp, name)))
     }
 
@@ -620,7 +672,10 @@ impl Loader<'_> {
             let list = cols.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
             let built_as = if table == &self.spec.table { &name } else { &temp };
             let sql = format!("CREATE INDEX IF NOT EXISTS {} ON {} ({list})", quote_ident(built_as), table.sql());
-            self.client.batch_execute(&sql).await.map_err(|e| self.fail(format!("building index on ({list}): {}", conn::describe(&e))))?;
+            self.client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| self.fail(format!("building index on ({list}): {}", conn::describe(&e))))?;
             if table != &self.spec.table {
                 built.push((temp, name));
             }
@@ -700,7 +755,10 @@ fn mismatches(want: &[OutColumn], have: &[PgColumn]) -> Vec<String> {
         }
     }
     for h in have.iter().filter(|h| h.required && !want.iter().any(|w| w.name == h.name)) {
-        problems.push(format!("{}: NOT NULL without a default in the table ({}), and the model does not give it", h.name, h.shown));
+        problems.push(format!(
+            "{}: NOT NULL without a default in the table ({}), and the model does not give it",
+            h.name, h.shown
+        ));
     }
     problems
 }

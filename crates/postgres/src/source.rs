@@ -111,7 +111,8 @@ impl PgTable {
         let db = |e: tokio_postgres::Error| fail(conn::describe(&e));
         let (from, relation) = match (&spec.table, &spec.query) {
             (Some(t), None) => {
-                let exists = client.query_one("SELECT to_regclass($1)::oid IS NOT NULL", &[&t.sql()]).await.map_err(db)?;
+                let exists =
+                    client.query_one("SELECT to_regclass($1)::oid IS NOT NULL", &[&t.sql()]).await.map_err(db)?;
                 if !exists.get::<_, bool>(0) {
                     return Err(fail(format!("table {t} does not exist")));
                 }
@@ -226,7 +227,9 @@ impl PgTable {
                 Some(format!("{column} IS {}NULL", if matches!(expr, Expr::IsNotNull(_)) { "NOT " } else { "" }))
             }
             Expr::Between(Between { expr: e, negated, low, high }) => {
-                let (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) = (e.as_ref(), low.as_ref(), high.as_ref()) else {
+                let (Expr::Column(c), Expr::Literal(lo, _), Expr::Literal(hi, _)) =
+                    (e.as_ref(), low.as_ref(), high.as_ref())
+                else {
                     return None;
                 };
                 let (column, kind) = self.column(&c.name)?;
@@ -269,7 +272,13 @@ fn is_text(kind: ReadAs) -> bool {
 fn literal_sql(v: &ScalarValue, kind: ReadAs) -> Option<String> {
     let numeric = matches!(
         kind,
-        ReadAs::Int2 | ReadAs::Int4 | ReadAs::Int8 | ReadAs::Float4 | ReadAs::Float8 | ReadAs::Decimal(..) | ReadAs::NumericFloat
+        ReadAs::Int2
+            | ReadAs::Int4
+            | ReadAs::Int8
+            | ReadAs::Float4
+            | ReadAs::Float8
+            | ReadAs::Decimal(..)
+            | ReadAs::NumericFloat
     );
     match v {
         ScalarValue::Int8(Some(_))
@@ -287,7 +296,9 @@ fn literal_sql(v: &ScalarValue, kind: ReadAs) -> Option<String> {
         }
         ScalarValue::Float64(Some(f)) if numeric && f.is_finite() => Some(format!("{f:?}")),
         ScalarValue::Float32(Some(f)) if numeric && f.is_finite() => Some(format!("{f:?}")),
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) if is_text(kind) => {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s))
+            if is_text(kind) =>
+        {
             Some(quote_literal(s))
         }
         ScalarValue::Boolean(Some(b)) if kind == ReadAs::Bool => Some(b.to_string()),
@@ -363,7 +374,9 @@ impl PartitionStream for CopyPartition {
         let batch_size = ctx.session_config().batch_size().max(1);
         let reservation = MemoryConsumer::new(format!("PostgresScan[{target}]")).register(ctx.memory_pool());
         builder.spawn(async move {
-            let fail = |message: String| DataFusionError::External(Box::new(Error::Postgres { target: target.clone(), message }));
+            let fail = |message: String| {
+                DataFusionError::External(Box::new(Error::Postgres { target: target.clone(), message }))
+            };
             let client = conn::connect(&config).await.map_err(fail)?;
             let stream = client.copy_out(&sql).await.map_err(|e| fail(conn::describe(&e)))?;
             let mut stream = std::pin::pin!(stream);

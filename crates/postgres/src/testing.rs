@@ -21,7 +21,8 @@ impl TestServer {
     /// Starts a server (a second or two). Fails with a message saying what to install when the
     /// PostgreSQL server binaries are missing.
     pub fn start() -> Result<TestServer, String> {
-        let bin = server_bin().ok_or("PostgreSQL server binaries (initdb, pg_ctl) not found: install the postgresql package")?;
+        let bin = server_bin()
+            .ok_or("PostgreSQL server binaries (initdb, pg_ctl) not found: install the postgresql package")?;
         let as_postgres = unsafe { libc::geteuid() } == 0;
         let dir = tempfile::Builder::new().prefix("spillway-pg-").tempdir().map_err(|e| e.to_string())?;
         if as_postgres {
@@ -58,7 +59,16 @@ impl TestServer {
         );
         server.run(
             "pg_ctl",
-            &["-D", &data.to_string_lossy(), "-o", &options, "-l", &server.dir.path().join("log").to_string_lossy(), "-w", "start"],
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-o",
+                &options,
+                "-l",
+                &server.dir.path().join("log").to_string_lossy(),
+                "-w",
+                "start",
+            ],
         )?;
         Ok(server)
     }
@@ -126,9 +136,8 @@ fn server_bin() -> Option<PathBuf> {
     if let Ok(dir) = std::env::var("PG_BIN") {
         return Some(PathBuf::from(dir));
     }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut candidates: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
         .unwrap_or_default();

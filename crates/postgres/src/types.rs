@@ -29,8 +29,9 @@ pub fn out_columns(schema: &Schema, pg: &pgpq::pg_schema::PostgresSchema) -> Res
         .iter()
         .zip(&pg.columns)
         .map(|(field, col)| {
-            let (ddl, accepts) = pg_type(field.data_type(), &col.data_type)
-                .ok_or_else(|| format!("column {:?} ({}) has no PostgreSQL type spillway can write", field.name(), field.data_type()))?;
+            let (ddl, accepts) = pg_type(field.data_type(), &col.data_type).ok_or_else(|| {
+                format!("column {:?} ({}) has no PostgreSQL type spillway can write", field.name(), field.data_type())
+            })?;
             Ok(OutColumn { name: field.name().clone(), ddl, accepts, arrow: field.data_type().clone() })
         })
         .collect()
@@ -53,7 +54,10 @@ fn pg_type(arrow: &DataType, pg: &PostgresType) -> Option<(String, Vec<u32>)> {
         PostgresType::Float8 => simple("double precision", 701),
         PostgresType::Numeric => {
             let ddl = match arrow {
-                DataType::Decimal32(p, s) | DataType::Decimal64(p, s) | DataType::Decimal128(p, s) | DataType::Decimal256(p, s)
+                DataType::Decimal32(p, s)
+                | DataType::Decimal64(p, s)
+                | DataType::Decimal128(p, s)
+                | DataType::Decimal256(p, s)
                     if *s >= 0 && (*s as u8) <= *p =>
                 {
                     format!("numeric({p},{s})")

@@ -3,7 +3,8 @@
 //! intact and no staging table behind.
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -34,12 +35,24 @@ fn batch(from: i64, to: i64, tag: &str) -> RecordBatch {
     let null = |k: &i64| k % 7 == 3;
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from(ks.clone())),
-        Arc::new(Decimal128Array::from(ks.iter().map(|k| (!null(k)).then_some((k * 101 - 5000) as i128)).collect::<Vec<_>>()).with_precision_and_scale(15, 2).unwrap()),
-        Arc::new(StringArray::from(ks.iter().map(|k| (!null(k)).then(|| format!("{tag}-{k}-é'\""))).collect::<Vec<_>>())),
-        Arc::new(Date32Array::from(ks.iter().map(|k| (!null(k)).then_some(9000 + (*k as i32 % 4000))).collect::<Vec<_>>())),
         Arc::new(
-            TimestampMicrosecondArray::from(ks.iter().map(|k| (!null(k)).then_some(1_600_000_000_000_000 + k * 1_000_003)).collect::<Vec<_>>())
-                .with_timezone("UTC"),
+            Decimal128Array::from(
+                ks.iter().map(|k| (!null(k)).then_some((k * 101 - 5000) as i128)).collect::<Vec<_>>(),
+            )
+            .with_precision_and_scale(15, 2)
+            .unwrap(),
+        ),
+        Arc::new(StringArray::from(
+            ks.iter().map(|k| (!null(k)).then(|| format!("{tag}-{k}-é'\""))).collect::<Vec<_>>(),
+        )),
+        Arc::new(Date32Array::from(
+            ks.iter().map(|k| (!null(k)).then_some(9000 + (*k as i32 % 4000))).collect::<Vec<_>>(),
+        )),
+        Arc::new(
+            TimestampMicrosecondArray::from(
+                ks.iter().map(|k| (!null(k)).then_some(1_600_000_000_000_000 + k * 1_000_003)).collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
         ),
         Arc::new(BooleanArray::from(ks.iter().map(|k| (!null(k)).then_some(k % 2 == 0)).collect::<Vec<_>>())),
         Arc::new(Float64Array::from(ks.iter().map(|k| (!null(k)).then_some(*k as f64 / 3.0)).collect::<Vec<_>>())),
@@ -63,7 +76,8 @@ fn rows(from: i64, to: i64, tag: &str) -> datafusion::execution::SendableRecordB
 }
 
 fn sink(server: &TestServer, db: &str, table: &str, mode: Mode) -> SinkSpec {
-    let mut s = SinkSpec::new("items_pg", ConnSpec { url: Some(server.url(db)), url_env: None }, TableName::new(None, table));
+    let mut s =
+        SinkSpec::new("items_pg", ConnSpec { url: Some(server.url(db)), url_env: None }, TableName::new(None, table));
     s.mode = mode;
     s
 }
@@ -94,16 +108,23 @@ async fn loads_in_every_mode_and_reads_back() {
         .psql("shop", "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attnum > 0")
         .unwrap();
     assert_eq!(ddl, "k bigint, price numeric(15,2), name text, day date, at timestamp with time zone, flag boolean, ratio double precision");
-    let indexes = server.psql("shop", "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'items'").unwrap();
+    let indexes = server
+        .psql("shop", "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'items'")
+        .unwrap();
     assert_eq!(indexes, "items_day_name_idx,items_pkey");
-    assert_eq!(server.psql("shop", "SELECT price::text, name, day::text FROM items WHERE k = 12").unwrap(), "-37.88|a-12-é'\"|1994-09-04");
+    assert_eq!(
+        server.psql("shop", "SELECT price::text, name, day::text FROM items WHERE k = 12").unwrap(),
+        "-37.88|a-12-é'\"|1994-09-04"
+    );
     assert_eq!(server.psql("shop", "SELECT count(*) FROM items WHERE price IS NULL").unwrap(), "3571");
 
     // replace again: swapped in whole, key and index names kept.
     let report = load(&spec, rows(0, 10_000, "b")).await.unwrap();
     assert!(!report.created);
     assert_eq!(server.psql("shop", "SELECT count(*), min(name) FROM items").unwrap(), "10000|b-0-é'\"");
-    let indexes = server.psql("shop", "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'items'").unwrap();
+    let indexes = server
+        .psql("shop", "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'items'")
+        .unwrap();
     assert_eq!(indexes, "items_day_name_idx,items_pkey");
 
     // append adds; upsert updates existing keys and inserts new ones.
@@ -113,7 +134,10 @@ async fn loads_in_every_mode_and_reads_back() {
     up.key = vec!["k".into()];
     let report = load(&up, rows(11_000, 13_000, "d")).await.unwrap();
     assert_eq!(report.rows, 2000);
-    assert_eq!(server.psql("shop", "SELECT count(*), count(*) FILTER (WHERE name LIKE 'd-%') FROM items").unwrap(), "13000|1714");
+    assert_eq!(
+        server.psql("shop", "SELECT count(*), count(*) FILTER (WHERE name LIKE 'd-%') FROM items").unwrap(),
+        "13000|1714"
+    );
     assert_eq!(leftovers(&server, "shop"), "");
 
     // Read back as a DataFusion table: the same values, filters pushed into the COPY.
@@ -126,7 +150,9 @@ async fn loads_in_every_mode_and_reads_back() {
     let table = Arc::new(PgTable::open(&src).await.unwrap());
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(1000));
     ctx.register_table("items", table.clone()).unwrap();
-    let got = read_all(&ctx, "SELECT k, price, name, day, at, flag, ratio FROM items WHERE k >= 100 AND k < 200 ORDER BY k").await;
+    let got =
+        read_all(&ctx, "SELECT k, price, name, day, at, flag, ratio FROM items WHERE k >= 100 AND k < 200 ORDER BY k")
+            .await;
     let got = arrow::compute::concat_batches(&got[0].schema(), &got).unwrap();
     let want = batch(100, 200, "b");
     assert_eq!(got.num_rows(), 100);
@@ -140,18 +166,28 @@ async fn loads_in_every_mode_and_reads_back() {
         "COPY (SELECT \"k\", \"name\", \"day\" FROM \"public\".\"items\" WHERE \"k\" >= 5 AND \"k\" <= 9 AND \"name\" <> 'x' AND \"day\" IS NOT NULL) TO STDOUT (FORMAT binary)"
     );
     // Pushed filters are inexact (DataFusion applies them again): the answer is PostgreSQL's own.
-    let counted = read_all(&ctx, "SELECT count(*) AS n, sum(price) AS s FROM items WHERE name LIKE 'd-%' OR k < 10").await;
-    let line = arrow::util::pretty::pretty_format_batches(&counted).unwrap().to_string().lines().nth(3).unwrap().to_string();
+    let counted =
+        read_all(&ctx, "SELECT count(*) AS n, sum(price) AS s FROM items WHERE name LIKE 'd-%' OR k < 10").await;
+    let line =
+        arrow::util::pretty::pretty_format_batches(&counted).unwrap().to_string().lines().nth(3).unwrap().to_string();
     let pg = server.psql("shop", "SELECT count(*), sum(price) FROM items WHERE name LIKE 'd-%' OR k < 10").unwrap();
     assert_eq!(line.replace(' ', ""), format!("|{pg}|"), "DataFusion {line} vs PostgreSQL {pg}");
     // A query as a source.
-    let q = SourceSpec { table: None, query: Some("SELECT k, k * 2 AS twice, price::numeric AS loose FROM items".into()), ..src.clone() };
+    let q = SourceSpec {
+        table: None,
+        query: Some("SELECT k, k * 2 AS twice, price::numeric AS loose FROM items".into()),
+        ..src.clone()
+    };
     ctx.register_table("q", Arc::new(PgTable::open(&q).await.unwrap())).unwrap();
     let out = read_all(&ctx, "SELECT twice, loose FROM q WHERE k = 11").await;
-    assert_eq!(arrow::util::pretty::pretty_format_batches(&out).unwrap().to_string().lines().nth(3).unwrap(), "| 22    | -38.89 |");
+    assert_eq!(
+        arrow::util::pretty::pretty_format_batches(&out).unwrap().to_string().lines().nth(3).unwrap(),
+        "| 22    | -38.89 |"
+    );
 
     // Charged to the session's pool: a pool far smaller than one batch refuses the scan.
-    let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(GreedyMemoryPool::new(64 << 10))).build_arc().unwrap();
+    let runtime =
+        RuntimeEnvBuilder::new().with_memory_pool(Arc::new(GreedyMemoryPool::new(64 << 10))).build_arc().unwrap();
     let small = SessionContext::new_with_config_rt(SessionConfig::new().with_batch_size(8192), runtime);
     small.register_table("items", Arc::new(PgTable::open(&src).await.unwrap())).unwrap();
     let err = small.sql("SELECT * FROM items").await.unwrap().collect().await.unwrap_err().to_string();
@@ -172,16 +208,26 @@ async fn bad_input_leaves_the_previous_table_and_no_staging_table() {
     // The model fails mid-load.
     let failing = stream(vec![Ok(batch(0, 3000, "new")), Err(DataFusionError::Execution("disk on fire".into()))]);
     let err = load(&spec, failing).await.unwrap_err().to_string();
-    assert!(err.contains("sink items_pg → public.items") && err.contains("disk on fire") && err.contains("nothing was committed"), "{err}");
+    assert!(
+        err.contains("sink items_pg → public.items")
+            && err.contains("disk on fire")
+            && err.contains("nothing was committed"),
+        "{err}"
+    );
     intact(&server);
 
     // Type mismatch with an existing table: every column listed, nothing sent.
-    server.psql("shop", "CREATE TABLE narrow (k integer, price numeric, name varchar(40), extra text NOT NULL)").unwrap();
+    server
+        .psql("shop", "CREATE TABLE narrow (k integer, price numeric, name varchar(40), extra text NOT NULL)")
+        .unwrap();
     let err = load(&sink(&server, "shop", "narrow", Mode::Append), rows(0, 10, "x")).await.unwrap_err().to_string();
     assert!(err.contains("k: the model gives Int64 (written as bigint), the table has integer"), "{err}");
     assert!(err.contains("day: the model has it (Date32), the table does not"), "{err}");
     assert!(err.contains("extra: NOT NULL without a default"), "{err}");
-    assert!(!err.contains("name:") && !err.contains("price:"), "varchar and unconstrained numeric accept the binary form: {err}");
+    assert!(
+        !err.contains("name:") && !err.contains("price:"),
+        "varchar and unconstrained numeric accept the binary form: {err}"
+    );
 
     // A constraint violated mid-load (a duplicate key in the 4th thousand rows).
     let mut keyed = spec.clone();
@@ -205,7 +251,14 @@ async fn bad_input_leaves_the_previous_table_and_no_staging_table() {
         sent += 1;
         if sent == 3 {
             let status = std::process::Command::new("psql")
-                .args(["-X", "-q", "-d", &killer, "-c", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'spillway'"])
+                .args([
+                    "-X",
+                    "-q",
+                    "-d",
+                    &killer,
+                    "-c",
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'spillway'",
+                ])
                 .status()
                 .unwrap();
             assert!(status.success());
@@ -231,16 +284,26 @@ async fn several_streams_load_one_table_and_clean_up_after_themselves() {
 
     let report = load(&spec, rows(0, 30_000, "a")).await.unwrap();
     assert_eq!((report.rows, report.created), (30_000, true));
-    assert_eq!(server.psql("shop", "SELECT count(*), count(DISTINCT k), sum(k) FROM items").unwrap(), "30000|30000|449985000");
+    assert_eq!(
+        server.psql("shop", "SELECT count(*), count(DISTINCT k), sum(k) FROM items").unwrap(),
+        "30000|30000|449985000"
+    );
     let report = load(&spec, rows(0, 20_000, "b")).await.unwrap();
     assert_eq!((report.rows, report.created), (20_000, false));
     assert_eq!(server.psql("shop", "SELECT count(*), min(name) FROM items").unwrap(), "20000|b-0-é'\"");
-    let indexes = server.psql("shop", "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'items'").unwrap();
+    let indexes = server
+        .psql("shop", "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'items'")
+        .unwrap();
     assert_eq!(indexes, "items_day_idx,items_pkey");
     assert_eq!(leftovers(&server, "shop"), "");
 
     // The model fails mid-load: the staging table is dropped, the table is as it was.
-    let failing = stream((0..10).map(|i| Ok(batch(i * 1000, (i + 1) * 1000, "c"))).chain([Err(DataFusionError::Execution("boom".into()))]).collect());
+    let failing = stream(
+        (0..10)
+            .map(|i| Ok(batch(i * 1000, (i + 1) * 1000, "c")))
+            .chain([Err(DataFusionError::Execution("boom".into()))])
+            .collect(),
+    );
     let err = load(&spec, failing).await.unwrap_err().to_string();
     assert!(err.contains("sink items_pg → public.items") && err.contains("boom"), "{err}");
     assert_eq!(server.psql("shop", "SELECT count(*), min(name) FROM items").unwrap(), "20000|b-0-é'\"");
@@ -262,7 +325,11 @@ async fn several_streams_load_one_table_and_clean_up_after_themselves() {
 async fn unreachable_server_and_wrong_password_are_named() {
     let server = TestServer::start().unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let bad = SinkSpec::new("out", ConnSpec { url: Some(format!("postgresql://spillway:pw@127.0.0.1:{closed}/shop")), url_env: None }, TableName::new(None, "t"));
+    let bad = SinkSpec::new(
+        "out",
+        ConnSpec { url: Some(format!("postgresql://spillway:pw@127.0.0.1:{closed}/shop")), url_env: None },
+        TableName::new(None, "t"),
+    );
     let err = load(&bad, rows(0, 10, "x")).await.unwrap_err().to_string();
     assert!(err.starts_with("sink out → public.t: cannot reach PostgreSQL at spillway@127.0.0.1:"), "{err}");
     assert!(!err.contains(":pw@"), "{err}");
@@ -273,7 +340,12 @@ async fn unreachable_server_and_wrong_password_are_named() {
     assert!(err.contains("sink out → public.t") && err.contains("password authentication failed"), "{err}");
     assert!(!err.contains("not-the-password"), "{err}");
 
-    let src = SourceSpec { name: "s".into(), conn: ConnSpec { url: Some(server.url("postgres")), url_env: None }, table: Some(TableName::new(None, "missing")), query: None };
+    let src = SourceSpec {
+        name: "s".into(),
+        conn: ConnSpec { url: Some(server.url("postgres")), url_env: None },
+        table: Some(TableName::new(None, "missing")),
+        query: None,
+    };
     let err = PgTable::open(&src).await.unwrap_err().to_string();
     assert_eq!(err, "source s (public.missing): table public.missing does not exist");
 }
@@ -375,7 +447,9 @@ async fn issue_13_pushdown_never_changes_answers() {
         let scan = table.scans().pop().unwrap();
         let off = keys(read_all(&ctx, &format!("SELECT k FROM edge_all WHERE {filter}")).await);
         assert_eq!(on, off, "pushdown changed the answer of WHERE {filter}: COPY was {scan}");
-        let pg = server.psql("edge", &format!("SELECT string_agg(k::text, ',' ORDER BY k) FROM edge WHERE {filter}")).unwrap();
+        let pg = server
+            .psql("edge", &format!("SELECT string_agg(k::text, ',' ORDER BY k) FROM edge WHERE {filter}"))
+            .unwrap();
         if *pg_agrees {
             assert_eq!(on, pg, "WHERE {filter}: spillway {on:?}, PostgreSQL {pg:?} (COPY: {scan})");
         } else if on != pg {
@@ -393,5 +467,10 @@ async fn issue_13_pushdown_never_changes_answers() {
     let c = got[0].column(0).as_any().downcast_ref::<StringArray>().unwrap();
     assert_eq!((c.value(0), c.value(1)), ("ab", " ab"));
     // Those that differ do so for the documented reasons only.
-    assert!(disagree_with_pg.iter().all(|f| f.starts_with("ci ") || f.starts_with("f ") || f.starts_with("r ") || f.starts_with("u ")), "{disagree_with_pg:?}");
+    assert!(
+        disagree_with_pg
+            .iter()
+            .all(|f| f.starts_with("ci ") || f.starts_with("f ") || f.starts_with("r ") || f.starts_with("u ")),
+        "{disagree_with_pg:?}"
+    );
 }

@@ -75,12 +75,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let arrow_bytes = tally.bytes();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    println!("lineitem sf{sf}: {rows} rows, {} of Arrow in {} batches (generated in {:.1}s)", fmt_bytes(arrow_bytes), batches.len(), t.elapsed().as_secs_f64());
+    println!(
+        "lineitem sf{sf}: {rows} rows, {} of Arrow in {} batches (generated in {:.1}s)",
+        fmt_bytes(arrow_bytes),
+        batches.len(),
+        t.elapsed().as_secs_f64()
+    );
 
     let mut config = GovernorConfig::new(arrow_bytes * 4);
     config.sample_interval = std::time::Duration::from_secs(3600);
     let governor = Governor::new(config)?;
-    let store = HandoffStore::new(governor, &handoff, DiskQuota::new(u64::MAX), TierConfig::for_budget(arrow_bytes * 4));
+    let store =
+        HandoffStore::new(governor, &handoff, DiskQuota::new(u64::MAX), TierConfig::for_budget(arrow_bytes * 4));
 
     // Memory tier: cost of handing off (Arc clones) and of registering for reading.
     for share in [10, 1] {
@@ -122,7 +128,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for b in &back {
             for c in b.columns() {
                 for buf in c.to_data().buffers() {
-                    checksum = checksum.wrapping_add(buf.as_slice().iter().step_by(4096).map(|&x| x as u64).sum::<u64>());
+                    checksum =
+                        checksum.wrapping_add(buf.as_slice().iter().step_by(4096).map(|&x| x as u64).sum::<u64>());
                 }
             }
         }
@@ -139,8 +146,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         v[v.len() / 2]
     };
     let (iw, iwf, dw, dwf, ir) = (med(&mut ipc_w), med(&mut ipc_wf), med(&mut dd_w), med(&mut dd_wf), med(&mut ipc_r));
-    println!("ipc write    {:>10}: {:>12} (page cache), {:>12} with fsync   [median of 3]", fmt_bytes(ipc_bytes), rate(ipc_bytes, iw), rate(ipc_bytes, iwf));
-    println!("dd           {:>10}: {:>12} (page cache), {:>12} with fsync   [median of 3]", fmt_bytes(ipc_bytes), rate(ipc_bytes, dw), rate(ipc_bytes, dwf));
+    println!(
+        "ipc write    {:>10}: {:>12} (page cache), {:>12} with fsync   [median of 3]",
+        fmt_bytes(ipc_bytes),
+        rate(ipc_bytes, iw),
+        rate(ipc_bytes, iwf)
+    );
+    println!(
+        "dd           {:>10}: {:>12} (page cache), {:>12} with fsync   [median of 3]",
+        fmt_bytes(ipc_bytes),
+        rate(ipc_bytes, dw),
+        rate(ipc_bytes, dwf)
+    );
     println!("ipc / dd: {:.0}% (page cache), {:.0}% (with fsync)", 100.0 * dw / iw, 100.0 * dwf / iwf);
     println!("ipc read     {:>10}: {:>12} (mmap, every page touched)", fmt_bytes(ipc_bytes), rate(ipc_bytes, ir));
 
@@ -149,8 +166,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hints = Hints { materialize: Materialize::Parquet, ..Default::default() };
     let pq = store.write("pq", stream_of(&batches), &hints).await?;
     let pq_write = t.elapsed().as_secs_f64();
-    println!("parquet zstd(1) write: {} of Arrow -> {} in {pq_write:.2}s = {} of Arrow input",
-        fmt_bytes(arrow_bytes), fmt_bytes(pq.info().bytes), rate(arrow_bytes, pq_write));
+    println!(
+        "parquet zstd(1) write: {} of Arrow -> {} in {pq_write:.2}s = {} of Arrow input",
+        fmt_bytes(arrow_bytes),
+        fmt_bytes(pq.info().bytes),
+        rate(arrow_bytes, pq_write)
+    );
     drop(pq);
     Ok(())
 }

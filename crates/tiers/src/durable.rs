@@ -24,9 +24,16 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Renames a synced `from` onto `to` and syncs `to`'s folder (and `from`'s, when it differs).
 pub fn rename_synced(from: &Path, to: &Path) -> Result<()> {
+    rename_synced_at(from, to, None)
+}
+
+/// [`rename_synced`], reaching fault point `point` between the rename and the folder sync.
+pub(crate) fn rename_synced_at(from: &Path, to: &Path, point: Option<&str>) -> Result<()> {
     sync_file(from)?;
     std::fs::rename(from, to).map_err(|e| Error::io(to, e))?;
-    spillway_faults::point("publish-after-rename");
+    if let Some(p) = point {
+        spillway_faults::point(p);
+    }
     let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
     sync_dir(&parent(to))?;
     if parent(from) != parent(to) {

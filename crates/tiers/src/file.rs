@@ -95,16 +95,19 @@ enum SinkKind {
 impl FileSink {
     /// Creates `path` (mode 0600) and opens a writer of `format` for `schema`.
     pub fn create(format: FileFormat, path: &Path, schema: &SchemaRef, options: &WriteOptions) -> Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+        let file =
+            std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| Error::io(path, e))?;
         crate::rundir::set_mode(path, 0o600)?;
         Self::from_file(format, file, path, schema, options)
     }
 
-    fn from_file(format: FileFormat, file: File, path: &Path, schema: &SchemaRef, options: &WriteOptions) -> Result<Self> {
+    fn from_file(
+        format: FileFormat,
+        file: File,
+        path: &Path,
+        schema: &SchemaRef,
+        options: &WriteOptions,
+    ) -> Result<Self> {
         let written = Arc::new(AtomicU64::new(0));
         let file = EarlyWriteback { file, pending: 0 };
         let inner: Box<dyn Write + Send> = match &options.quota {
@@ -257,7 +260,7 @@ impl Staged {
     /// Publishes it: the staged file is synced, renamed onto the destination (replacing any
     /// previous file at once) and the folder synced.
     pub fn publish(mut self) -> Result<WriteSummary> {
-        crate::durable::rename_synced(&self.tmp, &self.dest)?;
+        crate::durable::rename_synced_at(&self.tmp, &self.dest, Some("publish-after-rename"))?;
         self.published = true;
         Ok(self.summary)
     }
@@ -273,7 +276,11 @@ impl Drop for Staged {
 
 /// Streams `stream` into `path` and publishes it ([`stage_stream`] then [`Staged::publish`]): a
 /// failure leaves any previous file at `path` untouched and no partial file behind.
-pub async fn write_stream(stream: SendableRecordBatchStream, path: &Path, options: &WriteOptions) -> Result<WriteSummary> {
+pub async fn write_stream(
+    stream: SendableRecordBatchStream,
+    path: &Path,
+    options: &WriteOptions,
+) -> Result<WriteSummary> {
     stage_stream(stream, path, options).await?.publish()
 }
 
@@ -281,7 +288,11 @@ pub async fn write_stream(stream: SendableRecordBatchStream, path: &Path, option
 /// and unpublished. Staging files of dead processes in that folder are removed first. Encoding
 /// runs on a writer thread fed through a two-batch channel, so the query keeps computing while
 /// the file is written and at most two batches wait.
-pub async fn stage_stream(mut stream: SendableRecordBatchStream, path: &Path, options: &WriteOptions) -> Result<Staged> {
+pub async fn stage_stream(
+    mut stream: SendableRecordBatchStream,
+    path: &Path,
+    options: &WriteOptions,
+) -> Result<Staged> {
     let invalid = |reason: String| Error::Invalid(format!("{}: {reason}", path.display()));
     let format = FileFormat::from_path(path)
         .ok_or_else(|| invalid("unknown output type; use .parquet, .csv, .json/.ndjson or .arrow".into()))?;

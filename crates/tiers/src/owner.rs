@@ -89,7 +89,11 @@ impl Owner {
 
 impl fmt::Display for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pid {} (started at tick {}, boot {}, pid namespace {})", self.pid, self.start, self.boot, self.pid_ns)
+        write!(
+            f,
+            "pid {} (started at tick {}, boot {}, pid namespace {})",
+            self.pid, self.start, self.boot, self.pid_ns
+        )
     }
 }
 

@@ -123,7 +123,11 @@ impl TempFileFactory for QuotaTempFiles {
             .prefix("spill-")
             .tempfile_in(&self.dir)
             .map_err(|e| DataFusionError::IoError(std::io::Error::new(e.kind(), format!("{description}: {e}"))))?;
-        Ok(Arc::new(QuotaSpillFile { file: Arc::new(file), written: Arc::new(AtomicU64::new(0)), quota: self.quota.clone() }))
+        Ok(Arc::new(QuotaSpillFile {
+            file: Arc::new(file),
+            written: Arc::new(AtomicU64::new(0)),
+            quota: self.quota.clone(),
+        }))
     }
 }
 
@@ -149,7 +153,9 @@ impl SpillFile for QuotaSpillFile {
         Some(self.written.load(Ordering::Relaxed))
     }
 
-    fn read_stream(&self) -> datafusion::common::Result<Pin<Box<dyn Stream<Item = datafusion::common::Result<Bytes>> + Send>>> {
+    fn read_stream(
+        &self,
+    ) -> datafusion::common::Result<Pin<Box<dyn Stream<Item = datafusion::common::Result<Bytes>> + Send>>> {
         use tokio::io::AsyncReadExt;
         let path = self.file.path().to_path_buf();
         // Keep the file alive while it is read.

@@ -16,26 +16,26 @@ use crate::error::{Error, Result};
 use crate::store::{Intermediate, Tier};
 use arrow::array::RecordBatch;
 use arrow::buffer::Buffer;
-use arrow::ipc::convert::fb_to_schema;
 use arrow::datatypes::SchemaRef;
+use arrow::ipc::convert::fb_to_schema;
 use arrow::ipc::reader::{read_footer_length, FileDecoder};
 use arrow::ipc::{root_as_footer, Block, MetadataVersion};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::catalog::Session;
+use datafusion::catalog::TableProvider;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::MemTable;
 use datafusion::datasource::TableType;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
     Statistics, StatisticsArgs,
 };
-use datafusion::catalog::TableProvider;
-use datafusion::datasource::MemTable;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use std::path::{Path, PathBuf};
@@ -43,10 +43,16 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 /// Registers `intermediate` as table `name` in `ctx`, split into up to `partitions` partitions.
-pub async fn register(ctx: &SessionContext, name: &str, intermediate: &Arc<Intermediate>, partitions: usize) -> Result<()> {
+pub async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    intermediate: &Arc<Intermediate>,
+    partitions: usize,
+) -> Result<()> {
     match intermediate.info().tier {
         Tier::Parquet => {
-            let path = intermediate.path().ok_or_else(|| Error::Invalid("parquet intermediate without a file".into()))?;
+            let path =
+                intermediate.path().ok_or_else(|| Error::Invalid("parquet intermediate without a file".into()))?;
             ctx.register_parquet(name, path.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
         }
         _ => {

@@ -158,10 +158,8 @@ impl SpillRoot {
     /// a `.creating` name first, then renamed, so a `run-*` folder always carries its marker.
     pub fn create_run_dir(&self) -> Result<RunDir> {
         let owner = Owner::current();
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        let millis =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let tag = owner.tag();
         let creating = self.path.join(format!(".run-{tag}.creating"));
         let path = self.path.join(format!("run-{tag}-{millis}"));

@@ -9,7 +9,8 @@
 //!
 //! The owner tag is [`Owner::tag`](crate::owner::Owner::tag): boot id prefix, PID namespace,
 //! pid and start time. [`sweep`] removes only entries whose name has this exact shape and whose
-//! owner is [dead](crate::owner::Liveness::Dead); it never follows a symlink.
+//! owner is [dead](crate::owner::Liveness::Dead); it never follows a symlink (a staged symlink,
+//! such as a run folder's `latest` link, is removed itself, never what it points to).
 
 use crate::owner::{Liveness, Owner};
 use crate::rundir::{dir_size, Swept};
@@ -53,11 +54,12 @@ pub fn sweep(dir: &Path) -> Swept {
                 let bytes = dir_size(&path);
                 std::fs::remove_dir_all(&path).map(|()| bytes)
             }
-            Ok(t) if t.is_file() => {
-                let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            Ok(t) if t.is_file() || t.is_symlink() => {
+                let bytes = if t.is_file() { entry.metadata().map(|m| m.len()).unwrap_or(0) } else { 0 };
+                // On a symlink this removes the link, not its target.
                 std::fs::remove_file(&path).map(|()| bytes)
             }
-            _ => continue, // a symlink or anything else is not ours
+            _ => continue, // a socket, a device: not ours
         };
         match result {
             Ok(bytes) => {

@@ -255,7 +255,8 @@ impl HandoffStore {
     }
 
     fn file_path(&self, name: &str, tier: Tier) -> PathBuf {
-        let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+        let safe: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
         let ext = if tier == Tier::Parquet { "parquet" } else { "arrow" };
         let mut path = self.dir.join(format!("{safe}.{ext}"));
         let mut n = 1;
@@ -288,10 +289,9 @@ impl HandoffStore {
                 (Tier::Parquet, "another heavy step is running: memory stays free for it".into())
             }
             Materialize::Auto => match hints.expected_bytes {
-                Some(e) if e > c.parquet_above => (
-                    Tier::Parquet,
-                    format!("expected {} > parquet_above {}", fmt_bytes(e), fmt_bytes(c.parquet_above)),
-                ),
+                Some(e) if e > c.parquet_above => {
+                    (Tier::Parquet, format!("expected {} > parquet_above {}", fmt_bytes(e), fmt_bytes(c.parquet_above)))
+                }
                 _ => (Tier::Memory, format!("fits in memory (<= in_memory_max {})", fmt_bytes(c.in_memory_max))),
             },
         }
@@ -301,14 +301,23 @@ impl HandoffStore {
     /// staged beside it, synced and renamed when complete ([`crate::file::stage_stream`]), so a
     /// crash leaves the previous file or the new one. It is not temp space (no quota), and
     /// dropping the intermediate keeps the file.
-    pub async fn write_kept(&self, name: &str, stream: SendableRecordBatchStream, dest: &Path) -> Result<Arc<Intermediate>> {
+    pub async fn write_kept(
+        &self,
+        name: &str,
+        stream: SendableRecordBatchStream,
+        dest: &Path,
+    ) -> Result<Arc<Intermediate>> {
         let started = Instant::now();
         spillway_faults::point("checkpoint-write");
         let schema = stream.schema();
         if let Some(dir) = dest.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let options = WriteOptions { row_group_bytes: self.config.row_group_bytes, zstd_level: self.config.zstd_level, quota: None };
+        let options = WriteOptions {
+            row_group_bytes: self.config.row_group_bytes,
+            zstd_level: self.config.zstd_level,
+            quota: None,
+        };
         let staged = crate::file::stage_stream(stream, dest, &options).await?;
         spillway_faults::point("checkpoint-before-rename");
         let w = staged.publish()?;
@@ -323,7 +332,12 @@ impl HandoffStore {
                 path: Some(dest.to_path_buf()),
             },
             schema,
-            data: Data::File { path: dest.to_path_buf(), bytes: 0, quota: self.quota.clone(), keep: AtomicBool::new(true) },
+            data: Data::File {
+                path: dest.to_path_buf(),
+                bytes: 0,
+                quota: self.quota.clone(),
+                keep: AtomicBool::new(true),
+            },
         }))
     }
 
@@ -390,7 +404,15 @@ impl HandoffStore {
             None => {
                 let rows = held.iter().map(|b| b.num_rows() as u64).sum();
                 Intermediate {
-                    info: IntermediateInfo { name: name.into(), tier, rows, bytes: tally.bytes(), write_ms, reason, path: None },
+                    info: IntermediateInfo {
+                        name: name.into(),
+                        tier,
+                        rows,
+                        bytes: tally.bytes(),
+                        write_ms,
+                        reason,
+                        path: None,
+                    },
                     schema,
                     data: Data::Memory { batches: held, _lease: lease },
                 }

@@ -231,7 +231,7 @@ fn issue_13_sweep_removes_only_what_spillway_made_for_a_dead_process() {
     plant(&root.join("run-other-ns"), Some(marker(&Owner { pid_ns: dead.pid_ns + 1, ..dead.clone() })));
     plant(&root.join("run-no-marker"), None);
     plant(&root.join("run-foreign"), Some(format!("{} 0\n", dead.pid))); // an old-style LOCK-like file
-    // A symlink named like a run folder, pointing at a dead-marked folder outside the root.
+                                                                         // A symlink named like a run folder, pointing at a dead-marked folder outside the root.
     let outside = dir.join("outside");
     plant(&outside, Some(marker(&dead)));
     std::os::unix::fs::symlink(&outside, root.join("run-link")).unwrap();
@@ -241,7 +241,8 @@ fn issue_13_sweep_removes_only_what_spillway_made_for_a_dead_process() {
     assert!(root.join("run-dead").exists(), "inspect removes nothing");
 
     let (_, swept) = SpillRoot::open(&dir).unwrap();
-    let mut removed: Vec<String> = swept.dirs.iter().map(|d| d.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let mut removed: Vec<String> =
+        swept.dirs.iter().map(|d| d.file_name().unwrap().to_string_lossy().into_owned()).collect();
     removed.sort();
     assert_eq!(removed, ["run-dead", "run-other-boot"]);
     assert!(swept.bytes >= 2000);
@@ -253,8 +254,8 @@ fn issue_13_sweep_removes_only_what_spillway_made_for_a_dead_process() {
     assert!(mine.path().exists(), "a live process's run folder stays");
 }
 
-/// Issue #13: staging files (`.NAME.spillway-tmp-<owner>`) of dead processes are removed; a live
-/// process's, files of other names and symlinks stay.
+/// Issue #13: staging files (`.NAME.spillway-tmp-<owner>`) of dead processes are removed (a
+/// staged symlink itself, never its target); a live process's and files of other names stay.
 #[test]
 fn issue_13_staging_files_of_dead_processes_are_swept() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tiers-staging");
@@ -269,13 +270,16 @@ fn issue_13_staging_files_of_dead_processes_are_swept() {
     let live = spillway_tiers::staging::staging_path(&dir.join("live.parquet"));
     std::fs::write(&live, b"x").unwrap();
     std::fs::write(dir.join(".out.parquet.tmp-1"), b"x").unwrap();
-    std::os::unix::fs::symlink(&dead_file, dir.join(format!(".link.spillway-tmp-{}", dead.tag()))).unwrap();
+    let target = dir.join("target.parquet");
+    std::fs::write(&target, b"kept").unwrap();
+    let link = dir.join(format!(".link.spillway-tmp-{}", dead.tag()));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
     let swept = spillway_tiers::staging::sweep(&dir);
-    assert_eq!(swept.dirs.len(), 2, "{swept:?}");
+    assert_eq!(swept.dirs.len(), 3, "{swept:?}");
     assert!(!dead_file.exists() && !dead_dir.exists());
+    assert!(std::fs::symlink_metadata(&link).is_err() && target.exists(), "the link goes, its target stays");
     assert!(live.exists());
     assert!(dir.join(".out.parquet.tmp-1").exists());
-    assert!(std::fs::symlink_metadata(dir.join(format!(".link.spillway-tmp-{}", dead.tag()))).is_ok());
 }
 
 /// A session whose spill files come from `temp` (as `spillway-engine` builds them), with a small

@@ -73,7 +73,8 @@ pub fn run(settings: &Settings, args: BenchTpchArgs) -> Result<()> {
         let mine: Vec<&Row> = rows.iter().filter(|r| r.engine == name).collect();
         let ok: Vec<&&Row> = mine.iter().filter(|r| r.status == "ok").collect();
         let total: f64 = ok.iter().map(|r| r.wall_ms as f64 / 1000.0).sum();
-        let geo = (ok.iter().map(|r| (r.wall_ms.max(1) as f64 / 1000.0).ln()).sum::<f64>() / ok.len().max(1) as f64).exp();
+        let geo =
+            (ok.iter().map(|r| (r.wall_ms.max(1) as f64 / 1000.0).ln()).sum::<f64>() / ok.len().max(1) as f64).exp();
         let max_rss = mine.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0);
         println!(
             "{name:<10} completed {}/{} · sum {:.2}s · geomean {} (of completed) · max peak RSS {} = {:.2} × budget",
@@ -89,8 +90,11 @@ pub fn run(settings: &Settings, args: BenchTpchArgs) -> Result<()> {
         .iter()
         .copied()
         .filter(|q| {
-            let sums: std::collections::BTreeSet<&str> =
-                rows.iter().filter(|r| r.query == *q && r.status == "ok").filter_map(|r| r.checksum.as_deref()).collect();
+            let sums: std::collections::BTreeSet<&str> = rows
+                .iter()
+                .filter(|r| r.query == *q && r.status == "ok")
+                .filter_map(|r| r.checksum.as_deref())
+                .collect();
             sums.len() > 1
         })
         .collect();
@@ -98,7 +102,8 @@ pub fn run(settings: &Settings, args: BenchTpchArgs) -> Result<()> {
         println!("results differ between engines for queries {mismatched:?}");
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&rows)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -127,8 +132,18 @@ fn ensure_data(exe: &Path, data: &Path, sf: f64) -> Result<()> {
 
 /// Runs one query in a fresh `spillway sql` process and classifies how it ended.
 #[allow(clippy::too_many_arguments)]
-fn run_one(exe: &Path, engine: BenchEngine, q: usize, sql: &str, data: &Path, budget: u64, spill: &Path, timeout: Duration) -> Row {
-    let stats = std::env::temp_dir().join(format!("spillway-bench-{}-q{q}-{}.json", std::process::id(), engine_name(engine)));
+fn run_one(
+    exe: &Path,
+    engine: BenchEngine,
+    q: usize,
+    sql: &str,
+    data: &Path,
+    budget: u64,
+    spill: &Path,
+    timeout: Duration,
+) -> Row {
+    let stats =
+        std::env::temp_dir().join(format!("spillway-bench-{}-q{q}-{}.json", std::process::id(), engine_name(engine)));
     let _ = std::fs::remove_file(&stats);
     let pool = match engine {
         BenchEngine::Spillway => "spillway",
@@ -200,7 +215,8 @@ fn run_one(exe: &Path, engine: BenchEngine, q: usize, sql: &str, data: &Path, bu
     if row.status != "ok" {
         let lines: Vec<&str> = err_text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         let last = lines.iter().find(|l| l.starts_with("error:")).or(lines.last()).copied().unwrap_or("");
-        row.error = Some(if last.is_empty() { format!("exit status {status:#x}") } else { last.chars().take(400).collect() });
+        row.error =
+            Some(if last.is_empty() { format!("exit status {status:#x}") } else { last.chars().take(400).collect() });
     }
     row
 }

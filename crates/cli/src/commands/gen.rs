@@ -12,9 +12,11 @@ pub fn tpch(settings: &Settings, args: GenTpchArgs) -> Result<()> {
     let total: u64 = tpch::TABLES.iter().map(|t| tpch::expected_rows(t, args.sf)).sum();
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} TPC-H sf{msg} [{bar:30}] {human_pos}/{human_len} rows {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} TPC-H sf{msg} [{bar:30}] {human_pos}/{human_len} rows {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_message(format!("{}", args.sf));
     let started = Instant::now();
@@ -28,11 +30,6 @@ pub fn tpch(settings: &Settings, args: GenTpchArgs) -> Result<()> {
         rows += t.rows;
         bytes += t.bytes;
     }
-    println!(
-        "TPC-H sf{}: {rows} rows, {} in {:.1}s",
-        args.sf,
-        fmt_bytes(bytes),
-        started.elapsed().as_secs_f64()
-    );
+    println!("TPC-H sf{}: {rows} rows, {} in {:.1}s", args.sf, fmt_bytes(bytes), started.elapsed().as_secs_f64());
     Ok(())
 }

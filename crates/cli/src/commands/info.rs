@@ -12,9 +12,18 @@ pub fn run(s: &Settings) -> Result<()> {
         MemorySpec::Bytes(_) => "as given".to_string(),
     };
     println!("spillway {}", env!("CARGO_PKG_VERSION"));
-    println!("memory limit  {} ({}; MemTotal {})", fmt_bytes(b.limit.bytes), b.limit.source, fmt_bytes(b.limit.mem_total));
+    println!(
+        "memory limit  {} ({}; MemTotal {})",
+        fmt_bytes(b.limit.bytes),
+        b.limit.source,
+        fmt_bytes(b.limit.mem_total)
+    );
     println!("budget        {} ({how})", fmt_bytes(b.bytes));
-    println!("leasable      {} (headroom {:.0}% kept for untracked allocations)", fmt_bytes(g.leasable()), g.headroom * 100.0);
+    println!(
+        "leasable      {} (headroom {:.0}% kept for untracked allocations)",
+        fmt_bytes(g.leasable()),
+        g.headroom * 100.0
+    );
     println!(
         "profiles      S {} · M {} · L {} · heavy slots {}",
         fmt_bytes(g.profile_bytes(Profile::S)),
@@ -37,7 +46,11 @@ pub fn run(s: &Settings) -> Result<()> {
     let stale = if stale.dirs.is_empty() {
         String::new()
     } else {
-        format!("; {} run folder(s) of dead processes, {}, removed at the next run", stale.dirs.len(), fmt_bytes(stale.bytes))
+        format!(
+            "; {} run folder(s) of dead processes, {}, removed at the next run",
+            stale.dirs.len(),
+            fmt_bytes(stale.bytes)
+        )
     };
     println!("spill root    {} (free {free}, quota {quota}{stale})", root.display());
     let allocator = if jemalloc::is_active() { "jemalloc (global allocator)" } else { "system (jemalloc not active)" };

@@ -23,7 +23,10 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
     for (name, def) in &project.sources {
         let what = match def {
             SourceDef::Tpch { sf } => format!("TPC-H sf{sf}, generated: {}", def.tables(name).join(", ")),
-            SourceDef::Parquet { path } | SourceDef::Csv { path } | SourceDef::Json { path } | SourceDef::Arrow { path } => {
+            SourceDef::Parquet { path }
+            | SourceDef::Csv { path }
+            | SourceDef::Json { path }
+            | SourceDef::Arrow { path } => {
                 format!("{} {}", def_kind(def), path.display())
             }
             SourceDef::Postgres { .. } => match def.postgres(name) {
@@ -53,13 +56,17 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
     }
     println!();
     let w = selected.iter().map(|m| m.len()).max().unwrap_or(0).max(24);
-    println!("{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} reads", "#", "model", "class", "lease", "materialize", "checkpoint");
+    println!(
+        "{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} reads",
+        "#", "model", "class", "lease", "materialize", "checkpoint"
+    );
     for (i, name) in selected.iter().enumerate() {
         let m = &project.models[name];
         let s = &m.settings;
         let bytes = s.lease.bytes(g);
         let too_big = if bytes > g.leasable() { " (> leasable!)" } else { "" };
-        let reads: Vec<String> = dag.upstream[name].iter().cloned().chain(dag.sources[name].iter().map(|t| format!("{t}*"))).collect();
+        let reads: Vec<String> =
+            dag.upstream[name].iter().cloned().chain(dag.sources[name].iter().map(|t| format!("{t}*"))).collect();
         println!(
             "{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} {}",
             i + 1,
@@ -67,7 +74,13 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
             s.class.to_string(),
             format!("{} {}{too_big}", s.lease, fmt_bytes(bytes)),
             format!("{:?}", s.materialize).to_lowercase(),
-            if s.check { "check" } else if s.checkpoint { "yes" } else { "no" },
+            if s.check {
+                "check"
+            } else if s.checkpoint {
+                "yes"
+            } else {
+                "no"
+            },
             if reads.is_empty() { "-".into() } else { reads.join(", ") }
         );
     }
@@ -82,7 +95,10 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
         for (name, decision) in decisions {
             match decision {
                 Decision::Reuse { record, input } => {
-                    let from = input.map_or_else(|| "not read by anything that runs".to_string(), |p| format!("read from {}", p.display()));
+                    let from = input.map_or_else(
+                        || "not read by anything that runs".to_string(),
+                        |p| format!("read from {}", p.display()),
+                    );
                     println!("  reuse  {name:<w$} (run {}; {from})", record.reused_from.unwrap_or_default());
                 }
                 Decision::Rerun(why) => println!("  run    {name:<w$} {why}"),

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use spillway_governor::{fmt_bytes, Governor};
 use spillway_pipeline::results::SinkResult;
-use spillway_pipeline::{Config, run, Event, Project, RunOptions, Status, StepResult};
+use spillway_pipeline::{run, Config, Event, Project, RunOptions, Status, StepResult};
 use spillway_tiers::Materialize;
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -68,7 +68,11 @@ pub async fn run(settings: &Settings, config: &Config, args: RunArgs) -> Result<
         fmt_bytes(results.spilled_bytes),
     );
     let run_dir = spillway_pipeline::results::runs_dir(&project.dir).join(&results.run_id);
-    println!("results: {}  (HTML: spillway report {})", run_dir.join("run_results.json").display(), project.dir.display());
+    println!(
+        "results: {}  (HTML: spillway report {})",
+        run_dir.join("run_results.json").display(),
+        project.dir.display()
+    );
     if results.status != Status::Ok {
         let first = results.steps.iter().find(|s| s.status == Status::Error).and_then(|s| s.error.clone());
         match first {
@@ -132,9 +136,11 @@ impl Display {
                     let bar = st.source.get_or_insert_with(|| {
                         let bar = b.multi.insert(0, ProgressBar::new(*total));
                         bar.set_style(
-                            ProgressStyle::with_template("  generating {msg} [{bar:30}] {human_pos}/{human_len} rows eta {eta}")
-                                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                                .progress_chars("=> "),
+                            ProgressStyle::with_template(
+                                "  generating {msg} [{bar:30}] {human_pos}/{human_len} rows eta {eta}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
                         );
                         bar.set_message(source.clone());
                         bar
@@ -159,7 +165,10 @@ impl Display {
                 if let Some(b) = &self.bars {
                     let bar = st.running.entry(model.clone()).or_insert_with(|| {
                         let bar = b.multi.add(ProgressBar::new_spinner());
-                        bar.set_style(ProgressStyle::with_template("  {spinner} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                        bar.set_style(
+                            ProgressStyle::with_template("  {spinner} {elapsed:>4} {msg}")
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        );
                         bar.enable_steady_tick(Duration::from_millis(120));
                         bar
                     });
@@ -207,7 +216,8 @@ impl Display {
 fn describe(step: &StepResult) -> String {
     match step.status {
         Status::Ok => {
-            let sinks: Vec<String> = step.sinks.iter().map(|s: &SinkResult| format!(" → {}", s.path.display())).collect();
+            let sinks: Vec<String> =
+                step.sinks.iter().map(|s: &SinkResult| format!(" → {}", s.path.display())).collect();
             format!(
                 "OK    {} [{:.2}s, peak {}, {} {}, {} rows{}{}]{}",
                 step.name,
@@ -216,7 +226,11 @@ fn describe(step: &StepResult) -> String {
                 step.tier.as_deref().unwrap_or("-"),
                 fmt_bytes(step.bytes),
                 step.rows,
-                if step.spilled_bytes > 0 { format!(", spilled {}", fmt_bytes(step.spilled_bytes)) } else { String::new() },
+                if step.spilled_bytes > 0 {
+                    format!(", spilled {}", fmt_bytes(step.spilled_bytes))
+                } else {
+                    String::new()
+                },
                 if step.attempts > 1 { format!(", {} attempts", step.attempts) } else { String::new() },
                 sinks.join("")
             )

@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use spillway_engine::query::JoinReport;
 use spillway_engine::{output, query, session, tables};
-use spillway_tiers::TempSpace;
 use spillway_governor::{fmt_bytes, Governor, LeasePool, LeaseRequest, PoolOptions, PoolStats};
+use spillway_tiers::TempSpace;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,9 +47,7 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
 
     let (lease_pool, stock_pool): (Option<Arc<LeasePool>>, Option<Arc<dyn MemoryPool>>) = match args.pool {
         PoolKind::Spillway => {
-            let lease = governor
-                .lease(LeaseRequest::bytes("sql", governor.leasable()).heavy())
-                .await?;
+            let lease = governor.lease(LeaseRequest::bytes("sql", governor.leasable()).heavy()).await?;
             let pool = lease.into_pool(PoolOptions {
                 step: Some("sql".into()),
                 unspillable_reserve: settings.unspillable_reserve,
@@ -170,7 +168,13 @@ async fn execute(ctx: &SessionContext, args: &SqlArgs) -> Result<Executed> {
             (output::print_table(q.stream, max, &mut stdout).await?, None, None)
         }
     };
-    Ok(Executed { rows, output_bytes, checksum, spilled: query::spilled_bytes(&plan), joins: query::join_reports(&plan) })
+    Ok(Executed {
+        rows,
+        output_bytes,
+        checksum,
+        spilled: query::spilled_bytes(&plan),
+        joins: query::join_reports(&plan),
+    })
 }
 
 /// A spinner with live memory figures, when stderr is a terminal.

@@ -7,11 +7,11 @@ use crate::error::Result;
 use crate::project::Model;
 use crate::results::{Event, Status, StepResult};
 use crate::settings::Class;
+use futures::StreamExt;
 use spillway_engine::query::JoinReport;
 use spillway_engine::{query, session, tables};
 use spillway_governor::{fmt_bytes, Governor, LeaseRequest, PoolOptions, Profile};
 use spillway_tiers::{read, Intermediate, Materialize};
-use futures::StreamExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -109,13 +109,21 @@ pub(super) async fn run_model(
         spilled += info.spilled;
         joins = info.joins;
         let next = match &result {
-            Err(e) if attempt <= s.retries && e.is_resources_exhausted() => escalate(&plan, info.refused.as_deref(), &sh.governor),
+            Err(e) if attempt <= s.retries && e.is_resources_exhausted() => {
+                escalate(&plan, info.refused.as_deref(), &sh.governor)
+            }
             _ => None,
         };
         match (result, next) {
             (Err(e), Some((next, escalation))) => {
                 tracing::info!(model = %name, %escalation, "out of memory, retrying");
-                sh.emit(Event::ModelRetry { t_ms: sh.now(), model: name.clone(), attempt: attempt + 1, error: e.to_string(), escalation });
+                sh.emit(Event::ModelRetry {
+                    t_ms: sh.now(),
+                    model: name.clone(),
+                    attempt: attempt + 1,
+                    error: e.to_string(),
+                    escalation,
+                });
                 plan = next;
             }
             (other, _) => break (other, info.leased_ms),
@@ -186,7 +194,13 @@ async fn attempt_once(
     let lease = sh.governor.lease(request).await?;
     spillway_faults::point("lease-granted");
     info.leased_ms = sh.now();
-    sh.emit(Event::ModelStarted { t_ms: info.leased_ms, model: name.clone(), attempt, lease_bytes: lease.bytes(), partitions });
+    sh.emit(Event::ModelStarted {
+        t_ms: info.leased_ms,
+        model: name.clone(),
+        attempt,
+        lease_bytes: lease.bytes(),
+        partitions,
+    });
     let _heavy = heavy.then(|| HeavyMark::new(&sh.heavy_running));
     let pool = lease.into_pool(PoolOptions {
         step: Some(name.clone()),
@@ -249,4 +263,3 @@ impl Drop for HeavyMark<'_> {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
-

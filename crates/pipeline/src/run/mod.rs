@@ -130,8 +130,14 @@ impl Shared {
 /// Returns the results (also written to the run's folder) whether or not models failed; `Err`
 /// only for problems found before any work started, or when the run's folder or temp space
 /// cannot be set up.
-pub async fn run(project: &Project, governor: &Governor, options: RunOptions, observer: Observer) -> Result<RunResults> {
-    let check::Validated { dag, selected, postgres } = check::validate_and_open(project, options.select.as_deref()).await?;
+pub async fn run(
+    project: &Project,
+    governor: &Governor,
+    options: RunOptions,
+    observer: Observer,
+) -> Result<RunResults> {
+    let check::Validated { dag, selected, postgres } =
+        check::validate_and_open(project, options.select.as_deref()).await?;
     let mut external = external_inputs(project, &dag, &selected)?;
     let fingerprints = manifest::fingerprints_now(project, &dag, &postgres);
     // Resuming: what the last run finished is reused, not run.
@@ -144,7 +150,7 @@ pub async fn run(project: &Project, governor: &Governor, options: RunOptions, ob
                     if let Some(path) = input {
                         external.insert(name.clone(), path.to_string_lossy().into_owned());
                     }
-                    reused.insert(name, record);
+                    reused.insert(name, *record);
                 }
                 Decision::Rerun(why) => tracing::info!(model = %name, %why, "runs again"),
             }
@@ -163,11 +169,14 @@ pub async fn run(project: &Project, governor: &Governor, options: RunOptions, ob
     sweep_staging(project);
     spillway_faults::point("run-started");
     let temp = TempSpace::open(&options.spill_dir, options.max_spill)?;
-    let store = HandoffStore::new(governor.clone(), temp.handoff_dir()?, temp.quota().clone(), TierConfig::for_budget(governor.budget()));
-    let consumers = to_run
-        .iter()
-        .map(|m| (m.clone(), dag.downstream[m].iter().filter(|d| chosen.contains(d)).count()))
-        .collect();
+    let store = HandoffStore::new(
+        governor.clone(),
+        temp.handoff_dir()?,
+        temp.quota().clone(),
+        TierConfig::for_budget(governor.budget()),
+    );
+    let consumers =
+        to_run.iter().map(|m| (m.clone(), dag.downstream[m].iter().filter(|d| chosen.contains(d)).count())).collect();
     let t0 = governor.timeline().now_ms();
     let mut shared = Shared {
         project: project.clone(),
@@ -186,12 +195,18 @@ pub async fn run(project: &Project, governor: &Governor, options: RunOptions, ob
         folder,
         observer,
     };
-    shared.emit(Event::RunStarted { t_ms: 0, run_id: run_id.clone(), models: selected.clone(), budget_bytes: governor.budget() });
+    shared.emit(Event::RunStarted {
+        t_ms: 0,
+        run_id: run_id.clone(),
+        models: selected.clone(),
+        budget_bytes: governor.budget(),
+    });
 
     // Sources (generating TPC-H data the first time) on a blocking thread.
     let needed: Vec<String> =
         to_run.iter().flat_map(|m| dag.sources[m].iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
-    let (p, obs, threads, generator) = (project.clone(), shared.observer.clone(), options.cores, options.generator.clone());
+    let (p, obs, threads, generator) =
+        (project.clone(), shared.observer.clone(), options.cores, options.generator.clone());
     shared.sources = tokio::task::spawn_blocking(move || {
         sources::prepare(&p, &needed, threads, &generator, &|source, rows, total| {
             obs(&Event::SourceProgress { source: source.to_string(), rows, total })
@@ -252,10 +267,16 @@ pub async fn run(project: &Project, governor: &Governor, options: RunOptions, ob
         errors,
         skipped: results.steps.len() - ok - errors,
     });
-    let samples: Vec<_> = governor.timeline().samples().into_iter().filter(|s| s.t_ms >= t0).map(|mut s| {
-        s.t_ms -= t0;
-        s
-    }).collect();
+    let samples: Vec<_> = governor
+        .timeline()
+        .samples()
+        .into_iter()
+        .filter(|s| s.t_ms >= t0)
+        .map(|mut s| {
+            s.t_ms -= t0;
+            s
+        })
+        .collect();
     spillway_faults::point("run-finishing");
     shared.folder.finish(&results, &samples)?;
     shared.manifest.finish()?;
@@ -264,7 +285,6 @@ pub async fn run(project: &Project, governor: &Governor, options: RunOptions, ob
     Ok(results)
 }
 
-
 /// Upstream models left out of the selection are read from their published sink files.
 fn external_inputs(project: &Project, dag: &Dag, selected: &[String]) -> Result<BTreeMap<String, String>> {
     let chosen: BTreeSet<&String> = selected.iter().collect();
@@ -272,8 +292,13 @@ fn external_inputs(project: &Project, dag: &Dag, selected: &[String]) -> Result<
     let mut problems = Vec::new();
     for m in selected {
         for up in dag.upstream[m].iter().filter(|u| !chosen.contains(u)) {
-            let published =
-                project.sinks.values().filter(|s| &s.model == up).filter_map(|s| s.file()).map(|p| project.dir.join(p)).find(|p| p.is_file());
+            let published = project
+                .sinks
+                .values()
+                .filter(|s| &s.model == up)
+                .filter_map(|s| s.file())
+                .map(|p| project.dir.join(p))
+                .find(|p| p.is_file());
             match published {
                 Some(p) => {
                     external.insert(up.clone(), p.to_string_lossy().into_owned());
@@ -293,7 +318,8 @@ fn external_inputs(project: &Project, dag: &Dag, selected: &[String]) -> Result<
 }
 
 /// Removes the staging files dead processes left where this project publishes: beside its file
-/// sinks and in `.spillway/state/`.
+/// sinks, in `.spillway/state/`, and in `.spillway/runs/` and each run's folder (manifests and
+/// results are replaced through staging files too).
 fn sweep_staging(project: &Project) {
     let mut dirs: BTreeSet<PathBuf> = project
         .sinks
@@ -304,6 +330,11 @@ fn sweep_staging(project: &Project) {
         })
         .collect();
     dirs.insert(project.dir.join(".spillway").join("state"));
+    let runs = results::runs_dir(&project.dir);
+    if let Ok(rd) = std::fs::read_dir(&runs) {
+        dirs.extend(rd.filter_map(|e| e.ok()).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+    }
+    dirs.insert(runs);
     for dir in dirs {
         spillway_tiers::staging::sweep(&dir);
     }

@@ -55,7 +55,7 @@ fn skipped_because(target: &SinkTarget) -> Option<String> {
 /// A sink written but not yet visible.
 enum Pending {
     File { sink: String, staged: Staged, started: Instant },
-    Postgres { sink: String, load: spillway_postgres::PreparedLoad },
+    Postgres { sink: String, load: Box<spillway_postgres::PreparedLoad> },
 }
 
 impl Pending {
@@ -77,7 +77,7 @@ async fn stage(sink: &str, target: &SinkTarget, stream: SendableRecordBatchStrea
         }
         SinkTarget::Postgres { spec, .. } => {
             let load = spillway_postgres::prepare(spec, stream).await?;
-            Ok(Pending::Postgres { sink: sink.to_string(), load })
+            Ok(Pending::Postgres { sink: sink.to_string(), load: Box::new(load) })
         }
     }
 }
@@ -97,33 +97,41 @@ async fn publish_all(model: &str, pending: Vec<Pending>) -> Result<Vec<SinkResul
         }
         let name = p.sink().to_string();
         let result = match p {
-            Pending::Postgres { sink, load } => load.commit().await.map(|r| SinkResult {
-                name: sink,
-                path: PathBuf::from(r.destination),
-                rows: r.rows,
-                bytes: r.bytes,
-                elapsed_ms: r.elapsed_ms,
-                wal_bytes: r.wal_bytes,
-                skipped: None,
-            }).map_err(Error::from),
+            Pending::Postgres { sink, load } => load
+                .commit()
+                .await
+                .map(|r| SinkResult {
+                    name: sink,
+                    path: PathBuf::from(r.destination),
+                    rows: r.rows,
+                    bytes: r.bytes,
+                    elapsed_ms: r.elapsed_ms,
+                    wal_bytes: r.wal_bytes,
+                    skipped: None,
+                })
+                .map_err(Error::from),
             Pending::File { sink, staged, started } => {
                 let path = staged.dest().to_path_buf();
                 spillway_faults::point("publish-before-rename");
-                staged.publish().map(|w| SinkResult {
-                    name: sink,
-                    path,
-                    rows: w.rows,
-                    bytes: w.bytes,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                    wal_bytes: None,
-                    skipped: None,
-                }).map_err(Error::from)
+                staged
+                    .publish()
+                    .map(|w| SinkResult {
+                        name: sink,
+                        path,
+                        rows: w.rows,
+                        bytes: w.bytes,
+                        elapsed_ms: started.elapsed().as_millis() as u64,
+                        wal_bytes: None,
+                        skipped: None,
+                    })
+                    .map_err(Error::from)
             }
         };
         match result {
             Ok(r) => done.push(r),
             Err(cause) => {
-                let not_published: Vec<String> = std::iter::once(name).chain(order.iter().map(|p| p.sink().to_string())).collect();
+                let not_published: Vec<String> =
+                    std::iter::once(name).chain(order.iter().map(|p| p.sink().to_string())).collect();
                 discard(order).await;
                 return Err(Error::Publish {
                     model: model.to_string(),

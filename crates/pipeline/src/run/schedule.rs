@@ -66,10 +66,8 @@ pub(super) async fn schedule(sh: &Arc<Shared>, selected: &[String]) -> Vec<StepR
             if is_heavy(&m) {
                 heavy_in_flight += 1;
             }
-            let inputs: Vec<(String, Arc<Intermediate>)> = sh.dag.upstream[&m]
-                .iter()
-                .filter_map(|u| outputs.get(u).map(|o| (u.clone(), o.clone())))
-                .collect();
+            let inputs: Vec<(String, Arc<Intermediate>)> =
+                sh.dag.upstream[&m].iter().filter_map(|u| outputs.get(u).map(|o| (u.clone(), o.clone()))).collect();
             let handle = tasks.spawn(run_model(sh.clone(), m.clone(), inputs, disk_first.contains(&m)));
             seq += 1;
             running.insert(handle.id(), Running { name: m, seq, abort: handle });
@@ -116,7 +114,8 @@ pub(super) async fn schedule(sh: &Arc<Shared>, selected: &[String]) -> Vec<StepR
                         model: name.clone(),
                         attempt: 1,
                         error: "cancelled: memory pressure reached critical".into(),
-                        escalation: "requeued disk-first: 1 partition, half the lease, hand-off on disk, no TopK".into(),
+                        escalation: "requeued disk-first: 1 partition, half the lease, hand-off on disk, no TopK"
+                            .into(),
                     });
                     ready.push_front(name);
                     continue;
@@ -172,7 +171,9 @@ pub(super) async fn schedule(sh: &Arc<Shared>, selected: &[String]) -> Vec<StepR
         let step = match done.remove(m) {
             Some(s) => s,
             None => {
-                let failed_up = sh.dag.upstream[m].iter().find(|u| steps.iter().any(|s: &StepResult| &s.name == *u && s.status != Status::Ok));
+                let failed_up = sh.dag.upstream[m]
+                    .iter()
+                    .find(|u| steps.iter().any(|s: &StepResult| &s.name == *u && s.status != Status::Ok));
                 let why = match (failed_up, &stopped) {
                     (Some(u), _) => format!("upstream {u} did not complete"),
                     (None, Some(why)) => why.clone(),
@@ -225,4 +226,3 @@ fn relieve(
 pub(super) fn class_of(sh: &Shared, m: &str) -> String {
     sh.project.models.get(m).map_or("light".into(), |x| x.settings.class.to_string())
 }
-
