@@ -114,6 +114,9 @@ pub struct ModelRecord {
     pub status: Status,
     /// Where its output went (`memory`, `ipc`, `parquet`, `sink`, `check`).
     pub tier: Option<String>,
+    /// Rows of output.
+    #[serde(default)]
+    pub rows: u64,
     /// Its output, kept beyond the run (`checkpoint = true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<FileStamp>,

@@ -214,6 +214,9 @@ impl Display {
 
 /// `OK    model [1.23s, peak 120MiB, ipc 48MiB, 600000 rows]` and the like.
 fn describe(step: &StepResult) -> String {
+    if let Some(run) = &step.reused_from {
+        return format!("REUSED {} [{} rows, from run {run}]", step.name, step.rows);
+    }
     match step.status {
         Status::Ok => {
             let sinks: Vec<String> =

@@ -192,6 +192,7 @@ async fn attempt_once(
     }
     spillway_faults::point("lease-waiting");
     let lease = sh.governor.lease(request).await?;
+    let _holding = Holding::new(sh, name);
     spillway_faults::point("lease-granted");
     info.leased_ms = sh.now();
     sh.emit(Event::ModelStarted {
@@ -246,6 +247,22 @@ async fn run_in(
     info.spilled = query::spilled_bytes(&physical);
     info.joins = query::join_reports(&physical);
     result
+}
+
+/// Marks a model as holding its lease (for the scheduler's choice at critical pressure).
+struct Holding<'a>(&'a Shared, String);
+
+impl<'a> Holding<'a> {
+    fn new(sh: &'a Shared, name: &str) -> Self {
+        sh.holding.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+        Self(sh, name.to_string())
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.holding.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+    }
 }
 
 /// Counts this process's heavy models holding their lease.

@@ -106,6 +106,8 @@ struct Shared {
     manifest: ManifestWriter,
     options: RunOptions,
     heavy_running: AtomicUsize,
+    /// Models holding their lease right now (what cancelling at critical pressure can free).
+    holding: std::sync::Mutex<BTreeSet<String>>,
     t0: u64,
     folder: RunFolder,
     observer: Observer,
@@ -191,6 +193,7 @@ pub async fn run(
         manifest,
         options: options.clone(),
         heavy_running: AtomicUsize::new(0),
+        holding: Default::default(),
         t0,
         folder,
         observer,
@@ -348,6 +351,7 @@ fn reused_step(sh: &Shared, name: &str, record: &ModelRecord) -> StepResult {
     step.status = Status::Ok;
     step.error = None;
     step.tier = record.tier.clone();
+    step.rows = record.rows;
     step.tier_reason = Some(format!("reused from run {from}"));
     step.reused_from = Some(from);
     step.kept = record.kept.as_ref().map(|k| k.path.clone());
@@ -377,6 +381,7 @@ impl Shared {
             fingerprint,
             status: step.status,
             tier: step.tier.clone(),
+            rows: step.rows,
             kept: step.kept.as_deref().and_then(FileStamp::of),
             sinks,
             reused_from: None,

@@ -189,8 +189,9 @@ pub(super) async fn schedule(sh: &Arc<Shared>, selected: &[String]) -> Vec<StepR
     steps
 }
 
-/// At critical pressure, cancels the lowest-priority running model not requeued before (a check,
-/// then light, then heavy; the latest started first), at most once per [`CRITICAL_RECHECK`].
+/// At critical pressure, cancels the lowest-priority model holding its lease and not requeued
+/// before (a check, then light, then heavy; the latest started first), at most once per
+/// [`CRITICAL_RECHECK`].
 fn relieve(
     sh: &Shared,
     running: &HashMap<tokio::task::Id, Running>,
@@ -211,9 +212,11 @@ fn relieve(
             1
         }
     };
+    // Only a model holding its lease frees memory when cancelled.
+    let holding = sh.holding.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let victim = running
         .iter()
-        .filter(|(id, r)| !cancelling.contains(*id) && !disk_first.contains(&r.name))
+        .filter(|(id, r)| !cancelling.contains(*id) && !disk_first.contains(&r.name) && holding.contains(&r.name))
         .min_by_key(|(_, r)| (rank(&r.name), std::cmp::Reverse(r.seq)));
     if let Some((id, r)) = victim {
         tracing::warn!(model = %r.name, "memory pressure is critical: cancelling the model to run it again disk-first");
