@@ -87,10 +87,10 @@ async fn stage(sink: &str, target: &SinkTarget, stream: SendableRecordBatchStrea
 /// published.
 async fn publish_all(model: &str, pending: Vec<Pending>) -> Result<Vec<SinkResult>> {
     spillway_faults::point("sink-staged");
-    let (mut loads, mut files): (Vec<Pending>, Vec<Pending>) =
+    let (loads, files): (Vec<Pending>, Vec<Pending>) =
         pending.into_iter().partition(|p| matches!(p, Pending::Postgres { .. }));
     let mut done: Vec<SinkResult> = Vec::new();
-    let mut order = loads.drain(..).chain(files.drain(..)).collect::<std::collections::VecDeque<_>>();
+    let mut order: std::collections::VecDeque<Pending> = loads.into_iter().chain(files).collect();
     while let Some(p) = order.pop_front() {
         if !done.is_empty() {
             spillway_faults::point("publish-between-sinks");
