@@ -90,7 +90,10 @@ fn first_pass(project: &Project, name: &str, now: &Fingerprint, previous: Option
         let ok = match (&target, published) {
             (SinkTarget::File(path), Some(s)) => s.file.as_ref().is_some_and(|f| &f.path == path && f.intact()),
             (SinkTarget::Postgres { spec, optional }, Some(s)) => {
-                s.postgres.as_ref().is_some_and(|t| t.ends_with(&format!(" {}", spec.table)))
+                // The same server, database and table (`user@host:port/db schema.table`).
+                let now =
+                    spec.conn.resolve().map(|c| format!("{} {}", spillway_postgres::conn::redacted(&c), spec.table));
+                s.postgres.as_ref().is_some_and(|t| now.as_ref().is_ok_and(|n| n == t))
                     || (*optional && spec.conn.env_unset())
             }
             (SinkTarget::Postgres { spec, optional: true }, None) => spec.conn.env_unset(),

@@ -34,7 +34,28 @@ async fn run_in(
     budget_mib: u64,
     tweak: impl FnOnce(&mut RunOptions),
 ) -> (spillway_pipeline::Result<RunResults>, Vec<Event>) {
-    let governor = Governor::new(GovernorConfig::new(budget_mib << 20)).unwrap();
+    run_under(dir, GovernorConfig::new(budget_mib << 20), tweak).await
+}
+
+/// [`run_in`] with the sampler effectively off: no pressure levels and no squeeze from the test
+/// process's own (untracked) memory, which at a budget of a few MiB would reach `critical` and
+/// requeue models. For tests of what a plan does inside its lease.
+async fn run_unpressed(
+    dir: &Path,
+    budget_mib: u64,
+    tweak: impl FnOnce(&mut RunOptions),
+) -> (spillway_pipeline::Result<RunResults>, Vec<Event>) {
+    let mut config = GovernorConfig::new(budget_mib << 20);
+    config.sample_interval = std::time::Duration::from_secs(3600);
+    run_under(dir, config, tweak).await
+}
+
+async fn run_under(
+    dir: &Path,
+    config: GovernorConfig,
+    tweak: impl FnOnce(&mut RunOptions),
+) -> (spillway_pipeline::Result<RunResults>, Vec<Event>) {
+    let governor = Governor::new(config).unwrap();
     let mut options = RunOptions::new(2, dir.join(".spill"));
     tweak(&mut options);
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -178,7 +199,7 @@ async fn escalation_tries_only_what_can_help_the_refused_operator() {
     let sql = "-- spillway: profile=L retries=3\nSELECT count(*) AS n FROM range(3000000) a \
                WHERE a.value NOT IN (SELECT CASE WHEN value = 5 THEN NULL ELSE value + 1 END FROM range(3000000))";
     let dir = project(&[("models/j.sql", sql), ("spillway.toml", "[governor]\n")]);
-    let (results, events) = run_in(dir.path(), 16, |_| {}).await;
+    let (results, events) = run_unpressed(dir.path(), 16, |_| {}).await;
     let j = results.unwrap().step("j").unwrap().clone();
     let steps = escalations(&events);
     // L is 60% of the budget, so the first escalation is to all that may be lent (85%); a light
@@ -190,7 +211,7 @@ async fn escalation_tries_only_what_can_help_the_refused_operator() {
 
     // A heavy model runs on both cores: one partition gives one build side the whole lease.
     write(dir.path(), &[("models/j.sql", &sql.replace("profile=L", "profile=L class=heavy"))]);
-    let (results, events) = run_in(dir.path(), 16, |_| {}).await;
+    let (results, events) = run_unpressed(dir.path(), 16, |_| {}).await;
     let j = results.unwrap().step("j").unwrap().clone();
     let steps = escalations(&events);
     assert_eq!(steps.len(), 2, "{steps:?}");
@@ -205,7 +226,7 @@ async fn a_topk_that_does_not_fit_is_retried_as_a_spilling_sort() {
     let sql = "-- spillway: profile=L\nSELECT value, repeat('x', 40) || value AS pad FROM range(3000000) \
                ORDER BY value DESC LIMIT 600000";
     let dir = project(&[("models/top.sql", sql), ("spillway.toml", "[governor]\n")]);
-    let (results, events) = run_in(dir.path(), 16, |_| {}).await;
+    let (results, events) = run_unpressed(dir.path(), 16, |_| {}).await;
     let top = results.unwrap().step("top").unwrap().clone();
     let steps = escalations(&events);
     assert_eq!((top.status, top.rows), (Status::Ok, 600_000), "{:?} {steps:?}", top.error);
