@@ -255,6 +255,8 @@ pub struct Project {
     pub sources: BTreeMap<String, SourceDef>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkDef>,
+    /// The text of `spillway.toml` as read (to point messages at a section's line).
+    pub config_text: String,
 }
 
 impl Project {
@@ -269,7 +271,6 @@ impl Project {
     /// `sources.tpch.sf=10`.
     pub fn load_with(dir: impl Into<PathBuf>, overrides: &[String]) -> Result<Project> {
         let dir = dir.into();
-        Self::check_dir(&dir)?;
         Self::from_config(dir.clone(), &Config::load_dir(&dir, overrides)?)
     }
 
@@ -374,7 +375,14 @@ impl Project {
                 ));
             }
         }
-        Ok(Project { dir, config_path, models, sources: file.sources.clone(), sinks: file.sinks.clone() })
+        Ok(Project {
+            dir,
+            config_path,
+            config_text: config.text.clone(),
+            models,
+            sources: file.sources.clone(),
+            sinks: file.sinks.clone(),
+        })
     }
 
     /// Source tables by name, with the source that provides each.

@@ -52,9 +52,9 @@ pub fn is_generated(dir: &Path) -> bool {
 /// The line of `[sources.NAME]` in the project's `spillway.toml` (1 when not found).
 pub(crate) fn source_line(project: &Project, name: &str) -> (PathBuf, usize) {
     let path = project.config_path.clone().unwrap_or_else(|| project.dir.join("spillway.toml"));
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let line = match section_line(&text, &format!("[sources.{name}]")) {
-        1 => line_of(&text, name),
+    let text = &project.config_text;
+    let line = match section_line(text, &format!("[sources.{name}]")) {
+        1 => line_of(text, name),
         n => n,
     };
     (path, line)

@@ -96,7 +96,7 @@ impl PgTable {
 
     /// What identifies the table's data when it was opened: its oid, file node, size and change
     /// counters (a run's fingerprint of the models reading it). `None` for a query source.
-    /// PostgreSQL publishes the counters up to a few seconds after a commit, so a change made
+    /// PostgreSQL publishes the counters up to about ten seconds after a commit, so a change made
     /// just before may not show.
     pub fn identity(&self) -> Option<&str> {
         self.identity.as_deref()

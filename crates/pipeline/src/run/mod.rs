@@ -125,6 +125,38 @@ impl Shared {
         let g = self.governor.config();
         spec.bytes(g).min(g.leasable())
     }
+    /// Records a finished model in the manifest (durably). Failing to write it fails nothing
+    /// else: the run goes on, a resume then runs the model again.
+    fn record(&self, step: &StepResult) {
+        let Some(fingerprint) = self.fingerprints.get(&step.name).cloned() else { return };
+        let sinks = step
+            .sinks
+            .iter()
+            .filter(|s| s.skipped.is_none())
+            .map(|s| {
+                let is_file = self.project.sinks.get(&s.name).is_some_and(|d| d.file().is_some());
+                SinkRecord {
+                    name: s.name.clone(),
+                    file: is_file.then(|| FileStamp::of(&s.path)).flatten(),
+                    postgres: (!is_file).then(|| s.path.to_string_lossy().into_owned()),
+                }
+            })
+            .collect();
+        let record = ModelRecord {
+            fingerprint,
+            status: step.status,
+            tier: step.tier.clone(),
+            rows: step.rows,
+            kept: step.kept.as_deref().and_then(FileStamp::of),
+            sinks,
+            reused_from: None,
+        };
+        spillway_faults::point("model-done");
+        match self.manifest.record(&step.name, record) {
+            Ok(()) => spillway_faults::point("manifest-written"),
+            Err(e) => tracing::warn!(model = %step.name, error = %e, "could not record the model in the run manifest"),
+        }
+    }
 }
 
 /// Validates `project`, then runs the selected models under `governor` (with
@@ -357,39 +389,4 @@ fn reused_step(sh: &Shared, name: &str, record: &ModelRecord) -> StepResult {
     step.kept = record.kept.as_ref().map(|k| k.path.clone());
     sh.emit(Event::ModelFinished { t_ms: sh.now(), step: Box::new(step.clone()) });
     step
-}
-
-impl Shared {
-    /// Records a finished model in the manifest (durably). Failing to write it fails nothing
-    /// else: the run goes on, a resume then runs the model again.
-    fn record(&self, step: &StepResult) {
-        let Some(fingerprint) = self.fingerprints.get(&step.name).cloned() else { return };
-        let sinks = step
-            .sinks
-            .iter()
-            .filter(|s| s.skipped.is_none())
-            .map(|s| {
-                let is_file = self.project.sinks.get(&s.name).is_some_and(|d| d.file().is_some());
-                SinkRecord {
-                    name: s.name.clone(),
-                    file: is_file.then(|| FileStamp::of(&s.path)).flatten(),
-                    postgres: (!is_file).then(|| s.path.to_string_lossy().into_owned()),
-                }
-            })
-            .collect();
-        let record = ModelRecord {
-            fingerprint,
-            status: step.status,
-            tier: step.tier.clone(),
-            rows: step.rows,
-            kept: step.kept.as_deref().and_then(FileStamp::of),
-            sinks,
-            reused_from: None,
-        };
-        spillway_faults::point("model-done");
-        match self.manifest.record(&step.name, record) {
-            Ok(()) => spillway_faults::point("manifest-written"),
-            Err(e) => tracing::warn!(model = %step.name, error = %e, "could not record the model in the run manifest"),
-        }
-    }
 }

@@ -3,7 +3,7 @@
 //! why each model that did not run was skipped.
 //!
 //! At `critical` memory pressure (resident memory ≥ 95% of the budget by default) it does not
-//! wait for the kernel: it cancels the lowest-priority running model (a check before a light
+//! wait for the kernel: it cancels the lowest-priority model holding its lease (a check before a light
 //! model before a heavy one; of those, the one started last, which loses the least work), which
 //! returns its lease, and queues it again at the front with a disk-first plan
 //! ([`Plan::disk_first`](super::attempt::Plan::disk_first): one partition, half the lease, hand-off
