@@ -44,7 +44,7 @@ pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Query> {
     unreachable!("the loop returns at the last statement")
 }
 
-pub use spillway_joins::{join_reports, JoinReport};
+pub use spillway_operators::{join_reports, JoinReport};
 
 /// Bytes spilled to disk by every operator of `plan` (read after the stream is drained).
 pub fn spilled_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {

@@ -1,7 +1,7 @@
 //! Builds a DataFusion [`SessionContext`] that runs inside a spillway lease: the lease's
 //! [`LeasePool`] as memory pool, spill files from the process's one temp-space quota
 //! ([`QuotaTempFiles`]: every session's spill files count against one `--max-spill`), parallelism
-//! from the detected cores, and hash joins that go out of core (`spillway-joins`).
+//! from the detected cores, and hash joins that go out of core (`spillway-operators`).
 
 use crate::error::Result;
 use datafusion::execution::memory_pool::MemoryPool;
@@ -9,7 +9,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use spillway_governor::LeasePool;
-use spillway_joins::{GraceJoinRule, SortWithoutTopKRule, WindowGuardRule};
+use spillway_operators::{GraceJoinRule, SortedAggregateRule, SpillingSortRule, WindowGuardRule};
 use spillway_tiers::QuotaTempFiles;
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ pub struct SessionOptions {
     /// count against (shared by every session and by the hand-off files).
     pub temp_files: Arc<QuotaTempFiles>,
     /// Replace DataFusion's hash joins (which cannot spill) with spillway's out-of-core grace
-    /// hash join (`spillway-joins`). On by default under a lease; `false` runs DataFusion's own,
+    /// hash join (`spillway-operators`). On by default under a lease; `false` runs DataFusion's own,
     /// to measure what the grace join costs.
     pub grace_joins: bool,
     /// Run sorts with a limit as external sorts (which spill) instead of TopK (which cannot):
@@ -82,11 +82,14 @@ fn build(pool: Arc<dyn MemoryPool>, tuned_for: Option<u64>, options: &SessionOpt
         // place, dynamic filters pushed.
         state = state.with_physical_optimizer_rule(Arc::new(GraceJoinRule::default()));
     }
-    if tuned_for.is_some() {
-        state = state.with_physical_optimizer_rule(Arc::new(WindowGuardRule));
-    }
-    if options.no_topk {
-        state = state.with_physical_optimizer_rule(Arc::new(SortWithoutTopKRule));
+    if let Some(limit) = tuned_for {
+        let sorts = SpillingSortRule::new(limit);
+        let sorts = if options.no_topk { sorts.without_topk() } else { sorts };
+        // The aggregate rule first: the sorts it adds are already spillway's.
+        state = state
+            .with_physical_optimizer_rule(Arc::new(SortedAggregateRule))
+            .with_physical_optimizer_rule(Arc::new(sorts))
+            .with_physical_optimizer_rule(Arc::new(WindowGuardRule));
     }
     Ok(SessionContext::new_with_state(state.build()))
 }

@@ -43,7 +43,7 @@ pub use config::{Budget, GovernorConfig, Profile, ProfileSize, MIN_BUDGET};
 pub use error::{Error, Result};
 pub use governor::Governor;
 pub use lease::{Lease, LeaseRequest, LeaseSize};
-pub use pool::{LeasePool, PoolOptions, PoolStats, DEFAULT_UNSPILLABLE_RESERVE};
+pub use pool::{LeasePool, PoolOptions, PoolStats, DEFAULT_UNSPILLABLE_RESERVE, SPILLED_FLOOR};
 pub use pressure::{Pressure, PressureThresholds};
 pub use size::{fmt_bytes, ByteSize, MemorySpec};
 pub use timeline::{Sample, Timeline};

@@ -60,6 +60,11 @@ impl Default for PoolOptions {
     }
 }
 
+/// A spillable consumer may always hold this much, even when the lease is full: it is what an
+/// operator keeps after spilling everything else (the lease can be overdrawn by this much per
+/// spillable consumer).
+pub const SPILLED_FLOOR: usize = 64 << 10;
+
 /// Counters of a [`LeasePool`], for reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PoolStats {
@@ -266,6 +271,12 @@ impl MemoryPool for LeasePool {
         // Q7 at SF10 under 1GiB hung here). They are always granted and counted, so the other
         // consumers of the lease make room for them.
         if reservation.consumer().name().starts_with("RepartitionExec") {
+            self.add(&mut state, reservation, additional);
+            return Ok(());
+        }
+        if reservation.consumer().can_spill() && new_size <= SPILLED_FLOOR {
+            // What an operator keeps after spilling (DataFusion's aggregate resizes to its empty
+            // table and fails outright if refused): a bounded overdraft, never a failure.
             self.add(&mut state, reservation, additional);
             return Ok(());
         }

@@ -11,7 +11,7 @@
 //!   output: hand-off store (memory / IPC / Parquet by size), or straight into its one sink,
 //!           sinks published atomically; a check must return no rows
 //!   ResourcesExhausted ─▶ retry: a larger lease if the budget allows, else disk hand-off and
-//!                         half the partitions (hash joins go out of core on their own: spillway-joins)
+//!                         half the partitions (hash joins go out of core on their own: spillway-operators)
 //!   failure ─▶ descendants skipped, independent models go on (`fail_fast` stops everything)
 //! ```
 //!

@@ -6,12 +6,16 @@ use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryLimit, MemoryPool, MemoryReservation};
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryLimit, MemoryPool, MemoryReservation, TrackConsumersPool,
+};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::{collect, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use spillway_joins::{join_reports, GraceJoinRule, GraceOptions, JoinReport, WindowGuardRule};
+use spillway_operators::{
+    join_reports, GraceJoinRule, GraceOptions, JoinReport, SortedAggregateRule, SpillingSortRule, WindowGuardRule,
+};
 use std::sync::Arc;
 
 /// A deterministic pseudo-random sequence (splitmix64).
@@ -78,7 +82,7 @@ fn table(rows: usize, keys: Keys, seed: u64) -> MemTable {
 /// `RepartitionExec` is always granted, since refusing it can deadlock DataFusion 55's
 /// repartition spill pool (apache/datafusion#24883).
 #[derive(Debug)]
-struct TestPool(GreedyMemoryPool);
+struct TestPool(TrackConsumersPool<GreedyMemoryPool>);
 
 impl std::fmt::Display for TestPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,6 +93,12 @@ impl std::fmt::Display for TestPool {
 impl MemoryPool for TestPool {
     fn name(&self) -> &str {
         "test"
+    }
+    fn register(&self, c: &datafusion::execution::memory_pool::MemoryConsumer) {
+        self.0.register(c)
+    }
+    fn unregister(&self, c: &datafusion::execution::memory_pool::MemoryConsumer) {
+        self.0.unregister(c)
     }
     fn grow(&self, r: &MemoryReservation, n: usize) {
         self.0.grow(r, n)
@@ -104,6 +114,11 @@ impl MemoryPool for TestPool {
             self.0.grow(r, n);
             return Ok(());
         }
+        // As LeasePool: a fifth of the pool is kept for consumers that cannot spill.
+        if r.consumer().can_spill() && self.0.reserved() + n > self.limit() / 5 * 4 {
+            let why = format!("{} may not spill past four fifths of the test pool", r.consumer().name());
+            return Err(datafusion::error::DataFusionError::ResourcesExhausted(why));
+        }
         self.0.try_grow(r, n)
     }
     fn reserved(&self) -> usize {
@@ -111,6 +126,15 @@ impl MemoryPool for TestPool {
     }
     fn memory_limit(&self) -> MemoryLimit {
         self.0.memory_limit()
+    }
+}
+
+impl TestPool {
+    fn limit(&self) -> usize {
+        match self.0.memory_limit() {
+            MemoryLimit::Finite(n) => n,
+            _ => usize::MAX,
+        }
     }
 }
 
@@ -136,15 +160,20 @@ fn session(
         DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill.to_path_buf()])),
     );
     if let Some(bytes) = pool_bytes {
-        runtime = runtime.with_memory_pool(Arc::new(TestPool(GreedyMemoryPool::new(bytes))));
+        runtime = runtime.with_memory_pool(Arc::new(TestPool(TrackConsumersPool::new(
+            GreedyMemoryPool::new(bytes),
+            std::num::NonZeroUsize::new(6).unwrap(),
+        ))));
     }
     let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime.build_arc().unwrap())
         .with_default_features();
-    if pool_bytes.is_some() {
+    if let Some(bytes) = pool_bytes {
         state = state
             .with_physical_optimizer_rule(Arc::new(GraceJoinRule::new(GraceOptions::default())))
+            .with_physical_optimizer_rule(Arc::new(SortedAggregateRule))
+            .with_physical_optimizer_rule(Arc::new(SpillingSortRule::new(bytes as u64)))
             .with_physical_optimizer_rule(Arc::new(WindowGuardRule));
     }
     SessionContext::new_with_state(state.build())
@@ -394,4 +423,105 @@ async fn an_ungrouped_aggregate_is_charged_to_the_pool() {
     bounded.register_table("l", Arc::new(table(400_000, Keys::Random(1_000), 1))).unwrap();
     let e = bounded.sql("SELECT array_agg(s) FROM l").await.unwrap().collect().await.unwrap_err().to_string();
     assert!(e.contains("Resources exhausted") && e.contains("AggregateStream"), "{e}");
+}
+
+/// Runs `sql` and returns its rows as text lines in the order they came, with the plan.
+async fn run_ordered(ctx: &SessionContext, sql: &str) -> (Vec<String>, Arc<dyn ExecutionPlan>) {
+    let df = ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let plan: Arc<dyn ExecutionPlan> = df.create_physical_plan().await.unwrap();
+    let batches = collect(plan.clone(), ctx.task_ctx()).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    (text.lines().filter(|l| l.starts_with('|')).skip(1).map(String::from).collect(), plan)
+}
+
+/// The sum of metric `name` over every operator called `op` in `plan`.
+fn metric(plan: &Arc<dyn ExecutionPlan>, op: &str, name: &str) -> usize {
+    let mut total = 0;
+    let mut stack = vec![plan.clone()];
+    while let Some(p) = stack.pop() {
+        if p.name() == op {
+            let m = p.metrics();
+            total += match name {
+                "spill_count" => m.and_then(|m| m.spill_count()).unwrap_or(0),
+                _ => m.and_then(|m| m.sum_by_name(name)).map(|v| v.as_usize()).unwrap_or(0),
+            };
+        }
+        stack.extend(p.children().into_iter().cloned());
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sorts_of_every_shape_spill_and_keep_their_order() {
+    let spill = tempfile::tempdir().unwrap();
+    let reference = session(None, 2, false, spill.path());
+    let bounded = session(Some(4 * MIB), 2, false, spill.path());
+    for ctx in [&reference, &bounded] {
+        ctx.register_table("l", Arc::new(table(600_000, Keys::WithNulls(50_000), 1))).unwrap();
+    }
+    for (sql, spills) in [
+        // A string key, NULLs first, over two partitions merged: runs on disk, merged in passes.
+        ("SELECT s, k, v FROM l ORDER BY s DESC NULLS FIRST, v, k", true),
+        // A TopK too large for its share: an external sort cut to the limit.
+        ("SELECT s, k, v FROM l ORDER BY k NULLS LAST, v, s LIMIT 20 OFFSET 300000", true),
+        // A small TopK stays DataFusion's.
+        ("SELECT s, k, v FROM l ORDER BY v DESC, k, s LIMIT 10", false),
+        // A window without PARTITION BY over a sort by a string.
+        ("SELECT s, v, row_number() OVER (ORDER BY s, v, k) FROM l ORDER BY s, v, k", true),
+        // Wide rows: each batch of a run holds few of them.
+        ("SELECT concat(s, repeat('x', 400), s) AS w, v FROM l ORDER BY w, v LIMIT 100 OFFSET 100000", true),
+    ] {
+        let (want, _) = run_ordered(&reference, sql).await;
+        let (got, plan) = run_ordered(&bounded, sql).await;
+        assert_eq!(got.len(), want.len(), "{sql}");
+        assert!(got == want, "{sql}: rows differ");
+        let spilled = metric(&plan, "SpillingSortExec", "spill_count");
+        let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
+            .indent(false)
+            .to_string();
+        assert_eq!(spilled > 0, spills, "{sql}: {spilled} runs spilled\n{shown}");
+    }
+    assert!(walk(spill.path()).is_empty(), "spill files left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_whose_state_grows_stream_group_by_group() {
+    let spill = tempfile::tempdir().unwrap();
+    let reference = session(None, 2, false, spill.path());
+    let bounded = session(Some(4 * MIB), 2, false, spill.path());
+    for ctx in [&reference, &bounded] {
+        // Many small groups (a NULL key would make one group of a fifth of the rows).
+        ctx.register_table("l", Arc::new(table(400_000, Keys::Random(20_000), 1))).unwrap();
+    }
+    for sql in [
+        "SELECT k, median(v), count(DISTINCT v), string_agg(s, ',' ORDER BY v, s) FROM l GROUP BY k",
+        "SELECT v, array_agg(k ORDER BY k), count(DISTINCT s) FROM l GROUP BY v",
+        "SELECT k, s, percentile_cont(0.5) WITHIN GROUP (ORDER BY v) FROM l GROUP BY k, s HAVING count(*) > 1",
+    ] {
+        let (want, _) = run(&reference, sql).await;
+        let (got, _) = run(&bounded, sql).await;
+        assert_eq!(got.len(), want.len(), "{sql}");
+        assert!(got == want, "{sql}: rows differ");
+        let plan = bounded.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+        let shown = datafusion::physical_plan::displayable(plan.as_ref()).indent(false).to_string();
+        assert!(shown.contains("SpillingSortExec") && shown.contains("ordering_mode=Sorted"), "{sql}:\n{shown}");
+    }
+    assert!(walk(spill.path()).is_empty(), "spill files left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_too_large_for_any_merge_fails_naming_the_sort() {
+    let spill = tempfile::tempdir().unwrap();
+    let bounded = session(Some(4 * MIB), 1, false, spill.path());
+    bounded.register_table("l", Arc::new(table(20, Keys::Random(10), 1))).unwrap();
+    let e = bounded
+        .sql("SELECT repeat(s, 400000) AS w FROM l ORDER BY w")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("SpillingSort[0]") && e.contains("one row takes") && e.contains("the lease is 4.0MiB"), "{e}");
+    assert!(walk(spill.path()).is_empty(), "spill files left behind");
 }

@@ -1,4 +1,4 @@
-//! Joins that complete within their lease.
+//! Operators that complete within their lease: joins, sorts, aggregates and windows.
 //!
 //! DataFusion 55's `HashJoinExec` cannot spill: when its build side does not fit the memory
 //! pool it fails with `ResourcesExhausted`. This crate's [`GraceJoinRule`] replaces each hash
@@ -19,29 +19,35 @@
 //!   metrics.rs  per-join figures: out of core or not, buckets, depth, bytes spilled
 //!   window.rs   WindowGuardRule / WindowGuardExec: WindowAggExec fed whole PARTITION BY groups,
 //!               under a reservation (DataFusion's buffers its whole input, uncharged)
-//!   topk.rs     SortWithoutTopKRule: a sort with a limit as an external sort + limit (a retry's
-//!               plan after TopK, which cannot spill, was refused memory)
+//!   sort.rs     SpillingSortRule / SpillingSortExec: every sort (and every TopK too large for
+//!               its share) as an external sort whose merge memory is reserved before it spills
+//!   aggregate.rs SortedAggregateRule: aggregates whose state grows with the input (array_agg,
+//!               median, DISTINCT, ...) as a spilling sort by the group keys + a sorted aggregate
+//!   merge.rs    Merge: k-way merge of sorted runs with a known memory bound (loser tree)
 //! ```
 //!
 //! Depends on DataFusion only; `spillway-engine` installs the rule in every session.
 #![warn(missing_docs)]
 
+mod aggregate;
 mod buckets;
 mod exec;
 mod grace;
+mod merge;
 mod metrics;
 mod nested;
 mod once;
 mod prepaid;
 mod rule;
-mod topk;
+mod sort;
 mod window;
 
+pub use aggregate::SortedAggregateRule;
 pub use exec::GraceHashJoinExec;
 pub use grace::GraceOptions;
 pub use metrics::{join_reports, JoinReport};
 pub use nested::NestedLoopGuardExec;
 pub use once::OnceExec;
 pub use rule::{supported, GraceJoinRule};
-pub use topk::SortWithoutTopKRule;
+pub use sort::{BoundedMergeExec, SpillingSortExec, SpillingSortRule};
 pub use window::{WindowGuardExec, WindowGuardRule};
