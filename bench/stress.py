@@ -5,8 +5,8 @@ Every shape runs on two data sets: TPC-H (`spillway gen tpch`) and `strings`, ge
 DuckDB (long strings, a heavily skewed key, a key that is mostly NULL). Each shape runs three times on
 spillway at the budget (fresh process each; it counts as complete only if all three complete), once
 on spillway with no memory limit (`--pool unbounded`: the reference answer), and once on DuckDB at
-the same limit. Peaks come from the kernel: VmHWM as wait4's ru_maxrss, RssAnon sampled from
-/proc/PID/status every 5ms.
+the same limit. Peaks come from the kernel: VmHWM (peak RSS, as the OOM killer and cgroups count)
+and RssAnon, sampled from /proc/PID/status every 5ms.
 
     bench/stress.sh 1 256MiB            # SF, budget [, shapes: comma-separated names or prefixes]
 
@@ -176,7 +176,7 @@ def measure(cmd, timeout):
     """Runs cmd; returns (status, wall seconds, kernel peak RSS, sampled peak RssAnon, stdout, stderr)."""
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    anon, timed_out = 0, False
+    anon, hwm, timed_out = 0, 0, False
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
@@ -186,6 +186,8 @@ def measure(cmd, timeout):
                 for line in f:
                     if line.startswith("RssAnon:"):
                         anon = max(anon, int(line.split()[1]) * 1024)
+                    elif line.startswith("VmHWM:"):
+                        hwm = max(hwm, int(line.split()[1]) * 1024)
         except OSError:
             pass
         if not timed_out and time.monotonic() - started > timeout:
@@ -202,7 +204,9 @@ def measure(cmd, timeout):
         state = "ok"
     else:
         state = "error"
-    return state, wall, usage.ru_maxrss * 1024, anon, out, err
+    # VmHWM (the kernel's peak RSS of the process) sampled until exit: wait4's ru_maxrss would
+    # also count the RSS of this script at the fork.
+    return state, wall, hwm, anon, out, err
 
 
 def checksum_of(out):
@@ -227,10 +231,15 @@ def main():
     p.add_argument("--no-duckdb", action="store_true")
     p.add_argument("--json")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--gen", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return duckdb_child(args)
-    gen_strings(args.strings, args.sf)
+    if args.gen:
+        return gen_strings(args.strings, args.sf)
+    # In a child: this process stays small (its RSS would otherwise show in every child's peak).
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--gen", "--bin", "-", "--tpch", "-", "--strings",
+                    args.strings, "--sf", str(args.sf), "--memory", args.memory], check=True)
     os.makedirs(args.temp, exist_ok=True)
     half = int(args.sf * 6_001_215) // 2
     budget = parse_size(args.memory)

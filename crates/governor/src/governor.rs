@@ -140,7 +140,8 @@ fn sample_once(shared: &Shared) -> Sample {
     let reserved = shared.reserved.load(Ordering::Relaxed);
     let mut s = shared.timeline.measure(leased, reserved);
     let budget = shared.config.budget;
-    let level = shared.config.pressure.level(in_use(&s), budget);
+    let used = in_use(&s, budget);
+    let level = shared.config.pressure.level(used, budget);
     if level >= Pressure::Moderate && s.resident.saturating_sub(s.allocated) >= (4 << 20) {
         // Under pressure, hand jemalloc's free pages back now rather than at their decay time.
         crate::jemalloc::purge_all_arenas();
@@ -149,7 +150,7 @@ fn sample_once(shared: &Shared) -> Sample {
     // Memory that no reservation accounts for is allowed the headroom; whatever goes beyond it
     // is taken out of the leases (in proportion) so that reserved + untracked stays in budget.
     let headroom = budget.saturating_sub(shared.leasable);
-    let excess = in_use(&s).saturating_sub(reserved + headroom);
+    let excess = used.saturating_sub(reserved + headroom);
     let ppm = excess.saturating_mul(1_000_000).checked_div(leased).unwrap_or(0).min(1_000_000);
     shared.squeeze_ppm.store(ppm, Ordering::Relaxed);
     shared.timeline.record(s);
@@ -157,13 +158,27 @@ fn sample_once(shared: &Shared) -> Sample {
     s
 }
 
+/// File-backed resident pages (the binary's code, mapped files) that come out of the headroom:
+/// 15% of the budget from 256MiB up, 64MiB below (where the binary alone is a large part of the
+/// budget). Beyond that they count as memory in use.
+fn file_allowance(budget: u64) -> u64 {
+    if budget < (256 << 20) {
+        64 << 20
+    } else {
+        (budget as f64 * 0.15) as u64
+    }
+}
+
 /// The memory the budget governs: anonymous resident memory (heap, stacks, C libraries'
-/// allocations; not the binary's code pages), less the pages jemalloc holds free for reuse
-/// (they are returned within a second and are reused before the process grows). Without
-/// `/proc`, jemalloc's allocated bytes.
-fn in_use(s: &Sample) -> u64 {
+/// allocations) less the free pages jemalloc holds for reuse (returned within 100ms, and reused
+/// before the process grows), plus file-backed resident pages (mostly the code) beyond
+/// [`file_allowance`]: so the kernel's peak RSS, what cgroups and the OOM killer count, stays
+/// within the budget plus that allowance. Without `/proc`, jemalloc's allocated bytes.
+fn in_use(s: &Sample, budget: u64) -> u64 {
     if s.rss_anon > 0 {
-        s.rss_anon.saturating_sub(s.resident.saturating_sub(s.allocated))
+        let file = s.rss.saturating_sub(s.rss_anon);
+        let allowance = file_allowance(budget);
+        s.rss_anon.saturating_sub(s.resident.saturating_sub(s.allocated)) + file.saturating_sub(allowance)
     } else {
         s.allocated
     }

@@ -11,19 +11,17 @@
 //! run and counted against its temp-space quota). Small routed pieces are coalesced before they
 //! are written, in buffers whose total size the caller bounds.
 
+use crate::spill::IpcFile;
 use datafusion::arrow::array::{Array, RecordBatch, UInt32Array};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::common::hash_utils::{create_hashes, RandomState};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::{SendableRecordBatchStream, SpillFile, SpillWriter, TaskContext};
+use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
 use datafusion::physical_expr::PhysicalExprRef;
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, SpillMetrics};
-use datafusion::physical_plan::spill::SpillManager;
 use futures::StreamExt;
-use std::io::BufWriter;
 use std::sync::Arc;
 
 /// The hash seed of recursion level `level` (0 = the first split of a partition).
@@ -60,21 +58,12 @@ pub(crate) fn read_file(
     file: Option<Arc<dyn SpillFile>>,
     schema: &SchemaRef,
     task: &Arc<TaskContext>,
-    metrics: &ExecutionPlanMetricsSet,
+    _metrics: &ExecutionPlanMetricsSet,
 ) -> Result<SendableRecordBatchStream> {
     match file {
-        Some(file) => {
-            // Reading does not touch the spill counters (they count writes).
-            let manager = SpillManager::new(task.runtime_env(), SpillMetrics::new(metrics, 0), schema.clone());
-            manager.read_spill_as_stream(file, None)
-        }
+        Some(file) => crate::spill::read(file, schema, task, None),
         None => Ok(Box::pin(datafusion::physical_plan::EmptyRecordBatchStream::new(schema.clone()))),
     }
-}
-
-struct Writer {
-    file: Arc<dyn SpillFile>,
-    ipc: StreamWriter<BufWriter<Box<dyn SpillWriter>>>,
 }
 
 /// Routes batches into `fanout` bucket files by join-key hash.
@@ -85,7 +74,7 @@ pub(crate) struct Partitioner {
     task: Arc<TaskContext>,
     what: &'static str,
     coalescers: Vec<BatchCoalescer>,
-    writers: Vec<Option<Writer>>,
+    writers: Vec<Option<IpcFile>>,
     rows: Vec<usize>,
     hashes: Vec<u64>,
     spill: SpillMetrics,
@@ -187,15 +176,10 @@ impl Partitioner {
     fn drain(&mut self, b: usize) -> Result<()> {
         while let Some(done) = self.coalescers[b].next_completed_batch() {
             if self.writers[b].is_none() {
-                let file = self.task.runtime_env().disk_manager.create_tmp_file(self.what)?;
-                let out = BufWriter::with_capacity(64 << 10, file.open_writer()?);
-                let ipc = StreamWriter::try_new(out, &self.schema)?;
-                self.spill.spill_file_count.add(1);
-                self.writers[b] = Some(Writer { file, ipc });
+                self.writers[b] = Some(IpcFile::create(&self.task, self.what, &self.schema)?);
             }
             let w = self.writers[b].as_mut().ok_or_else(|| DataFusionError::Internal("bucket writer".into()))?;
-            w.ipc.write(&done)?;
-            self.spill.spilled_rows.add(done.num_rows());
+            w.write(&done)?;
         }
         Ok(())
     }
@@ -207,15 +191,7 @@ impl Partitioner {
             self.coalescers[b].finish_buffered_batch()?;
             self.drain(b)?;
             files.push(match self.writers[b].take() {
-                Some(Writer { file, mut ipc }) => {
-                    ipc.finish()?;
-                    let mut out =
-                        ipc.into_inner()?.into_inner().map_err(|e| DataFusionError::IoError(e.into_error()))?;
-                    out.finish()?;
-                    let size = file.size().unwrap_or(0);
-                    self.spill.spilled_bytes.add(size as usize);
-                    Some(file)
-                }
+                Some(w) => Some(w.finish(&self.spill)?),
                 None => None,
             });
         }

@@ -23,6 +23,7 @@
 //!               its share) as an external sort whose merge memory is reserved before it spills
 //!   aggregate.rs SortedAggregateRule: aggregates whose state grows with the input (array_agg,
 //!               median, DISTINCT, ...) as a spilling sort by the group keys + a sorted aggregate
+//!   spill.rs    IpcFile: the operators' spill files (Arrow IPC in the quota'd spill directory)
 //!   merge.rs    Merge: k-way merge of sorted runs with a known memory bound (loser tree)
 //! ```
 //!
@@ -40,6 +41,7 @@ mod once;
 mod prepaid;
 mod rule;
 mod sort;
+mod spill;
 mod window;
 
 pub use aggregate::SortedAggregateRule;

@@ -86,7 +86,7 @@ impl Merge {
     }
 
     /// Output batches of about `bytes` (at most the `out_rows` given to `new`), from the width
-    /// of the input rows seen so far: for inputs whose batches were not cut to a size.
+    /// of the input rows seen so far and the size of the batches built.
     pub fn with_out_bytes(mut self, bytes: usize) -> Self {
         self.out_bytes = Some((bytes, self.out_rows));
         self
@@ -186,6 +186,13 @@ impl Merge {
         let batches: Vec<&RecordBatch> = self.slots.iter().collect();
         let out = interleave_record_batch(&batches, &self.pending)?;
         self.pending.clear();
+        if let Some((bytes, most)) = self.out_bytes {
+            // Rows wider in the output than their inputs suggested: fewer per batch from now on.
+            let size = get_record_batch_memory_size(&out);
+            if size > bytes + bytes / 2 {
+                self.out_rows = (self.out_rows.saturating_mul(bytes) / size).clamp(1, most);
+            }
+        }
         let mut kept = Vec::with_capacity(self.cursors.len());
         for c in self.cursors.iter_mut().flatten() {
             kept.push(self.slots[c.slot].clone());

@@ -27,9 +27,9 @@
 //! charge is what they hold.
 
 use crate::merge::{compact_views, Merge, SortedStream};
+use crate::spill::IpcFile;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -43,7 +43,6 @@ use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceC
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, SpillMetrics};
 use datafusion::physical_plan::sorts::sort::{sort_batch, SortExec};
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
-use datafusion::physical_plan::spill::SpillManager;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::ExecutionPlanProperties;
 use datafusion::physical_plan::{
@@ -51,7 +50,6 @@ use datafusion::physical_plan::{
 };
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use std::io::BufWriter;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -328,7 +326,6 @@ struct Sorter {
     merge_start: usize,
     spill: SpillMetrics,
     passes: Count,
-    read_metrics: ExecutionPlanMetricsSet,
 }
 
 impl Sorter {
@@ -370,7 +367,6 @@ impl Sorter {
             merge_start: 0,
             spill: SpillMetrics::new(metrics, partition),
             passes: MetricBuilder::new(metrics).counter("merge_passes", partition),
-            read_metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 
@@ -466,7 +462,7 @@ impl Sorter {
     fn merge_buffer(&mut self) -> Merge {
         let inputs: Vec<SortedStream> =
             std::mem::take(&mut self.buffer).into_iter().map(|b| futures::stream::iter([Ok(b)]).boxed()).collect();
-        Merge::new(inputs, self.out_rows(), self.fetch)
+        Merge::new(inputs, self.out_rows(), self.fetch).with_out_bytes(self.batch_bytes)
     }
 
     /// [`Self::merge_buffer`] for the output: the buffer's memory goes back to the lease batch
@@ -511,12 +507,12 @@ impl Sorter {
         let base = self.merge_res.size();
         let per_input = self.per_input(self.max_run_batch());
         let out = self.batch_bytes;
-        self.reserve_merge((per_input * self.runs.len().min(MAX_FAN_IN) + out).min(self.merge_cap()), self.two_way())?;
+        self.reserve_merge((per_input * self.runs.len().min(MAX_FAN_IN) + out).min(self.merge_cap()));
         let fan_in = (self.merge_res.size().saturating_sub(out) / per_input).clamp(2, MAX_FAN_IN);
         self.runs.sort_by_key(|r| std::cmp::Reverse(r.rows));
         let group = self.runs.split_off(self.runs.len() - fan_in.min(self.runs.len()));
         let inputs = group.iter().map(|r| self.read_run(r)).collect::<Result<Vec<_>>>()?;
-        let merge = Merge::new(inputs, self.out_rows(), self.fetch);
+        let merge = Merge::new(inputs, self.out_rows(), self.fetch).with_out_bytes(self.batch_bytes);
         let run = self.write_run(merge).await?;
         self.passes.add(1);
         drop(group);
@@ -525,13 +521,6 @@ impl Sorter {
             self.merge_res.shrink(self.merge_res.size() - base);
         }
         Ok(())
-    }
-
-    /// The least a merge of two runs needs: each input's current batch and one whose rows wait
-    /// in the output, and the output (key rows come on top; the estimate per input used for the
-    /// fan-in counts them, this floor is what must be held for the merge to proceed).
-    fn two_way(&self) -> usize {
-        2 * 2 * self.max_run_batch() + self.batch_bytes
     }
 
     /// The most the merge memory grows to: half of what the buffer was granted (its share of
@@ -546,30 +535,19 @@ impl Sorter {
     }
 
     async fn write_run(&self, mut merge: Merge) -> Result<Run> {
-        let file = self.task.runtime_env().disk_manager.create_tmp_file("SpillingSort")?;
-        let out = BufWriter::with_capacity(64 << 10, file.open_writer()?);
-        let mut ipc = StreamWriter::try_new(out, &self.schema)?;
+        let mut file = IpcFile::create(&self.task, "SpillingSort", &self.schema)?;
         let (mut rows, mut max_batch) = (0, 0);
         while let Some(batch) = merge.next().await {
             let batch = batch?;
             rows += batch.num_rows();
             max_batch = max_batch.max(get_record_batch_memory_size(&batch));
-            ipc.write(&batch)?;
+            file.write(&batch)?;
         }
-        ipc.finish()?;
-        let mut out = ipc.into_inner()?.into_inner().map_err(|e| DataFusionError::IoError(e.into_error()))?;
-        out.finish()?;
-        self.spill.spill_file_count.add(1);
-        self.spill.spilled_rows.add(rows);
-        self.spill.spilled_bytes.add(file.size().unwrap_or(0) as usize);
-        Ok(Run { file, rows, max_batch })
+        Ok(Run { file: file.finish(&self.spill)?, rows, max_batch })
     }
 
     fn read_run(&self, run: &Run) -> Result<SortedStream> {
-        let manager =
-            SpillManager::new(self.task.runtime_env(), SpillMetrics::new(&self.read_metrics, 0), self.schema.clone())
-                .with_batch_read_buffer_capacity(1);
-        let stream = manager.read_spill_as_stream(run.file.clone(), Some(run.max_batch))?;
+        let stream = crate::spill::read(run.file.clone(), &self.schema, &self.task, Some(run.max_batch))?;
         let (converter, expr) = (self.converter.clone(), self.expr.clone());
         Ok(stream
             .map(move |batch| {
@@ -580,23 +558,17 @@ impl Sorter {
             .boxed())
     }
 
-    /// Grows the merge memory toward `want`, taking what the lease grants (at least `floor`).
-    fn reserve_merge(&mut self, want: usize, floor: usize) -> Result<()> {
+    /// Grows the merge memory toward `want`, taking what the lease grants. The start
+    /// reservation (a two-way merge of batches of the planned size) is always held, so a merge
+    /// can proceed whatever is granted here.
+    fn reserve_merge(&mut self, want: usize) {
         let mut ask = want.saturating_sub(self.merge_res.size());
-        while ask > 0 && self.merge_res.size() < want {
+        while ask >= self.batch_bytes {
             if self.merge_res.try_grow(ask).is_ok() {
                 break;
             }
             ask /= 2;
-            if self.merge_res.size() + ask < floor {
-                break;
-            }
         }
-        if self.merge_res.size() < floor {
-            let need = floor - self.merge_res.size();
-            self.merge_res.try_grow(need).map_err(|e| self.context(e, "merging two of its runs"))?;
-        }
-        Ok(())
     }
 
     async fn finish(mut self) -> Result<BoxStream<'static, Result<RecordBatch>>> {
@@ -612,21 +584,21 @@ impl Sorter {
         self.buffer_res.free();
         let per_input = self.per_input(self.max_run_batch());
         let out = self.batch_bytes;
-        self.reserve_merge((per_input * self.runs.len().min(MAX_FAN_IN) + out).min(self.merge_cap()), self.two_way())?;
+        self.reserve_merge((per_input * self.runs.len().min(MAX_FAN_IN) + out).min(self.merge_cap()));
         let fan_in = (self.merge_res.size().saturating_sub(out) / per_input).clamp(2, MAX_FAN_IN);
         while self.runs.len() > fan_in {
             // The smallest runs first: every pass then rewrites as few rows as it can.
             self.runs.sort_by_key(|r| std::cmp::Reverse(r.rows));
             let group = self.runs.split_off(self.runs.len() - fan_in);
             let inputs = group.iter().map(|r| self.read_run(r)).collect::<Result<Vec<_>>>()?;
-            let merge = Merge::new(inputs, self.out_rows(), self.fetch);
+            let merge = Merge::new(inputs, self.out_rows(), self.fetch).with_out_bytes(self.batch_bytes);
             let run = self.write_run(merge).await?;
             self.passes.add(1);
             drop(group);
             self.runs.push(run);
         }
         let inputs = self.runs.iter().map(|r| self.read_run(r)).collect::<Result<Vec<_>>>()?;
-        let merge = Merge::new(inputs, self.out_rows(), self.fetch);
+        let merge = Merge::new(inputs, self.out_rows(), self.fetch).with_out_bytes(self.batch_bytes);
         self.passes.add(1);
         Ok(Holding { stream: merge, _held: (self.merge_res, self.runs) }.boxed())
     }

@@ -12,21 +12,36 @@
 //! lease (or a window without `PARTITION BY` over a large input: one group) fails with an error
 //! that says so, instead of growing unseen.
 //!
+//! When every window function is an aggregate over its whole partition (`sum(x) OVER ()`,
+//! `avg(x) OVER (PARTITION BY k)`: the value is the same for every row of the group), the guard
+//! needs no group in memory at all: it feeds each group's rows to the aggregates' accumulators
+//! as they arrive and keeps the rows, in memory while the reservation grants them and in a spill
+//! file past that; at the end of the group it evaluates the accumulators and streams the rows
+//! back with the values appended. A group larger than the lease then costs a write and a read.
+//!
 //! `BoundedWindowAggExec` (frames that end before the partition does: running sums, `rank`,
 //! `row_number`, `lag`) already works incrementally and is left as it is.
 
+use crate::merge::compact_views;
 use crate::once::OnceExec;
+use crate::spill::IpcFile;
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{FieldRef, SchemaRef};
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::utils::memory::get_record_batch_memory_size;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Accumulator;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::window::PlainAggregateWindowExpr;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::metrics::SpillMetrics;
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::windows::WindowAggExec;
@@ -268,6 +283,37 @@ impl ExecutionPlan for WindowGuardExec {
         let schema = self.window.input().schema();
         let fields = keys.iter().map(|k| k.data_type(&schema).map(SortField::new)).collect::<Result<Vec<_>>>()?;
         let mut builder = RecordBatchReceiverStreamBuilder::new(self.window.schema(), 2);
+        if let Some(aggregates) = whole_partition_aggregates(&self.window) {
+            let mut run = AggregateRun {
+                aggregates,
+                keys,
+                converter: RowConverter::new(fields)?,
+                last_key: None,
+                group: Vec::new(),
+                file: None,
+                accumulators: Vec::new(),
+                res: MemoryConsumer::new(format!("WindowGroup[{partition}]"))
+                    .with_can_spill(true)
+                    .register(task.memory_pool()),
+                schema: self.window.schema(),
+                input_schema: schema.clone(),
+                spill: SpillMetrics::new(&self.metrics, partition),
+                task: task.clone(),
+                tx: builder.tx(),
+            };
+            run.reset()?;
+            builder.spawn(async move {
+                let mut input = input;
+                while let Some(batch) = input.next().await {
+                    if !run.push(batch?).await? {
+                        return Ok(());
+                    }
+                }
+                run.finish_group().await?;
+                Ok(())
+            });
+            return Ok(builder.build());
+        }
         let mut run = Run {
             window: self.window.clone(),
             keys,
@@ -294,6 +340,144 @@ impl ExecutionPlan for WindowGuardExec {
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
+    }
+}
+
+/// The aggregates of `window` if every one of its functions is a plain aggregate (no `FILTER`)
+/// over its whole partition, with the type each must produce.
+fn whole_partition_aggregates(window: &WindowAggExec) -> Option<Vec<(Arc<AggregateFunctionExpr>, FieldRef)>> {
+    window
+        .window_expr()
+        .iter()
+        .map(|w| {
+            let plain = w.as_any().downcast_ref::<PlainAggregateWindowExpr>()?;
+            let frame = w.get_window_frame();
+            let whole = frame.start_bound.is_unbounded() && (frame.end_bound.is_unbounded() || w.order_by().is_empty());
+            // The FILTER clause is not exposed by DataFusion 55 but in its Debug form.
+            let unfiltered = format!("{plain:?}").contains("filter: None");
+            (whole && unfiltered).then(|| Some((Arc::new(plain.get_aggregate_expr().clone()), w.field().ok()?)))?
+        })
+        .collect()
+}
+
+/// One output partition of a window whose functions are all whole-partition aggregates. See
+/// the module docs.
+struct AggregateRun {
+    aggregates: Vec<(Arc<AggregateFunctionExpr>, FieldRef)>,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    converter: RowConverter,
+    last_key: Option<OwnedRow>,
+    /// The current group's rows held in memory (under `res`)...
+    group: Vec<RecordBatch>,
+    /// ...and, once it outgrew its share, written here instead.
+    file: Option<IpcFile>,
+    accumulators: Vec<Box<dyn Accumulator>>,
+    res: MemoryReservation,
+    schema: SchemaRef,
+    input_schema: SchemaRef,
+    spill: SpillMetrics,
+    task: Arc<TaskContext>,
+    tx: Sender<Result<RecordBatch>>,
+}
+
+impl AggregateRun {
+    fn reset(&mut self) -> Result<()> {
+        self.accumulators = self.aggregates.iter().map(|(a, _)| a.create_accumulator()).collect::<Result<_>>()?;
+        Ok(())
+    }
+
+    /// Splits `batch` at group boundaries and adds each piece to its group; `false` if the
+    /// consumer went away.
+    async fn push(&mut self, batch: RecordBatch) -> Result<bool> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(true);
+        }
+        let mut starts = Vec::new();
+        if !self.keys.is_empty() {
+            let columns = self
+                .keys
+                .iter()
+                .map(|k| k.evaluate(&batch).and_then(|v| v.into_array(n)))
+                .collect::<Result<Vec<_>>>()?;
+            let rows = self.converter.convert_columns(&columns)?;
+            if self.last_key.as_ref().is_some_and(|last| last.row() != rows.row(0)) {
+                starts.push(0);
+            }
+            starts.extend((1..n).filter(|&i| rows.row(i) != rows.row(i - 1)));
+            self.last_key = Some(rows.row(n - 1).owned());
+        }
+        let mut from = 0;
+        for start in starts.into_iter().chain([n]) {
+            if start > from {
+                self.add(batch.slice(from, start - from), n)?;
+            }
+            if start < n && !self.finish_group().await? {
+                return Ok(false);
+            }
+            from = start;
+        }
+        Ok(true)
+    }
+
+    /// Adds rows of the current group: to its accumulators, and to memory or its file.
+    fn add(&mut self, piece: RecordBatch, of: usize) -> Result<()> {
+        for ((a, _), acc) in self.aggregates.iter().zip(self.accumulators.iter_mut()) {
+            let args = a
+                .expressions()
+                .iter()
+                .map(|e| e.evaluate(&piece).and_then(|v| v.into_array(piece.num_rows())))
+                .collect::<Result<Vec<_>>>()?;
+            acc.update_batch(&args)?;
+        }
+        if let Some(w) = &mut self.file {
+            w.write(&compact_views(piece)?)?;
+            return Ok(());
+        }
+        // A slice shares its batch's buffers: charge its part of them.
+        let bytes = get_record_batch_memory_size(&piece).saturating_mul(piece.num_rows()) / of.max(1);
+        if self.res.try_grow(bytes).is_ok() {
+            self.group.push(piece);
+            return Ok(());
+        }
+        let mut w = IpcFile::create(&self.task, "WindowGroup", &self.input_schema)?;
+        for b in self.group.drain(..) {
+            w.write(&compact_views(b)?)?;
+        }
+        w.write(&compact_views(piece)?)?;
+        self.res.free();
+        self.file = Some(w);
+        Ok(())
+    }
+
+    /// Emits the current group with the aggregates' values; `false` if the consumer went away.
+    async fn finish_group(&mut self) -> Result<bool> {
+        let values = self
+            .accumulators
+            .iter_mut()
+            .zip(&self.aggregates)
+            .map(|(acc, (_, field))| acc.evaluate().and_then(|v| v.cast_to(field.data_type())))
+            .collect::<Result<Vec<_>>>()?;
+        self.reset()?;
+        let mut rows: SendableRecordBatchStream = match self.file.take() {
+            Some(w) => crate::spill::read(w.finish(&self.spill)?, &self.input_schema, &self.task, None)?,
+            None => {
+                let group = std::mem::take(&mut self.group);
+                Box::pin(MemoryStream::try_new(group, self.input_schema.clone(), None)?)
+            }
+        };
+        while let Some(batch) = rows.next().await {
+            let batch = batch?;
+            let mut columns = batch.columns().to_vec();
+            for v in &values {
+                columns.push(v.to_array_of_size(batch.num_rows())?);
+            }
+            if self.tx.send(Ok(RecordBatch::try_new(self.schema.clone(), columns)?)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        self.res.free();
+        Ok(true)
     }
 }
 
