@@ -23,6 +23,7 @@
 //!               its share) as an external sort whose merge memory is reserved before it spills
 //!   aggregate.rs SortedAggregateRule: aggregates whose state grows with the input (array_agg,
 //!               median, DISTINCT, ...) as a spilling sort by the group keys + a sorted aggregate
+//!   delegate.rs delegate_plan!: the one shape of the wrappers around a DataFusion operator
 //!   spill.rs    IpcFile: the operators' spill files (Arrow IPC in the quota'd spill directory)
 //!   merge.rs    Merge: k-way merge of sorted runs with a known memory bound (loser tree)
 //! ```
@@ -32,6 +33,7 @@
 
 mod aggregate;
 mod buckets;
+mod delegate;
 mod exec;
 mod grace;
 mod merge;

@@ -26,28 +26,26 @@
 //! the lease. Sorted batches with view columns are compacted before they are charged, so the
 //! charge is what they hold.
 
+use crate::delegate::delegate_plan;
 use crate::merge::{compact_views, Merge, SortedStream};
 use crate::spill::IpcFile;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::utils::memory::get_record_batch_memory_size;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
-use datafusion::physical_expr::{LexOrdering, PhysicalExpr};
+use datafusion::physical_expr::LexOrdering;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, SpillMetrics};
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, SpillMetrics};
 use datafusion::physical_plan::sorts::sort::{sort_batch, SortExec};
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::ExecutionPlanProperties;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements, PlanProperties,
-};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use std::pin::Pin;
@@ -89,49 +87,10 @@ impl ExecutionPlan for SpillingSortExec {
         "SpillingSortExec"
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.sort.properties()
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![self.sort.input()]
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        self.sort.apply_expressions(f)
-    }
-
-    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
-        self.sort.input_distribution_requirements()
-    }
-
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        self.sort.benefits_from_input_partitioning()
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        self.sort.maintains_input_order()
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-        options: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let sort = self.sort.clone().replace_children(children, options)?;
-        let sort = sort
-            .downcast_ref::<SortExec>()
-            .ok_or_else(|| DataFusionError::Internal("SortExec rebuilt as another plan".into()))?
-            .clone();
-        Ok(Arc::new(Self::new(Arc::new(sort))))
-    }
-
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
-    }
+    delegate_plan!(sort, |plan: Arc<dyn ExecutionPlan>| {
+        let sort = plan.downcast_ref::<SortExec>().ok_or_else(|| rebuilt_as_another("SortExec"))?.clone();
+        Ok(Arc::new(Self::new(Arc::new(sort))) as Arc<dyn ExecutionPlan>)
+    });
 
     fn execute(&self, partition: usize, task: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let schema = self.sort.schema();
@@ -143,10 +102,10 @@ impl ExecutionPlan for SpillingSortExec {
         let stream = futures::stream::once(sorter.run(input)).try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
 
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
+fn rebuilt_as_another(what: &str) -> DataFusionError {
+    DataFusionError::Internal(format!("{what} rebuilt as another plan"))
 }
 
 /// DataFusion's `SortPreservingMergeExec` (the merge of sorted partitions above a sort), run by
@@ -182,53 +141,12 @@ impl ExecutionPlan for BoundedMergeExec {
         "BoundedMergeExec"
     }
 
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.merge.properties()
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![self.merge.input()]
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        self.merge.apply_expressions(f)
-    }
-
-    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
-        self.merge.input_distribution_requirements()
-    }
-
-    fn required_input_ordering(&self) -> Vec<Option<datafusion::physical_expr::OrderingRequirements>> {
-        self.merge.required_input_ordering()
-    }
-
-    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        self.merge.benefits_from_input_partitioning()
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        self.merge.maintains_input_order()
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-        options: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let merge = self.merge.clone().replace_children(children, options)?;
-        let merge = merge
+    delegate_plan!(merge, |plan: Arc<dyn ExecutionPlan>| {
+        let merge = plan
             .downcast_ref::<SortPreservingMergeExec>()
-            .ok_or_else(|| DataFusionError::Internal("SortPreservingMergeExec rebuilt as another plan".into()))?
-            .clone();
-        Ok(Arc::new(Self::new(Arc::new(merge))))
-    }
-
-    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
-    }
+            .ok_or_else(|| rebuilt_as_another("SortPreservingMergeExec"))?;
+        Ok(Arc::new(Self::new(Arc::new(merge.clone()))) as Arc<dyn ExecutionPlan>)
+    });
 
     fn execute(&self, partition: usize, task: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let input = self.merge.input();
@@ -271,10 +189,6 @@ impl ExecutionPlan for BoundedMergeExec {
         let out = MetricBuilder::new(&self.metrics).output_rows(partition);
         let stream = Holding { stream: merge, _held: reservation }.inspect_ok(move |b| out.add(b.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.merge.schema(), stream)))
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
     }
 }
 
