@@ -59,14 +59,20 @@ def fnv1a(data):
     return h
 
 
-def child(args):
+def connect(memory, threads, temp):
+    """DuckDB at its best under `memory`: all cores, spills to `temp`, insertion order not kept."""
     import duckdb
 
     con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{parse_size(args.memory) // (1 << 20)}MiB'")
-    con.execute(f"SET threads = {args.threads}")
-    con.execute(f"SET temp_directory = '{args.temp}'")
+    con.execute(f"SET memory_limit = '{parse_size(memory) // (1 << 20)}MiB'")
+    con.execute(f"SET threads = {threads}")
+    con.execute(f"SET temp_directory = '{temp}'")
     con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+def child(args):
+    con = connect(args.memory, args.threads, args.temp)
     for t in TABLES:
         con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{args.data}/{t}/*.parquet')")
     cur = con.execute(query_text(args.child, args.sf))

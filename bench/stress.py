@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+from duckdb_tpch import connect
 from sizes import parse_size
 
 TPCH = ["nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem"]
@@ -151,13 +152,7 @@ def gen_strings(folder, sf):
 
 
 def duckdb_child(args):
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{parse_size(args.memory) // (1 << 20)}MiB'")
-    con.execute(f"SET threads = {len(os.sched_getaffinity(0))}")
-    con.execute(f"SET temp_directory = '{args.temp}'")
-    con.execute("SET preserve_insertion_order = false")
+    con = connect(args.memory, len(os.sched_getaffinity(0)), args.temp)
     for t in TPCH:
         con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{args.tpch}/{t}/*.parquet')")
     for t in STRINGS:

@@ -20,7 +20,7 @@ use datafusion::common::hash_utils::{create_hashes, RandomState};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
 use datafusion::physical_expr::PhysicalExprRef;
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, SpillMetrics};
+use datafusion::physical_plan::metrics::SpillMetrics;
 use futures::StreamExt;
 use std::sync::Arc;
 
@@ -43,13 +43,8 @@ impl Buckets {
     }
 
     /// Streams bucket `b` back (empty if it has no rows).
-    pub fn read(
-        &self,
-        b: usize,
-        task: &Arc<TaskContext>,
-        metrics: &ExecutionPlanMetricsSet,
-    ) -> Result<SendableRecordBatchStream> {
-        read_file(self.files[b].clone(), &self.schema, task, metrics)
+    pub fn read(&self, b: usize, task: &Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        read_file(self.files[b].clone(), &self.schema, task)
     }
 }
 
@@ -58,7 +53,6 @@ pub(crate) fn read_file(
     file: Option<Arc<dyn SpillFile>>,
     schema: &SchemaRef,
     task: &Arc<TaskContext>,
-    _metrics: &ExecutionPlanMetricsSet,
 ) -> Result<SendableRecordBatchStream> {
     match file {
         Some(file) => crate::spill::read(file, schema, task, None),

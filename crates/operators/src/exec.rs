@@ -112,7 +112,6 @@ impl GraceHashJoinExec {
             task: task.clone(),
             options: self.options,
             metrics: GraceMetrics::new(&self.metrics, partition),
-            plan_metrics: self.metrics.clone(),
             partition,
         }))
     }

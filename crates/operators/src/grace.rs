@@ -33,7 +33,6 @@ use datafusion::physical_expr::PhysicalExprRef;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::memory::MemoryStream;
-use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::ExecutionPlan;
@@ -93,7 +92,6 @@ pub(crate) struct JoinCtx {
     pub task: Arc<TaskContext>,
     pub options: GraceOptions,
     pub metrics: GraceMetrics,
-    pub plan_metrics: ExecutionPlanMetricsSet,
     pub partition: usize,
 }
 
@@ -181,12 +179,9 @@ impl Probe {
 fn read_files(files: &[Arc<dyn SpillFile>], ctx: &JoinCtx) -> Result<SendableRecordBatchStream> {
     let schema = ctx.probe_schema();
     if files.len() <= 1 {
-        return read_file(files.first().cloned(), &schema, &ctx.task, &ctx.plan_metrics);
+        return read_file(files.first().cloned(), &schema, &ctx.task);
     }
-    let streams = files
-        .iter()
-        .map(|f| read_file(Some(f.clone()), &schema, &ctx.task, &ctx.plan_metrics))
-        .collect::<Result<Vec<_>>>()?;
+    let streams = files.iter().map(|f| read_file(Some(f.clone()), &schema, &ctx.task)).collect::<Result<Vec<_>>>()?;
     Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(streams).flatten())))
 }
 
@@ -327,7 +322,7 @@ pub(crate) async fn join_buckets(
         if b == ctx.options.fanout {
             // The NULL-key bucket: nothing matches; only unmatched rows come out.
             if emits_unmatched_build(jt) && built.rows[b] > 0 {
-                let stream = built.read(b, &ctx.task, &ctx.plan_metrics)?;
+                let stream = built.read(b, &ctx.task)?;
                 if !run_chunks(&ctx, &template, ctx.build_schema(), stream, &None, &ctx.probe_schema(), &tx).await? {
                     return Ok(false);
                 }
@@ -348,7 +343,7 @@ pub(crate) async fn join_buckets(
         }
         // A split that did not split (one key holds every row) will not split again.
         let next = if built.rows[b] == total && total > 1 { ctx.options.max_depth } else { level + 1 };
-        let stream = built.read(b, &ctx.task, &ctx.plan_metrics)?;
+        let stream = built.read(b, &ctx.task)?;
         if !join(ctx.clone(), stream, Probe::Files(probe), next, tx.clone()).await? {
             return Ok(false);
         }
@@ -392,14 +387,14 @@ async fn chunked(
     p.push_stream(rest).await?;
     let build_file = p.finish()?.files.remove(0);
     let swapped = ctx.template.builder().reset_state().build()?.swap_inputs(PartitionMode::CollectLeft)?;
-    let mut new_build = read_file(probe_file.clone(), &ctx.probe_schema(), &ctx.task, &ctx.plan_metrics)?;
+    let mut new_build = read_file(probe_file.clone(), &ctx.probe_schema(), &ctx.task)?;
     if jt != JoinType::Full {
         return run_chunks(ctx, &swapped, ctx.probe_schema(), new_build, &build_file, &build_schema, tx).await;
     }
     let mut res = ctx.reservation();
     let (fits, over) = buffer(&mut new_build, &mut res).await?;
     if over.is_none() {
-        let probe = read_file(build_file, &build_schema, &ctx.task, &ctx.plan_metrics)?;
+        let probe = read_file(build_file, &build_schema, &ctx.task)?;
         return in_memory(ctx, &swapped, fits, ctx.probe_schema(), probe, res, tx).await;
     }
     // Neither side of this full outer join's bucket fits: attempted in memory (on what the
@@ -409,8 +404,8 @@ async fn chunked(
     let template: Arc<dyn ExecutionPlan> = ctx.template.clone();
     let plan = instantiate(
         &template,
-        Arc::new(OnceExec::new(read_file(build_file, &build_schema, &ctx.task, &ctx.plan_metrics)?, "build")),
-        Arc::new(OnceExec::new(read_file(probe_file, &ctx.probe_schema(), &ctx.task, &ctx.plan_metrics)?, "probe")),
+        Arc::new(OnceExec::new(read_file(build_file, &build_schema, &ctx.task)?, "build")),
+        Arc::new(OnceExec::new(read_file(probe_file, &ctx.probe_schema(), &ctx.task)?, "probe")),
     )?;
     let mut out = plan.execute(0, PrepaidPool::task(&ctx.task, res)?)?;
     while let Some(batch) = out.next().await {
@@ -465,7 +460,7 @@ async fn run_chunks(
             return Ok(true);
         }
         ctx.metrics.chunks.add(1);
-        let probe = read_file(probe_file.clone(), probe_schema, &ctx.task, &ctx.plan_metrics)?;
+        let probe = read_file(probe_file.clone(), probe_schema, &ctx.task)?;
         if !in_memory(ctx, template, chunk, build_schema.clone(), probe, res, tx).await? {
             return Ok(false);
         }

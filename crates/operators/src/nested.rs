@@ -178,7 +178,7 @@ impl NestedLoopGuardExec {
         c: &Counters,
         tx: &Sender<Result<RecordBatch>>,
     ) -> Result<()> {
-        let mut stream = read_file(build, &self.left().schema(), task, &self.metrics)?;
+        let mut stream = read_file(build, &self.left().schema(), task)?;
         let mut pending: Option<RecordBatch> = None;
         loop {
             let res: MemoryReservation =
@@ -190,10 +190,7 @@ impl NestedLoopGuardExec {
             c.chunks.add(1);
             let left =
                 Arc::new(OnceExec::new(Box::pin(MemoryStream::try_new(block, self.left().schema(), None)?), "build"));
-            let right = Arc::new(OnceExec::new(
-                read_file(probe.clone(), &self.right().schema(), task, &self.metrics)?,
-                "probe",
-            ));
+            let right = Arc::new(OnceExec::new(read_file(probe.clone(), &self.right().schema(), task)?, "probe"));
             let out = self.piece(left, right)?.execute(0, PrepaidPool::task(task, res)?)?;
             if !forward(out, c, tx).await || pending.is_none() {
                 return Ok(());

@@ -73,8 +73,7 @@ impl SpillingSortExec {
 
 impl DisplayAs for SpillingSortExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let expr = self.sort.expr().iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
-        write!(f, "SpillingSortExec: expr=[{expr}]")?;
+        write!(f, "SpillingSortExec: expr=[{}]", ordering(&self.sort.expr().iter().collect::<Vec<_>>()))?;
         if let Some(n) = self.sort.fetch() {
             write!(f, ", fetch={n}")?;
         }
@@ -104,6 +103,11 @@ impl ExecutionPlan for SpillingSortExec {
     }
 }
 
+/// `a ASC NULLS LAST, b DESC`, as DataFusion shows an ordering.
+fn ordering(exprs: &[&datafusion::physical_expr::PhysicalSortExpr]) -> String {
+    exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+}
+
 fn rebuilt_as_another(what: &str) -> DataFusionError {
     DataFusionError::Internal(format!("{what} rebuilt as another plan"))
 }
@@ -127,8 +131,7 @@ impl BoundedMergeExec {
 
 impl DisplayAs for BoundedMergeExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let expr = self.merge.expr().iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
-        write!(f, "BoundedMergeExec: [{expr}]")?;
+        write!(f, "BoundedMergeExec: [{}]", ordering(&self.merge.expr().iter().collect::<Vec<_>>()))?;
         if let Some(n) = self.merge.fetch() {
             write!(f, ", fetch={n}")?;
         }
