@@ -28,6 +28,7 @@
 // Errors carry their numbers as text for one-line messages; they are rare and cold.
 #![allow(clippy::result_large_err)]
 
+mod code;
 mod config;
 mod error;
 mod governor;

@@ -15,7 +15,6 @@
 //!   └─────────────────────────────┴──────┴──────────┴──────────┴────────────────────┘
 //! ```
 //!
-//! * **Hash aggregates get half a share**: they copy their whole state to spill it.
 //! * **Fair among active consumers.** DataFusion's `FairSpillPool` divides by every registered
 //!   spillable consumer, so idle ones starve the one doing the work; here only consumers that
 //!   hold memory (plus the one asking) count. A consumer within its share may grow while the
@@ -65,16 +64,6 @@ impl Default for PoolOptions {
 /// operator keeps after spilling everything else (the lease can be overdrawn by this much per
 /// spillable consumer).
 pub const SPILLED_FLOOR: usize = 64 << 10;
-
-/// DataFusion's hash aggregates spill by emitting their whole state as one batch and sorting it:
-/// for a moment they hold what they reserved twice more, unreserved. They are held to half their
-/// fair share, so that the copy fits in the other half (measured, issue #14: a `GROUP BY` of 1.5M
-/// groups at 256MiB peaked at 263MiB of anonymous memory with full shares, 208MiB with half, with
-/// the same bytes spilled and the same time). The cost shows with large leases: at SF10 under
-/// 1GiB, TPC-H Q16 and Q18 spill where they fitted before (docs/benchmarks.md, issue #14).
-fn spills_by_copying(consumer: &str) -> bool {
-    consumer.contains("HashAggregateStream")
-}
 
 /// Counters of a [`LeasePool`], for reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -296,10 +285,7 @@ impl MemoryPool for LeasePool {
             let me = reservation.consumer().id();
             let others_active =
                 state.consumers.iter().filter(|(id, c)| **id != me && c.can_spill && c.size > 0).count();
-            let mut share = spill_available / (others_active + 1);
-            if spills_by_copying(reservation.consumer().name()) {
-                share /= 2;
-            }
+            let share = spill_available / (others_active + 1);
             // A consumer that holds nothing has nothing to spill: refusing it can only fail it
             // (DataFusion's aggregates then error out). Its first allocation is granted if the
             // lease has room, whatever its share.
