@@ -8,6 +8,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::DFParserBuilder;
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use futures::StreamExt;
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ pub struct Query {
 /// Plans and starts `sql` (one or more `;`-separated statements). Statements before the last are
 /// run to completion (their rows discarded); the last is returned as a stream.
 pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Query> {
-    let statements = DFParserBuilder::new(sql).build()?.parse_statements()?;
+    let statements = parse(ctx, sql)?;
     if statements.is_empty() {
         return Err(datafusion::error::DataFusionError::Plan("no SQL statement was given".into()).into());
     }
@@ -42,6 +43,20 @@ pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Query> {
         }
     }
     unreachable!("the loop returns at the last statement")
+}
+
+/// Parses `sql` as `SessionContext::sql` does: the session's dialect and recursion limit.
+fn parse(ctx: &SessionContext, sql: &str) -> Result<std::collections::VecDeque<datafusion::sql::parser::Statement>> {
+    let state = ctx.state();
+    let parser = &state.config().options().sql_parser;
+    let dialect = dialect_from_str(parser.dialect).ok_or_else(|| {
+        datafusion::error::DataFusionError::Plan(format!("Unsupported SQL dialect: {}", parser.dialect))
+    })?;
+    Ok(DFParserBuilder::new(sql)
+        .with_dialect(dialect.as_ref())
+        .with_recursion_limit(parser.recursion_limit.get())
+        .build()?
+        .parse_statements()?)
 }
 
 pub use spillway_operators::{join_reports, JoinReport};
