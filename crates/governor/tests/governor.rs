@@ -228,6 +228,24 @@ fn pool_idle_consumers_do_not_starve_the_active_one() {
 }
 
 #[test]
+fn pool_a_spillable_consumer_that_holds_nothing_gets_its_first_allocation_within_its_share() {
+    let gov = governor(200);
+    let pool = pool(&gov, 100); // 80MiB spillable area
+    let a = MemoryConsumer::new("Agg[0]").with_can_spill(true).register(&pool);
+    let b = MemoryConsumer::new("Agg[1]").with_can_spill(true).register(&pool);
+    a.try_grow((60 * MIB) as usize).unwrap();
+    b.try_grow((40 * MIB) as usize).unwrap(); // the lease is full
+                                              // A third aggregate has nothing to spill: refusing it would fail the query. Within its share
+                                              // (80/3 MiB) it gets its first allocation, an overdraft the others repay when refused.
+    let c = MemoryConsumer::new("Agg[2]").with_can_spill(true).register(&pool);
+    c.try_grow((8 * MIB) as usize).unwrap();
+    assert!(a.try_grow(MIB as usize).is_err(), "a is past its share now, and spills");
+    // Past its share, even a first allocation is refused.
+    let d = MemoryConsumer::new("Agg[3]").with_can_spill(true).register(&pool);
+    assert!(d.try_grow((30 * MIB) as usize).is_err());
+}
+
+#[test]
 fn pool_unspillable_error_names_step_consumer_and_numbers() {
     let gov = governor(200);
     let pool = pool(&gov, 100);
@@ -324,6 +342,9 @@ fn pool_repartition_is_never_refused_but_counted() {
     assert_eq!(gov.reserved(), 110 * MIB);
     // The others make room: the lease is over-full, so they are refused and spill.
     assert!(sort.try_grow(MIB as usize).is_err());
+    // A consumer that holds nothing still gets a first allocation within its share (refusing it
+    // would fail it: it has nothing to spill), and nothing more while the lease is over-full.
     let other = MemoryConsumer::new("Agg[0]").with_can_spill(true).register(&pool);
+    other.try_grow(MIB as usize).unwrap();
     assert!(other.try_grow(MIB as usize).is_err());
 }

@@ -16,7 +16,6 @@ use arrow::{array, array::ArrayRef, datatypes::DataType, record_batch::RecordBat
 use bigdecimal::BigDecimal;
 use datafusion::common::internal_datafusion_err;
 use datafusion::config::ConfigField;
-use half::f16;
 use std::str::FromStr;
 
 /// Converts `batches` to a result as expected by sqllogictest.
@@ -134,14 +133,14 @@ fn cell_to_string(col: &ArrayRef, row: usize, is_spark_path: bool) -> Result<Str
         match col.data_type() {
             DataType::Null => Ok(NULL_STR.to_string()),
             DataType::Boolean => Ok(bool_to_str(get_row_value!(array::BooleanArray, col, row))),
-            DataType::Float16 => Ok(f16_to_str(get_row_value!(array::Float16Array, col, row))),
-            DataType::Float32 => Ok(f32_to_str(get_row_value!(array::Float32Array, col, row))),
+            DataType::Float16 => Ok(float_to_str(get_row_value!(array::Float16Array, col, row), None)),
+            DataType::Float32 => Ok(float_to_str(get_row_value!(array::Float32Array, col, row), None)),
             DataType::Float64 => {
                 let result = get_row_value!(array::Float64Array, col, row);
                 if is_spark_path {
-                    Ok(spark_f64_to_str(result))
+                    Ok(float_to_str(result, Some(15)))
                 } else {
-                    Ok(f64_to_str(result))
+                    Ok(float_to_str(result, None))
                 }
             }
             DataType::Decimal32(_, scale) => {
@@ -244,66 +243,27 @@ fn varchar_to_str(value: &str) -> String {
     }
 }
 
-fn f16_to_str(value: f16) -> String {
-    if value.is_nan() {
-        // The sign of NaN can be different depending on platform.
-        // So the string representation of NaN ignores the sign.
+/// A float as DataFusion's runner prints it: NaN without its sign (which differs by platform),
+/// infinities by name, other values from the type's shortest text, rounded to `digits` decimals
+/// (12 unless given).
+fn float_to_str<F: Copy + std::fmt::Display + Into<f64>>(value: F, digits: Option<i64>) -> String {
+    let wide: f64 = value.into();
+    if wide.is_nan() {
         "NaN".to_string()
-    } else if value == f16::INFINITY {
+    } else if wide == f64::INFINITY {
         "Infinity".to_string()
-    } else if value == f16::NEG_INFINITY {
+    } else if wide == f64::NEG_INFINITY {
         "-Infinity".to_string()
     } else {
-        big_decimal_to_str(BigDecimal::from_str(&value.to_string()).unwrap(), None)
-    }
-}
-
-fn f32_to_str(value: f32) -> String {
-    if value.is_nan() {
-        // The sign of NaN can be different depending on platform.
-        // So the string representation of NaN ignores the sign.
-        "NaN".to_string()
-    } else if value == f32::INFINITY {
-        "Infinity".to_string()
-    } else if value == f32::NEG_INFINITY {
-        "-Infinity".to_string()
-    } else {
-        big_decimal_to_str(BigDecimal::from_str(&value.to_string()).unwrap(), None)
-    }
-}
-
-fn f64_to_str(value: f64) -> String {
-    if value.is_nan() {
-        // The sign of NaN can be different depending on platform.
-        // So the string representation of NaN ignores the sign.
-        "NaN".to_string()
-    } else if value == f64::INFINITY {
-        "Infinity".to_string()
-    } else if value == f64::NEG_INFINITY {
-        "-Infinity".to_string()
-    } else {
-        big_decimal_to_str(BigDecimal::from_str(&value.to_string()).unwrap(), None)
-    }
-}
-
-fn spark_f64_to_str(value: f64) -> String {
-    if value.is_nan() {
-        // The sign of NaN can be different depending on platform.
-        // So the string representation of NaN ignores the sign.
-        "NaN".to_string()
-    } else if value == f64::INFINITY {
-        "Infinity".to_string()
-    } else if value == f64::NEG_INFINITY {
-        "-Infinity".to_string()
-    } else {
-        big_decimal_to_str(BigDecimal::from_str(&value.to_string()).unwrap(), Some(15))
+        let text = value.to_string();
+        BigDecimal::from_str(&text).map(|d| big_decimal_to_str(d, digits)).unwrap_or(text)
     }
 }
 
 fn arrow_decimal_to_str<T: DecimalType>(value: T::Native, scale: i8) -> String {
     let precision = u8::MAX; // does not matter
     let value = T::format_decimal(value, precision, scale);
-    big_decimal_to_str(BigDecimal::from_str(&value).unwrap(), Some(i64::from(scale)))
+    BigDecimal::from_str(&value).map(|d| big_decimal_to_str(d, Some(i64::from(scale)))).unwrap_or(value)
 }
 
 /// Converts a `BigDecimal` to its plain string representation, optionally rounding to a specified number of decimal places.
