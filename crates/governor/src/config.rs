@@ -109,7 +109,8 @@ pub struct GovernorConfig {
     pub heavy_slots: usize,
     /// How long a lease request may wait before failing (`None`: forever).
     pub lease_timeout: Option<Duration>,
-    /// How often the sampler reads jemalloc and RSS (default 50 ms).
+    /// How often the sampler reads jemalloc and RSS (default 50 ms; a fifth of it while the
+    /// kernel counts more than half the budget).
     pub sample_interval: Duration,
     /// Whether releasing a lease purges jemalloc arenas (default true).
     pub purge_on_release: bool,

@@ -12,8 +12,10 @@ use tokio::sync::watch;
 /// The one memory budget of the process. Cheap to clone (all clones share the budget).
 ///
 /// Creating a governor starts a sampler thread that reads jemalloc and `/proc/self/statm` every
-/// [`GovernorConfig::sample_interval`], records the [`Timeline`] and updates the [`Pressure`]
-/// level; it stops when the last clone is dropped.
+/// [`GovernorConfig::sample_interval`] (a fifth of it while the kernel counts more than half the
+/// budget), records the [`Timeline`], updates the [`Pressure`] level, purges jemalloc's free pages
+/// under pressure and hands the process's resident code pages back to the page cache (`code`);
+/// it stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Governor {
     shared: Arc<Shared>,

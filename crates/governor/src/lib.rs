@@ -7,7 +7,8 @@
 //!          │
 //!          ▼
 //!   Governor ── sampler thread ──▶ Timeline (jemalloc allocated/active/resident/retained, RSS)
-//!      │                    └────▶ Pressure level (normal / moderate / high / critical)
+//!      │                    ├────▶ Pressure level (normal / moderate / high / critical)
+//!      │                    └────▶ purges jemalloc's free pages, trims resident code  (code)
 //!      │ lease(name, bytes | S/M/L, heavy?)    FIFO queue, timeout, cancel  (lease)
 //!      ▼
 //!   Lease ── into_pool() ──▶ LeasePool: a DataFusion MemoryPool inside the lease      (pool)
