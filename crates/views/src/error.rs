@@ -1,0 +1,29 @@
+//! The engine's errors: a view shape it cannot maintain (named by operator), or a failure of
+//! DataFusion or Arrow underneath.
+
+use datafusion::error::DataFusionError;
+
+/// What can go wrong building or maintaining a view.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// The view contains an operator (or an expression in one) that cannot be maintained from
+    /// changes. `operator` is the plan node (`Window`, `Limit`, ...), `reason` says why.
+    #[error("{operator} cannot be maintained incrementally: {reason}")]
+    Unsupported { operator: String, reason: String },
+    /// A change names a table the view does not read, or has the wrong columns.
+    #[error("change to {table}: {reason}")]
+    BadChange { table: String, reason: String },
+    /// DataFusion failed (planning, expression evaluation, population).
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    /// Arrow failed (decoding rows, building batches).
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+/// The engine's result.
+pub type Result<T, E = ViewError> = std::result::Result<T, E>;
+
+pub(crate) fn unsupported(operator: impl Into<String>, reason: impl Into<String>) -> ViewError {
+    ViewError::Unsupported { operator: operator.into(), reason: reason.into() }
+}

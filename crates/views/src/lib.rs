@@ -1,0 +1,42 @@
+//! The incremental view engine: SQL views kept exactly up to date from row changes.
+//!
+//! A change is a Z-set ([`ZSet`]): Arrow rows with an `i64` weight each (+1 insert, −1 delete,
+//! an update is −old +new). A view's `SELECT` is planned and optimized by DataFusion (so
+//! predicates and projections are pushed down to the scans) and its `LogicalPlan` is lowered to
+//! a graph of operators that turn input changes into output changes, following DBSP (Budiu et
+//! al., VLDB 2023). Population runs DataFusion batch queries on the tables as they are and
+//! seeds each operator's state; changes never replay the whole table.
+//!
+//! ```text
+//!   scalar.rs     uncorrelated scalar subqueries ──▶ joins with their one row
+//!   lower.rs      LogicalPlan ──▶ Node graph, or Unsupported { operator, reason }
+//!   node.rs       Node; stateless operators: scan of changes, filter, project, rename, union
+//!   join.rs       JoinOp: inner (bilinear), outer/semi/anti/mark (per touched key) joins
+//!   aggregate.rs  AggregateOp: count/sum/avg (DataFusion's retractable accumulators),
+//!                 min/max/count(DISTINCT) (per-group multisets), DISTINCT, HAVING above it
+//!   topn.rs       TopNOp: ORDER BY ... LIMIT n OFFSET m
+//!   view.rs       View: plan, populate, apply a transaction, contents, explain
+//!   zset.rs       ZSet and RowCodec (rows as arrow-row bytes: how state is keyed)
+//! ```
+//!
+//! This crate knows nothing of projects, files or sinks: `spillway-pipeline` reads change files
+//! into [`Deltas`] and publishes what [`View::apply`] returns.
+
+mod aggregate;
+mod error;
+mod join;
+mod lower;
+mod node;
+mod scalar;
+mod topn;
+mod view;
+mod zset;
+
+pub use error::{Result, ViewError};
+pub use node::Deltas;
+pub use view::View;
+pub use zset::{RowCodec, ZSet};
+
+pub(crate) fn format_bytes(bytes: usize) -> String {
+    spillway_governor::fmt_bytes(bytes as u64)
+}

@@ -1,0 +1,228 @@
+//! The operator graph a view is lowered to, and its stateless operators: scans of a table's
+//! changes, filters, projections, renames, unions and constant relations. The stateful ones
+//! (joins, aggregates, top-n) live in their own modules.
+
+use crate::aggregate::AggregateOp;
+use crate::error::Result;
+use crate::join::JoinOp;
+use crate::topn::TopNOp;
+use crate::zset::ZSet;
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use futures::future::BoxFuture;
+use futures::TryStreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One transaction's changes, by table (or upstream view) name, each in that table's schema.
+pub type Deltas = HashMap<String, ZSet>;
+
+/// A node of a view's operator graph.
+pub(crate) enum Node {
+    /// Changes of a table: its pushed-down filters, then its projection.
+    Scan { table: String, filters: Vec<Arc<dyn PhysicalExpr>>, projection: Option<Vec<usize>>, schema: SchemaRef },
+    /// A relation that never changes (`VALUES`, an empty relation).
+    Constant { schema: SchemaRef },
+    /// Rows whose predicate is true.
+    Filter { input: Box<Node>, predicate: Arc<dyn PhysicalExpr>, schema: SchemaRef },
+    /// Expressions of each row.
+    Project { input: Box<Node>, exprs: Vec<Arc<dyn PhysicalExpr>>, schema: SchemaRef },
+    /// The same rows under another schema (`SubqueryAlias`, `ORDER BY` without a limit).
+    Rename { input: Box<Node>, schema: SchemaRef, what: &'static str },
+    /// `UNION ALL`.
+    Union { inputs: Vec<Node>, schema: SchemaRef },
+    /// Joins of every kind: keyed state of both sides.
+    Join(Box<JoinOp>),
+    /// Grouped and ungrouped aggregates (and `DISTINCT`): per-group accumulators.
+    Aggregate(Box<AggregateOp>),
+    /// `ORDER BY ... LIMIT n [OFFSET m]`: the ordered input, its first rows.
+    TopN(Box<TopNOp>),
+}
+
+/// Evaluates `expr` on `batch` as an array of its length.
+pub(crate) fn eval(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
+    Ok(expr.evaluate(batch)?.into_array(batch.num_rows())?)
+}
+
+/// The rows of `z` where `predicate` is true (NULL is false).
+pub(crate) fn filter_zset(z: &ZSet, predicate: &Arc<dyn PhysicalExpr>) -> Result<ZSet> {
+    if z.is_empty() {
+        return Ok(z.clone());
+    }
+    let mask = eval(predicate, &z.batch)?;
+    let mask = mask
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .cloned()
+        .unwrap_or_else(|| BooleanArray::from(vec![false; z.len()]));
+    let mask = if mask.null_count() > 0 { arrow::compute::prep_null_mask_filter(&mask) } else { mask };
+    let batch = filter_record_batch(&z.batch, &mask)?;
+    let weights = z.weights.iter().zip(mask.iter()).filter(|(_, m)| m.unwrap_or(false)).map(|(w, _)| *w).collect();
+    Ok(ZSet::new(batch, weights))
+}
+
+/// Runs `plan` as a DataFusion batch query and returns its rows, each with weight +1.
+pub(crate) fn query(
+    ctx: &SessionContext,
+    plan: &LogicalPlan,
+    schema: SchemaRef,
+) -> BoxFuture<'static, Result<Vec<ZSet>>> {
+    let ctx = ctx.clone();
+    let plan = plan.clone();
+    Box::pin(async move {
+        let frame = ctx.execute_logical_plan(plan).await?;
+        let stream = frame.execute_stream().await?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await?;
+        batches.into_iter().map(|b| ZSet::uniform(b, 1).with_schema(schema.clone())).collect()
+    })
+}
+
+impl Node {
+    /// The schema of this node's rows (every field nullable).
+    pub(crate) fn schema(&self) -> SchemaRef {
+        match self {
+            Node::Scan { schema, .. }
+            | Node::Constant { schema }
+            | Node::Filter { schema, .. }
+            | Node::Project { schema, .. }
+            | Node::Rename { schema, .. }
+            | Node::Union { schema, .. } => schema.clone(),
+            Node::Join(j) => j.schema(),
+            Node::Aggregate(a) => a.schema(),
+            Node::TopN(t) => t.schema(),
+        }
+    }
+
+    /// This node's output change for one transaction's `deltas`, updating its state (and its
+    /// inputs').
+    pub(crate) fn step(&mut self, deltas: &Deltas) -> Result<ZSet> {
+        match self {
+            Node::Scan { table, filters, projection, schema } => {
+                let Some(delta) = deltas.get(table) else { return Ok(ZSet::empty(schema.clone())) };
+                let mut z = delta.clone();
+                for f in filters.iter() {
+                    z = filter_zset(&z, f)?;
+                }
+                let batch = match projection {
+                    Some(p) => z.batch.project(p)?,
+                    None => z.batch,
+                };
+                ZSet::new(batch, z.weights).with_schema(schema.clone())
+            }
+            Node::Constant { schema } => Ok(ZSet::empty(schema.clone())),
+            Node::Filter { input, predicate, schema } => {
+                let z = input.step(deltas)?;
+                filter_zset(&z, predicate)?.with_schema(schema.clone())
+            }
+            Node::Project { input, exprs, schema } => {
+                let z = input.step(deltas)?;
+                project(&z, exprs, schema)
+            }
+            Node::Rename { input, schema, .. } => input.step(deltas)?.with_schema(schema.clone()),
+            Node::Union { inputs, schema } => {
+                let parts = inputs
+                    .iter_mut()
+                    .map(|i| i.step(deltas)?.with_schema(schema.clone()))
+                    .collect::<Result<Vec<_>>>()?;
+                ZSet::concat(schema.clone(), parts)
+            }
+            Node::Join(j) => j.step(deltas),
+            Node::Aggregate(a) => a.step(deltas),
+            Node::TopN(t) => t.step(deltas),
+        }
+    }
+
+    /// Seeds the state of every stateful node below and including this one from a batch query
+    /// of its inputs on the current tables.
+    pub(crate) fn populate<'a>(&'a mut self, ctx: &'a SessionContext) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            match self {
+                Node::Scan { .. } | Node::Constant { .. } => Ok(()),
+                Node::Filter { input, .. } | Node::Project { input, .. } | Node::Rename { input, .. } => {
+                    input.populate(ctx).await
+                }
+                Node::Union { inputs, .. } => {
+                    for i in inputs.iter_mut() {
+                        i.populate(ctx).await?;
+                    }
+                    Ok(())
+                }
+                Node::Join(j) => j.populate(ctx).await,
+                Node::Aggregate(a) => a.populate(ctx).await,
+                Node::TopN(t) => t.populate(ctx).await,
+            }
+        })
+    }
+
+    /// Bytes of state held by this node and those below it.
+    pub(crate) fn state_bytes(&self) -> usize {
+        match self {
+            Node::Scan { .. } | Node::Constant { .. } => 0,
+            Node::Filter { input, .. } | Node::Project { input, .. } | Node::Rename { input, .. } => {
+                input.state_bytes()
+            }
+            Node::Union { inputs, .. } => inputs.iter().map(|i| i.state_bytes()).sum(),
+            Node::Join(j) => j.state_bytes(),
+            Node::Aggregate(a) => a.state_bytes(),
+            Node::TopN(t) => t.state_bytes(),
+        }
+    }
+
+    /// Lines of `views explain`: one per node, indented by depth, with its state.
+    pub(crate) fn explain(&self, depth: usize, out: &mut Vec<String>) {
+        let pad = "  ".repeat(depth);
+        let line = match self {
+            Node::Scan { table, filters, projection, schema } => format!(
+                "Scan {table}: changes{}{} ({} columns)",
+                if filters.is_empty() { String::new() } else { format!(", {} pushed-down filter(s)", filters.len()) },
+                if projection.is_some() { ", projected" } else { "" },
+                schema.fields().len()
+            ),
+            Node::Constant { .. } => "Constant: never changes".to_string(),
+            Node::Filter { predicate, .. } => format!("Filter: {predicate} (stateless)"),
+            Node::Project { exprs, .. } => format!("Project: {} expression(s) (stateless)", exprs.len()),
+            Node::Rename { what, .. } => format!("{what} (stateless)"),
+            Node::Union { inputs, .. } => format!("Union all: {} inputs (stateless)", inputs.len()),
+            Node::Join(j) => j.describe(),
+            Node::Aggregate(a) => a.describe(),
+            Node::TopN(t) => t.describe(),
+        };
+        out.push(format!("{pad}{line}"));
+        match self {
+            Node::Scan { .. } | Node::Constant { .. } => {}
+            Node::Filter { input, .. } | Node::Project { input, .. } | Node::Rename { input, .. } => {
+                input.explain(depth + 1, out)
+            }
+            Node::Union { inputs, .. } => inputs.iter().for_each(|i| i.explain(depth + 1, out)),
+            Node::Join(j) => j.inputs().into_iter().for_each(|i| i.explain(depth + 1, out)),
+            Node::Aggregate(a) => a.input().explain(depth + 1, out),
+            Node::TopN(t) => t.input().explain(depth + 1, out),
+        }
+    }
+}
+
+/// `exprs` of each row of `z`, as a Z-set of `schema`.
+pub(crate) fn project(z: &ZSet, exprs: &[Arc<dyn PhysicalExpr>], schema: &SchemaRef) -> Result<ZSet> {
+    let columns = exprs.iter().map(|e| eval(e, &z.batch)).collect::<Result<Vec<_>>>()?;
+    let batch = batch_of(schema, columns, z.len())?;
+    ZSet::new(batch, z.weights.clone()).with_schema(schema.clone())
+}
+
+/// `columns` as a batch named by `schema` but typed by the columns themselves (every field
+/// nullable); [`ZSet::with_schema`] then casts where the types differ.
+pub(crate) fn batch_of(schema: &SchemaRef, columns: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| {
+            arrow::datatypes::Field::new(f.name(), c.data_type().clone(), true).with_metadata(f.metadata().clone())
+        })
+        .collect();
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(Arc::new(arrow::datatypes::Schema::new(fields)), columns, &options)?)
+}

@@ -1,0 +1,168 @@
+//! `ORDER BY ... LIMIT n [OFFSET m]`: the whole ordered input as a multiset (by sort key, then
+//! by the row itself so ties are broken the same way every time); the output is its rows m+1
+//! to m+n, and a transaction's output change is the difference between those rows before and
+//! after it.
+
+use crate::error::Result;
+use crate::node::{eval, query, Deltas, Node};
+use crate::zset::{relax_nullability, RowCodec, ZSet};
+use arrow::compute::SortOptions;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+const ENTRY_OVERHEAD: usize = 64;
+
+/// A top-n node.
+pub(crate) struct TopNOp {
+    input: Node,
+    plan: LogicalPlan,
+    sort: Vec<Arc<dyn PhysicalExpr>>,
+    sort_codec: RowCodec,
+    rows: RowCodec,
+    skip: usize,
+    fetch: usize,
+    state: BTreeMap<(Box<[u8]>, Box<[u8]>), i64>,
+    bytes: usize,
+    schema: SchemaRef,
+}
+
+impl TopNOp {
+    pub(crate) fn new(
+        input: Node,
+        plan: LogicalPlan,
+        sort: Vec<(Arc<dyn PhysicalExpr>, SortOptions)>,
+        skip: usize,
+        fetch: usize,
+    ) -> Result<TopNOp> {
+        let schema = input.schema();
+        let fields = sort
+            .iter()
+            .enumerate()
+            .map(|(i, (e, _))| Ok(Field::new(format!("s{i}"), e.data_type(&schema)?, true)))
+            .collect::<Result<Vec<_>>>()?;
+        let sort_codec = RowCodec::sorted(Arc::new(Schema::new(fields)), sort.iter().map(|(_, o)| *o).collect())?;
+        let rows = RowCodec::new(schema.clone())?;
+        Ok(TopNOp {
+            input,
+            plan,
+            sort: sort.into_iter().map(|(e, _)| e).collect(),
+            sort_codec,
+            rows,
+            skip,
+            fetch,
+            state: BTreeMap::new(),
+            bytes: 0,
+            schema: relax_nullability(&schema),
+        })
+    }
+
+    pub(crate) fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub(crate) fn input(&self) -> &Node {
+        &self.input
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "TopN offset {} limit {}: state {} distinct rows, {}",
+            self.skip,
+            self.fetch,
+            self.state.len(),
+            crate::format_bytes(self.bytes)
+        )
+    }
+
+    pub(crate) fn state_bytes(&self) -> usize {
+        self.bytes + self.input.state_bytes()
+    }
+
+    fn absorb(&mut self, z: &ZSet) -> Result<()> {
+        if z.is_empty() {
+            return Ok(());
+        }
+        let columns = self.sort.iter().map(|e| eval(e, &z.batch)).collect::<Result<Vec<_>>>()?;
+        let columns = columns
+            .into_iter()
+            .zip(self.sort_codec.schema().fields())
+            .map(
+                |(c, f)| {
+                    if c.data_type() == f.data_type() {
+                        Ok(c)
+                    } else {
+                        Ok(arrow::compute::cast(&c, f.data_type())?)
+                    }
+                },
+            )
+            .collect::<Result<Vec<_>>>()?;
+        let keys = self.sort_codec.encode(&columns)?;
+        let rows = self.rows.encode_batch(&z.batch)?;
+        for i in 0..z.len() {
+            let entry = (Box::<[u8]>::from(keys.row(i).as_ref()), Box::<[u8]>::from(rows.row(i).as_ref()));
+            let size = entry.0.len() + entry.1.len() + ENTRY_OVERHEAD;
+            match self.state.get_mut(&entry) {
+                Some(w) => {
+                    *w += z.weights[i];
+                    if *w == 0 {
+                        self.state.remove(&entry);
+                        self.bytes -= size;
+                    }
+                }
+                None => {
+                    self.state.insert(entry, z.weights[i]);
+                    self.bytes += size;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows in the window, with their multiplicity inside it.
+    fn window(&self) -> HashMap<Box<[u8]>, i64> {
+        let mut out: HashMap<Box<[u8]>, i64> = HashMap::new();
+        let (mut pos, end) = (0usize, self.skip + self.fetch);
+        for ((_, row), &w) in &self.state {
+            if pos >= end {
+                break;
+            }
+            let w = w.max(0) as usize;
+            let from = pos.max(self.skip);
+            let to = (pos + w).min(end);
+            if to > from {
+                *out.entry(row.clone()).or_default() += (to - from) as i64;
+            }
+            pos += w;
+        }
+        out
+    }
+
+    pub(crate) async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
+        self.input.populate(ctx).await?;
+        for z in query(ctx, &self.plan, self.input.schema()).await? {
+            self.absorb(&z)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn step(&mut self, deltas: &Deltas) -> Result<ZSet> {
+        let z = self.input.step(deltas)?;
+        if z.is_empty() {
+            return Ok(ZSet::empty(self.schema.clone()));
+        }
+        let before = self.window();
+        self.absorb(&z)?;
+        let mut diff = self.window();
+        for (row, w) in before {
+            *diff.entry(row).or_default() -= w;
+        }
+        diff.retain(|_, w| *w != 0);
+        let (rows, weights): (Vec<Box<[u8]>>, Vec<i64>) = diff.into_iter().unzip();
+        let batch = self.rows.decode(rows.iter().map(|r| r.as_ref()))?;
+        ZSet::new(batch, weights).with_schema(self.schema.clone())
+    }
+}

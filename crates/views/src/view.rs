@@ -1,0 +1,150 @@
+//! A view: its SQL, its optimized plan, its operator graph and its current contents.
+
+use crate::error::{Result, ViewError};
+use crate::lower::lower;
+use crate::node::{query, Deltas, Node};
+use crate::zset::{RowCodec, ZSet};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use std::collections::{BTreeSet, HashMap};
+
+const ROW_OVERHEAD: usize = 48;
+
+/// A view maintained from changes.
+pub struct View {
+    name: String,
+    plan: LogicalPlan,
+    root: Node,
+    contents: HashMap<Box<[u8]>, i64>,
+    contents_bytes: usize,
+    codec: RowCodec,
+    tables: BTreeSet<String>,
+}
+
+impl View {
+    /// Plans `sql` (one `SELECT`) against the tables registered in `ctx` and lowers its optimized
+    /// plan. Fails with [`ViewError::Unsupported`] naming the first operator that cannot be
+    /// maintained.
+    pub async fn plan(ctx: &SessionContext, name: &str, sql: &str) -> Result<View> {
+        let state = ctx.state();
+        let plan = state.create_logical_plan(sql).await?;
+        let mut plan = state.optimize(&plan)?;
+        if crate::scalar::has_scalar_subquery(&plan) {
+            plan = state.optimize(&crate::scalar::join_scalar_subqueries(plan)?)?;
+        }
+        let root = lower(&plan, state.execution_props())?;
+        let mut tables = BTreeSet::new();
+        plan.apply(|p| {
+            if let LogicalPlan::TableScan(s) = p {
+                tables.insert(s.table_name.table().to_string());
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })?;
+        let codec = RowCodec::new(root.schema())?;
+        Ok(View { name: name.to_string(), plan, root, contents: HashMap::new(), contents_bytes: 0, codec, tables })
+    }
+
+    /// The view's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tables (and upstream views) it reads.
+    pub fn tables(&self) -> &BTreeSet<String> {
+        &self.tables
+    }
+
+    /// The schema of its rows.
+    pub fn schema(&self) -> SchemaRef {
+        self.root.schema()
+    }
+
+    /// The optimized logical plan it was lowered from.
+    pub fn logical_plan(&self) -> &LogicalPlan {
+        &self.plan
+    }
+
+    /// First fill: every stateful operator's state from a batch query of its inputs on the
+    /// tables as `ctx` has them now, and the contents from the view's own query. Nothing goes
+    /// through the change path.
+    pub async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
+        self.root.populate(ctx).await?;
+        self.contents.clear();
+        self.contents_bytes = 0;
+        for z in query(ctx, &self.plan, self.root.schema()).await? {
+            self.absorb(&z)?;
+        }
+        Ok(())
+    }
+
+    fn absorb(&mut self, z: &ZSet) -> Result<()> {
+        let rows = self.codec.encode_batch(&z.batch)?;
+        for (i, row) in rows.iter().enumerate() {
+            let w = z.weights[i];
+            match self.contents.get_mut(row.as_ref()) {
+                Some(c) => {
+                    *c += w;
+                    if *c == 0 {
+                        self.contents.remove(row.as_ref());
+                        self.contents_bytes -= row.as_ref().len() + ROW_OVERHEAD;
+                    }
+                }
+                None => {
+                    self.contents.insert(row.as_ref().into(), w);
+                    self.contents_bytes += row.as_ref().len() + ROW_OVERHEAD;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one transaction's changes; returns the view's change (consolidated).
+    pub fn apply(&mut self, deltas: &Deltas) -> Result<ZSet> {
+        if !self.tables.iter().any(|t| deltas.contains_key(t)) {
+            return Ok(ZSet::empty(self.root.schema()));
+        }
+        let out = self.root.step(deltas)?.consolidate()?;
+        self.absorb(&out)?;
+        if let Some((_, c)) = self.contents.iter().find(|(_, c)| **c < 0) {
+            return Err(ViewError::BadChange {
+                table: self.tables.iter().cloned().collect::<Vec<_>>().join(", "),
+                reason: format!(
+                    "view {} would hold a row {} time(s): a change deleted rows that were not there",
+                    self.name, c
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of rows (with duplicates).
+    pub fn rows(&self) -> u64 {
+        self.contents.values().map(|c| *c as u64).sum()
+    }
+
+    /// Bytes of state: every operator's plus the contents.
+    pub fn state_bytes(&self) -> usize {
+        self.root.state_bytes() + self.contents_bytes
+    }
+
+    /// The current contents, each row repeated as often as it occurs.
+    pub fn contents(&self) -> Result<RecordBatch> {
+        let mut rows: Vec<&[u8]> = Vec::with_capacity(self.contents.len());
+        for (r, c) in &self.contents {
+            for _ in 0..*c {
+                rows.push(r.as_ref());
+            }
+        }
+        self.codec.decode(rows)
+    }
+
+    /// The operator graph, one line per operator with its state.
+    pub fn explain(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.root.explain(0, &mut out);
+        out
+    }
+}
