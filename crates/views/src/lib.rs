@@ -17,12 +17,14 @@
 //!   topn.rs       TopNOp: ORDER BY ... LIMIT n OFFSET m
 //!   view.rs       View: plan, populate, apply a transaction, contents, explain
 //!   zset.rs       ZSet and RowCodec (rows as arrow-row bytes: how state is keyed)
+//!   changes.rs    change rows with `_op` (insert/delete/upsert) ──▶ Z-sets; KeyedTable
 //! ```
 //!
 //! This crate knows nothing of projects, files or sinks: `spillway-pipeline` reads change files
 //! into [`Deltas`] and publishes what [`View::apply`] returns.
 
 mod aggregate;
+pub mod changes;
 mod error;
 mod join;
 mod lower;

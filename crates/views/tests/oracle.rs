@@ -3,12 +3,14 @@
 
 use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use spillway_views::{Deltas, View, ZSet};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+mod common;
+use common::multiset;
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);
@@ -76,32 +78,6 @@ fn random_row(rng: &mut Rng, schema: &SchemaRef, keys: u64) -> Row {
             }
         })
         .collect()
-}
-
-/// Rows as sorted strings (floats to 6 decimals: retractions may differ in the last bit).
-fn multiset(batches: &[RecordBatch]) -> Vec<String> {
-    let mut out = Vec::new();
-    let options = FormatOptions::default().with_null("NULL");
-    for b in batches {
-        let columns: Vec<ArrayRef> = b
-            .columns()
-            .iter()
-            .map(|c| match c.data_type() {
-                DataType::Float64 | DataType::Float32 => {
-                    let f = arrow::compute::cast(c, &DataType::Float64).unwrap();
-                    let f = f.as_any().downcast_ref::<Float64Array>().unwrap();
-                    Arc::new(StringArray::from_iter(f.iter().map(|v| v.map(|v| format!("{:.6}", v + 0.0))))) as ArrayRef
-                }
-                _ => c.clone(),
-            })
-            .collect();
-        let fmts: Vec<_> = columns.iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap()).collect();
-        for i in 0..b.num_rows() {
-            out.push(fmts.iter().map(|f| f.value(i).to_string()).collect::<Vec<_>>().join("|"));
-        }
-    }
-    out.sort();
-    out
 }
 
 async fn context(tables: &HashMap<&'static str, Table>) -> SessionContext {

@@ -1,0 +1,199 @@
+//! Change rows as users write them, to Z-sets: a batch with the table's columns plus `_op`.
+//!
+//! - `insert`: a new row (+1); `delete`: a row to remove (−1), given in full;
+//! - on a table with a key ([`KeyedTable`]): `upsert` carries the new row and replaces the row
+//!   with its key, if any (−old +new); `delete` may carry only the key columns (others NULL),
+//!   and retracts the row the table holds under it; an `insert` of a key that exists, or a
+//!   `delete` of one that does not, is an error naming the key.
+//!
+//! A keyed table keeps every current row by key (counted in [`KeyedTable::bytes`]): that is
+//! what lets a delete say only the key.
+
+use crate::error::{Result, ViewError};
+use crate::zset::{RowCodec, ZSet};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
+use std::collections::HashMap;
+
+/// The operation column of a change file.
+pub const OP_COLUMN: &str = "_op";
+
+/// One operation of a change row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A new row.
+    Insert,
+    /// A row removed.
+    Delete,
+    /// A row inserted or replacing the row with its key (keyed tables only).
+    Upsert,
+}
+
+/// The rows of `batch` in `schema` (columns matched by name, cast where types differ) and the
+/// operation of each.
+pub fn decode(table: &str, batch: &RecordBatch, schema: &SchemaRef) -> Result<(RecordBatch, Vec<Op>)> {
+    let bad = |reason: String| ViewError::BadChange { table: table.to_string(), reason };
+    let op = batch
+        .column_by_name(OP_COLUMN)
+        .ok_or_else(|| bad(format!("no {OP_COLUMN} column (insert, delete or upsert)")))?;
+    let op = arrow::compute::cast(op, &DataType::Utf8)?;
+    let op = op.as_string::<i32>();
+    let mut ops = Vec::with_capacity(op.len());
+    for i in 0..op.len() {
+        ops.push(match op.is_valid(i).then(|| op.value(i).trim().to_ascii_lowercase()).as_deref() {
+            Some("insert" | "i" | "+") => Op::Insert,
+            Some("delete" | "d" | "-") => Op::Delete,
+            Some("upsert" | "u" | "update") => Op::Upsert,
+            other => {
+                return Err(bad(format!(
+                    "row {}: {OP_COLUMN} is {:?}, not insert, delete or upsert",
+                    i + 1,
+                    other.unwrap_or("NULL")
+                )))
+            }
+        });
+    }
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let c = match batch.column_by_name(f.name()) {
+            Some(c) => c.clone(),
+            None => arrow::array::new_null_array(f.data_type(), batch.num_rows()),
+        };
+        columns.push(if c.data_type() == f.data_type() {
+            c
+        } else {
+            arrow::compute::cast(&c, f.data_type()).map_err(|e| bad(format!("column {}: {e}", f.name())))?
+        });
+    }
+    for name in batch.schema().fields().iter().map(|f| f.name()) {
+        if name != OP_COLUMN && schema.field_with_name(name).is_err() {
+            return Err(bad(format!("column {name} is not a column of the table")));
+        }
+    }
+    let relaxed = crate::zset::relax_nullability(schema);
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok((RecordBatch::try_new_with_options(relaxed, columns, &options)?, ops))
+}
+
+/// The Z-set of a change batch on a table without a key: inserts +1, deletes −1.
+pub fn unkeyed(table: &str, batch: &RecordBatch, schema: &SchemaRef) -> Result<ZSet> {
+    let (rows, ops) = decode(table, batch, schema)?;
+    let weights = ops
+        .iter()
+        .map(|o| match o {
+            Op::Insert => Ok(1),
+            Op::Delete => Ok(-1),
+            Op::Upsert => Err(ViewError::BadChange {
+                table: table.to_string(),
+                reason: "upsert needs a key: declare key = [...] on the source".into(),
+            }),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ZSet::new(rows, weights))
+}
+
+/// A table with a key: its current rows by key.
+pub struct KeyedTable {
+    name: String,
+    schema: SchemaRef,
+    key: Vec<usize>,
+    keys: RowCodec,
+    rows: RowCodec,
+    by_key: HashMap<Box<[u8]>, Box<[u8]>>,
+    bytes: usize,
+}
+
+impl KeyedTable {
+    /// An empty table of `schema` keyed by the columns `key`.
+    pub fn new(name: &str, schema: SchemaRef, key: &[String]) -> Result<KeyedTable> {
+        let idx = key
+            .iter()
+            .map(|k| {
+                schema.index_of(k).map_err(|_| ViewError::BadChange {
+                    table: name.to_string(),
+                    reason: format!("key column {k} does not exist"),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let keys = RowCodec::new(std::sync::Arc::new(schema.project(&idx)?))?;
+        let rows = RowCodec::new(schema.clone())?;
+        Ok(KeyedTable { name: name.to_string(), schema, key: idx, keys, rows, by_key: HashMap::new(), bytes: 0 })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// True when the table holds no row.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Loads existing rows (the snapshot): a key that repeats is an error.
+    pub fn load(&mut self, batch: &RecordBatch) -> Result<()> {
+        let z = ZSet::uniform(batch.clone(), 1).with_schema(self.schema.clone())?;
+        let keys = self.keys.encode(&self.key.iter().map(|&i| z.batch.column(i).clone()).collect::<Vec<_>>())?;
+        let rows = self.rows.encode_batch(&z.batch)?;
+        for i in 0..z.len() {
+            let k: Box<[u8]> = keys.row(i).as_ref().into();
+            let r: Box<[u8]> = rows.row(i).as_ref().into();
+            self.bytes += k.len() + r.len() + 64;
+            if self.by_key.insert(k, r).is_some() {
+                return Err(self.key_error(&z.batch, i, "appears twice in the table"));
+            }
+        }
+        Ok(())
+    }
+
+    fn key_error(&self, batch: &RecordBatch, i: usize, what: &str) -> ViewError {
+        let key: Vec<String> = self
+            .key
+            .iter()
+            .map(|&c| arrow::util::display::array_value_to_string(batch.column(c), i).unwrap_or_default())
+            .collect();
+        ViewError::BadChange { table: self.name.clone(), reason: format!("key ({}) {what}", key.join(", ")) }
+    }
+
+    /// The Z-set of a change batch, applied to the table: deletes by key retract the row held.
+    pub fn apply(&mut self, batch: &RecordBatch) -> Result<ZSet> {
+        let (rows_batch, ops) = decode(&self.name, batch, &self.schema)?;
+        let keys = self.keys.encode(&self.key.iter().map(|&i| rows_batch.column(i).clone()).collect::<Vec<_>>())?;
+        let rows = self.rows.encode_batch(&rows_batch)?;
+        let mut out_rows: Vec<Box<[u8]>> = Vec::new();
+        let mut weights: Vec<i64> = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let k: Box<[u8]> = keys.row(i).as_ref().into();
+            let r: Box<[u8]> = rows.row(i).as_ref().into();
+            let old = match op {
+                Op::Insert if self.by_key.contains_key(&k) => {
+                    return Err(self.key_error(&rows_batch, i, "is inserted but exists (use upsert)"))
+                }
+                Op::Delete => Some(
+                    self.by_key
+                        .remove(&k)
+                        .ok_or_else(|| self.key_error(&rows_batch, i, "is deleted but does not exist"))?,
+                ),
+                Op::Insert | Op::Upsert => self.by_key.remove(&k),
+            };
+            if let Some(old) = old {
+                self.bytes -= k.len() + old.len() + 64;
+                out_rows.push(old);
+                weights.push(-1);
+            }
+            if matches!(op, Op::Insert | Op::Upsert) {
+                self.bytes += k.len() + r.len() + 64;
+                out_rows.push(r.clone());
+                weights.push(1);
+                self.by_key.insert(k, r);
+            }
+        }
+        let batch = self.rows.decode(out_rows.iter().map(|r| r.as_ref()))?;
+        ZSet::new(batch, weights).with_schema(self.schema.clone())?.consolidate()
+    }
+}
