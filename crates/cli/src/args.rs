@@ -51,12 +51,49 @@ pub enum Command {
     Report(ReportArgs),
     /// Create a working example project in DIR.
     Init(InitArgs),
+    /// Incremental views (views/*.sql): kept exactly up to date from the change files of their
+    /// sources.
+    #[command(subcommand)]
+    Views(ViewsCommand),
     /// Generate benchmark data.
     #[command(subcommand)]
     Gen(GenCommand),
     /// Benchmarks against other engines under the same memory limit.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ViewsCommand {
+    /// Populate the views on first use, then apply every change file not yet applied, in name
+    /// order, each as one transaction across all views; publish their sinks after each.
+    Apply(ViewsArgs),
+    /// Show each view's operator graph with the state each operator holds.
+    Explain(ViewsExplainArgs),
+    /// Per view: rows, state bytes, the last change applied (from .spillway/views/status.json).
+    Status(ViewsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ViewsArgs {
+    /// The project folder.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Override a setting of spillway.toml, e.g. `--set sources.tpch.sf=1` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ViewsExplainArgs {
+    /// The project folder.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Only this view.
+    pub view: Option<String>,
+    /// Override a setting of spillway.toml (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

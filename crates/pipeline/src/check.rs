@@ -61,7 +61,7 @@ pub async fn validate_and_open(project: &Project, select: Option<&str>) -> Resul
     for table in needed {
         let def = &project.sources[&by_table[table]];
         let registered = match def {
-            SourceDef::Tpch { sf } => {
+            SourceDef::Tpch { sf, .. } => {
                 let dir = sources::tpch_dir(project, *sf);
                 if sources::is_generated(&dir) {
                     tables::register(&ctx, table, &dir.join(table).to_string_lossy()).await.map_err(Error::from)
@@ -73,10 +73,10 @@ pub async fn validate_and_open(project: &Project, select: Option<&str>) -> Resul
                         .map_err(|e| Error::from(spillway_engine::Error::from(e)))
                 }
             }
-            SourceDef::Parquet { path }
-            | SourceDef::Csv { path }
-            | SourceDef::Json { path }
-            | SourceDef::Arrow { path } => {
+            SourceDef::Parquet { path, .. }
+            | SourceDef::Csv { path, .. }
+            | SourceDef::Json { path, .. }
+            | SourceDef::Arrow { path, .. } => {
                 tables::register(&ctx, table, &project.dir.join(path).to_string_lossy()).await.map_err(Error::from)
             }
             SourceDef::Postgres { .. } => {

@@ -140,7 +140,7 @@ fn walk(edges: &BTreeMap<String, Vec<String>>, from: &str, into: &mut BTreeSet<S
 }
 
 /// Kahn's algorithm with a sorted ready set (a stable order); a leftover means a cycle.
-fn topological(upstream: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>> {
+pub(crate) fn topological(upstream: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>> {
     let mut remaining: BTreeMap<&str, usize> = upstream.iter().map(|(m, u)| (m.as_str(), u.len())).collect();
     let mut ready: BTreeSet<&str> = remaining.iter().filter(|(_, n)| **n == 0).map(|(m, _)| *m).collect();
     let mut order = Vec::new();

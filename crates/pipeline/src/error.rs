@@ -55,6 +55,26 @@ pub enum Error {
     /// Loading into or reading from PostgreSQL failed (names the sink or source and table).
     #[error(transparent)]
     Postgres(#[from] spillway_postgres::Error),
+    /// A view cannot be planned or maintained (names its file and the line of the operator).
+    #[error("{}:{line}: view {view}: {error}", path.display())]
+    View {
+        /// The view.
+        view: String,
+        /// Its file.
+        path: PathBuf,
+        /// 1-based line (of the operator refused, where found).
+        line: usize,
+        /// What the engine said (shown in this message, so not also as its cause).
+        error: spillway_views::ViewError,
+    },
+    /// A change file cannot be applied: nothing of it was (its transaction is not recorded).
+    #[error("{}: {error}", file.display())]
+    Change {
+        /// The change file.
+        file: PathBuf,
+        /// Why (shown in this message, so not also as its cause).
+        error: spillway_views::ViewError,
+    },
     /// Publishing a model's sinks stopped partway: what was and was not published.
     #[error(
         "publishing {model}'s sinks stopped: published {}; not published {}: {cause}",

@@ -41,11 +41,12 @@ pub mod resume;
 pub mod run;
 mod settings;
 pub mod sources;
+pub mod views;
 
 pub use config::{Config, ConfigFile, GovernorSection};
 pub use dag::Dag;
 pub use error::{Error, Result};
-pub use project::{Model, Project, SinkDef, SinkTarget, SourceDef, TPCH_TABLES};
+pub use project::{Model, Project, Refresh, SinkDef, SinkTarget, SourceDef, ViewDef, TPCH_TABLES};
 pub use results::{Event, RunResults, Status, StepResult};
 pub use run::{Observer, RunOptions};
 pub use settings::{Class, LeaseSpec, ModelSettings, SettingsTable};

@@ -210,7 +210,7 @@ pub fn state_path(project_dir: &Path, model: &str) -> PathBuf {
 }
 
 /// FNV-1a, 64 bits: stable across processes and Rust versions (std's hasher is neither).
-fn hash(parts: &[&[u8]]) -> String {
+pub(crate) fn hash(parts: &[&[u8]]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for b in part.iter().chain(std::iter::once(&0xffu8)) {
@@ -228,11 +228,11 @@ pub fn source_identities(project: &Project, postgres: &BTreeMap<String, String>)
         .iter()
         .map(|(name, def)| {
             let id = match def {
-                SourceDef::Tpch { sf } => Some(format!("tpch sf{sf}")),
-                SourceDef::Parquet { path }
-                | SourceDef::Csv { path }
-                | SourceDef::Json { path }
-                | SourceDef::Arrow { path } => Some(files_identity(&project.dir.join(path))),
+                SourceDef::Tpch { sf, .. } => Some(format!("tpch sf{sf}")),
+                SourceDef::Parquet { path, .. }
+                | SourceDef::Csv { path, .. }
+                | SourceDef::Json { path, .. }
+                | SourceDef::Arrow { path, .. } => Some(files_identity(&project.dir.join(path))),
                 SourceDef::Postgres { .. } => postgres.get(name).cloned(),
             };
             (name.clone(), id.map(|i| format!("{def:?} {i}")))

@@ -20,26 +20,44 @@ pub enum SourceDef {
     Parquet {
         /// File, folder or glob, relative to the project.
         path: PathBuf,
+        /// Key columns (what `upsert` and a key-only `delete` in change files match on).
+        key: Option<Vec<String>>,
+        /// Folder of change files (the table's columns plus `_op`) that `views apply` reads.
+        changes: Option<PathBuf>,
     },
     /// CSV with a header row.
     Csv {
         /// File, folder or glob.
         path: PathBuf,
+        /// Key columns (what `upsert` and a key-only `delete` in change files match on).
+        key: Option<Vec<String>>,
+        /// Folder of change files (the table's columns plus `_op`) that `views apply` reads.
+        changes: Option<PathBuf>,
     },
     /// Newline-delimited JSON.
     Json {
         /// File, folder or glob.
         path: PathBuf,
+        /// Key columns (what `upsert` and a key-only `delete` in change files match on).
+        key: Option<Vec<String>>,
+        /// Folder of change files (the table's columns plus `_op`) that `views apply` reads.
+        changes: Option<PathBuf>,
     },
     /// Arrow IPC file.
     Arrow {
         /// File, folder or glob.
         path: PathBuf,
+        /// Key columns (what `upsert` and a key-only `delete` in change files match on).
+        key: Option<Vec<String>>,
+        /// Folder of change files (the table's columns plus `_op`) that `views apply` reads.
+        changes: Option<PathBuf>,
     },
     /// TPC-H generated on the fly: provides the eight TPC-H tables by their own names.
     Tpch {
         /// Scale factor.
         sf: f64,
+        /// Folder of change files, one subfolder per table (`changes/lineitem/...`).
+        changes: Option<PathBuf>,
     },
     /// A PostgreSQL table or query, read with binary COPY (filters pushed down).
     Postgres {
@@ -67,6 +85,29 @@ impl SourceDef {
 }
 
 impl SourceDef {
+    /// The folder of change files of `table` (provided by this source), relative to the project.
+    pub fn changes(&self, table: &str) -> Option<PathBuf> {
+        match self {
+            SourceDef::Parquet { changes, .. }
+            | SourceDef::Csv { changes, .. }
+            | SourceDef::Json { changes, .. }
+            | SourceDef::Arrow { changes, .. } => changes.clone(),
+            SourceDef::Tpch { changes, .. } => changes.as_ref().map(|c| c.join(table)),
+            SourceDef::Postgres { .. } => None,
+        }
+    }
+
+    /// The key columns declared for the source's table.
+    pub fn key(&self) -> Option<&[String]> {
+        match self {
+            SourceDef::Parquet { key, .. }
+            | SourceDef::Csv { key, .. }
+            | SourceDef::Json { key, .. }
+            | SourceDef::Arrow { key, .. } => key.as_deref(),
+            SourceDef::Tpch { .. } | SourceDef::Postgres { .. } => None,
+        }
+    }
+
     /// A `postgres` source as the postgres crate takes it; `None` for other sources.
     pub fn postgres(&self, name: &str) -> Option<Result<spillway_postgres::SourceSpec, String>> {
         let SourceDef::Postgres { url, url_env, table, schema, query } = self else { return None };
@@ -123,6 +164,9 @@ pub struct SinkDef {
     pub optional: Option<bool>,
     /// postgres, replace mode: COPY streams loading at once (default 1: one transaction).
     pub streams: Option<usize>,
+    /// A file sink of a view: write each transaction's change (rows with `_weight`) instead of
+    /// the view's contents.
+    pub changelog: Option<bool>,
 }
 
 /// Where a sink publishes.
@@ -242,6 +286,61 @@ pub struct Model {
     pub settings: ModelSettings,
 }
 
+/// How a view is kept up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// From the changes of its inputs (the default).
+    Incremental,
+    /// By running its query again after every transaction that changes one of its inputs
+    /// (`-- spillway: refresh=recompute`, for shapes the engine cannot maintain).
+    Recompute,
+}
+
+/// One view: a `SELECT` in `views/NAME.sql`, kept up to date by `spillway views apply`.
+#[derive(Debug, Clone)]
+pub struct ViewDef {
+    /// View name (file stem).
+    pub name: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// The SQL text.
+    pub sql: String,
+    /// How it is kept up to date.
+    pub refresh: Refresh,
+}
+
+/// `views/*.sql` of `dir` (none when the folder does not exist).
+fn load_views(dir: &std::path::Path) -> Result<BTreeMap<String, ViewDef>> {
+    let views_dir = dir.join("views");
+    let mut out = BTreeMap::new();
+    if !views_dir.is_dir() {
+        return Ok(out);
+    }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&views_dir)
+        .map_err(|e| Error::io(&views_dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+        let sql = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let mut refresh = Refresh::Incremental;
+        for (line, k, v) in comment_settings(&sql) {
+            match (k.as_str(), v.as_str()) {
+                ("refresh", "incremental") => refresh = Refresh::Incremental,
+                ("refresh", "recompute") => refresh = Refresh::Recompute,
+                ("refresh", other) => {
+                    return Err(Error::at(&path, line, format!("refresh={other}: use incremental or recompute")))
+                }
+                (other, _) => return Err(Error::at(&path, line, format!("{other}: a view's only setting is refresh"))),
+            }
+        }
+        out.insert(name.clone(), ViewDef { name, path, sql, refresh });
+    }
+    Ok(out)
+}
+
 /// A loaded, validated project (see [`crate::Dag`] for dependencies).
 #[derive(Debug, Clone)]
 pub struct Project {
@@ -255,6 +354,8 @@ pub struct Project {
     pub sources: BTreeMap<String, SourceDef>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkDef>,
+    /// Views by name (`views/*.sql`).
+    pub views: BTreeMap<String, ViewDef>,
     /// The text of `spillway.toml` as read (to point messages at a section's line).
     pub config_text: String,
 }
@@ -295,13 +396,18 @@ impl Project {
             .map_err(|m| Error::at(&cfg, section_line(&config.text, "[defaults]"), format!("[defaults]: {m}")))?;
 
         let models_dir = dir.join("models");
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&models_dir)
-            .map_err(|e| Error::io(&models_dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-            .collect();
+        let views = load_views(&dir)?;
+        let mut paths: Vec<PathBuf> = if models_dir.is_dir() || views.is_empty() {
+            std::fs::read_dir(&models_dir)
+                .map_err(|e| Error::io(&models_dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+                .collect()
+        } else {
+            Vec::new()
+        };
         paths.sort();
-        if paths.is_empty() {
+        if paths.is_empty() && views.is_empty() {
             return Err(Error::at(&models_dir, 1, "no models: add one SELECT per file as models/NAME.sql"));
         }
         let mut models = BTreeMap::new();
@@ -332,11 +438,11 @@ impl Project {
         let mut provided: BTreeMap<String, String> = BTreeMap::new();
         for (source, def) in &file.sources {
             for table in def.tables(source) {
-                if models.contains_key(&table) {
+                if models.contains_key(&table) || views.contains_key(&table) {
                     return Err(Error::at(
                         &cfg,
                         1,
-                        format!("source {source:?} provides table {table:?}, which is also a model"),
+                        format!("source {source:?} provides table {table:?}, which is also a model or a view"),
                     ));
                 }
                 if let Some(other) = provided.insert(table.clone(), source.clone()) {
@@ -351,13 +457,28 @@ impl Project {
         let text = &config.text;
         for (sink, def) in &file.sinks {
             let line = section_line(text, &format!("[sinks.{sink}]"));
-            if !models.contains_key(&def.model) {
+            if let Some(name) = views.keys().find(|v| models.contains_key(*v)) {
+                return Err(Error::at(&cfg, 1, format!("{name:?} is both a model and a view")));
+            }
+            if views.contains_key(&def.model) {
+                if !matches!(def.kind.as_deref(), None | Some("file")) {
+                    return Err(Error::at(
+                        &cfg,
+                        line,
+                        format!(
+                            "[sinks.{sink}]: a view's sink is a file (PostgreSQL sinks of views are not built yet)"
+                        ),
+                    ));
+                }
+            } else if !models.contains_key(&def.model) {
                 return Err(Error::at(&cfg, line, format!("[sinks.{sink}]: model {:?} does not exist", def.model)));
+            } else if def.changelog.is_some() {
+                return Err(Error::at(&cfg, line, format!("[sinks.{sink}]: changelog is for the sinks of views")));
             }
             def.target(sink, &dir).map_err(|m| Error::at(&cfg, line, format!("[sinks.{sink}]: {m}")))?;
         }
         for (source, def) in &file.sources {
-            if let SourceDef::Tpch { sf } = def {
+            if let SourceDef::Tpch { sf, .. } = def {
                 if !(*sf > 0.0 && *sf <= 10_000.0) {
                     let line = section_line(text, &format!("[sources.{source}]"));
                     return Err(Error::at(
@@ -382,6 +503,7 @@ impl Project {
             models,
             sources: file.sources.clone(),
             sinks: file.sinks.clone(),
+            views,
         })
     }
 

@@ -65,10 +65,10 @@ pub fn missing_files(project: &Project) -> Vec<Error> {
     let mut problems = Vec::new();
     for (name, def) in &project.sources {
         let path = match def {
-            SourceDef::Parquet { path }
-            | SourceDef::Csv { path }
-            | SourceDef::Json { path }
-            | SourceDef::Arrow { path } => project.dir.join(path),
+            SourceDef::Parquet { path, .. }
+            | SourceDef::Csv { path, .. }
+            | SourceDef::Json { path, .. }
+            | SourceDef::Arrow { path, .. } => project.dir.join(path),
             SourceDef::Tpch { .. } | SourceDef::Postgres { .. } => continue,
         };
         let text = path.to_string_lossy();
@@ -112,15 +112,15 @@ pub fn prepare(
         let Some(source) = by_table.get(table) else { continue };
         let def = &project.sources[source];
         let location = match def {
-            SourceDef::Tpch { sf } => {
+            SourceDef::Tpch { sf, .. } => {
                 let dir = tpch_dir(project, *sf);
                 ensure_tpch(&dir, *sf, threads, generator, &|rows, total| progress(source, rows, total))?;
                 dir.join(table)
             }
-            SourceDef::Parquet { path }
-            | SourceDef::Csv { path }
-            | SourceDef::Json { path }
-            | SourceDef::Arrow { path } => project.dir.join(path),
+            SourceDef::Parquet { path, .. }
+            | SourceDef::Csv { path, .. }
+            | SourceDef::Json { path, .. }
+            | SourceDef::Arrow { path, .. } => project.dir.join(path),
             SourceDef::Postgres { .. } => continue,
         };
         locations.insert(table.clone(), location.to_string_lossy().into_owned());

@@ -196,4 +196,29 @@ impl KeyedTable {
         let batch = self.rows.decode(out_rows.iter().map(|r| r.as_ref()))?;
         ZSet::new(batch, weights).with_schema(self.schema.clone())?.consolidate()
     }
+
+    /// Applies a Z-set already resolved against this table (a replayed transaction): rows of
+    /// weight −1 leave, rows of weight +1 arrive.
+    pub fn absorb(&mut self, z: &ZSet) -> Result<()> {
+        let z = z.clone().with_schema(self.schema.clone())?;
+        let keys = self.keys.encode(&self.key.iter().map(|&i| z.batch.column(i).clone()).collect::<Vec<_>>())?;
+        let rows = self.rows.encode_batch(&z.batch)?;
+        let mut order: Vec<usize> = (0..z.len()).collect();
+        order.sort_by_key(|&i| z.weights[i]); // retractions first
+        for i in order {
+            let k: Box<[u8]> = keys.row(i).as_ref().into();
+            if z.weights[i] < 0 {
+                if let Some(old) = self.by_key.remove(&k) {
+                    self.bytes -= k.len() + old.len() + 64;
+                }
+            } else {
+                let r: Box<[u8]> = rows.row(i).as_ref().into();
+                self.bytes += k.len() + r.len() + 64;
+                if let Some(old) = self.by_key.insert(k.clone(), r) {
+                    self.bytes -= k.len() + old.len() + 64;
+                }
+            }
+        }
+        Ok(())
+    }
 }

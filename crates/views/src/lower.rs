@@ -216,3 +216,20 @@ impl Lowering<'_> {
         Ok(Node::TopN(Box::new(TopNOp::new(input, s.input.as_ref().clone(), sort, skip, fetch)?)))
     }
 }
+
+/// The sort of `plan`'s outermost `ORDER BY` (under a `LIMIT`), as expressions over the view's
+/// rows; empty when the outermost operator is something else.
+pub(crate) fn output_order(
+    plan: &LogicalPlan,
+    props: &ExecutionProps,
+) -> Result<Vec<(Arc<dyn PhysicalExpr>, SortOptions)>> {
+    let sort = match plan {
+        LogicalPlan::Sort(s) => s,
+        LogicalPlan::Limit(l) => match l.input.as_ref() {
+            LogicalPlan::Sort(s) => s,
+            _ => return Ok(Vec::new()),
+        },
+        _ => return Ok(Vec::new()),
+    };
+    Lowering { props }.sort(&sort.expr, sort.input.schema())
+}

@@ -22,6 +22,8 @@ pub struct View {
     contents_bytes: usize,
     codec: RowCodec,
     tables: BTreeSet<String>,
+    /// The view's `ORDER BY`, when it is the outermost operator: its contents are read in it.
+    order: Vec<(std::sync::Arc<dyn datafusion::physical_plan::PhysicalExpr>, arrow::compute::SortOptions)>,
 }
 
 impl View {
@@ -44,7 +46,17 @@ impl View {
             Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
         })?;
         let codec = RowCodec::new(root.schema())?;
-        Ok(View { name: name.to_string(), plan, root, contents: HashMap::new(), contents_bytes: 0, codec, tables })
+        let order = crate::lower::output_order(&plan, state.execution_props())?;
+        Ok(View {
+            name: name.to_string(),
+            plan,
+            root,
+            contents: HashMap::new(),
+            contents_bytes: 0,
+            codec,
+            tables,
+            order,
+        })
     }
 
     /// The view's name.
@@ -130,7 +142,8 @@ impl View {
         self.root.state_bytes() + self.contents_bytes
     }
 
-    /// The current contents, each row repeated as often as it occurs.
+    /// The current contents, each row repeated as often as it occurs, in the view's `ORDER BY`
+    /// when it has one outermost.
     pub fn contents(&self) -> Result<RecordBatch> {
         let mut rows: Vec<&[u8]> = Vec::with_capacity(self.contents.len());
         for (r, c) in &self.contents {
@@ -138,7 +151,17 @@ impl View {
                 rows.push(r.as_ref());
             }
         }
-        self.codec.decode(rows)
+        let batch = self.codec.decode(rows)?;
+        if self.order.is_empty() || batch.num_rows() < 2 {
+            return Ok(batch);
+        }
+        let columns = self
+            .order
+            .iter()
+            .map(|(e, o)| Ok(arrow::compute::SortColumn { values: crate::node::eval(e, &batch)?, options: Some(*o) }))
+            .collect::<Result<Vec<_>>>()?;
+        let idx = arrow::compute::lexsort_to_indices(&columns, None)?;
+        Ok(arrow::compute::take_record_batch(&batch, &idx)?)
     }
 
     /// The operator graph, one line per operator with its state.

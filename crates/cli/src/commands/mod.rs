@@ -9,8 +9,9 @@ mod plan;
 mod report;
 mod run;
 mod sql;
+mod views;
 
-use crate::args::{BenchCommand, Cli, Command, GenCommand};
+use crate::args::{BenchCommand, Cli, Command, GenCommand, ViewsCommand};
 use crate::settings;
 use anyhow::{Context, Result};
 
@@ -18,6 +19,10 @@ pub fn run(cli: Cli) -> Result<()> {
     let (project, overrides) = match &cli.command {
         Command::Plan(a) => (Some(a.dir.as_path()), a.overrides.as_slice()),
         Command::Run(a) | Command::Retry(a) => (Some(a.dir.as_path()), a.overrides.as_slice()),
+        Command::Views(ViewsCommand::Apply(a) | ViewsCommand::Status(a)) => {
+            (Some(a.dir.as_path()), a.overrides.as_slice())
+        }
+        Command::Views(ViewsCommand::Explain(a)) => (Some(a.dir.as_path()), a.overrides.as_slice()),
         _ => (None, &[][..]),
     };
     // `spillway.toml` is read here, once; `plan` and `run` build their project from it.
@@ -40,6 +45,9 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             runtime.block_on(run::run(&settings, &config, args))
         }
+        Command::Views(ViewsCommand::Apply(args)) => runtime.block_on(views::apply(&settings, &config, args)),
+        Command::Views(ViewsCommand::Explain(args)) => runtime.block_on(views::explain(&settings, &config, args)),
+        Command::Views(ViewsCommand::Status(args)) => views::status(&config, args),
         Command::Report(args) => report::run(args),
         Command::Init(args) => init::run(args),
         Command::Gen(GenCommand::Tpch(args)) => gen::tpch(&settings, args),

@@ -22,11 +22,11 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
     );
     for (name, def) in &project.sources {
         let what = match def {
-            SourceDef::Tpch { sf } => format!("TPC-H sf{sf}, generated: {}", def.tables(name).join(", ")),
-            SourceDef::Parquet { path }
-            | SourceDef::Csv { path }
-            | SourceDef::Json { path }
-            | SourceDef::Arrow { path } => {
+            SourceDef::Tpch { sf, .. } => format!("TPC-H sf{sf}, generated: {}", def.tables(name).join(", ")),
+            SourceDef::Parquet { path, .. }
+            | SourceDef::Csv { path, .. }
+            | SourceDef::Json { path, .. }
+            | SourceDef::Arrow { path, .. } => {
                 format!("{} {}", def_kind(def), path.display())
             }
             SourceDef::Postgres { .. } => match def.postgres(name) {

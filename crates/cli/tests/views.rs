@@ -1,0 +1,235 @@
+//! End-to-end tests of `spillway views`: a project with a keyed CSV source, change files, views
+//! over the source and over a view, contents and changelog sinks; kills at the commit point and
+//! while publishing; bad change files; views that cannot be maintained.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_spillway"));
+    c.env_remove("SPILLWAY_MEMORY").env_remove("SPILLWAY_FAULT").env("SPILLWAY_LOG", "warn");
+    c
+}
+
+fn project(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("views-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["data", "views", "changes/orders"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.join("spillway.toml"),
+        r#"memory = "256MiB"
+
+[sources.orders]
+type = "csv"
+path = "data/orders.csv"
+key = ["id"]
+changes = "changes/orders"
+
+[sinks.by_customer]
+model = "revenue_by_customer"
+path = "output/revenue_by_customer.csv"
+
+[sinks.by_customer_log]
+model = "revenue_by_customer"
+path = "output/log/revenue_by_customer.csv"
+changelog = true
+
+[sinks.top]
+model = "top_customers"
+path = "output/top_customers.csv"
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("data/orders.csv"), "id,customer,amount\n1,alice,10\n2,bob,20\n3,alice,5\n4,carol,7\n")
+        .unwrap();
+    std::fs::write(
+        dir.join("views/revenue_by_customer.sql"),
+        "SELECT customer, count(*) AS orders, sum(amount) AS revenue\nFROM orders\nGROUP BY customer\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("views/top_customers.sql"),
+        "-- a view over a view\nSELECT customer, revenue FROM revenue_by_customer ORDER BY revenue DESC, customer LIMIT 2\n",
+    )
+    .unwrap();
+    dir
+}
+
+const CHANGES: [&str; 3] = [
+    // an insert, a delete by key only, an update by upsert
+    "id,customer,amount,_op\n5,dave,100,insert\n1,,,delete\n2,bob,1,upsert\n",
+    // inserted and deleted in the same file; a full-row delete
+    "id,customer,amount,_op\n6,erin,50,insert\n7,frank,3,insert\n7,frank,3,delete\n3,alice,5,delete\n",
+    "id,customer,amount,_op\n8,bob,30,insert\n4,carol,70,upsert\n",
+];
+
+fn add_changes(dir: &Path, n: usize) {
+    for (i, c) in CHANGES.iter().enumerate().take(n) {
+        std::fs::write(dir.join(format!("changes/orders/{:04}.csv", i + 1)), c).unwrap();
+    }
+}
+
+fn apply(dir: &Path, fault: Option<&str>) -> Output {
+    let mut c = bin();
+    c.args(["views", "apply"]).arg(dir);
+    if let Some(f) = fault {
+        c.env("SPILLWAY_FAULT", f);
+    }
+    c.output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A CSV file's lines after the header, sorted (a view is a multiset).
+fn rows(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines: Vec<String> = text.lines().skip(1).map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in ["output", "output/log", ".spillway/views/log"] {
+        for e in std::fs::read_dir(dir.join(d)).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.contains("spillway-tmp") {
+                out.push(format!("{d}/{n}"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn views_apply_keeps_views_exact_through_inserts_deletes_by_key_and_upserts() {
+    let dir = project("exact");
+    ok(&apply(&dir, None));
+    // populated, no change yet
+    assert_eq!(rows(&dir.join("output/revenue_by_customer.csv")), ["alice,2,15", "bob,1,20", "carol,1,7"]);
+    add_changes(&dir, 1);
+    let out = ok(&apply(&dir, None));
+    assert!(out.contains("applied changes/orders/0001.csv (orders, 3 rows)"), "{out}");
+    assert_eq!(rows(&dir.join("output/revenue_by_customer.csv")), ["alice,1,5", "bob,1,1", "carol,1,7", "dave,1,100"]);
+    // the view over a view, in its ORDER BY
+    let top = std::fs::read_to_string(dir.join("output/top_customers.csv")).unwrap();
+    assert_eq!(top, "customer,revenue\ndave,100\ncarol,7\n");
+    // the changelog: -old +new per changed group
+    let log = rows(&dir.join("output/log/revenue_by_customer.00000001.csv"));
+    assert_eq!(log, ["alice,1,5,1", "alice,2,15,-1", "bob,1,1,1", "bob,1,20,-1", "dave,1,100,1"]);
+    add_changes(&dir, 3);
+    let out = ok(&apply(&dir, None));
+    assert!(out.contains("2 change file(s) applied"), "{out}");
+    assert_eq!(
+        rows(&dir.join("output/revenue_by_customer.csv")),
+        ["bob,2,31", "carol,1,70", "dave,1,100", "erin,1,50"]
+    );
+    // nothing pending: nothing applied twice
+    let out = ok(&apply(&dir, None));
+    assert!(out.contains("0 change file(s) applied") && out.contains("3 logged transaction(s) replayed"), "{out}");
+    assert_eq!(
+        rows(&dir.join("output/revenue_by_customer.csv")),
+        ["bob,2,31", "carol,1,70", "dave,1,100", "erin,1,50"]
+    );
+    let status = ok(&bin().args(["views", "status"]).arg(&dir).output().unwrap());
+    assert!(status.contains("3 transaction(s) applied, the last changes/orders/0003.csv"), "{status}");
+    assert!(status.contains("revenue_by_customer  incremental"), "{status}");
+    let explain = ok(&bin().args(["views", "explain"]).arg(&dir).arg("top_customers").output().unwrap());
+    assert!(explain.contains("TopN offset 0 limit 2") && explain.contains("Scan revenue_by_customer"), "{explain}");
+}
+
+#[test]
+fn views_apply_killed_at_the_commit_or_while_publishing_loses_and_duplicates_nothing() {
+    let expected = {
+        let dir = project("kill-reference");
+        add_changes(&dir, 3);
+        ok(&apply(&dir, None));
+        (rows(&dir.join("output/revenue_by_customer.csv")), rows(&dir.join("output/top_customers.csv")))
+    };
+    for fault in ["views-after-commit", "views-after-commit@2", "publish-after-rename", "publish-after-rename@4"] {
+        let dir = project(&format!("kill-{}", fault.replace('@', "-")));
+        add_changes(&dir, 3);
+        let killed = apply(&dir, Some(fault));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(killed.status.signal(), Some(9), "{fault}: not killed: {}", String::from_utf8_lossy(&killed.stderr));
+        ok(&apply(&dir, None));
+        let got = (rows(&dir.join("output/revenue_by_customer.csv")), rows(&dir.join("output/top_customers.csv")));
+        assert_eq!(got, expected, "{fault}");
+        for seq in 1..=3 {
+            let f = dir.join(format!("output/log/revenue_by_customer.{seq:08}.csv"));
+            assert!(f.is_file(), "{fault}: changelog {} missing", f.display());
+        }
+        assert!(leftovers(&dir).is_empty(), "{fault}: left behind {:?}", leftovers(&dir));
+    }
+}
+
+#[test]
+fn views_bad_change_files_are_refused_naming_the_file_and_leave_outputs_as_they_were() {
+    let dir = project("bad-change");
+    add_changes(&dir, 1);
+    ok(&apply(&dir, None));
+    let before = rows(&dir.join("output/revenue_by_customer.csv"));
+    for (name, text, says) in [
+        ("0002.csv", "id,customer,amount,_op\n99,x,1,delete\n", "key (99) is deleted but does not exist"),
+        ("0002.csv", "id,customer,amount,_op\n5,dave,1,insert\n", "key (5) is inserted but exists (use upsert)"),
+        ("0002.csv", "id,customer,amount,_op\n9,x,1,replace\n", "_op is \"replace\""),
+        ("0002.csv", "id,customer,amount\n9,x,1\n", "no _op column"),
+    ] {
+        std::fs::write(dir.join("changes/orders").join(name), text).unwrap();
+        let o = apply(&dir, None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{text}: {err}");
+        assert!(err.contains("changes/orders/0002.csv") && err.contains(says), "{text}: {err}");
+        assert_eq!(err.matches(says).count(), 1, "said twice: {err}");
+        assert_eq!(rows(&dir.join("output/revenue_by_customer.csv")), before, "{text}");
+    }
+    // a change file rewritten after it was applied
+    std::fs::remove_file(dir.join("changes/orders/0002.csv")).unwrap();
+    std::fs::write(dir.join("changes/orders/0001.csv"), format!("{}10,zed,1,insert\n", CHANGES[0])).unwrap();
+    let o = apply(&dir, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("0001.csv") && err.contains("never rewritten"), "{err}");
+}
+
+#[test]
+fn views_that_cannot_be_maintained_are_refused_at_their_file_and_line_unless_recomputed() {
+    let dir = project("refused");
+    std::fs::write(
+        dir.join("views/ranked.sql"),
+        "SELECT customer,\n  rank() OVER (ORDER BY amount) AS r\nFROM orders\n",
+    )
+    .unwrap();
+    let o = apply(&dir, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("views/ranked.sql:2: view ranked: Window cannot be maintained incrementally"), "{err}");
+    // asked for explicitly, it is recomputed, and explain says so
+    std::fs::write(
+        dir.join("views/ranked.sql"),
+        "-- spillway: refresh=recompute\nSELECT customer, rank() OVER (ORDER BY amount) AS r\nFROM orders\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("spillway.toml"),
+        format!(
+            "{}\n[sinks.ranked]\nmodel = \"ranked\"\npath = \"output/ranked.csv\"\n",
+            std::fs::read_to_string(dir.join("spillway.toml")).unwrap()
+        ),
+    )
+    .unwrap();
+    add_changes(&dir, 1);
+    ok(&apply(&dir, None));
+    assert_eq!(rows(&dir.join("output/ranked.csv")), ["alice,2", "bob,1", "carol,3", "dave,4"]);
+    let explain = ok(&bin().args(["views", "explain"]).arg(&dir).output().unwrap());
+    assert!(explain.contains("view ranked (refresh = recompute)"), "{explain}");
+}

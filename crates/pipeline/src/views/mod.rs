@@ -1,0 +1,762 @@
+//! `spillway views`: a project's `views/*.sql` kept exactly up to date from the change files of
+//! its sources, with the engine of `spillway-views`.
+//!
+//! ```text
+//!   Views::open     sources prepared and registered; views planned and populated in
+//!                   dependency order (a view may read views); logged transactions replayed
+//!   Views::apply    every change file not yet applied, in name order, one transaction each:
+//!                   read ─▶ Z-set (keys resolved) ─▶ every view in order ─▶ log entry (commit)
+//!                   ─▶ the changed views' sinks published together
+//!   store.rs        .spillway/views/: the log of applied transactions, status.json
+//! ```
+
+mod store;
+
+pub use store::{Applied, Status, Store, ViewStatus, WEIGHT_COLUMN};
+
+use crate::error::{Error, Result};
+use crate::project::{line_of, Project, Refresh, ViewDef};
+use crate::sources::{self, Generator};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::datasource::MemTable;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
+use datafusion::sql::resolve::resolve_table_references;
+use spillway_views::changes::{self, KeyedTable};
+use spillway_views::{Deltas, RowCodec, View, ViewError, ZSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What one `apply` did.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyReport {
+    /// Population (and replay of the log) when the process started, milliseconds.
+    pub populate_ms: u64,
+    /// Logged transactions replayed at start.
+    pub replayed: usize,
+    /// Change files applied now.
+    pub applied: Vec<AppliedFile>,
+}
+
+/// One change file applied.
+#[derive(Debug, Clone)]
+pub struct AppliedFile {
+    /// The file, relative to the project.
+    pub file: String,
+    /// The table it changed.
+    pub table: String,
+    /// Change rows it held.
+    pub rows: u64,
+    /// Views whose contents changed.
+    pub views_changed: Vec<String>,
+    /// From reading the file to the sinks published, milliseconds.
+    pub ms: u64,
+}
+
+/// Which sinks [`Views::publish`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// Every view's contents sinks (after population and replay).
+    AllContents,
+    /// The changed views' contents and changelog sinks (after a transaction).
+    Changed,
+    /// Only the changelog files of a replayed transaction that are missing.
+    Changelogs,
+}
+
+/// A view recomputed after every transaction that changes what it reads.
+struct Recomputed {
+    sql: String,
+    tables: BTreeSet<String>,
+    codec: RowCodec,
+    contents: HashMap<Box<[u8]>, i64>,
+    rows: RecordBatch,
+}
+
+enum Live {
+    Incremental(Box<View>),
+    Recompute(Box<Recomputed>),
+}
+
+/// A table's current rows with their multiplicity (for views recomputed from it).
+struct Current {
+    codec: RowCodec,
+    schema: SchemaRef,
+    rows: HashMap<Box<[u8]>, i64>,
+}
+
+impl Current {
+    fn apply(&mut self, z: &ZSet) -> std::result::Result<(), ViewError> {
+        let z = z.clone().with_schema(self.schema.clone())?;
+        let rows = self.codec.encode_batch(&z.batch)?;
+        for (i, r) in rows.iter().enumerate() {
+            let c = self.rows.entry(r.as_ref().into()).or_default();
+            *c += z.weights[i];
+            if *c <= 0 {
+                self.rows.remove(r.as_ref());
+            }
+        }
+        Ok(())
+    }
+
+    fn batch(&self) -> std::result::Result<RecordBatch, ViewError> {
+        let rows: Vec<&[u8]> =
+            self.rows.iter().flat_map(|(r, c)| std::iter::repeat_n(r.as_ref(), *c as usize)).collect();
+        self.codec.decode(rows)
+    }
+}
+
+/// The live views of a project.
+pub struct Views {
+    project: Project,
+    ctx: SessionContext,
+    order: Vec<String>,
+    live: BTreeMap<String, Live>,
+    schemas: BTreeMap<String, SchemaRef>,
+    keyed: BTreeMap<String, KeyedTable>,
+    current: BTreeMap<String, Current>,
+    reservations: BTreeMap<String, MemoryReservation>,
+    store: Store,
+    applied: Vec<Applied>,
+    last_change: BTreeMap<String, String>,
+    populate_ms: u64,
+    replayed: usize,
+    published_once: bool,
+}
+
+/// The views and source tables a view reads.
+fn references(
+    project: &Project,
+    view: &ViewDef,
+    sources: &BTreeMap<String, String>,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let statements = DFParserBuilder::new(view.sql.as_str())
+        .build()
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| Error::at(&view.path, crate::dag::sql_error_line(&e.to_string()), e.to_string()))?;
+    if statements.len() != 1
+        || !matches!(&statements[0], DFStatement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Query(_)))
+    {
+        return Err(Error::at(&view.path, 1, "a view is one SELECT (or WITH ... SELECT) statement"));
+    }
+    let (tables, _) =
+        resolve_table_references(&statements[0], true).map_err(|e| Error::at(&view.path, 1, e.to_string()))?;
+    let (mut ups, mut srcs) = (BTreeSet::new(), BTreeSet::new());
+    for t in tables {
+        let name = t.table().to_string();
+        if name == view.name {
+            return Err(Error::Cycle(format!("view {} reads itself ({})", view.name, view.path.display())));
+        } else if project.views.contains_key(&name) {
+            ups.insert(name);
+        } else if sources.contains_key(&name) {
+            srcs.insert(name);
+        } else {
+            let known: Vec<&str> = project.views.keys().chain(sources.keys()).map(|s| s.as_str()).collect();
+            return Err(Error::at(
+                &view.path,
+                line_of(&view.sql, &name),
+                format!("unknown table `{name}`: not a view or a source table (known: {})", known.join(", ")),
+            ));
+        }
+    }
+    Ok((ups.into_iter().collect(), srcs.into_iter().collect()))
+}
+
+/// The line of `sql` where the refused operator most likely is.
+fn refusal_line(sql: &str, err: &ViewError) -> usize {
+    let ViewError::Unsupported { operator, reason } = err else { return 1 };
+    let lower = sql.to_ascii_lowercase();
+    let keyword = match operator.as_str() {
+        "Window" => Some("over"),
+        "Limit" => Some("limit"),
+        "Unnest" => Some("unnest"),
+        "RecursiveQuery" => Some("recursive"),
+        _ => None,
+    };
+    let words = reason.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.len() > 2);
+    for w in keyword.into_iter().map(str::to_string).chain(words.map(|w| w.to_ascii_lowercase())) {
+        if lower.contains(&w) {
+            return line_of(sql, &w);
+        }
+    }
+    1
+}
+
+/// Every file under `dir` (recursively), sorted by path.
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.filter_map(|e| e.ok()) {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name.starts_with('_') {
+            continue; // hidden, staging and marker files
+        }
+        if p.is_dir() {
+            files_under(&p, out);
+        } else if spillway_tiers::FileFormat::from_path(&p).is_some() {
+            out.push(p);
+        }
+    }
+}
+
+impl Views {
+    /// Opens the views of `project` on `ctx` (whose memory pool their state is charged to):
+    /// prepares and registers the sources they read, plans and populates every view, and
+    /// replays the transactions already applied.
+    pub async fn open(project: &Project, ctx: SessionContext, threads: usize, generator: &Generator) -> Result<Views> {
+        let started = Instant::now();
+        if project.views.is_empty() {
+            return Err(Error::Usage(format!(
+                "{}: no views: add one SELECT per file as views/NAME.sql",
+                project.dir.display()
+            )));
+        }
+        let source_tables = project.source_tables();
+        let mut upstream = BTreeMap::new();
+        let mut needed = BTreeSet::new();
+        let mut problems = Vec::new();
+        for def in project.views.values() {
+            match references(project, def, &source_tables) {
+                Ok((ups, srcs)) => {
+                    needed.extend(srcs);
+                    upstream.insert(def.name.clone(), ups);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        if let Some(e) = Error::many(problems) {
+            return Err(e);
+        }
+        let order = crate::dag::topological(&upstream)?;
+        let needed: Vec<String> = needed.into_iter().collect();
+        let (p, n) = (project.clone(), needed.clone());
+        let generator = generator.clone();
+        let mut tables =
+            tokio::task::spawn_blocking(move || sources::prepare(&p, &n, threads, &generator, &|_, _, _| {}))
+                .await
+                .map_err(|e| Error::Usage(format!("preparing sources failed: {e}")))??;
+        tables.postgres = sources::open_postgres(project, &needed).await?;
+        let mut schemas = BTreeMap::new();
+        for t in &needed {
+            tables.register(&ctx, t).await?;
+            let provider = ctx.table_provider(t.as_str()).await.map_err(spillway_engine::Error::from)?;
+            schemas.insert(t.clone(), provider.schema());
+        }
+        let store = Store::open(&project.dir)?;
+        let mut views = Views {
+            project: project.clone(),
+            ctx,
+            order: order.clone(),
+            live: BTreeMap::new(),
+            schemas,
+            keyed: BTreeMap::new(),
+            current: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            applied: store.applied()?,
+            store,
+            last_change: BTreeMap::new(),
+            populate_ms: 0,
+            replayed: 0,
+            published_once: false,
+        };
+        views.load_tables(&needed).await?;
+        for name in &order {
+            views.populate(&project.views[name]).await?;
+        }
+        // Rebuild the state of what was applied before: the log, in order.
+        for a in views.applied.clone() {
+            let schema = views.schema_of(&a.table, Path::new(&a.file))?;
+            let z = views.store.read(a.seq, &schema)?;
+            if let Some(k) = views.keyed.get_mut(&a.table) {
+                k.absorb(&z).map_err(|source| Error::Change { file: a.file.clone().into(), error: source })?;
+            }
+            let changed = views.transaction(&a.table, z, &a.file).await?;
+            // A crash between the commit and the publication leaves this transaction's
+            // changelog files unwritten: write those that are missing.
+            views.publish(&changed, Publish::Changelogs, a.seq)?;
+            views.replayed += 1;
+        }
+        views.populate_ms = started.elapsed().as_millis() as u64;
+        Ok(views)
+    }
+
+    fn schema_of(&self, table: &str, file: &Path) -> Result<SchemaRef> {
+        self.schemas.get(table).cloned().ok_or_else(|| {
+            Error::at(
+                file,
+                1,
+                format!("changes to table {table}, which no view reads (or which is no longer a source)"),
+            )
+        })
+    }
+
+    /// Keyed tables' rows, and current rows of tables read by recomputed views.
+    async fn load_tables(&mut self, needed: &[String]) -> Result<()> {
+        let recompute_reads: BTreeSet<String> = self
+            .project
+            .views
+            .values()
+            .filter(|v| v.refresh == Refresh::Recompute)
+            .flat_map(|v| references(&self.project, v, &self.project.source_tables()).map(|r| r.1).unwrap_or_default())
+            .collect();
+        let by_table = self.project.source_tables();
+        for t in needed {
+            let def = &self.project.sources[&by_table[t]];
+            let schema = self.schemas[t].clone();
+            let keyed = def.key().filter(|_| def.changes(t).is_some());
+            if keyed.is_none() && !recompute_reads.contains(t) {
+                continue;
+            }
+            let batches =
+                self.ctx.sql(&format!("SELECT * FROM \"{t}\"")).await.map_err(spillway_engine::Error::from)?;
+            let batches = batches.collect().await.map_err(spillway_engine::Error::from)?;
+            let file = self.project.config_path.clone().unwrap_or_else(|| self.project.dir.join("spillway.toml"));
+            if let Some(key) = keyed {
+                let mut k = KeyedTable::new(t, schema.clone(), key)
+                    .map_err(|source| Error::Change { file: file.clone(), error: source })?;
+                for b in &batches {
+                    k.load(b).map_err(|source| Error::Change { file: file.clone(), error: source })?;
+                }
+                self.keyed.insert(t.clone(), k);
+            }
+            if recompute_reads.contains(t) {
+                let codec = RowCodec::new(schema.clone())
+                    .map_err(|source| Error::Change { file: file.clone(), error: source })?;
+                let mut c = Current { codec, schema: schema.clone(), rows: HashMap::new() };
+                for b in batches {
+                    c.apply(&ZSet::uniform(b, 1))
+                        .map_err(|source| Error::Change { file: file.clone(), error: source })?;
+                }
+                self.current.insert(t.clone(), c);
+            }
+        }
+        Ok(())
+    }
+
+    async fn populate(&mut self, def: &ViewDef) -> Result<()> {
+        let name = def.name.clone();
+        let err = |source: ViewError| Error::View {
+            view: name.clone(),
+            path: def.path.clone(),
+            line: refusal_line(&def.sql, &source),
+            error: source,
+        };
+        let live = match def.refresh {
+            Refresh::Incremental => {
+                let mut v = View::plan(&self.ctx, &name, &def.sql).await.map_err(err)?;
+                v.populate(&self.ctx).await.map_err(err)?;
+                Live::Incremental(Box::new(v))
+            }
+            Refresh::Recompute => {
+                let (ups, srcs) = references(&self.project, def, &self.project.source_tables())?;
+                let frame = self.ctx.sql(&def.sql).await.map_err(|e| err(e.into()))?;
+                let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+                let batches = frame.collect().await.map_err(|e| err(e.into()))?;
+                let codec = RowCodec::new(schema.clone()).map_err(err)?;
+                let mut r = Recomputed {
+                    sql: def.sql.clone(),
+                    tables: ups.into_iter().chain(srcs).collect(),
+                    codec,
+                    contents: HashMap::new(),
+                    rows: RecordBatch::new_empty(schema),
+                };
+                r.replace(batches).map_err(err)?;
+                Live::Recompute(Box::new(r))
+            }
+        };
+        let contents = match &live {
+            Live::Incremental(v) => v.contents().map_err(err)?,
+            Live::Recompute(r) => r.rows.clone(),
+        };
+        self.register_view(&name, contents)?;
+        let pool = self.ctx.runtime_env().memory_pool.clone();
+        let reservation = MemoryConsumer::new(format!("view {name}")).register(&pool);
+        reservation.resize(state_bytes(&live));
+        self.reservations.insert(name.clone(), reservation);
+        self.live.insert(name, live);
+        Ok(())
+    }
+
+    /// (Re-)registers a view's contents as a table, for the views that read it.
+    fn register_view(&self, name: &str, contents: RecordBatch) -> Result<()> {
+        let schema = contents.schema();
+        let table = MemTable::try_new(schema, vec![vec![contents]]).map_err(spillway_engine::Error::from)?;
+        let _ = self.ctx.deregister_table(name);
+        self.ctx.register_table(name, Arc::new(table)).map_err(spillway_engine::Error::from)?;
+        Ok(())
+    }
+
+    /// One transaction through every view in order; returns the views that changed, with
+    /// their change.
+    async fn transaction(&mut self, table: &str, z: ZSet, file: &str) -> Result<BTreeMap<String, ZSet>> {
+        let change_err = |source: ViewError| Error::Change { file: file.into(), error: source };
+        if let Some(c) = self.current.get_mut(table) {
+            c.apply(&z).map_err(change_err)?;
+        }
+        let mut deltas = Deltas::new();
+        deltas.insert(table.to_string(), z);
+        let mut changed = BTreeMap::new();
+        for name in self.order.clone() {
+            let def = &self.project.views[&name];
+            let view_err =
+                |source: ViewError| Error::View { view: name.clone(), path: def.path.clone(), line: 1, error: source };
+            let live = self.live.get_mut(&name).expect("every view is live");
+            let out = match live {
+                Live::Incremental(v) => {
+                    if !v.tables().iter().any(|t| deltas.contains_key(t)) {
+                        continue;
+                    }
+                    v.apply(&deltas).map_err(|e| match e {
+                        e @ ViewError::BadChange { .. } => change_err(e),
+                        e => view_err(e),
+                    })?
+                }
+                Live::Recompute(r) => {
+                    if !r.tables.iter().any(|t| deltas.contains_key(t)) {
+                        continue;
+                    }
+                    let ctx = SessionContext::new_with_state(self.ctx.state());
+                    for t in r.tables.clone() {
+                        let batch = match (self.current.get(&t), self.live.get(&t)) {
+                            (Some(c), _) => c.batch().map_err(view_err)?,
+                            (None, Some(Live::Incremental(v))) => v.contents().map_err(view_err)?,
+                            (None, Some(Live::Recompute(u))) => u.rows.clone(),
+                            (None, None) => continue,
+                        };
+                        let mem = MemTable::try_new(batch.schema(), vec![vec![batch]])
+                            .map_err(spillway_engine::Error::from)?;
+                        let _ = ctx.deregister_table(t.as_str());
+                        ctx.register_table(t.as_str(), Arc::new(mem)).map_err(spillway_engine::Error::from)?;
+                    }
+                    let batches = ctx.sql(&r_sql(&self.live, &name)).await.map_err(|e| view_err(e.into()))?;
+                    let batches = batches.collect().await.map_err(|e| view_err(e.into()))?;
+                    let Some(Live::Recompute(r)) = self.live.get_mut(&name) else { unreachable!("a recomputed view") };
+                    r.replace(batches).map_err(view_err)?
+                }
+            };
+            let live = &self.live[&name];
+            if let Some(res) = self.reservations.get_mut(&name) {
+                res.resize(state_bytes(live));
+            }
+            if out.is_empty() {
+                continue;
+            }
+            let contents = match live {
+                Live::Incremental(v) => {
+                    // Downstream views plan against the table only at population; keep it current
+                    // for views recomputed from this one.
+                    if self.needs_contents(&name) {
+                        Some(v.contents().map_err(view_err)?)
+                    } else {
+                        None
+                    }
+                }
+                Live::Recompute(r) => Some(r.rows.clone()),
+            };
+            if let Some(c) = contents {
+                self.register_view(&name, c)?;
+            }
+            self.last_change.insert(name.clone(), file.to_string());
+            deltas.insert(name.clone(), out.clone());
+            changed.insert(name, out);
+        }
+        Ok(changed)
+    }
+
+    fn needs_contents(&self, view: &str) -> bool {
+        self.live.values().any(|l| matches!(l, Live::Recompute(r) if r.tables.contains(view)))
+    }
+
+    /// The change files not applied yet, in name order, with the table each changes. A file
+    /// applied before whose size or content changed since is an error.
+    pub fn pending(&self) -> Result<Vec<(String, PathBuf)>> {
+        let by_table = self.project.source_tables();
+        let mut found: Vec<(String, String, PathBuf)> = Vec::new();
+        for t in self.schemas.keys() {
+            let def = &self.project.sources[&by_table[t]];
+            let Some(dir) = def.changes(t) else { continue };
+            let dir = self.project.dir.join(dir);
+            let mut files = Vec::new();
+            files_under(&dir, &mut files);
+            for f in files {
+                let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                found.push((name, t.clone(), f));
+            }
+        }
+        found.sort();
+        let applied: HashMap<&str, &Applied> = self.applied.iter().map(|a| (a.file.as_str(), a)).collect();
+        let mut out = Vec::new();
+        for (_, table, path) in found {
+            let rel = self.relative(&path);
+            if let Some(a) = applied.get(rel.as_str()) {
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if bytes != a.bytes {
+                    return Err(Error::at(&path, 1, format!("applied as change {} with {} bytes; it now has {bytes}: change files are never rewritten, add a new one", a.seq, a.bytes)));
+                }
+                continue;
+            }
+            out.push((table, path));
+        }
+        Ok(out)
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.project.dir).unwrap_or(path).to_string_lossy().into_owned()
+    }
+
+    /// Applies every pending change file, one transaction each, publishing the views' sinks
+    /// after each. `progress` hears of each file as it is applied.
+    pub async fn apply(&mut self, progress: &(dyn Fn(&AppliedFile) + Sync)) -> Result<ApplyReport> {
+        let mut report = ApplyReport { populate_ms: self.populate_ms, replayed: self.replayed, applied: Vec::new() };
+        if !self.published_once {
+            // Sinks reflect the state: after a population, or a crash between commit and publish.
+            self.publish(&BTreeMap::new(), Publish::AllContents, self.applied.len() as u64)?;
+            self.published_once = true;
+        }
+        for (table, path) in self.pending()? {
+            let started = Instant::now();
+            let rel = self.relative(&path);
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let hash = crate::manifest::hash(&[&bytes]);
+            let batches = read_change_file(&path).await?;
+            let schema = self.schema_of(&table, &path)?;
+            let change_err = |source: ViewError| Error::Change { file: path.clone(), error: source };
+            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            let mut parts = Vec::new();
+            for b in &batches {
+                parts.push(match self.keyed.get_mut(&table) {
+                    Some(k) => k.apply(b).map_err(change_err)?,
+                    None => changes::unkeyed(&table, b, &schema).map_err(change_err)?,
+                });
+            }
+            let z = ZSet::concat(relaxed(&schema), parts).map_err(change_err)?;
+            let changed = self.transaction(&table, z.clone(), &rel).await?;
+            let applied = Applied {
+                seq: self.applied.len() as u64 + 1,
+                table: table.clone(),
+                file: rel.clone(),
+                bytes: bytes.len() as u64,
+                hash,
+            };
+            self.store.append(&applied, &z)?;
+            spillway_faults::point("views-after-commit");
+            self.applied.push(applied);
+            self.publish(&changed, Publish::Changed, self.applied.len() as u64)?;
+            self.write_status()?;
+            let done = AppliedFile {
+                file: rel,
+                table,
+                rows,
+                views_changed: changed.keys().cloned().collect(),
+                ms: started.elapsed().as_millis() as u64,
+            };
+            progress(&done);
+            report.applied.push(done);
+        }
+        self.write_status()?;
+        Ok(report)
+    }
+
+    /// Publishes sinks together: contents sinks get the whole view, changelog sinks transaction
+    /// `seq`'s change (a changelog file already written is left as it is).
+    fn publish(&self, changed: &BTreeMap<String, ZSet>, what: Publish, seq: u64) -> Result<()> {
+        let all = what == Publish::AllContents;
+        let mut staged = Vec::new();
+        for def in self.project.sinks.values() {
+            let Some(live) = self.live.get(&def.model) else { continue };
+            let Some(path) = def.file() else { continue };
+            let path = self.project.dir.join(path);
+            let view_err = |source: ViewError| Error::View {
+                view: def.model.clone(),
+                path: self.project.views[&def.model].path.clone(),
+                line: 1,
+                error: source,
+            };
+            let batch = if def.changelog.unwrap_or(false) {
+                if what == Publish::AllContents {
+                    continue;
+                }
+                let Some(z) = changed.get(&def.model) else { continue };
+                let file = changelog_path(&path, seq);
+                if file.exists() {
+                    continue;
+                }
+                let b = store::with_weights(z).map_err(|e| view_err(e.into()))?;
+                Some((file, b))
+            } else if what != Publish::Changelogs && (all || changed.contains_key(&def.model)) {
+                let b = match live {
+                    Live::Incremental(v) => v.contents().map_err(view_err)?,
+                    Live::Recompute(r) => r.rows.clone(),
+                };
+                Some((path, b))
+            } else {
+                None
+            };
+            let Some((file, batch)) = batch else { continue };
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            staged.push(stage(&file, batch)?);
+        }
+        for s in staged {
+            s.publish()?;
+        }
+        Ok(())
+    }
+
+    fn write_status(&self) -> Result<()> {
+        let views = self
+            .order
+            .iter()
+            .map(|name| {
+                let live = &self.live[name];
+                ViewStatus {
+                    name: name.clone(),
+                    refresh: match live {
+                        Live::Incremental(_) => "incremental".into(),
+                        Live::Recompute(_) => "recompute".into(),
+                    },
+                    rows: match live {
+                        Live::Incremental(v) => v.rows(),
+                        Live::Recompute(r) => r.rows.num_rows() as u64,
+                    },
+                    state_bytes: state_bytes(live) as u64,
+                    last_change: self.last_change.get(name).cloned(),
+                }
+            })
+            .collect();
+        self.store.write_status(&Status {
+            applied: self.applied.len() as u64,
+            last_file: self.applied.last().map(|a| a.file.clone()),
+            updated_at: now_rfc3339(),
+            populate_ms: self.populate_ms,
+            views,
+        })
+    }
+
+    /// `views explain`: per view, its operators with their state.
+    pub fn explain(&self, only: Option<&str>) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        if let Some(v) = only {
+            if !self.live.contains_key(v) {
+                return Err(Error::Usage(format!("no view {v:?} (views: {})", self.order.join(", "))));
+            }
+        }
+        for name in self.order.iter().filter(|n| only.is_none_or(|o| o == n.as_str())) {
+            let live = &self.live[name];
+            match live {
+                Live::Incremental(v) => {
+                    out.push(format!(
+                        "view {name} (incremental): {} rows, state {}",
+                        v.rows(),
+                        spillway_governor::fmt_bytes(state_bytes(live) as u64)
+                    ));
+                    out.extend(v.explain().into_iter().map(|l| format!("  {l}")));
+                }
+                Live::Recompute(r) => {
+                    out.push(format!(
+                        "view {name} (refresh = recompute): {} rows, recomputed after every change to {}",
+                        r.rows.num_rows(),
+                        r.tables.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The current contents of view `name`.
+    pub fn contents(&self, name: &str) -> Result<RecordBatch> {
+        match self.live.get(name) {
+            Some(Live::Incremental(v)) => v.contents().map_err(|source| Error::View {
+                view: name.into(),
+                path: self.project.views[name].path.clone(),
+                line: 1,
+                error: source,
+            }),
+            Some(Live::Recompute(r)) => Ok(r.rows.clone()),
+            None => Err(Error::Usage(format!("no view {name:?}"))),
+        }
+    }
+}
+
+fn r_sql(live: &BTreeMap<String, Live>, name: &str) -> String {
+    match live.get(name) {
+        Some(Live::Recompute(r)) => r.sql.clone(),
+        _ => String::new(),
+    }
+}
+
+impl Recomputed {
+    /// Replaces the contents with `batches`; returns the change.
+    fn replace(&mut self, batches: Vec<RecordBatch>) -> std::result::Result<ZSet, ViewError> {
+        let schema = self.codec.schema().clone();
+        let mut next: HashMap<Box<[u8]>, i64> = HashMap::new();
+        for b in &batches {
+            let z = ZSet::uniform(b.clone(), 1).with_schema(schema.clone())?;
+            for r in self.codec.encode_batch(&z.batch)?.iter() {
+                *next.entry(r.as_ref().into()).or_default() += 1;
+            }
+        }
+        let mut diff: HashMap<Box<[u8]>, i64> = next.clone();
+        for (r, c) in &self.contents {
+            *diff.entry(r.clone()).or_default() -= c;
+        }
+        diff.retain(|_, c| *c != 0);
+        let (rows, weights): (Vec<Box<[u8]>>, Vec<i64>) = diff.into_iter().unzip();
+        let out = ZSet::new(self.codec.decode(rows.iter().map(|r| r.as_ref()))?, weights);
+        let all: Vec<&[u8]> = next.iter().flat_map(|(r, c)| std::iter::repeat_n(r.as_ref(), *c as usize)).collect();
+        self.rows = self.codec.decode(all)?;
+        self.contents = next;
+        Ok(out)
+    }
+}
+
+fn state_bytes(live: &Live) -> usize {
+    match live {
+        Live::Incremental(v) => v.state_bytes(),
+        Live::Recompute(r) => r.rows.get_array_memory_size() + r.contents.keys().map(|k| k.len() + 48).sum::<usize>(),
+    }
+}
+
+fn relaxed(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(arrow::datatypes::Schema::new(
+        schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+    ))
+}
+
+/// `output/v.parquet`'s file for transaction `seq`: `output/v.00000042.parquet`.
+pub fn changelog_path(path: &Path, seq: u64) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!("{stem}.{seq:08}.{ext}"))
+}
+
+fn stage(path: &Path, batch: RecordBatch) -> Result<spillway_tiers::file::Staged> {
+    let schema = batch.schema();
+    let stream = Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(vec![Ok(batch)])));
+    let handle = tokio::runtime::Handle::current();
+    let path = path.to_path_buf();
+    let staged = tokio::task::block_in_place(|| {
+        handle.block_on(spillway_tiers::file::stage_stream(stream, &path, &spillway_tiers::WriteOptions::default()))
+    })?;
+    Ok(staged)
+}
+
+/// The rows of a change file (Parquet, CSV with a header, NDJSON or Arrow IPC).
+async fn read_change_file(path: &Path) -> Result<Vec<RecordBatch>> {
+    let ctx = SessionContext::new();
+    let location = path.to_string_lossy().into_owned();
+    spillway_engine::tables::register(&ctx, "change", &location).await?;
+    let frame = ctx.table("change").await.map_err(spillway_engine::Error::from)?;
+    Ok(frame.collect().await.map_err(spillway_engine::Error::from)?)
+}
+
+fn now_rfc3339() -> String {
+    crate::results::now_rfc3339()
+}

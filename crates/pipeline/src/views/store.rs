@@ -1,0 +1,184 @@
+//! What `views apply` keeps under `.spillway/views/`:
+//!
+//! ```text
+//!   log/00000001.arrow   one per applied change file, in order: the transaction as the engine
+//!                        applied it (the table's rows and `_weight`, deletes by key resolved to
+//!                        the rows they removed), with the change file's name, size and hash in
+//!                        its metadata. Written whole and synced before any sink is published:
+//!                        the commit point. A file is applied once, because its name is here.
+//!   status.json          per view: rows, state bytes, the last change applied (for `status`)
+//! ```
+//!
+//! The views' state is rebuilt from it when a process starts: population from the sources'
+//! snapshot, then every logged transaction in order (no change file is read twice, and one
+//! deleted after it was applied is not needed again).
+
+use crate::error::{Error, Result};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+use spillway_views::ZSet;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The weight column of logged transactions and of changelog sinks.
+pub const WEIGHT_COLUMN: &str = "_weight";
+
+/// A change file as the log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Position in the log (1-based).
+    pub seq: u64,
+    /// The table it changed.
+    pub table: String,
+    /// The change file, relative to the project.
+    pub file: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Its content hash (FNV-1a).
+    pub hash: String,
+}
+
+/// Per view, what `status` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ViewStatus {
+    /// The view.
+    pub name: String,
+    /// `incremental` or `recompute`.
+    pub refresh: String,
+    /// Rows it holds.
+    pub rows: u64,
+    /// Bytes of operator state and contents (what the governor is charged).
+    pub state_bytes: u64,
+    /// The last change file that changed it.
+    pub last_change: Option<String>,
+}
+
+/// The whole of `status.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// Transactions applied.
+    pub applied: u64,
+    /// The last change file applied.
+    pub last_file: Option<String>,
+    /// When it was written (RFC 3339, UTC).
+    pub updated_at: String,
+    /// Population time of the last process, milliseconds.
+    pub populate_ms: u64,
+    /// Per view.
+    pub views: Vec<ViewStatus>,
+}
+
+/// `.spillway/views/` of a project.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// The store of the project in `project_dir` (created when missing).
+    pub fn open(project_dir: &Path) -> Result<Store> {
+        let dir = project_dir.join(".spillway").join("views");
+        std::fs::create_dir_all(dir.join("log")).map_err(|e| Error::io(&dir, e))?;
+        Ok(Store { dir })
+    }
+
+    fn log_path(&self, seq: u64) -> PathBuf {
+        self.dir.join("log").join(format!("{seq:08}.arrow"))
+    }
+
+    /// Every logged transaction's record, in order.
+    pub fn applied(&self) -> Result<Vec<Applied>> {
+        let log = self.dir.join("log");
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&log)
+            .map_err(|e| Error::io(&log, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "arrow")
+                    && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        paths.sort();
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            let f = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
+            let reader = arrow::ipc::reader::FileReader::try_new(f, None).map_err(|e| corrupt(&p, e))?;
+            let meta = reader.schema().metadata().get("spillway.applied").cloned().unwrap_or_default();
+            let a: Applied = serde_json::from_str(&meta).map_err(|e| corrupt(&p, e))?;
+            out.push(a);
+        }
+        Ok(out)
+    }
+
+    /// The transaction logged as `seq`, in `schema` (the table's).
+    pub fn read(&self, seq: u64, schema: &SchemaRef) -> Result<ZSet> {
+        let p = self.log_path(seq);
+        let f = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
+        let reader = arrow::ipc::reader::FileReader::try_new(f, None).map_err(|e| corrupt(&p, e))?;
+        let mut parts = Vec::new();
+        for b in reader {
+            let b = b.map_err(|e| corrupt(&p, e))?;
+            let w = b.num_columns() - 1;
+            let weights =
+                b.column(w).as_any().downcast_ref::<Int64Array>().ok_or_else(|| corrupt(&p, "no _weight column"))?;
+            let weights: Vec<i64> = weights.values().to_vec();
+            let rows = b.project(&(0..w).collect::<Vec<_>>()).map_err(|e| corrupt(&p, e))?;
+            parts.push(ZSet::new(rows, weights).with_schema(schema.clone()).map_err(|e| corrupt(&p, e))?);
+        }
+        ZSet::concat(spillway_views_relaxed(schema), parts).map_err(|e| corrupt(&p, e))
+    }
+
+    /// Logs transaction `applied` (its rows `z`) durably: the commit point.
+    pub fn append(&self, applied: &Applied, z: &ZSet) -> Result<()> {
+        let p = self.log_path(applied.seq);
+        let batch = with_weights(z).map_err(|e| corrupt(&p, e))?;
+        let mut meta = HashMap::new();
+        meta.insert("spillway.applied".to_string(), serde_json::to_string(applied).unwrap_or_default());
+        let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
+        let batch = batch.with_schema(schema.clone()).map_err(|e| corrupt(&p, e))?;
+        let mut bytes = Vec::new();
+        {
+            let mut w = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &schema).map_err(|e| corrupt(&p, e))?;
+            w.write(&batch).map_err(|e| corrupt(&p, e))?;
+            w.finish().map_err(|e| corrupt(&p, e))?;
+        }
+        spillway_tiers::durable::replace_synced(&p, &bytes)?;
+        Ok(())
+    }
+
+    /// Replaces `status.json`.
+    pub fn write_status(&self, status: &Status) -> Result<()> {
+        let text = serde_json::to_vec_pretty(status).unwrap_or_default();
+        spillway_tiers::durable::replace_synced(&self.dir.join("status.json"), &text)?;
+        Ok(())
+    }
+
+    /// `status.json`, if written.
+    pub fn read_status(&self) -> Result<Option<Status>> {
+        let p = self.dir.join("status.json");
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| corrupt(&p, e))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&p, e)),
+        }
+    }
+}
+
+fn spillway_views_relaxed(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// The rows of `z` with a `_weight` column.
+pub fn with_weights(z: &ZSet) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let mut fields: Vec<Field> = z.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(WEIGHT_COLUMN, DataType::Int64, false));
+    let mut columns: Vec<ArrayRef> = z.batch.columns().to_vec();
+    columns.push(Arc::new(Int64Array::from(z.weights.clone())));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+fn corrupt(p: &Path, e: impl std::fmt::Display) -> Error {
+    Error::at(p, 1, format!("unreadable views log entry: {e}"))
+}
