@@ -67,7 +67,7 @@ pub enum Command {
 pub enum ViewsCommand {
     /// Populate the views on first use, then apply every change file not yet applied, in name
     /// order, each as one transaction across all views; publish their sinks after each.
-    Apply(ViewsArgs),
+    Apply(ViewsApplyArgs),
     /// Show each view's operator graph with the state each operator holds.
     Explain(ViewsExplainArgs),
     /// Per view: rows, state bytes, the last change applied (from .spillway/views/status.json).
@@ -82,6 +82,19 @@ pub struct ViewsArgs {
     /// Override a setting of spillway.toml, e.g. `--set sources.tpch.sf=1` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ViewsApplyArgs {
+    /// The project folder.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Override a setting of spillway.toml, e.g. `--set sources.tpch.sf=1` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Also write what was applied (per file: rows, time, time in each view) as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -257,6 +270,26 @@ pub enum PoolKind {
 pub enum GenCommand {
     /// TPC-H tables as Parquet: OUT/<table>/part-N.parquet.
     Tpch(GenTpchArgs),
+    /// A TPC-H refresh-style change stream for incremental views (new orders with their
+    /// lineitems, old ones deleted, quantities, balances and supply costs updated):
+    /// OUT/<table>/<batch>.parquet with the table's columns plus `_op`.
+    TpchChanges(GenTpchChangesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenTpchChangesArgs {
+    /// The generated TPC-H data (`gen tpch --out`, or a project's .spillway/data/tpch-sf<N>).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Orders deleted (and as many inserted) per batch; a batch changes about 12x as many rows.
+    #[arg(long, default_value_t = 100)]
+    pub orders: usize,
+    /// Batches.
+    #[arg(long, default_value_t = 10)]
+    pub batches: u64,
+    /// Output folder (a source's `changes`).
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -231,19 +231,24 @@ fn write_part(
     Ok(sink.finish()?.0)
 }
 
-/// One batch of a TPC-H refresh-style change stream (the spec's RF1 and RF2, plus updates),
-/// computed from the tables as `ctx` has them now: `orders` orders picked by `seed` are deleted
-/// with their lineitems; as many new orders (copies of others, under new keys, so their dates
-/// spread like the data's) are inserted with theirs; the first lineitem of `orders / 2` other
-/// orders gets one more unit (quantity and price), and `orders / 4` customers' balances rise by
-/// 1.00, and so does the supply cost of every supplier of `orders / 4` parts (an update is a delete of the old row and an insert of the new). Returned as change
-/// batches: the table's columns plus `_op`. The same tables and seed give the same changes.
+/// Batch `batch` (0, 1, ...) of a TPC-H refresh-style change stream (the spec's RF1 and RF2,
+/// plus updates), computed from the generated tables in `ctx` (the snapshot, never changed):
+/// `orders` orders are deleted with their lineitems; as many new orders (copies of others under
+/// new keys, so their dates and customers spread like the data's) are inserted with theirs; the
+/// first lineitem of `orders / 2` other orders gets one more unit (quantity and price);
+/// `orders / 4` customers' balances rise by 1.00, and so does the supply cost of every supplier
+/// of `orders / 4` parts (an update is a delete of the old row and an insert of the new).
+///
+/// Every batch takes its own slice of a fixed order of each table, so batches 0 to N-1 applied
+/// in turn never delete or update a row twice, as long as `N * orders * 3 / 2` stays below the
+/// number of orders (and `N * orders / 4` below customers and parts). Returned as change
+/// batches: the table's columns plus `_op`.
 pub async fn refresh_changes(
     ctx: &datafusion::prelude::SessionContext,
     orders: usize,
-    seed: u64,
+    batch: u64,
 ) -> std::result::Result<Vec<(String, RecordBatch)>, datafusion::error::DataFusionError> {
-    let cols = |table: &str, replace: &[(&str, &str)], prefix: &str| -> String {
+    let cols = |table: &str, replace: &[(&str, &str)]| -> String {
         let schema = schema(table).expect("a TPC-H table");
         schema
             .fields()
@@ -252,44 +257,54 @@ pub async fn refresh_changes(
                 let name = f.name();
                 match replace.iter().find(|(c, _)| c == name) {
                     Some((_, e)) => format!("CAST({e} AS {}) AS {name}", sql_type(f.data_type())),
-                    None => format!("{prefix}{name}"),
+                    None => name.to_string(),
                 }
             })
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let n = orders.max(1);
-    let seed = seed % 1_000_003;
-    let pick = |mult: u64, modulus: u64, limit: usize| {
-        format!("(SELECT o_orderkey FROM orders ORDER BY (o_orderkey * {mult} + {seed}) % {modulus}, o_orderkey LIMIT {limit})")
+    let n = orders.max(1) as u64;
+    let (half, quarter) = ((n / 2).max(1), (n / 4).max(1));
+    let k = batch;
+    let slice = |table: &str, key: &str, mult: u64, desc: bool, limit: u64| {
+        let dir = if desc { "DESC" } else { "ASC" };
+        format!("(SELECT {key} FROM {table} ORDER BY ({key} * {mult}) % 1000003 {dir}, {key} {dir} LIMIT {limit} OFFSET {})", k * limit)
     };
-    let old = pick(7919, 10007, n);
-    let newest = pick(104729, 10009, n);
-    let updated = format!(
-        "(SELECT o_orderkey FROM orders WHERE o_orderkey NOT IN {old} ORDER BY (o_orderkey * 31 + {seed}) % 9973, o_orderkey LIMIT {})",
-        (n / 2).max(1)
-    );
-    let shift = "(SELECT max(o_orderkey) FROM orders)";
+    let deleted = slice("orders", "o_orderkey", 7919, false, n);
+    let updated = slice("orders", "o_orderkey", 7919, true, half);
+    let copied = slice("orders", "o_orderkey", 104729, false, n);
+    let customers = slice("customer", "c_custkey", 13, false, quarter);
+    let parts = slice("part", "p_partkey", 17, false, quarter);
+    let shift = format!("(SELECT max(o_orderkey) FROM orders) * {}", k + 1);
     let queries = [
-        ("orders", format!("SELECT {}, 'delete' AS _op FROM orders WHERE o_orderkey IN {old}", cols("orders", &[], ""))),
-        ("lineitem", format!("SELECT {}, 'delete' AS _op FROM lineitem WHERE l_orderkey IN {old}", cols("lineitem", &[], ""))),
+        (
+            "orders",
+            format!("SELECT {}, 'delete' AS _op FROM orders WHERE o_orderkey IN {deleted}", cols("orders", &[])),
+        ),
+        (
+            "lineitem",
+            format!("SELECT {}, 'delete' AS _op FROM lineitem WHERE l_orderkey IN {deleted}", cols("lineitem", &[])),
+        ),
         (
             "orders",
             format!(
-                "SELECT {}, 'insert' AS _op FROM orders WHERE o_orderkey IN {newest}",
-                cols("orders", &[("o_orderkey", &format!("o_orderkey + {shift}"))], "")
+                "SELECT {}, 'insert' AS _op FROM orders WHERE o_orderkey IN {copied}",
+                cols("orders", &[("o_orderkey", &format!("o_orderkey + {shift}"))])
             ),
         ),
         (
             "lineitem",
             format!(
-                "SELECT {}, 'insert' AS _op FROM lineitem WHERE l_orderkey IN {newest}",
-                cols("lineitem", &[("l_orderkey", &format!("l_orderkey + {shift}"))], "")
+                "SELECT {}, 'insert' AS _op FROM lineitem WHERE l_orderkey IN {copied}",
+                cols("lineitem", &[("l_orderkey", &format!("l_orderkey + {shift}"))])
             ),
         ),
         (
             "lineitem",
-            format!("SELECT {}, 'delete' AS _op FROM lineitem WHERE l_linenumber = 1 AND l_orderkey IN {updated}", cols("lineitem", &[], "")),
+            format!(
+                "SELECT {}, 'delete' AS _op FROM lineitem WHERE l_linenumber = 1 AND l_orderkey IN {updated}",
+                cols("lineitem", &[])
+            ),
         ),
         (
             "lineitem",
@@ -299,46 +314,34 @@ pub async fn refresh_changes(
                     "lineitem",
                     &[
                         ("l_quantity", "l_quantity + 1"),
-                        ("l_extendedprice", "l_extendedprice + l_extendedprice / l_quantity"),
-                    ],
-                    ""
+                        ("l_extendedprice", "l_extendedprice + l_extendedprice / l_quantity")
+                    ]
                 )
             ),
         ),
         (
             "customer",
-            format!(
-                "SELECT {}, 'delete' AS _op FROM customer WHERE c_custkey IN (SELECT c_custkey FROM customer ORDER BY (c_custkey * 13 + {seed}) % 997, c_custkey LIMIT {})",
-                cols("customer", &[], ""),
-                (n / 4).max(1)
-            ),
+            format!("SELECT {}, 'delete' AS _op FROM customer WHERE c_custkey IN {customers}", cols("customer", &[])),
         ),
         (
             "customer",
             format!(
-                "SELECT {}, 'insert' AS _op FROM customer WHERE c_custkey IN (SELECT c_custkey FROM customer ORDER BY (c_custkey * 13 + {seed}) % 997, c_custkey LIMIT {})",
-                cols("customer", &[("c_acctbal", "c_acctbal + 1.00")], ""),
-                (n / 4).max(1)
+                "SELECT {}, 'insert' AS _op FROM customer WHERE c_custkey IN {customers}",
+                cols("customer", &[("c_acctbal", "c_acctbal + 1.00")])
             ),
         ),
         (
             "partsupp",
-            format!(
-                "SELECT {}, 'delete' AS _op FROM partsupp WHERE ps_partkey IN (SELECT p_partkey FROM part ORDER BY (p_partkey * 17 + {seed}) % 1999, p_partkey LIMIT {})",
-                cols("partsupp", &[], ""),
-                (n / 4).max(1)
-            ),
+            format!("SELECT {}, 'delete' AS _op FROM partsupp WHERE ps_partkey IN {parts}", cols("partsupp", &[])),
         ),
         (
             "partsupp",
             format!(
-                "SELECT {}, 'insert' AS _op FROM partsupp WHERE ps_partkey IN (SELECT p_partkey FROM part ORDER BY (p_partkey * 17 + {seed}) % 1999, p_partkey LIMIT {})",
-                cols("partsupp", &[("ps_supplycost", "ps_supplycost + 1.00"), ("ps_availqty", "ps_availqty + 10")], ""),
-                (n / 4).max(1)
+                "SELECT {}, 'insert' AS _op FROM partsupp WHERE ps_partkey IN {parts}",
+                cols("partsupp", &[("ps_supplycost", "ps_supplycost + 1.00"), ("ps_availqty", "ps_availqty + 10")])
             ),
         ),
     ];
-    // Every query reads the tables as they were before this batch: run them all, then return.
     let mut out = Vec::new();
     for (table, sql) in queries {
         for b in ctx.sql(&sql).await?.collect().await? {

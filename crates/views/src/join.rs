@@ -9,7 +9,7 @@
 
 use crate::error::{unsupported, Result};
 use crate::node::{batch_of, eval, filter_zset, query, Deltas, Node};
-use crate::zset::{relax_nullability, RowCodec, ZSet};
+use crate::zset::{relax_nullability, RowBytes, RowCodec, ZSet};
 use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray};
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -29,7 +29,8 @@ pub(crate) struct Side {
     pub(crate) plan: LogicalPlan,
     pub(crate) keys: Vec<Arc<dyn PhysicalExpr>>,
     pub(crate) rows: RowCodec,
-    state: HashMap<Box<[u8]>, HashMap<Box<[u8]>, i64>>,
+    /// Rows by join key, each with its multiplicity.
+    state: HashMap<RowBytes, HashMap<RowBytes, i64>>,
     entries: usize,
     bytes: usize,
 }
@@ -153,7 +154,7 @@ impl JoinOp {
 
     /// Join keys of every row of `z` (None: a NULL in the key, which matches nothing) and the
     /// rows' own encoding.
-    fn encode(&self, left: bool, z: &ZSet) -> Result<(Vec<Option<Box<[u8]>>>, arrow::row::Rows)> {
+    fn encode(&self, left: bool, z: &ZSet) -> Result<(Vec<Option<RowBytes>>, arrow::row::Rows)> {
         let side = if left { &self.left } else { &self.right };
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(side.keys.len());
         for (k, t) in side.keys.iter().zip(&self.key_types) {

@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use crate::node::{eval, query, Deltas, Node};
-use crate::zset::{relax_nullability, RowCodec, ZSet};
+use crate::zset::{relax_nullability, RowBytes, RowCodec, ZSet};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::logical_expr::LogicalPlan;
@@ -25,7 +25,8 @@ pub(crate) struct TopNOp {
     rows: RowCodec,
     skip: usize,
     fetch: usize,
-    state: BTreeMap<(Box<[u8]>, Box<[u8]>), i64>,
+    /// (sort key, row) with its multiplicity, in output order.
+    state: BTreeMap<(RowBytes, RowBytes), i64>,
     bytes: usize,
     schema: SchemaRef,
 }

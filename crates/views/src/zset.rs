@@ -58,7 +58,7 @@ impl ZSet {
         let parts: Vec<ZSet> = parts.into_iter().filter(|p| !p.is_empty()).collect();
         match parts.len() {
             0 => return Ok(ZSet::empty(schema)),
-            1 => return Ok(parts.into_iter().next().expect("one part").with_schema(schema)?),
+            1 => return parts.into_iter().next().expect("one part").with_schema(schema),
             _ => {}
         }
         let batches: Vec<RecordBatch> = parts.iter().map(|p| p.batch.clone()).collect();
@@ -164,6 +164,9 @@ pub fn relax_nullability(schema: &SchemaRef) -> SchemaRef {
     let fields: Vec<_> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
     Arc::new(arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
+
+/// A row (or a key) as its `arrow-row` bytes: how operators keep state.
+pub type RowBytes = Box<[u8]>;
 
 /// Rows of one schema to and from their `arrow-row` bytes: how state is keyed and compared.
 pub struct RowCodec {

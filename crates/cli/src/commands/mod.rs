@@ -19,9 +19,8 @@ pub fn run(cli: Cli) -> Result<()> {
     let (project, overrides) = match &cli.command {
         Command::Plan(a) => (Some(a.dir.as_path()), a.overrides.as_slice()),
         Command::Run(a) | Command::Retry(a) => (Some(a.dir.as_path()), a.overrides.as_slice()),
-        Command::Views(ViewsCommand::Apply(a) | ViewsCommand::Status(a)) => {
-            (Some(a.dir.as_path()), a.overrides.as_slice())
-        }
+        Command::Views(ViewsCommand::Apply(a)) => (Some(a.dir.as_path()), a.overrides.as_slice()),
+        Command::Views(ViewsCommand::Status(a)) => (Some(a.dir.as_path()), a.overrides.as_slice()),
         Command::Views(ViewsCommand::Explain(a)) => (Some(a.dir.as_path()), a.overrides.as_slice()),
         _ => (None, &[][..]),
     };
@@ -51,6 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report::run(args),
         Command::Init(args) => init::run(args),
         Command::Gen(GenCommand::Tpch(args)) => gen::tpch(&settings, args),
+        Command::Gen(GenCommand::TpchChanges(args)) => runtime.block_on(gen::tpch_changes(args)),
         Command::Bench(BenchCommand::Tpch(args)) => bench::run(&settings, args),
     }
 }

@@ -1,8 +1,8 @@
 //! `spillway views apply|explain|status [DIR]`: a project's incremental views.
 
-use crate::args::{ViewsArgs, ViewsExplainArgs};
+use crate::args::{ViewsApplyArgs, ViewsArgs, ViewsExplainArgs};
 use crate::settings::Settings;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use spillway_engine::session;
 use spillway_governor::{fmt_bytes, Governor, LeaseRequest, PoolOptions};
 use spillway_pipeline::sources::Generator;
@@ -29,16 +29,16 @@ async fn open(settings: &Settings, config: &Config, dir: &std::path::Path) -> Re
     Ok((views, governor))
 }
 
-pub async fn apply(settings: &Settings, config: &Config, args: ViewsArgs) -> Result<()> {
+pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -> Result<()> {
     let (mut views, governor) = open(settings, config, &args.dir).await?;
     let report = views
         .apply(&|f| {
             println!(
-                "applied {} ({}, {} rows) in {}ms: {}",
+                "applied {} ({}, {} rows) in {:.1}ms: {}",
                 f.file,
                 f.table,
                 f.rows,
-                f.ms,
+                f.us as f64 / 1000.0,
                 if f.views_changed.is_empty() {
                     "no view changed".to_string()
                 } else {
@@ -54,6 +54,10 @@ pub async fn apply(settings: &Settings, config: &Config, args: ViewsArgs) -> Res
         report.replayed,
         fmt_bytes(governor.timeline().peak_rss())
     );
+    if let Some(path) = &args.json {
+        let text = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// What one `apply` did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ApplyReport {
     /// Population (and replay of the log) when the process started, milliseconds.
     pub populate_ms: u64,
@@ -44,7 +44,7 @@ pub struct ApplyReport {
 }
 
 /// One change file applied.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct AppliedFile {
     /// The file, relative to the project.
     pub file: String,
@@ -54,8 +54,10 @@ pub struct AppliedFile {
     pub rows: u64,
     /// Views whose contents changed.
     pub views_changed: Vec<String>,
-    /// From reading the file to the sinks published, milliseconds.
-    pub ms: u64,
+    /// From reading the file to the sinks published, microseconds.
+    pub us: u64,
+    /// Time each view it reached took to absorb it, microseconds.
+    pub view_us: BTreeMap<String, u64>,
 }
 
 /// Which sinks [`Views::publish`] writes.
@@ -127,6 +129,8 @@ pub struct Views {
     populate_ms: u64,
     replayed: usize,
     published_once: bool,
+    /// Per view, microseconds the last transaction took in it.
+    view_us: BTreeMap<String, u64>,
 }
 
 /// The views and source tables a view reads.
@@ -263,10 +267,14 @@ impl Views {
             populate_ms: 0,
             replayed: 0,
             published_once: false,
+            view_us: BTreeMap::new(),
         };
         views.load_tables(&needed).await?;
         for name in &order {
+            let t = Instant::now();
             views.populate(&project.views[name]).await?;
+            let state = views.live.get(name).map_or(0, state_bytes);
+            tracing::info!(view = %name, ms = t.elapsed().as_millis() as u64, state_bytes = state, "view populated");
         }
         // Rebuild the state of what was applied before: the log, in order.
         for a in views.applied.clone() {
@@ -278,7 +286,7 @@ impl Views {
             let changed = views.transaction(&a.table, z, &a.file).await?;
             // A crash between the commit and the publication leaves this transaction's
             // changelog files unwritten: write those that are missing.
-            views.publish(&changed, Publish::Changelogs, a.seq)?;
+            views.publish(&changed, Publish::Changelogs, a.seq).await?;
             views.replayed += 1;
         }
         views.populate_ms = started.elapsed().as_millis() as u64;
@@ -401,7 +409,9 @@ impl Views {
         let mut deltas = Deltas::new();
         deltas.insert(table.to_string(), z);
         let mut changed = BTreeMap::new();
+        self.view_us.clear();
         for name in self.order.clone() {
+            let view_started = Instant::now();
             let def = &self.project.views[&name];
             let view_err =
                 |source: ViewError| Error::View { view: name.clone(), path: def.path.clone(), line: 1, error: source };
@@ -439,6 +449,7 @@ impl Views {
                     r.replace(batches).map_err(view_err)?
                 }
             };
+            self.view_us.insert(name.clone(), view_started.elapsed().as_micros() as u64);
             let live = &self.live[&name];
             if let Some(res) = self.reservations.get_mut(&name) {
                 res.resize(state_bytes(live));
@@ -515,7 +526,7 @@ impl Views {
         let mut report = ApplyReport { populate_ms: self.populate_ms, replayed: self.replayed, applied: Vec::new() };
         if !self.published_once {
             // Sinks reflect the state: after a population, or a crash between commit and publish.
-            self.publish(&BTreeMap::new(), Publish::AllContents, self.applied.len() as u64)?;
+            self.publish(&BTreeMap::new(), Publish::AllContents, self.applied.len() as u64).await?;
             self.published_once = true;
         }
         for (table, path) in self.pending()? {
@@ -546,14 +557,15 @@ impl Views {
             self.store.append(&applied, &z)?;
             spillway_faults::point("views-after-commit");
             self.applied.push(applied);
-            self.publish(&changed, Publish::Changed, self.applied.len() as u64)?;
+            self.publish(&changed, Publish::Changed, self.applied.len() as u64).await?;
             self.write_status()?;
             let done = AppliedFile {
                 file: rel,
                 table,
                 rows,
                 views_changed: changed.keys().cloned().collect(),
-                ms: started.elapsed().as_millis() as u64,
+                us: started.elapsed().as_micros() as u64,
+                view_us: self.view_us.clone(),
             };
             progress(&done);
             report.applied.push(done);
@@ -564,7 +576,7 @@ impl Views {
 
     /// Publishes sinks together: contents sinks get the whole view, changelog sinks transaction
     /// `seq`'s change (a changelog file already written is left as it is).
-    fn publish(&self, changed: &BTreeMap<String, ZSet>, what: Publish, seq: u64) -> Result<()> {
+    async fn publish(&self, changed: &BTreeMap<String, ZSet>, what: Publish, seq: u64) -> Result<()> {
         let all = what == Publish::AllContents;
         let mut staged = Vec::new();
         for def in self.project.sinks.values() {
@@ -601,7 +613,7 @@ impl Views {
             if let Some(dir) = file.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             }
-            staged.push(stage(&file, batch)?);
+            staged.push(stage(&file, batch).await?);
         }
         for s in staged {
             s.publish()?;
@@ -737,15 +749,10 @@ pub fn changelog_path(path: &Path, seq: u64) -> PathBuf {
     path.with_file_name(format!("{stem}.{seq:08}.{ext}"))
 }
 
-fn stage(path: &Path, batch: RecordBatch) -> Result<spillway_tiers::file::Staged> {
+async fn stage(path: &Path, batch: RecordBatch) -> Result<spillway_tiers::file::Staged> {
     let schema = batch.schema();
     let stream = Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(vec![Ok(batch)])));
-    let handle = tokio::runtime::Handle::current();
-    let path = path.to_path_buf();
-    let staged = tokio::task::block_in_place(|| {
-        handle.block_on(spillway_tiers::file::stage_stream(stream, &path, &spillway_tiers::WriteOptions::default()))
-    })?;
-    Ok(staged)
+    Ok(spillway_tiers::file::stage_stream(stream, path, &spillway_tiers::WriteOptions::default()).await?)
 }
 
 /// The rows of a change file (Parquet, CSV with a header, NDJSON or Arrow IPC).
