@@ -90,6 +90,28 @@ impl Dag {
     }
 }
 
+/// The tables `sql` (the text of `path`, a `what`: "model" or "view") reads: it must be one
+/// `SELECT` (or `WITH ... SELECT`); errors name the file and line.
+pub(crate) fn tables_read(
+    path: &std::path::Path,
+    sql: &str,
+    what: &str,
+) -> Result<Vec<datafusion::common::TableReference>> {
+    let statements = DFParserBuilder::new(sql)
+        .build()
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| Error::at(path, sql_error_line(&e.to_string()), e.to_string()))?;
+    if statements.len() != 1 {
+        return Err(Error::at(path, 1, format!("a {what} is one SELECT statement; found {}", statements.len())));
+    }
+    let statement = &statements[0];
+    if !matches!(statement, DFStatement::Statement(s) if matches!(**s, Statement::Query(_))) {
+        return Err(Error::at(path, 1, format!("a {what} must be a SELECT (or WITH ... SELECT) query")));
+    }
+    let (tables, _ctes) = resolve_table_references(statement, true).map_err(|e| Error::at(path, 1, e.to_string()))?;
+    Ok(tables)
+}
+
 /// The models and source tables `model` reads.
 fn references(
     project: &Project,
@@ -97,19 +119,7 @@ fn references(
     source_tables: &BTreeMap<String, String>,
     table_functions: &BTreeSet<String>,
 ) -> Result<(Vec<String>, Vec<String>)> {
-    let statements = DFParserBuilder::new(model.sql.as_str())
-        .build()
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| Error::at(&model.path, sql_error_line(&e.to_string()), e.to_string()))?;
-    if statements.len() != 1 {
-        return Err(Error::at(&model.path, 1, format!("a model is one SELECT statement; found {}", statements.len())));
-    }
-    let statement = &statements[0];
-    if !matches!(statement, DFStatement::Statement(s) if matches!(**s, Statement::Query(_))) {
-        return Err(Error::at(&model.path, 1, "a model must be a SELECT (or WITH ... SELECT) query"));
-    }
-    let (tables, _ctes) =
-        resolve_table_references(statement, true).map_err(|e| Error::at(&model.path, 1, e.to_string()))?;
+    let tables = tables_read(&model.path, &model.sql, "model")?;
     let (mut ups, mut srcs) = (BTreeSet::new(), BTreeSet::new());
     for t in tables {
         let name = t.table().to_string();

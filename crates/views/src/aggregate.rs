@@ -10,7 +10,7 @@
 //! transaction is, for every group it touched, −(the group's row before) +(its row after).
 
 use crate::error::{unsupported, Result};
-use crate::node::{batch_of, eval, query, Deltas, Node};
+use crate::node::{batch_of, eval, mask, query, Deltas, Node};
 use crate::zset::{relax_nullability, RowCodec, ZSet};
 use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
 use arrow::compute::take;
@@ -208,16 +208,7 @@ impl AggregateOp {
         let mut ev = Evaluated { args: Vec::new(), passes: Vec::new(), values: Vec::new() };
         for a in &self.aggs {
             let args = a.args.iter().map(|e| eval(e, &z.batch)).collect::<Result<Vec<_>>>()?;
-            let pass = match &a.filter {
-                Some(f) => Some(
-                    eval(f, &z.batch)?
-                        .as_any()
-                        .downcast_ref::<BooleanArray>()
-                        .cloned()
-                        .unwrap_or_else(|| BooleanArray::from(vec![false; z.len()])),
-                ),
-                None => None,
-            };
+            let pass = a.filter.as_ref().map(|f| mask(f, &z.batch)).transpose()?;
             let values = match &a.values {
                 Some(codec) => Some(codec.encode(&cast_all(vec![args[0].clone()], codec.schema())?)?),
                 None => None,
@@ -238,7 +229,7 @@ impl AggregateOp {
         let group = self.groups.get_mut(key).expect("group was just inserted");
         group.rows += idx.iter().map(|&i| weights[i as usize]).sum::<i64>();
         for (a, spec) in self.aggs.iter().enumerate() {
-            let passes = |i: u32| ev.passes[a].as_ref().is_none_or(|p| p.is_valid(i as usize) && p.value(i as usize));
+            let passes = |i: u32| ev.passes[a].as_ref().is_none_or(|p| p.value(i as usize));
             match &mut group.accs[a] {
                 Acc::Retractable(acc) => {
                     let (mut ins, mut del) = (Vec::new(), Vec::new());

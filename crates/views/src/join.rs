@@ -8,7 +8,7 @@
 //! are not kept, and pass straight through on the sides an outer or anti join preserves.
 
 use crate::error::{unsupported, Result};
-use crate::node::{batch_of, eval, filter_zset, query, Deltas, Node};
+use crate::node::{batch_of, eval, filter_zset, mask, query, Deltas, Node};
 use crate::zset::{relax_nullability, RowBytes, RowCodec, ZSet};
 use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray};
 use arrow::compute::take;
@@ -337,15 +337,7 @@ impl JoinOp {
         let weights: Vec<i64> = c.pairs.iter().map(|(l, r)| c.left[*l as usize].1 * c.right[*r as usize].1).collect();
         let pairs = ZSet::new(batch_of(&self.pair_schema, columns, weights.len())?, weights);
         let pass: Vec<bool> = match &self.filter {
-            Some(f) if !pairs.is_empty() => {
-                let m = eval(f, &pairs.batch)?;
-                let m = m
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .cloned()
-                    .unwrap_or_else(|| BooleanArray::from(vec![false; pairs.len()]));
-                m.iter().map(|v| v.unwrap_or(false)).collect()
-            }
+            Some(f) if !pairs.is_empty() => mask(f, &pairs.batch)?.values().iter().collect(),
             _ => vec![true; pairs.len()],
         };
         let mut left_matched = vec![false; c.left.len()];

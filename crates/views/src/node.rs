@@ -48,18 +48,23 @@ pub(crate) fn eval(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<
     Ok(expr.evaluate(batch)?.into_array(batch.num_rows())?)
 }
 
+/// `predicate` on `batch` as a mask without NULLs (NULL, and anything not boolean, is false).
+pub(crate) fn mask(predicate: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<BooleanArray> {
+    let m = eval(predicate, batch)?;
+    let m = m
+        .as_any()
+        .downcast_ref::<BooleanArray>()
+        .cloned()
+        .unwrap_or_else(|| BooleanArray::from(vec![false; batch.num_rows()]));
+    Ok(if m.null_count() > 0 { arrow::compute::prep_null_mask_filter(&m) } else { m })
+}
+
 /// The rows of `z` where `predicate` is true (NULL is false).
 pub(crate) fn filter_zset(z: &ZSet, predicate: &Arc<dyn PhysicalExpr>) -> Result<ZSet> {
     if z.is_empty() {
         return Ok(z.clone());
     }
-    let mask = eval(predicate, &z.batch)?;
-    let mask = mask
-        .as_any()
-        .downcast_ref::<BooleanArray>()
-        .cloned()
-        .unwrap_or_else(|| BooleanArray::from(vec![false; z.len()]));
-    let mask = if mask.null_count() > 0 { arrow::compute::prep_null_mask_filter(&mask) } else { mask };
+    let mask = mask(predicate, &z.batch)?;
     let batch = filter_record_batch(&z.batch, &mask)?;
     let weights = z.weights.iter().zip(mask.iter()).filter(|(_, m)| m.unwrap_or(false)).map(|(w, _)| *w).collect();
     Ok(ZSet::new(batch, weights))

@@ -23,8 +23,6 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
-use datafusion::sql::resolve::resolve_table_references;
 use spillway_views::changes::{self, KeyedTable};
 use spillway_views::{Deltas, RowCodec, View, ViewError, ZSet};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -139,17 +137,7 @@ fn references(
     view: &ViewDef,
     sources: &BTreeMap<String, String>,
 ) -> Result<(Vec<String>, Vec<String>)> {
-    let statements = DFParserBuilder::new(view.sql.as_str())
-        .build()
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| Error::at(&view.path, crate::dag::sql_error_line(&e.to_string()), e.to_string()))?;
-    if statements.len() != 1
-        || !matches!(&statements[0], DFStatement::Statement(s) if matches!(**s, datafusion::sql::sqlparser::ast::Statement::Query(_)))
-    {
-        return Err(Error::at(&view.path, 1, "a view is one SELECT (or WITH ... SELECT) statement"));
-    }
-    let (tables, _) =
-        resolve_table_references(&statements[0], true).map_err(|e| Error::at(&view.path, 1, e.to_string()))?;
+    let tables = crate::dag::tables_read(&view.path, &view.sql, "view")?;
     let (mut ups, mut srcs) = (BTreeSet::new(), BTreeSet::new());
     for t in tables {
         let name = t.table().to_string();
