@@ -117,7 +117,17 @@ pub(crate) struct AggregateOp {
     aggs: Vec<AggSpec>,
     groups: HashMap<Box<[u8]>, Group>,
     value_bytes: usize,
+    /// Bytes of the groups' keys, bookkeeping and accumulators ([`group_size`]).
+    group_bytes: usize,
     schema: SchemaRef,
+}
+
+/// A group's bytes: its key, bookkeeping and retractable accumulators (multisets are counted in
+/// `value_bytes` as values come and go).
+fn group_size(key: &[u8], g: &Group) -> usize {
+    key.len()
+        + GROUP_OVERHEAD
+        + g.accs.iter().map(|a| if let Acc::Retractable(a) = a { a.size() } else { 0 }).sum::<usize>()
 }
 
 /// The input columns one transaction's update needs, evaluated once for the whole delta.
@@ -154,11 +164,14 @@ impl AggregateOp {
             aggs,
             groups: HashMap::new(),
             value_bytes: 0,
+            group_bytes: 0,
             schema: relax_nullability(&schema),
         };
         if op.groups_codec.is_none() {
             let accs = op.aggs.iter().map(|a| a.fresh()).collect::<Result<Vec<_>>>()?;
-            op.groups.insert(Box::default(), Group { rows: 0, accs });
+            let g = Group { rows: 0, accs };
+            op.group_bytes += group_size(&[], &g);
+            op.groups.insert(Box::default(), g);
         }
         Ok(op)
     }
@@ -182,13 +195,9 @@ impl AggregateOp {
         )
     }
 
+    /// Kept up to date group by group: a transaction costs what it touches, not every group.
     fn own_bytes(&self) -> usize {
-        let accs: usize = self
-            .groups
-            .values()
-            .map(|g| g.accs.iter().map(|a| if let Acc::Retractable(a) = a { a.size() } else { 0 }).sum::<usize>())
-            .sum();
-        self.groups.keys().map(|k| k.len() + GROUP_OVERHEAD).sum::<usize>() + accs + self.value_bytes
+        self.group_bytes + self.value_bytes
     }
 
     pub(crate) fn state_bytes(&self) -> usize {
@@ -222,10 +231,14 @@ impl AggregateOp {
 
     /// Adds the rows `idx` of the evaluated delta (weights `weights`) to `group`.
     fn update(&mut self, key: &[u8], idx: &[u32], weights: &[i64], ev: &Evaluated) -> Result<()> {
-        if !self.groups.contains_key(key) {
-            let accs = self.aggs.iter().map(|a| a.fresh()).collect::<Result<Vec<_>>>()?;
-            self.groups.insert(key.into(), Group { rows: 0, accs });
-        }
+        let before = match self.groups.get(key) {
+            Some(g) => group_size(key, g),
+            None => {
+                let accs = self.aggs.iter().map(|a| a.fresh()).collect::<Result<Vec<_>>>()?;
+                self.groups.insert(key.into(), Group { rows: 0, accs });
+                0
+            }
+        };
         let group = self.groups.get_mut(key).expect("group was just inserted");
         group.rows += idx.iter().map(|&i| weights[i as usize]).sum::<i64>();
         for (a, spec) in self.aggs.iter().enumerate() {
@@ -277,6 +290,7 @@ impl AggregateOp {
                 }
             }
         }
+        self.group_bytes = self.group_bytes + group_size(key, group) - before;
         Ok(())
     }
 
@@ -344,7 +358,13 @@ impl AggregateOp {
 
     fn drop_empty(&mut self) {
         if self.groups_codec.is_some() {
-            self.groups.retain(|_, g| g.rows != 0);
+            let bytes = &mut self.group_bytes;
+            self.groups.retain(|k, g| {
+                if g.rows == 0 {
+                    *bytes -= group_size(k, g);
+                }
+                g.rows != 0
+            });
         }
     }
 
@@ -374,7 +394,9 @@ impl AggregateOp {
                 rows.push((k.clone(), v, 1));
             }
             if self.groups_codec.is_some() && self.groups.get(k).is_some_and(|g| g.rows == 0) {
-                self.groups.remove(k);
+                if let Some(g) = self.groups.remove(k) {
+                    self.group_bytes -= group_size(k, &g);
+                }
             }
         }
         self.rows_to_zset(rows)?.consolidate()

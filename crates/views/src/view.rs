@@ -20,6 +20,8 @@ pub struct View {
     root: Node,
     contents: HashMap<Box<[u8]>, i64>,
     contents_bytes: usize,
+    /// Rows held, with duplicates (kept as changes arrive).
+    rows: i64,
     codec: RowCodec,
     tables: BTreeSet<String>,
     /// The view's `ORDER BY`, when it is the outermost operator: its contents are read in it.
@@ -52,6 +54,7 @@ impl View {
             plan,
             root,
             contents: HashMap::new(),
+            rows: 0,
             contents_bytes: 0,
             codec,
             tables,
@@ -86,31 +89,41 @@ impl View {
         self.root.populate(ctx).await?;
         self.contents.clear();
         self.contents_bytes = 0;
+        self.rows = 0;
         for z in query(ctx, &self.plan, self.root.schema()).await? {
             self.absorb(&z)?;
         }
         Ok(())
     }
 
-    fn absorb(&mut self, z: &ZSet) -> Result<()> {
+    /// Adds `z` to the contents; returns the count of a row that went below zero, if one did.
+    fn absorb(&mut self, z: &ZSet) -> Result<Option<i64>> {
         let rows = self.codec.encode_batch(&z.batch)?;
+        let mut negative = None;
         for (i, row) in rows.iter().enumerate() {
             let w = z.weights[i];
-            match self.contents.get_mut(row.as_ref()) {
+            self.rows += w;
+            let count = match self.contents.get_mut(row.as_ref()) {
                 Some(c) => {
                     *c += w;
-                    if *c == 0 {
+                    let count = *c;
+                    if count == 0 {
                         self.contents.remove(row.as_ref());
                         self.contents_bytes -= row.as_ref().len() + ROW_OVERHEAD;
                     }
+                    count
                 }
                 None => {
                     self.contents.insert(row.as_ref().into(), w);
                     self.contents_bytes += row.as_ref().len() + ROW_OVERHEAD;
+                    w
                 }
+            };
+            if count < 0 {
+                negative = Some(count);
             }
         }
-        Ok(())
+        Ok(negative)
     }
 
     /// Applies one transaction's changes; returns the view's change (consolidated).
@@ -119,8 +132,7 @@ impl View {
             return Ok(ZSet::empty(self.root.schema()));
         }
         let out = self.root.step(deltas)?.consolidate()?;
-        self.absorb(&out)?;
-        if let Some((_, c)) = self.contents.iter().find(|(_, c)| **c < 0) {
+        if let Some(c) = self.absorb(&out)? {
             return Err(ViewError::BadChange {
                 table: self.tables.iter().cloned().collect::<Vec<_>>().join(", "),
                 reason: format!(
@@ -134,7 +146,7 @@ impl View {
 
     /// Number of rows (with duplicates).
     pub fn rows(&self) -> u64 {
-        self.contents.values().map(|c| *c as u64).sum()
+        self.rows.max(0) as u64
     }
 
     /// Bytes of state: every operator's plus the contents.

@@ -425,7 +425,8 @@ impl Views {
                     if !r.tables.iter().any(|t| deltas.contains_key(t)) {
                         continue;
                     }
-                    let ctx = SessionContext::new_with_state(self.ctx.state());
+                    // Its own catalog (the same settings and pool): the tables it reads, as they are now.
+                    let ctx = SessionContext::new_with_config_rt(self.ctx.copied_config(), self.ctx.runtime_env());
                     for t in r.tables.clone() {
                         let batch = match (self.current.get(&t), self.live.get(&t)) {
                             (Some(c), _) => c.batch().map_err(view_err)?,
