@@ -37,7 +37,7 @@ mod zset;
 pub use error::{Result, ViewError};
 pub use node::Deltas;
 pub use view::View;
-pub use zset::{RowCodec, ZSet};
+pub use zset::{relax_nullability, RowBytes, RowCodec, ZSet};
 
 pub(crate) fn format_bytes(bytes: usize) -> String {
     spillway_governor::fmt_bytes(bytes as u64)

@@ -425,6 +425,7 @@ impl Views {
                     if !r.tables.iter().any(|t| deltas.contains_key(t)) {
                         continue;
                     }
+                    let sql = r.sql.clone();
                     // Its own catalog (the same settings and pool): the tables it reads, as they are now.
                     let ctx = SessionContext::new_with_config_rt(self.ctx.copied_config(), self.ctx.runtime_env());
                     for t in r.tables.clone() {
@@ -439,7 +440,7 @@ impl Views {
                         let _ = ctx.deregister_table(t.as_str());
                         ctx.register_table(t.as_str(), Arc::new(mem)).map_err(spillway_engine::Error::from)?;
                     }
-                    let batches = ctx.sql(&r_sql(&self.live, &name)).await.map_err(|e| view_err(e.into()))?;
+                    let batches = ctx.sql(&sql).await.map_err(|e| view_err(e.into()))?;
                     let batches = batches.collect().await.map_err(|e| view_err(e.into()))?;
                     let Some(Live::Recompute(r)) = self.live.get_mut(&name) else { unreachable!("a recomputed view") };
                     r.replace(batches).map_err(view_err)?
@@ -541,7 +542,7 @@ impl Views {
                     None => changes::unkeyed(&table, b, &schema).map_err(change_err)?,
                 });
             }
-            let z = ZSet::concat(relaxed(&schema), parts).map_err(change_err)?;
+            let z = ZSet::concat(spillway_views::relax_nullability(&schema), parts).map_err(change_err)?;
             let changed = self.transaction(&table, z.clone(), &rel).await?;
             let applied = Applied {
                 seq: self.applied.len() as u64 + 1,
@@ -693,13 +694,6 @@ impl Views {
     }
 }
 
-fn r_sql(live: &BTreeMap<String, Live>, name: &str) -> String {
-    match live.get(name) {
-        Some(Live::Recompute(r)) => r.sql.clone(),
-        _ => String::new(),
-    }
-}
-
 impl Recomputed {
     /// Replaces the contents with `batches`; returns the change.
     fn replace(&mut self, batches: Vec<RecordBatch>) -> std::result::Result<ZSet, ViewError> {
@@ -730,12 +724,6 @@ fn state_bytes(live: &Live) -> usize {
         Live::Incremental(v) => v.state_bytes(),
         Live::Recompute(r) => r.rows.get_array_memory_size() + r.contents.keys().map(|k| k.len() + 48).sum::<usize>(),
     }
-}
-
-fn relaxed(schema: &SchemaRef) -> SchemaRef {
-    Arc::new(arrow::datatypes::Schema::new(
-        schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
-    ))
 }
 
 /// `output/v.parquet`'s file for transaction `seq`: `output/v.00000042.parquet`.

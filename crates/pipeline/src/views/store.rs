@@ -126,7 +126,7 @@ impl Store {
             let rows = b.project(&(0..w).collect::<Vec<_>>()).map_err(|e| corrupt(&p, e))?;
             parts.push(ZSet::new(rows, weights).with_schema(schema.clone()).map_err(|e| corrupt(&p, e))?);
         }
-        ZSet::concat(spillway_views_relaxed(schema), parts).map_err(|e| corrupt(&p, e))
+        ZSet::concat(spillway_views::relax_nullability(schema), parts).map_err(|e| corrupt(&p, e))
     }
 
     /// Logs transaction `applied` (its rows `z`) durably: the commit point.
@@ -163,11 +163,6 @@ impl Store {
             Err(e) => Err(Error::io(&p, e)),
         }
     }
-}
-
-fn spillway_views_relaxed(schema: &SchemaRef) -> SchemaRef {
-    let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-    Arc::new(Schema::new(fields))
 }
 
 /// The rows of `z` with a `_weight` column.
