@@ -72,6 +72,44 @@ pub enum ViewsCommand {
     Explain(ViewsExplainArgs),
     /// Per view: rows, state bytes, the last change applied (from .spillway/views/status.json).
     Status(ViewsArgs),
+    /// Keep the views up to date in one long-lived process: apply change files as they arrive
+    /// (a folder watch, with a poll fallback), serve /status (JSON) and /metrics (Prometheus);
+    /// SIGINT or SIGTERM stops it between transactions.
+    Serve(ViewsServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ViewsServeArgs {
+    /// The project folder.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Override a setting of spillway.toml, e.g. `--set sources.tpch.sf=1` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Address of the HTTP endpoint (/status, /metrics); port 0 picks a free one. The address
+    /// taken is printed and written to .spillway/views/serve.json.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9477")]
+    pub listen: std::net::SocketAddr,
+    /// How often to look for change files when no folder event arrives, e.g. `500ms`, `2s`.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub poll: std::time::Duration,
+}
+
+/// `250ms`, `2s`, `1m`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len()));
+    let n: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 500ms, 2s or 1m"))?;
+    let seconds = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("{text:?}: a duration must be above zero"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 #[derive(Debug, Args)]

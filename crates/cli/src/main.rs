@@ -6,6 +6,7 @@ errors exit with status 2 (clap's convention).
 
 mod args;
 mod commands;
+mod http;
 mod settings;
 
 use clap::Parser;

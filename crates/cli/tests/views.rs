@@ -233,3 +233,146 @@ fn views_that_cannot_be_maintained_are_refused_at_their_file_and_line_unless_rec
     let explain = ok(&bin().args(["views", "explain"]).arg(&dir).output().unwrap());
     assert!(explain.contains("view ranked (refresh = recompute)"), "{explain}");
 }
+
+/// `views serve DIR` on a free loopback port, with a fast poll.
+fn serve(dir: &Path, fault: Option<&str>) -> std::process::Child {
+    let _ = std::fs::remove_file(dir.join(".spillway/views/serve.json"));
+    let mut c = bin();
+    c.args(["views", "serve"]).arg(dir).args(["--listen", "127.0.0.1:0", "--poll", "100ms"]);
+    if let Some(f) = fault {
+        c.env("SPILLWAY_FAULT", f);
+    }
+    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+}
+
+/// The body of `GET path` from the serve process of `dir` (found through serve.json).
+fn get(dir: &Path, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let serving: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(".spillway/views/serve.json")).ok()?).ok()?;
+    let addr = serving["url"].as_str()?.trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// Waits (up to a minute) until `/status` satisfies `ok`; returns it.
+fn wait_status(
+    dir: &Path,
+    child: &mut std::process::Child,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = get(dir, "/status").and_then(|b| serde_json::from_str(&b).ok()) {
+            if ok(&status) {
+                return status;
+            }
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            panic!("serve exited ({exit}) while waited on");
+        }
+        assert!(started.elapsed().as_secs() < 60, "timed out; /status is {:?}", get(dir, "/status"));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Writes change file `i` (1-based) as a writer should: under a hidden name, then renamed.
+fn drop_change(dir: &Path, i: usize) {
+    let staged = dir.join(format!("changes/orders/.{i:04}.csv.tmp"));
+    std::fs::write(&staged, CHANGES[i - 1]).unwrap();
+    std::fs::rename(&staged, dir.join(format!("changes/orders/{i:04}.csv"))).unwrap();
+}
+
+fn terminate(child: std::process::Child) -> String {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    ok(&child.wait_with_output().unwrap())
+}
+
+#[test]
+fn views_serve_applies_change_files_as_they_arrive_serves_status_and_metrics_and_stops_on_sigterm() {
+    let dir = project("serve");
+    let mut child = serve(&dir, None);
+    let status = wait_status(&dir, &mut child, |s| s["phase"] == "live");
+    assert_eq!(status["views_populated"], 2, "{status}");
+    assert_eq!(rows(&dir.join("output/revenue_by_customer.csv")), ["alice,2,15", "bob,1,20", "carol,1,7"]);
+    drop_change(&dir, 1);
+    wait_status(&dir, &mut child, |s| s["transactions"] == 1);
+    assert_eq!(rows(&dir.join("output/revenue_by_customer.csv")), ["alice,1,5", "bob,1,1", "carol,1,7", "dave,1,100"]);
+    drop_change(&dir, 2);
+    drop_change(&dir, 3);
+    let status = wait_status(&dir, &mut child, |s| s["transactions"] == 3);
+    assert_eq!(
+        rows(&dir.join("output/revenue_by_customer.csv")),
+        ["bob,2,31", "carol,1,70", "dave,1,100", "erin,1,50"]
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("output/top_customers.csv")).unwrap(),
+        "customer,revenue\ndave,100\ncarol,70\n"
+    );
+    assert_eq!((status["applied_now"].as_u64(), status["change_rows"].as_u64()), (Some(3), Some(9)), "{status}");
+    assert_eq!(status["pending_files"], 0, "{status}");
+    assert!(status["latency"]["count"] == 3 && status["memory"]["budget"] == 256u64 << 20, "{status}");
+    let view = status["views"].as_array().unwrap().iter().find(|v| v["name"] == "revenue_by_customer").unwrap();
+    assert!(view["transactions"] == 3 && view["rows"] == 4 && view["state_bytes"].as_u64() > Some(0), "{view}");
+    let metrics = get(&dir, "/metrics").unwrap();
+    for line in [
+        "spillway_views_live 1",
+        "spillway_views_transactions 3",
+        "spillway_view_rows{view=\"revenue_by_customer\"} 4",
+        "spillway_view_rows{view=\"top_customers\"} 2",
+        "spillway_memory_budget_bytes 268435456",
+        "# TYPE spillway_views_change_rows_total counter",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in\n{metrics}");
+    }
+    let status = ok(&bin().args(["views", "status"]).arg(&dir).output().unwrap());
+    assert!(status.contains("served by process") && status.contains("/status"), "{status}");
+    let page = get(&dir, "/report").unwrap();
+    assert!(page.contains("<svg") && page.contains("revenue_by_customer"), "{page}");
+    let out = terminate(child);
+    assert!(out.contains("stopped: 3 change file(s) (9 rows) applied by this process"), "{out}");
+    let page = std::fs::read_to_string(dir.join(".spillway/views/report.html")).unwrap();
+    assert!(page.contains("3 files, 9 rows") && page.contains("top_customers"), "{page}");
+    assert!(!dir.join(".spillway/views/serve.json").exists(), "serve.json left behind");
+    assert!(leftovers(&dir).is_empty(), "left behind {:?}", leftovers(&dir));
+    // started again: the log replayed, nothing applied twice, new files still applied
+    let mut child = serve(&dir, None);
+    let status = wait_status(&dir, &mut child, |s| s["phase"] == "live");
+    assert_eq!((status["replayed"].as_u64(), status["applied_now"].as_u64()), (Some(3), Some(0)), "{status}");
+    let out = terminate(child);
+    assert!(out.contains("stopped: 0 change file(s)"), "{out}");
+    assert_eq!(
+        rows(&dir.join("output/revenue_by_customer.csv")),
+        ["bob,2,31", "carol,1,70", "dave,1,100", "erin,1,50"]
+    );
+}
+
+#[test]
+fn views_serve_killed_after_a_commit_loses_and_duplicates_nothing_on_restart() {
+    let dir = project("serve-kill");
+    let mut child = serve(&dir, Some("views-after-commit@2"));
+    wait_status(&dir, &mut child, |s| s["phase"] == "live");
+    for i in 1..=3 {
+        drop_change(&dir, i);
+    }
+    let killed = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(killed.status.signal(), Some(9), "not killed: {}", String::from_utf8_lossy(&killed.stderr));
+    let mut child = serve(&dir, None);
+    let status = wait_status(&dir, &mut child, |s| s["transactions"] == 3);
+    assert_eq!((status["replayed"].as_u64(), status["applied_now"].as_u64()), (Some(2), Some(1)), "{status}");
+    terminate(child);
+    assert_eq!(
+        rows(&dir.join("output/revenue_by_customer.csv")),
+        ["bob,2,31", "carol,1,70", "dave,1,100", "erin,1,50"]
+    );
+    for seq in 1..=3 {
+        assert!(dir.join(format!("output/log/revenue_by_customer.{seq:08}.csv")).is_file(), "changelog {seq} missing");
+    }
+    assert!(leftovers(&dir).is_empty(), "left behind {:?}", leftovers(&dir));
+}

@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Views(ViewsCommand::Apply(a)) => (Some(a.dir.as_path()), a.overrides.as_slice()),
         Command::Views(ViewsCommand::Status(a)) => (Some(a.dir.as_path()), a.overrides.as_slice()),
         Command::Views(ViewsCommand::Explain(a)) => (Some(a.dir.as_path()), a.overrides.as_slice()),
+        Command::Views(ViewsCommand::Serve(a)) => (Some(a.dir.as_path()), a.overrides.as_slice()),
         _ => (None, &[][..]),
     };
     // `spillway.toml` is read here, once; `plan` and `run` build their project from it.
@@ -47,6 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Views(ViewsCommand::Apply(args)) => runtime.block_on(views::apply(&settings, &config, args)),
         Command::Views(ViewsCommand::Explain(args)) => runtime.block_on(views::explain(&settings, &config, args)),
         Command::Views(ViewsCommand::Status(args)) => views::status(&config, args),
+        Command::Views(ViewsCommand::Serve(args)) => runtime.block_on(views::serve(&settings, &config, args)),
         Command::Report(args) => report::run(args),
         Command::Init(args) => init::run(args),
         Command::Gen(GenCommand::Tpch(args)) => gen::tpch(&settings, args),

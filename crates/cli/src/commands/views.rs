@@ -1,21 +1,36 @@
-//! `spillway views apply|explain|status [DIR]`: a project's incremental views.
+//! `spillway views apply|explain|status|serve [DIR]`: a project's incremental views.
 
-use crate::args::{ViewsApplyArgs, ViewsArgs, ViewsExplainArgs};
+use crate::args::{ViewsApplyArgs, ViewsArgs, ViewsExplainArgs, ViewsServeArgs};
+use crate::http;
 use crate::settings::Settings;
 use anyhow::{Context, Result};
 use spillway_engine::session;
 use spillway_governor::{fmt_bytes, Governor, LeaseRequest, PoolOptions};
 use spillway_pipeline::sources::Generator;
-use spillway_pipeline::views::{Store, Views};
-use spillway_pipeline::{Config, Project};
+use spillway_pipeline::views::serve::{self as serving, Memory, ServeOptions, Shared};
+use spillway_pipeline::views::{Serving, Store, Views};
+use spillway_pipeline::{report, results, Config, Project};
 use spillway_tiers::TempSpace;
+use std::sync::Arc;
 
 /// Opens the project's views under one lease of the whole leasable budget: their state is
 /// charged to it.
 async fn open(settings: &Settings, config: &Config, dir: &std::path::Path) -> Result<(Views, Governor)> {
-    let project = Project::from_config(dir, config)?;
     let governor = Governor::new(settings.governor.clone())?;
     let temp = TempSpace::open(&settings.spill_dir, settings.max_spill)?;
+    let views = open_on(settings, config, dir, &governor, &temp, &|_, _| {}).await?;
+    Ok((views, governor))
+}
+
+async fn open_on(
+    settings: &Settings,
+    config: &Config,
+    dir: &std::path::Path,
+    governor: &Governor,
+    temp: &TempSpace,
+    populated: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Views> {
+    let project = Project::from_config(dir, config)?;
     let options = session::SessionOptions::new(settings.cores.count, temp.temp_files().clone());
     let lease = governor.lease(LeaseRequest::bytes("views", governor.leasable()).heavy()).await?;
     let pool = lease.into_pool(PoolOptions {
@@ -25,8 +40,104 @@ async fn open(settings: &Settings, config: &Config, dir: &std::path::Path) -> Re
     });
     let ctx = session::context(pool, &options)?;
     let generator = std::env::current_exe().map(Generator::Command).unwrap_or_default();
-    let views = Views::open(&project, ctx, settings.cores.count, &generator).await?;
-    Ok((views, governor))
+    Ok(Views::open(&project, ctx, settings.cores.count, &generator, populated).await?)
+}
+
+/// `views serve`: the HTTP endpoint first (so that `/status` answers during hydration), then
+/// the views, then the loop until SIGINT or SIGTERM.
+pub async fn serve(settings: &Settings, config: &Config, args: ViewsServeArgs) -> Result<()> {
+    let project = Project::from_config(&args.dir, config)?;
+    let store = Store::open(&project.dir)?;
+    let governor = Governor::new(settings.governor.clone())?;
+    let temp = Arc::new(TempSpace::open(&settings.spill_dir, settings.max_spill)?);
+    let shared = Shared::new(results::now_rfc3339());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {} (choose another with --listen)", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let memory = {
+        let (governor, temp, shared) = (governor.clone(), temp.clone(), shared.clone());
+        move || {
+            let s = governor.timeline().last().unwrap_or_default();
+            Memory {
+                budget: governor.budget(),
+                leased: governor.leased(),
+                state: shared.snapshot().views.iter().map(|v| v.state_bytes).sum(),
+                resident: s.resident,
+                rss: s.rss,
+                rss_anon: s.rss_anon,
+                peak_rss: governor.timeline().peak_rss(),
+                pressure: governor.pressure(),
+                spilled: temp.quota().used(),
+                spilled_peak: temp.quota().peak(),
+            }
+        }
+    };
+    let memory: http::MemoryProbe = Arc::new(memory);
+    let report: http::ReportProbe = {
+        let (governor, shared, memory) = (governor.clone(), shared.clone(), memory.clone());
+        Arc::new(move || {
+            report::render_serve(&shared.snapshot(), &memory(), &shared.marks(), &governor.timeline().samples())
+        })
+    };
+    let server = tokio::spawn(http::serve(listener, shared.clone(), memory, report.clone()));
+    store.write_serving(&Serving {
+        pid: std::process::id(),
+        url: url.clone(),
+        started_at: shared.snapshot().started_at,
+    })?;
+    println!("serving {url}/status and {url}/metrics; hydrating {} view(s)", project.views.len());
+    let signals = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("stopping after the transaction in flight");
+            shared.stop();
+        })
+    };
+    let populated = |done: usize, total: usize| {
+        shared.update(|s| {
+            s.views_populated = done;
+            s.views_total = total;
+        })
+    };
+    let result: Result<bool> = async {
+        // A stop during hydration drops it: nothing is committed before the loop starts.
+        let mut views = tokio::select! {
+            v = open_on(settings, config, &args.dir, &governor, &temp, &populated) => v?,
+            _ = shared.stopped() => return Ok(false),
+        };
+        spillway_governor::jemalloc::purge_all_arenas();
+        println!("live: {} view(s) populated in {}ms", views.names().len(), views.status().populate_ms);
+        let options = ServeOptions { poll: args.poll, governor: governor.clone() };
+        serving::serve(&mut views, &shared, &options).await?;
+        Ok(true)
+    }
+    .await;
+    shared.stop(); // ends the HTTP endpoint's graceful shutdown
+    let _ = server.await;
+    signals.abort();
+    store.clear_serving()?;
+    let page = store.dir().join("report.html");
+    std::fs::write(&page, report()).with_context(|| format!("writing {}", page.display()))?;
+    let hydrated = result?;
+    let s = shared.snapshot();
+    println!(
+        "stopped{}: {} change file(s) ({} rows) applied by this process, {} transaction(s) in the log; peak RSS {}; report: {}",
+        if hydrated { "" } else { " while hydrating" },
+        s.applied_now,
+        s.change_rows,
+        s.transactions,
+        fmt_bytes(governor.timeline().peak_rss()),
+        page.display()
+    );
+    Ok(())
 }
 
 pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -> Result<()> {
@@ -72,6 +183,11 @@ pub async fn explain(settings: &Settings, config: &Config, args: ViewsExplainArg
 pub fn status(config: &Config, args: ViewsArgs) -> Result<()> {
     let project = Project::from_config(&args.dir, config)?;
     let store = Store::open(&project.dir)?;
+    if let Some(s) = store.read_serving()? {
+        if std::path::Path::new(&format!("/proc/{}", s.pid)).exists() {
+            println!("served by process {} since {}: {}/status", s.pid, s.started_at, s.url);
+        }
+    }
     let Some(status) = store.read_status()? else {
         println!("no views applied yet in {}: run `spillway views apply`", project.dir.display());
         return Ok(());

@@ -8,11 +8,13 @@
 //!                   read ─▶ Z-set (keys resolved) ─▶ every view in order ─▶ log entry (commit)
 //!                   ─▶ the changed views' sinks published together
 //!   store.rs        .spillway/views/: the log of applied transactions, status.json
+//!   serve.rs        `views serve`: the long-lived loop, its snapshot, `/metrics` text
 //! ```
 
+pub mod serve;
 mod store;
 
-pub use store::{Applied, Status, Store, ViewStatus, WEIGHT_COLUMN};
+pub use store::{Applied, Serving, Status, Store, ViewStatus, WEIGHT_COLUMN};
 
 use crate::error::{Error, Result};
 use crate::project::{line_of, Project, Refresh, ViewDef};
@@ -129,6 +131,19 @@ pub struct Views {
     published_once: bool,
     /// Per view, microseconds the last transaction took in it.
     view_us: BTreeMap<String, u64>,
+    /// Per view, what has reached it since the process started.
+    counts: BTreeMap<String, Counts>,
+}
+
+/// What has reached one view since the process started.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Transactions that changed it.
+    transactions: u64,
+    /// Rows of its changes (inserted and retracted).
+    change_rows: u64,
+    /// Time spent absorbing transactions, microseconds.
+    busy_us: u64,
 }
 
 /// The views and source tables a view reads.
@@ -199,8 +214,15 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 impl Views {
     /// Opens the views of `project` on `ctx` (whose memory pool their state is charged to):
     /// prepares and registers the sources they read, plans and populates every view, and
-    /// replays the transactions already applied.
-    pub async fn open(project: &Project, ctx: SessionContext, threads: usize, generator: &Generator) -> Result<Views> {
+    /// replays the transactions already applied. `populated(done, total)` hears of each view
+    /// populated.
+    pub async fn open(
+        project: &Project,
+        ctx: SessionContext,
+        threads: usize,
+        generator: &Generator,
+        populated: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Views> {
         let started = Instant::now();
         if project.views.is_empty() {
             return Err(Error::Usage(format!(
@@ -263,13 +285,15 @@ impl Views {
             replayed: 0,
             published_once: false,
             view_us: BTreeMap::new(),
+            counts: BTreeMap::new(),
         };
         views.load_tables(&needed).await?;
-        for name in &order {
+        for (i, name) in order.iter().enumerate() {
             let t = Instant::now();
             views.populate(&project.views[name]).await?;
             let state = views.live.get(name).map_or(0, state_bytes);
             tracing::info!(view = %name, ms = t.elapsed().as_millis() as u64, state_bytes = state, "view populated");
+            populated(i + 1, order.len());
         }
         // Rebuild the state of what was applied before: the log, in order.
         for a in views.applied.clone() {
@@ -446,7 +470,14 @@ impl Views {
                     r.replace(batches).map_err(view_err)?
                 }
             };
-            self.view_us.insert(name.clone(), view_started.elapsed().as_micros() as u64);
+            let us = view_started.elapsed().as_micros() as u64;
+            self.view_us.insert(name.clone(), us);
+            let counts = self.counts.entry(name.clone()).or_default();
+            counts.busy_us += us;
+            if !out.is_empty() {
+                counts.transactions += 1;
+                counts.change_rows += out.len() as u64;
+            }
             let live = &self.live[&name];
             if let Some(res) = self.reservations.get_mut(&name) {
                 res.resize(state_bytes(live));
@@ -513,6 +544,21 @@ impl Views {
         Ok(out)
     }
 
+    /// The change folders of the tables the views read (those that exist).
+    pub fn change_dirs(&self) -> Vec<PathBuf> {
+        let by_table = self.project.source_tables();
+        let mut dirs: Vec<PathBuf> = self
+            .schemas
+            .keys()
+            .filter_map(|t| self.project.sources[&by_table[t]].changes(t))
+            .map(|d| self.project.dir.join(d))
+            .filter(|d| d.is_dir())
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
     fn relative(&self, path: &Path) -> String {
         path.strip_prefix(&self.project.dir).unwrap_or(path).to_string_lossy().into_owned()
     }
@@ -521,54 +567,67 @@ impl Views {
     /// after each. `progress` hears of each file as it is applied.
     pub async fn apply(&mut self, progress: &(dyn Fn(&AppliedFile) + Sync)) -> Result<ApplyReport> {
         let mut report = ApplyReport { populate_ms: self.populate_ms, replayed: self.replayed, applied: Vec::new() };
-        if !self.published_once {
-            // Sinks reflect the state: after a population, or a crash between commit and publish.
-            self.publish(&BTreeMap::new(), Publish::AllContents, self.applied.len() as u64).await?;
-            self.published_once = true;
-        }
+        self.publish_state().await?;
         for (table, path) in self.pending()? {
-            let started = Instant::now();
-            let rel = self.relative(&path);
-            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-            let hash = crate::manifest::hash(&[&bytes]);
-            let batches = read_change_file(&path).await?;
-            let schema = self.schema_of(&table, &path)?;
-            let change_err = |source: ViewError| Error::Change { file: path.clone(), error: source };
-            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-            let mut parts = Vec::new();
-            for b in &batches {
-                parts.push(match self.keyed.get_mut(&table) {
-                    Some(k) => k.apply(b).map_err(change_err)?,
-                    None => changes::unkeyed(&table, b, &schema).map_err(change_err)?,
-                });
-            }
-            let z = ZSet::concat(spillway_views::relax_nullability(&schema), parts).map_err(change_err)?;
-            let changed = self.transaction(&table, z.clone(), &rel).await?;
-            let applied = Applied {
-                seq: self.applied.len() as u64 + 1,
-                table: table.clone(),
-                file: rel.clone(),
-                bytes: bytes.len() as u64,
-                hash,
-            };
-            self.store.append(&applied, &z)?;
-            spillway_faults::point("views-after-commit");
-            self.applied.push(applied);
-            self.publish(&changed, Publish::Changed, self.applied.len() as u64).await?;
-            self.write_status()?;
-            let done = AppliedFile {
-                file: rel,
-                table,
-                rows,
-                views_changed: changed.keys().cloned().collect(),
-                us: started.elapsed().as_micros() as u64,
-                view_us: self.view_us.clone(),
-            };
+            let done = self.apply_file(&table, &path).await?;
             progress(&done);
             report.applied.push(done);
         }
         self.write_status()?;
         Ok(report)
+    }
+
+    /// Publishes every contents sink once per process, so that sinks reflect the state after a
+    /// population, or after a crash between a commit and its publication. Later calls do nothing.
+    pub async fn publish_state(&mut self) -> Result<()> {
+        if !self.published_once {
+            self.publish(&BTreeMap::new(), Publish::AllContents, self.applied.len() as u64).await?;
+            self.published_once = true;
+            self.write_status()?;
+        }
+        Ok(())
+    }
+
+    /// Applies one change file of `table` (from [`Views::pending`]) as one transaction: every
+    /// view, then the log entry (the commit point), then the changed views' sinks.
+    pub async fn apply_file(&mut self, table: &str, path: &Path) -> Result<AppliedFile> {
+        let started = Instant::now();
+        let rel = self.relative(path);
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let hash = crate::manifest::hash(&[&bytes]);
+        let batches = read_change_file(path).await?;
+        let schema = self.schema_of(table, path)?;
+        let change_err = |source: ViewError| Error::Change { file: path.to_path_buf(), error: source };
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let mut parts = Vec::new();
+        for b in &batches {
+            parts.push(match self.keyed.get_mut(table) {
+                Some(k) => k.apply(b).map_err(change_err)?,
+                None => changes::unkeyed(table, b, &schema).map_err(change_err)?,
+            });
+        }
+        let z = ZSet::concat(spillway_views::relax_nullability(&schema), parts).map_err(change_err)?;
+        let changed = self.transaction(table, z.clone(), &rel).await?;
+        let applied = Applied {
+            seq: self.applied.len() as u64 + 1,
+            table: table.to_string(),
+            file: rel.clone(),
+            bytes: bytes.len() as u64,
+            hash,
+        };
+        self.store.append(&applied, &z)?;
+        spillway_faults::point("views-after-commit");
+        self.applied.push(applied);
+        self.publish(&changed, Publish::Changed, self.applied.len() as u64).await?;
+        self.write_status()?;
+        Ok(AppliedFile {
+            file: rel,
+            table: table.to_string(),
+            rows,
+            views_changed: changed.keys().cloned().collect(),
+            us: started.elapsed().as_micros() as u64,
+            view_us: self.view_us.clone(),
+        })
     }
 
     /// Publishes sinks together: contents sinks get the whole view, changelog sinks transaction
@@ -619,11 +678,17 @@ impl Views {
     }
 
     fn write_status(&self) -> Result<()> {
+        self.store.write_status(&self.status())
+    }
+
+    /// Per view: rows, state, what reached it; and the transactions applied.
+    pub fn status(&self) -> Status {
         let views = self
             .order
             .iter()
             .map(|name| {
                 let live = &self.live[name];
+                let counts = self.counts.get(name).copied().unwrap_or_default();
                 ViewStatus {
                     name: name.clone(),
                     refresh: match live {
@@ -636,16 +701,34 @@ impl Views {
                     },
                     state_bytes: state_bytes(live) as u64,
                     last_change: self.last_change.get(name).cloned(),
+                    transactions: counts.transactions,
+                    change_rows: counts.change_rows,
+                    busy_us: counts.busy_us,
                 }
             })
             .collect();
-        self.store.write_status(&Status {
+        Status {
             applied: self.applied.len() as u64,
             last_file: self.applied.last().map(|a| a.file.clone()),
             updated_at: now_rfc3339(),
             populate_ms: self.populate_ms,
             views,
-        })
+        }
+    }
+
+    /// Logged transactions replayed when the process started.
+    pub fn replayed(&self) -> usize {
+        self.replayed
+    }
+
+    /// Transactions applied so far (replayed ones included).
+    pub fn applied(&self) -> u64 {
+        self.applied.len() as u64
+    }
+
+    /// The views, in the order transactions reach them (a view after the views it reads).
+    pub fn names(&self) -> &[String] {
+        &self.order
     }
 
     /// `views explain`: per view, its operators with their state.

@@ -7,6 +7,8 @@
 //!                        its metadata. Written whole and synced before any sink is published:
 //!                        the commit point. A file is applied once, because its name is here.
 //!   status.json          per view: rows, state bytes, the last change applied (for `status`)
+//!   serve.json           while `views serve` runs: its pid and the address of /status
+//!   report.html          the last `views serve` session's report (written when it stops)
 //! ```
 //!
 //! The views' state is rebuilt from it when a process starts: population from the sources'
@@ -53,6 +55,15 @@ pub struct ViewStatus {
     pub state_bytes: u64,
     /// The last change file that changed it.
     pub last_change: Option<String>,
+    /// Transactions that changed it since the process started.
+    #[serde(default)]
+    pub transactions: u64,
+    /// Rows of its changes since the process started (inserted and retracted).
+    #[serde(default)]
+    pub change_rows: u64,
+    /// Time spent absorbing transactions since the process started, microseconds.
+    #[serde(default)]
+    pub busy_us: u64,
 }
 
 /// The whole of `status.json`.
@@ -68,6 +79,17 @@ pub struct Status {
     pub populate_ms: u64,
     /// Per view.
     pub views: Vec<ViewStatus>,
+}
+
+/// What `serve.json` says of a running `views serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Serving {
+    /// Its process id.
+    pub pid: u32,
+    /// Its HTTP endpoint, e.g. `http://127.0.0.1:9477`.
+    pub url: String,
+    /// When it started (RFC 3339, UTC).
+    pub started_at: String,
 }
 
 /// `.spillway/views/` of a project.
@@ -152,6 +174,38 @@ impl Store {
         let text = serde_json::to_vec_pretty(status).unwrap_or_default();
         spillway_tiers::durable::replace_synced(&self.dir.join("status.json"), &text)?;
         Ok(())
+    }
+
+    /// The folder (`.spillway/views/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records that a `serve` process is running (`serve.json`).
+    pub fn write_serving(&self, serving: &Serving) -> Result<()> {
+        let text = serde_json::to_vec_pretty(serving).unwrap_or_default();
+        spillway_tiers::durable::replace_synced(&self.dir.join("serve.json"), &text)?;
+        Ok(())
+    }
+
+    /// Removes `serve.json` (the process is stopping).
+    pub fn clear_serving(&self) -> Result<()> {
+        let p = self.dir.join("serve.json");
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&p, e)),
+        }
+    }
+
+    /// `serve.json`, if a `serve` process wrote it (it may since have been killed).
+    pub fn read_serving(&self) -> Result<Option<Serving>> {
+        let p = self.dir.join("serve.json");
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| corrupt(&p, e))?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&p, e)),
+        }
     }
 
     /// `status.json`, if written.
