@@ -36,7 +36,7 @@ TINY_KINDS = [
 ]
 
 
-def tiny_project(work, views, files, memory):
+def tiny_project(work, views, files, memory, rows):
     shutil.rmtree(work, ignore_errors=True)
     for d in ["data", "views", "changes/t", "feed/t"]:
         os.makedirs(os.path.join(work, d))
@@ -47,8 +47,14 @@ def tiny_project(work, views, files, memory):
         sql = TINY_KINDS[i % len(TINY_KINDS)].format(i=i, m=i % 7 - 5, k=1 + i % 5)
         open(os.path.join(work, "views", f"v{i:04d}.sql"), "w").write(sql + "\n")
     for j in range(files):
-        # an upsert of the one row
-        open(os.path.join(work, "feed", "t", f"{j + 1:06d}.csv"), "w").write(f"id,v,s,_op\n1,{j + 11},a,upsert\n")
+        # an upsert of the first row; with --rows R, R-1 new rows too, and the R-1 of the file
+        # before deleted (the table stays at most R rows)
+        lines = ["id,v,s,_op", f"1,{j + 11},a,upsert"]
+        for r in range(rows - 1):
+            lines.append(f"{2 + j * rows + r},{r},b,insert")
+            if j > 0:
+                lines.append(f"{2 + (j - 1) * rows + r},,,delete")
+        open(os.path.join(work, "feed", "t", f"{j + 1:06d}.csv"), "w").write("\n".join(lines) + "\n")
 
 
 def tpch_project(work, sf, data, memory, bin_, orders, batches):
@@ -128,7 +134,7 @@ def run(a):
             time.sleep(max(0.0, start + fed / a.rate - time.time()))
         else:
             while json.loads(get(url, "/status"))["applied_now"] < fed:
-                time.sleep(0.002)
+                time.sleep(0.005)
     while True:
         status = json.loads(get(url, "/status"))
         if status["applied_now"] >= fed:
@@ -159,7 +165,8 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--memory", default="2GiB")
     ap.add_argument("--views", type=int, default=1000, help="tiny: how many views")
-    ap.add_argument("--files", type=int, default=200, help="tiny: change files (one upsert each)")
+    ap.add_argument("--files", type=int, default=200, help="tiny: change files")
+    ap.add_argument("--rows", type=int, default=1, help="tiny: rows per change file (1: one upsert)")
     ap.add_argument("--sf", type=float, default=1)
     ap.add_argument("--data")
     ap.add_argument("--orders", type=int, default=100, help="tpch: orders per batch")
@@ -172,7 +179,7 @@ def main():
     if a.case == "tiny":
         # One view first: the per-view overhead is what 1,000 add over it.
         for n in sorted({1, a.views}):
-            tiny_project(a.work, n, a.files, a.memory)
+            tiny_project(a.work, n, a.files, a.memory, a.rows)
             r = run(a)
             results.append(r)
             print(json.dumps(r), flush=True)

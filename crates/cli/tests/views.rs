@@ -376,3 +376,52 @@ fn views_serve_killed_after_a_commit_loses_and_duplicates_nothing_on_restart() {
     }
     assert!(leftovers(&dir).is_empty(), "left behind {:?}", leftovers(&dir));
 }
+
+#[test]
+fn views_whose_state_outgrows_the_lease_fail_naming_the_view_instead_of_growing_past_the_budget() {
+    let dir = project("state-over-budget");
+    let mut csv = String::from("id,customer,amount\n");
+    for i in 0..300_000 {
+        csv.push_str(&format!("{i},c{},{}\n", i % 50_000, i % 97));
+    }
+    std::fs::write(dir.join("data/orders.csv"), csv).unwrap();
+    for v in ["revenue_by_customer", "top_customers"] {
+        std::fs::remove_file(dir.join(format!("views/{v}.sql"))).unwrap();
+    }
+    std::fs::write(
+        dir.join("views/per_customer.sql"),
+        "SELECT customer, sum(amount) AS total FROM orders GROUP BY customer\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("spillway.toml"),
+        r#"memory = "32MiB"
+
+[sources.orders]
+type = "csv"
+path = "data/orders.csv"
+key = ["id"]
+changes = "changes/orders"
+
+[sinks.per_customer]
+model = "per_customer"
+path = "output/per_customer.csv"
+"#,
+    )
+    .unwrap();
+    for cmd in ["apply", "serve"] {
+        let mut c = bin();
+        c.args(["views", cmd]).arg(&dir);
+        if cmd == "serve" {
+            c.args(["--listen", "127.0.0.1:0"]);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {err}");
+        assert!(
+            err.contains("view per_customer: its state (") && err.contains("does not fit in the views' lease"),
+            "{cmd}: {err}"
+        );
+        assert!(!dir.join("output/per_customer.csv").exists(), "{cmd}: a sink was published");
+    }
+}

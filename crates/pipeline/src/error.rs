@@ -75,6 +75,32 @@ pub enum Error {
         /// Why (shown in this message, so not also as its cause).
         error: spillway_views::ViewError,
     },
+    /// A view's state does not fit in the views' lease: the transaction (or population) that
+    /// grew it is not committed.
+    #[error(
+        "view {view}: its state ({}) does not fit in the views' lease of {} ({}); the views hold {} in all, the largest {largest}. Views' state is kept in memory: give the process more (--memory){}",
+        spillway_governor::fmt_bytes(*state),
+        spillway_governor::fmt_bytes(*lease),
+        reason,
+        spillway_governor::fmt_bytes(*total),
+        match file { Some(f) => format!("; {} is not applied", f.display()), None => String::new() }
+    )]
+    ViewMemory {
+        /// The view whose state grew.
+        view: String,
+        /// Its state, bytes.
+        state: u64,
+        /// Every view's state, bytes.
+        total: u64,
+        /// The lease, bytes.
+        lease: u64,
+        /// The largest views and their state (`q18 1.9GiB, q21 1.8GiB`).
+        largest: String,
+        /// What the pool said.
+        reason: String,
+        /// The change file whose transaction grew it (none during population).
+        file: Option<PathBuf>,
+    },
     /// Publishing a model's sinks stopped partway: what was and was not published.
     #[error(
         "publishing {model}'s sinks stopped: published {}; not published {}: {cause}",

@@ -27,7 +27,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
 use spillway_views::changes::{self, KeyedTable};
 use spillway_views::{Deltas, RowCodec, View, ViewError, ZSet};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -133,6 +133,10 @@ pub struct Views {
     view_us: BTreeMap<String, u64>,
     /// Per view, what has reached it since the process started.
     counts: BTreeMap<String, Counts>,
+    /// Position in `applied` of each applied change file (relative path).
+    applied_index: HashMap<String, usize>,
+    /// Applied change files already looked at by `pending` in this process.
+    checked: HashSet<String>,
 }
 
 /// What has reached one view since the process started.
@@ -203,7 +207,14 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
         if name.starts_with('.') || name.starts_with('_') {
             continue; // hidden, staging and marker files
         }
-        if p.is_dir() {
+        // The entry's type comes with the directory listing (no stat per file), except on file
+        // systems that do not give it, and for symbolic links.
+        let is_dir = match e.file_type() {
+            Ok(t) if t.is_symlink() => p.is_dir(),
+            Ok(t) => t.is_dir(),
+            Err(_) => p.is_dir(),
+        };
+        if is_dir {
             files_under(&p, out);
         } else if spillway_tiers::FileFormat::from_path(&p).is_some() {
             out.push(p);
@@ -286,7 +297,10 @@ impl Views {
             published_once: false,
             view_us: BTreeMap::new(),
             counts: BTreeMap::new(),
+            applied_index: HashMap::new(),
+            checked: HashSet::new(),
         };
+        views.applied_index = views.applied.iter().enumerate().map(|(i, a)| (a.file.clone(), i)).collect();
         views.load_tables(&needed).await?;
         for (i, name) in order.iter().enumerate() {
             let t = Instant::now();
@@ -403,10 +417,46 @@ impl Views {
         self.register_view(&name, contents)?;
         let pool = self.ctx.runtime_env().memory_pool.clone();
         let reservation = MemoryConsumer::new(format!("view {name}")).register(&pool);
-        reservation.resize(state_bytes(&live));
         self.reservations.insert(name.clone(), reservation);
-        self.live.insert(name, live);
-        Ok(())
+        self.live.insert(name.clone(), live);
+        self.charge(&name, None)
+    }
+
+    /// Resizes view `name`'s reservation to its state: growth is asked of the pool, and refused
+    /// when the views' lease is full (nothing is then committed: the caller stops).
+    fn charge(&mut self, name: &str, file: Option<&str>) -> Result<()> {
+        let want = self.live.get(name).map_or(0, state_bytes);
+        let Some(res) = self.reservations.get_mut(name) else { return Ok(()) };
+        if want <= res.size() {
+            res.resize(want);
+            return Ok(());
+        }
+        let Err(e) = res.try_resize(want) else { return Ok(()) };
+        let mut sizes: Vec<(u64, &str)> = self.live.iter().map(|(n, l)| (state_bytes(l) as u64, n.as_str())).collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let largest = sizes
+            .iter()
+            .take(3)
+            .map(|(b, n)| format!("{n} {}", spillway_governor::fmt_bytes(*b)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reason = match e {
+            datafusion::error::DataFusionError::ResourcesExhausted(m) => m,
+            e => e.to_string(),
+        };
+        let lease = match self.ctx.runtime_env().memory_pool.memory_limit() {
+            datafusion::execution::memory_pool::MemoryLimit::Finite(b) => b as u64,
+            _ => 0,
+        };
+        Err(Error::ViewMemory {
+            view: name.to_string(),
+            state: want as u64,
+            total: sizes.iter().map(|(b, _)| b).sum(),
+            lease,
+            largest,
+            reason,
+            file: file.map(PathBuf::from),
+        })
     }
 
     /// (Re-)registers a view's contents as a table, for the views that read it.
@@ -431,9 +481,9 @@ impl Views {
         self.view_us.clear();
         for name in self.order.clone() {
             let view_started = Instant::now();
-            let def = &self.project.views[&name];
+            let path = self.project.views[&name].path.clone();
             let view_err =
-                |source: ViewError| Error::View { view: name.clone(), path: def.path.clone(), line: 1, error: source };
+                |source: ViewError| Error::View { view: name.clone(), path: path.clone(), line: 1, error: source };
             let live = self.live.get_mut(&name).expect("every view is live");
             let out = match live {
                 Live::Incremental(v) => {
@@ -478,10 +528,8 @@ impl Views {
                 counts.transactions += 1;
                 counts.change_rows += out.len() as u64;
             }
+            self.charge(&name, Some(file))?;
             let live = &self.live[&name];
-            if let Some(res) = self.reservations.get_mut(&name) {
-                res.resize(state_bytes(live));
-            }
             if out.is_empty() {
                 continue;
             }
@@ -512,8 +560,9 @@ impl Views {
     }
 
     /// The change files not applied yet, in name order, with the table each changes. A file
-    /// applied before whose size or content changed since is an error.
-    pub fn pending(&self) -> Result<Vec<(String, PathBuf)>> {
+    /// applied before whose size changed since is an error (each applied file is looked at once
+    /// per process: a long-lived process does not stat its whole history at every look).
+    pub fn pending(&mut self) -> Result<Vec<(String, PathBuf)>> {
         let by_table = self.project.source_tables();
         let mut found: Vec<(String, String, PathBuf)> = Vec::new();
         for t in self.schemas.keys() {
@@ -528,15 +577,19 @@ impl Views {
             }
         }
         found.sort();
-        let applied: HashMap<&str, &Applied> = self.applied.iter().map(|a| (a.file.as_str(), a)).collect();
         let mut out = Vec::new();
         for (_, table, path) in found {
             let rel = self.relative(&path);
-            if let Some(a) = applied.get(rel.as_str()) {
+            if self.checked.contains(&rel) {
+                continue;
+            }
+            if let Some(&i) = self.applied_index.get(&rel) {
+                let a = &self.applied[i];
                 let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 if bytes != a.bytes {
                     return Err(Error::at(&path, 1, format!("applied as change {} with {} bytes; it now has {bytes}: change files are never rewritten, add a new one", a.seq, a.bytes)));
                 }
+                self.checked.insert(rel);
                 continue;
             }
             out.push((table, path));
@@ -617,6 +670,8 @@ impl Views {
         };
         self.store.append(&applied, &z)?;
         spillway_faults::point("views-after-commit");
+        self.applied_index.insert(rel.clone(), self.applied.len());
+        self.checked.insert(rel.clone());
         self.applied.push(applied);
         self.publish(&changed, Publish::Changed, self.applied.len() as u64).await?;
         self.write_status()?;
