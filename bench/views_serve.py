@@ -47,14 +47,18 @@ def tiny_project(work, views, files, memory, rows):
         sql = TINY_KINDS[i % len(TINY_KINDS)].format(i=i, m=i % 7 - 5, k=1 + i % 5)
         open(os.path.join(work, "views", f"v{i:04d}.sql"), "w").write(sql + "\n")
     for j in range(files):
-        # an upsert of the first row; with --rows R, R-1 new rows too, and the R-1 of the file
-        # before deleted (the table stays at most R rows)
-        lines = ["id,v,s,_op", f"1,{j + 11},a,upsert"]
-        for r in range(rows - 1):
-            lines.append(f"{2 + j * rows + r},{r},b,insert")
-            if j > 0:
-                lines.append(f"{2 + (j - 1) * rows + r},,,delete")
-        open(os.path.join(work, "feed", "t", f"{j + 1:06d}.csv"), "w").write("\n".join(lines) + "\n")
+        open(os.path.join(work, "feed", "t", f"{j + 1:08d}.csv"), "w").write(tiny_change(j, rows))
+
+
+def tiny_change(j, rows):
+    """Change file j: an upsert of the first row; with R rows, R-1 new rows too, and the R-1 of
+    the file before deleted (the table stays at most R rows)."""
+    lines = ["id,v,s,_op", f"1,{j + 11},a,upsert"]
+    for r in range(rows - 1):
+        lines.append(f"{2 + j * rows + r},{r},b,insert")
+        if j > 0:
+            lines.append(f"{2 + (j - 1) * rows + r},,,delete")
+    return "\n".join(lines) + "\n"
 
 
 def tpch_project(work, sf, data, memory, bin_, orders, batches):
@@ -125,6 +129,22 @@ def run(a):
     files = sorted((f, t) for t in os.listdir(feed) for f in os.listdir(os.path.join(feed, t)))
     start = time.time()
     fed = 0
+    if a.soak > 0:
+        # Files made as they are fed, for --soak seconds at --rate; resident memory sampled.
+        rss = []
+        j = 0
+        while time.time() - start < a.soak:
+            name = f"{j + 1:08d}.csv"
+            staged = os.path.join(work, "changes", "t", "." + name)
+            open(staged, "w").write(tiny_change(j, a.rows))
+            os.rename(staged, os.path.join(work, "changes", "t", name))
+            j += 1
+            fed += 1
+            if not rss or time.time() - start >= len(rss) * a.soak / 20:
+                rss.append((round(time.time() - start), proc_kib(proc.pid, "VmRSS")))
+            time.sleep(max(0.0, start + fed / a.rate - time.time()))
+        out["rss_samples"] = rss
+        files = []
     for f, t in files:
         staged = os.path.join(work, "changes", t, "." + f)
         shutil.copyfile(os.path.join(feed, t, f), staged)
@@ -173,12 +193,15 @@ def main():
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--rate", type=float, default=0, help="files per second fed; 0: the next once one is applied")
     ap.add_argument("--work", default="/tmp/spillway-views-serve-bench")
+    ap.add_argument("--soak", type=float, default=0, help="tiny: feed made-up files at --rate for this many seconds")
     ap.add_argument("--json")
     a = ap.parse_args()
+    if a.soak > 0 and a.rate <= 0:
+        sys.exit("--soak needs --rate")
     results = []
     if a.case == "tiny":
         # One view first: the per-view overhead is what 1,000 add over it.
-        for n in sorted({1, a.views}):
+        for n in ([a.views] if a.soak > 0 else sorted({1, a.views})):
             tiny_project(a.work, n, a.files, a.memory, a.rows)
             r = run(a)
             results.append(r)

@@ -234,15 +234,37 @@ fn views_that_cannot_be_maintained_are_refused_at_their_file_and_line_unless_rec
     assert!(explain.contains("view ranked (refresh = recompute)"), "{explain}");
 }
 
+/// A `views serve` process, killed if a test fails while it runs.
+struct Served(Option<std::process::Child>);
+
+impl Served {
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("running")
+    }
+
+    fn take(mut self) -> std::process::Child {
+        self.0.take().expect("running")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// `views serve DIR` on a free loopback port, with a fast poll.
-fn serve(dir: &Path, fault: Option<&str>) -> std::process::Child {
+fn serve(dir: &Path, fault: Option<&str>) -> Served {
     let _ = std::fs::remove_file(dir.join(".spillway/views/serve.json"));
     let mut c = bin();
     c.args(["views", "serve"]).arg(dir).args(["--listen", "127.0.0.1:0", "--poll", "100ms"]);
     if let Some(f) = fault {
         c.env("SPILLWAY_FAULT", f);
     }
-    c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()
+    Served(Some(c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()))
 }
 
 /// The body of `GET path` from the serve process of `dir` (found through serve.json).
@@ -260,11 +282,7 @@ fn get(dir: &Path, path: &str) -> Option<String> {
 }
 
 /// Waits (up to a minute) until `/status` satisfies `ok`; returns it.
-fn wait_status(
-    dir: &Path,
-    child: &mut std::process::Child,
-    ok: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+fn wait_status(dir: &Path, child: &mut Served, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let started = std::time::Instant::now();
     loop {
         if let Some(status) = get(dir, "/status").and_then(|b| serde_json::from_str(&b).ok()) {
@@ -272,7 +290,7 @@ fn wait_status(
                 return status;
             }
         }
-        if let Some(exit) = child.try_wait().unwrap() {
+        if let Some(exit) = child.child().try_wait().unwrap() {
             panic!("serve exited ({exit}) while waited on");
         }
         assert!(started.elapsed().as_secs() < 60, "timed out; /status is {:?}", get(dir, "/status"));
@@ -287,7 +305,8 @@ fn drop_change(dir: &Path, i: usize) {
     std::fs::rename(&staged, dir.join(format!("changes/orders/{i:04}.csv"))).unwrap();
 }
 
-fn terminate(child: std::process::Child) -> String {
+fn terminate(child: Served) -> String {
+    let child = child.take();
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     ok(&child.wait_with_output().unwrap())
@@ -360,7 +379,7 @@ fn views_serve_killed_after_a_commit_loses_and_duplicates_nothing_on_restart() {
     for i in 1..=3 {
         drop_change(&dir, i);
     }
-    let killed = child.wait_with_output().unwrap();
+    let killed = child.take().wait_with_output().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(killed.status.signal(), Some(9), "not killed: {}", String::from_utf8_lossy(&killed.stderr));
     let mut child = serve(&dir, None);
