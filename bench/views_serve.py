@@ -25,7 +25,6 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUERIES = os.path.join(ROOT, "crates", "engine", "queries", "tpch")
 
 TINY_KINDS = [
     "SELECT id, v + {i} AS x FROM t WHERE v > -{i}",
@@ -62,18 +61,12 @@ def tiny_change(j, rows):
 
 
 def tpch_project(work, sf, data, memory, bin_, orders, batches):
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(os.path.join(work, "views"))
-    os.makedirs(os.path.join(work, ".spillway", "data"))
-    os.symlink(os.path.abspath(data), os.path.join(work, ".spillway", "data", f"tpch-sf{sf:g}"))
-    toml = [f'memory = "{memory}"', "", "[sources.tpch]", 'type = "tpch"', f"sf = {sf:g}", 'changes = "changes"', ""]
-    for q in range(1, 23):
-        sql = open(os.path.join(QUERIES, f"q{q}.sql")).read()
-        if q == 11:
-            sql = sql.replace("* 0.0001", f"* {0.0001 / sf}")
-        open(os.path.join(work, "views", f"q{q:02d}.sql"), "w").write(sql)
-        toml += [f"[sinks.q{q:02d}]", f'model = "q{q:02d}"', f'path = "output/q{q:02d}.parquet"', ""]
-    open(os.path.join(work, "spillway.toml"), "w").write("\n".join(toml))
+    """bench/views.py's project (the 22 TPC-H queries as views, a Parquet sink each), its change
+    stream generated into feed/ and fed from there."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import views
+
+    views.project(work, sf, data, memory)
     subprocess.run([bin_, "gen", "tpch-changes", "--data", data, "--orders", str(orders), "--batches", str(batches),
                     "--out", os.path.join(work, "feed")], check=True, capture_output=True)
     for t in os.listdir(os.path.join(work, "feed")):

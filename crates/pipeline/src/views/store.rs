@@ -200,22 +200,21 @@ impl Store {
 
     /// `serve.json`, if a `serve` process wrote it (it may since have been killed).
     pub fn read_serving(&self) -> Result<Option<Serving>> {
-        let p = self.dir.join("serve.json");
-        match std::fs::read(&p) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| corrupt(&p, e))?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(&p, e)),
-        }
+        read_json(&self.dir.join("serve.json"))
     }
 
     /// `status.json`, if written.
     pub fn read_status(&self) -> Result<Option<Status>> {
-        let p = self.dir.join("status.json");
-        match std::fs::read(&p) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| corrupt(&p, e))?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(&p, e)),
-        }
+        read_json(&self.dir.join("status.json"))
+    }
+}
+
+/// A JSON file of ours, if it exists.
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>> {
+    match std::fs::read(p) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| Error::at(p, 1, format!("unreadable: {e}")))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(p, e)),
     }
 }
 
