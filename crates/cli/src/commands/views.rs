@@ -11,6 +11,7 @@ use spillway_pipeline::views::serve::{self as serving, Memory, ServeOptions, Sha
 use spillway_pipeline::views::{Serving, Store, Views};
 use spillway_pipeline::{report, results, Config, Project};
 use spillway_tiers::TempSpace;
+use std::io::Write;
 use std::sync::Arc;
 
 /// Opens the project's views under one lease of the whole leasable budget: their state is
@@ -86,7 +87,7 @@ pub async fn serve(settings: &Settings, config: &Config, args: ViewsServeArgs) -
         url: url.clone(),
         started_at: shared.snapshot().started_at,
     })?;
-    println!("serving {url}/status and {url}/metrics; hydrating {} view(s)", project.views.len());
+    say(format_args!("serving {url}/status and {url}/metrics; hydrating {} view(s)", project.views.len()));
     let signals = {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -97,8 +98,8 @@ pub async fn serve(settings: &Settings, config: &Config, args: ViewsServeArgs) -
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            eprintln!("stopping after the transaction in flight");
             shared.stop();
+            let _ = writeln!(std::io::stderr(), "stopping after the transaction in flight");
         })
     };
     let populated = |done: usize, total: usize| {
@@ -114,7 +115,7 @@ pub async fn serve(settings: &Settings, config: &Config, args: ViewsServeArgs) -
             _ = shared.stopped() => return Ok(false),
         };
         spillway_governor::jemalloc::purge_all_arenas();
-        println!("live: {} view(s) populated in {}ms", views.names().len(), views.status().populate_ms);
+        say(format_args!("live: {} view(s) populated in {}ms", views.names().len(), views.status().populate_ms));
         let options = ServeOptions { poll: args.poll, governor: governor.clone() };
         serving::serve(&mut views, &shared, &options).await?;
         Ok(true)
@@ -128,7 +129,7 @@ pub async fn serve(settings: &Settings, config: &Config, args: ViewsServeArgs) -
     std::fs::write(&page, report()).with_context(|| format!("writing {}", page.display()))?;
     let hydrated = result?;
     let s = shared.snapshot();
-    println!(
+    say(format_args!(
         "stopped{}: {} change file(s) ({} rows) applied by this process, {} transaction(s) in the log; peak RSS {}; report: {}",
         if hydrated { "" } else { " while hydrating" },
         s.applied_now,
@@ -136,8 +137,14 @@ pub async fn serve(settings: &Settings, config: &Config, args: ViewsServeArgs) -
         s.transactions,
         fmt_bytes(governor.timeline().peak_rss()),
         page.display()
-    );
+    ));
     Ok(())
+}
+
+/// A line on stdout for a long-lived process: one whose stdout was closed (a supervisor gone, a
+/// pipe nobody reads) keeps running instead of panicking on `println!`.
+fn say(line: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -> Result<()> {
