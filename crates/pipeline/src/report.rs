@@ -96,23 +96,7 @@ fn chart(results: &RunResults, timeline: &[Sample]) -> String {
         }
     }
     // Axes and grid.
-    for k in 0..=4 {
-        let b = (ymax * k as f64 / 4.0) as u64;
-        let _ = write!(
-            s,
-            "<line class=grid x1='{LEFT}' x2='{}' y1='{:.1}' y2='{:.1}'/><text class=axis x='{}' y='{:.1}' text-anchor=end>{}</text>",
-            W - 10.0,
-            y(b),
-            y(b),
-            LEFT - 4.0,
-            y(b) + 4.0,
-            fmt_bytes(b)
-        );
-    }
-    for k in 0..=5 {
-        let t = (end_ms * k as f64 / 5.0) as u64;
-        let _ = write!(s, "<text class=axis x='{:.1}' y='{}' text-anchor=middle>{}</text>", x(t), H - 4.0, secs(t));
-    }
+    axes(&mut s, ymax, end_ms, &x, &y);
     // Budget and leasable lines.
     for (label, bytes, class) in
         [("budget", results.budget_bytes, "budget"), ("leasable", results.leasable_bytes, "leasable")]
@@ -178,14 +162,7 @@ pub fn render_serve(snapshot: &Snapshot, memory: &Memory, marks: &[Mark], timeli
     let x = |t: u64| LEFT + (t as f64 / end_ms) * (W - LEFT - 10.0);
     let y = |b: u64| H - 20.0 - (b as f64 / ymax) * (H - 30.0);
     let mut s = format!("<svg class=chart viewBox='0 0 {W} {H}' role=img aria-label='memory timeline'>");
-    for k in 0..=4 {
-        let b = (ymax * k as f64 / 4.0) as u64;
-        let _ = write!(s, "<line class=grid x1='{LEFT}' x2='{}' y1='{:.1}' y2='{:.1}'/><text class=axis x='{}' y='{:.1}' text-anchor=end>{}</text>", W - 10.0, y(b), y(b), LEFT - 4.0, y(b) + 4.0, fmt_bytes(b));
-    }
-    for k in 0..=5 {
-        let t = (end_ms * k as f64 / 5.0) as u64;
-        let _ = write!(s, "<text class=axis x='{:.1}' y='{}' text-anchor=middle>{}</text>", x(t), H - 4.0, secs(t));
-    }
+    axes(&mut s, ymax, end_ms, &x, &y);
     if let Some(m) = marks.iter().find(|m| m.hydrated) {
         let _ = write!(s, "<rect class=prep x='{LEFT}' y='10' width='{:.1}' height='{:.1}'/><text class=axis x='{:.1}' y='24'>hydrating</text>", x(m.t_ms) - LEFT, H - 30.0, LEFT + 4.0);
     }
@@ -238,6 +215,27 @@ pub fn render_serve(snapshot: &Snapshot, memory: &Memory, marks: &[Mark], timeli
     }
     h.push_str("</tbody></table><p class=sub>Resident = anonymous RSS (what the budget governs). Views' state = the bytes of operator state the views are charged, after each transaction. All state is held in memory.</p></body></html>\n");
     h
+}
+
+/// The byte grid (five lines, labelled) and the time axis (six labels) of a memory chart.
+fn axes(s: &mut String, ymax: f64, end_ms: f64, x: &dyn Fn(u64) -> f64, y: &dyn Fn(u64) -> f64) {
+    for k in 0..=4 {
+        let b = (ymax * k as f64 / 4.0) as u64;
+        let _ = write!(
+            s,
+            "<line class=grid x1='{LEFT}' x2='{}' y1='{:.1}' y2='{:.1}'/><text class=axis x='{}' y='{:.1}' text-anchor=end>{}</text>",
+            W - 10.0,
+            y(b),
+            y(b),
+            LEFT - 4.0,
+            y(b) + 4.0,
+            fmt_bytes(b)
+        );
+    }
+    for k in 0..=5 {
+        let t = (end_ms * k as f64 / 5.0) as u64;
+        let _ = write!(s, "<text class=axis x='{:.1}' y='{}' text-anchor=middle>{}</text>", x(t), H - 4.0, secs(t));
+    }
 }
 
 fn lanes(results: &RunResults) -> String {
