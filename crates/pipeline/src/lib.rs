@@ -46,7 +46,7 @@ pub mod views;
 pub use config::{Config, ConfigFile, GovernorSection};
 pub use dag::Dag;
 pub use error::{Error, Result};
-pub use project::{Model, Project, Refresh, SinkDef, SinkTarget, SourceDef, ViewDef, TPCH_TABLES};
+pub use project::{CdcSource, Model, Project, Refresh, SinkDef, SinkTarget, SourceDef, ViewDef, TPCH_TABLES};
 pub use results::{Event, RunResults, Status, StepResult};
 pub use run::{Observer, RunOptions};
 pub use settings::{Class, LeaseSpec, ModelSettings, SettingsTable};

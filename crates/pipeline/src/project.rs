@@ -71,6 +71,13 @@ pub enum SourceDef {
         schema: Option<String>,
         /// A `SELECT` to read instead of a table.
         query: Option<String>,
+        /// Follow the table's changes through logical replication (`views serve`).
+        cdc: Option<bool>,
+        /// cdc: the publication (created when missing; default `spillway_<project folder>`).
+        publication: Option<String>,
+        /// cdc: the replication slot (default `spillway_<project folder>`). Sources sharing one
+        /// database and slot arrive as one stream, so a transaction over several is one.
+        slot: Option<String>,
     },
 }
 
@@ -110,7 +117,7 @@ impl SourceDef {
 
     /// A `postgres` source as the postgres crate takes it; `None` for other sources.
     pub fn postgres(&self, name: &str) -> Option<Result<spillway_postgres::SourceSpec, String>> {
-        let SourceDef::Postgres { url, url_env, table, schema, query } = self else { return None };
+        let SourceDef::Postgres { url, url_env, table, schema, query, .. } = self else { return None };
         let conn = spillway_postgres::ConnSpec { url: url.clone(), url_env: url_env.clone() };
         Some(match (table, query) {
             (Some(_), Some(_)) | (None, None) => Err("give either `table` or `query`".into()),
@@ -125,6 +132,51 @@ impl SourceDef {
             }),
         })
     }
+}
+
+/// A source followed with change data capture (`type = "postgres"`, `cdc = true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdcSource {
+    /// Where to connect.
+    pub conn: spillway_postgres::ConnSpec,
+    /// The table followed.
+    pub table: spillway_postgres::TableName,
+    /// The publication.
+    pub publication: String,
+    /// The replication slot.
+    pub slot: String,
+}
+
+impl SourceDef {
+    /// The CDC settings of a `postgres` source with `cdc = true` (`None` otherwise; `Err` when
+    /// it is not a table). `project_dir` names the default slot and publication.
+    pub fn cdc(&self, project_dir: &std::path::Path) -> Option<Result<CdcSource, String>> {
+        let SourceDef::Postgres { url, url_env, table, schema, query, cdc: Some(true), publication, slot } = self
+        else {
+            return None;
+        };
+        let Some(table) = table.as_deref().filter(|_| query.is_none()) else {
+            return Some(Err("cdc = true follows a table: give `table`, not `query`".into()));
+        };
+        let default = default_slot(project_dir);
+        Some(Ok(CdcSource {
+            conn: spillway_postgres::ConnSpec { url: url.clone(), url_env: url_env.clone() },
+            table: spillway_postgres::TableName::new(schema.as_deref(), table),
+            publication: publication.clone().unwrap_or_else(|| default.clone()),
+            slot: slot.clone().unwrap_or(default),
+        }))
+    }
+}
+
+/// `spillway_<project folder>` in the characters a slot name may hold (lower-case letters, digits
+/// and `_`), at most 63 bytes.
+pub fn default_slot(project_dir: &std::path::Path) -> String {
+    let dir = std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.to_path_buf());
+    let stem = dir.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let clean: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let mut name = format!("spillway_{clean}");
+    name.truncate(63);
+    name
 }
 
 /// `[sinks.NAME]`: where a model's output is published: a file (`path`), or a PostgreSQL table
@@ -461,14 +513,19 @@ impl Project {
                 return Err(Error::at(&cfg, 1, format!("{name:?} is both a model and a view")));
             }
             if views.contains_key(&def.model) {
-                if !matches!(def.kind.as_deref(), None | Some("file")) {
-                    return Err(Error::at(
-                        &cfg,
-                        line,
-                        format!(
-                            "[sinks.{sink}]: a view's sink is a file (PostgreSQL sinks of views are not built yet)"
-                        ),
-                    ));
+                if def.kind.as_deref() == Some("postgres") {
+                    let problem = if def.changelog.is_some() {
+                        Some("changelog is for file sinks (a PostgreSQL sink of a view holds its rows)")
+                    } else if def.mode.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("append")) {
+                        Some("mode = \"append\" does not keep a view: use upsert (with key) or replace")
+                    } else if def.streams.is_some_and(|n| n > 1) {
+                        Some("streams: a view's sink writes each transaction in one PostgreSQL transaction")
+                    } else {
+                        None
+                    };
+                    if let Some(p) = problem {
+                        return Err(Error::at(&cfg, line, format!("[sinks.{sink}]: {p}")));
+                    }
                 }
             } else if !models.contains_key(&def.model) {
                 return Err(Error::at(&cfg, line, format!("[sinks.{sink}]: model {:?} does not exist", def.model)));

@@ -146,6 +146,28 @@ impl Column {
     }
 }
 
+fn trim_blanks(v: &[u8]) -> &[u8] {
+    let end = v.iter().rposition(|&b| b != b' ').map_or(0, |p| p + 1);
+    &v[..end]
+}
+
+/// Types read as text whose binary form CDC turns into the same text as `::text`.
+pub(crate) const CDC_TEXT_TYPES: [(u32, &str); 4] = [(2950, "uuid"), (114, "json"), (3802, "jsonb"), (1043, "varchar")];
+
+/// The `::text` form of a binary value of a text-read type (see [`CDC_TEXT_TYPES`]).
+fn cast_text(oid: u32, v: &[u8]) -> Result<String, String> {
+    let utf8 = |b: &[u8]| std::str::from_utf8(b).map(str::to_string).map_err(|_| "text that is not UTF-8".to_string());
+    match oid {
+        2950 if v.len() == 16 => {
+            let h: String = v.iter().map(|b| format!("{b:02x}")).collect();
+            Ok(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+        }
+        114 | 1043 => utf8(v),
+        3802 if v.first() == Some(&1) => utf8(&v[1..]),
+        _ => Err(format!("a value of type oid {oid} that CDC cannot read")),
+    }
+}
+
 /// A fixed-size field's bytes, or an error when it has another length.
 fn be<const N: usize>(v: &[u8]) -> Result<[u8; N], String> {
     v.try_into().map_err(|_| format!("a field of {} bytes where {N} were expected", v.len()))
@@ -312,6 +334,28 @@ impl CopyDecoder {
         }
         self.buf.advance(pos);
         Ok(self.rows >= max_rows && !self.buf.is_empty())
+    }
+
+    /// Appends one row given field by field (`None`: NULL), each in its type's binary form, as
+    /// logical replication's binary `pgoutput` sends them. `char(n)` loses its trailing blanks
+    /// (as the COPY path's `::text` does); the few text-read types CDC follows are turned into
+    /// their text form here.
+    pub(crate) fn push_row(&mut self, fields: &[Option<&[u8]>], kinds: &[ReadAs], oids: &[u32]) -> Result<(), String> {
+        if fields.len() != self.columns.len() {
+            return Err(format!("a row of {} fields where {} were expected", fields.len(), self.columns.len()));
+        }
+        for (i, (col, v)) in self.columns.iter_mut().zip(fields).enumerate() {
+            match v {
+                None => col.null(),
+                Some(v) => match kinds[i] {
+                    ReadAs::Bpchar => col.value(trim_blanks(v))?,
+                    ReadAs::CastText => col.value(cast_text(oids[i], v)?.as_bytes())?,
+                    _ => col.value(v)?,
+                },
+            }
+        }
+        self.rows += 1;
+        Ok(())
     }
 
     /// The rows decoded so far as a batch (the builders start again empty).

@@ -17,18 +17,23 @@
 //!
 //! `conn` owns connecting (URLs from the config or the environment, never shown with their
 //! password), `types` the Arrow ⇄ PostgreSQL type mapping, `sink` loading, `decode` the binary
-//! COPY reader and `source` the DataFusion table. `testing` starts a
+//! COPY reader and `source` the DataFusion table; `cdc` follows tables through logical replication
+//! (`pgoutput` decodes its row messages) and `view_sink` keeps a view in a table, one PostgreSQL
+//! transaction per view transaction. `testing` starts a
 //! throwaway server for tests.
 #![warn(missing_docs)]
 #![allow(clippy::result_large_err)]
 
+pub mod cdc;
 pub mod conn;
 mod decode;
 mod error;
+pub mod pgoutput;
 pub mod sink;
 pub mod source;
 pub mod testing;
 pub mod types;
+pub mod view_sink;
 
 pub use conn::ConnSpec;
 pub use error::{Error, Result};

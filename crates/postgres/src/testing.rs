@@ -1,6 +1,6 @@
 //! A throwaway PostgreSQL server for tests: `initdb` into a temp dir, started on a free port of
-//! 127.0.0.1 (password auth over TCP, trust over its private unix socket), stopped and deleted on
-//! drop. Run as root, the server runs as the `postgres` user (PostgreSQL refuses root).
+//! 127.0.0.1 (password auth over TCP, trust over its private unix socket; `wal_level = logical`,
+//! so tables can be followed), stopped and deleted on drop. Run as root, the server runs as the `postgres` user (PostgreSQL refuses root).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -54,7 +54,8 @@ impl TestServer {
         )?;
         let options = format!(
             "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB -c max_connections=30",
+             -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB -c max_connections=30 \
+             -c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10",
             server.dir.path().display()
         );
         server.run(

@@ -197,6 +197,15 @@ impl KeyedTable {
         ZSet::new(batch, weights).with_schema(self.schema.clone())?.consolidate()
     }
 
+    /// Empties the table (a TRUNCATE): the Z-set retracting every row it held.
+    pub fn truncate(&mut self) -> Result<ZSet> {
+        let rows: Vec<Box<[u8]>> = self.by_key.drain().map(|(_, r)| r).collect();
+        self.bytes = 0;
+        let batch = self.rows.decode(rows.iter().map(|r| r.as_ref()))?;
+        let n = batch.num_rows();
+        ZSet::new(batch, vec![-1; n]).with_schema(self.schema.clone())
+    }
+
     /// Applies a Z-set already resolved against this table (a replayed transaction): rows of
     /// weight −1 leave, rows of weight +1 arrive.
     pub fn absorb(&mut self, z: &ZSet) -> Result<()> {

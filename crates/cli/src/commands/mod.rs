@@ -47,7 +47,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Views(ViewsCommand::Apply(args)) => runtime.block_on(views::apply(&settings, &config, args)),
         Command::Views(ViewsCommand::Explain(args)) => runtime.block_on(views::explain(&settings, &config, args)),
-        Command::Views(ViewsCommand::Status(args)) => views::status(&config, args),
+        Command::Views(ViewsCommand::Status(args)) => runtime.block_on(views::status(&config, args)),
         Command::Views(ViewsCommand::Serve(args)) => runtime.block_on(views::serve(&settings, &config, args)),
         Command::Report(args) => report::run(args),
         Command::Init(args) => init::run(args),

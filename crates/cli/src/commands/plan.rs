@@ -40,6 +40,8 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
         };
         println!("source {name}: {what}");
     }
+    // Followed tables: wal_level, a key or replica identity, column types; before any work.
+    spillway_pipeline::views::cdc::check(&project).await?;
     for (name, sink) in &project.sinks {
         let to = match sink.target(name, &project.dir) {
             Ok(SinkTarget::File(path)) => path.display().to_string(),

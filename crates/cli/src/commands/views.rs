@@ -187,7 +187,7 @@ pub async fn explain(settings: &Settings, config: &Config, args: ViewsExplainArg
     Ok(())
 }
 
-pub fn status(config: &Config, args: ViewsArgs) -> Result<()> {
+pub async fn status(config: &Config, args: ViewsArgs) -> Result<()> {
     let project = Project::from_config(&args.dir, config)?;
     let store = Store::open(&project.dir)?;
     if let Some(s) = store.read_serving()? {
@@ -214,8 +214,45 @@ pub fn status(config: &Config, args: ViewsArgs) -> Result<()> {
             v.refresh,
             v.rows,
             fmt_bytes(v.state_bytes),
-            v.last_change.as_deref().unwrap_or("-")
+            match &v.stopped {
+                Some(why) => format!("STOPPED: {why}"),
+                None => v.last_change.as_deref().unwrap_or("-").to_string(),
+            }
         );
     }
+    if let (Some(slot), Some(lsn)) = (&status.slot, &status.slot_lsn) {
+        println!("following PostgreSQL through slot {slot}, durable up to {lsn}");
+    }
+    slots_left_behind(&project).await;
     Ok(())
+}
+
+/// Replication slots of ours in the databases the project's sources read: PostgreSQL keeps WAL
+/// for each until it is consumed or dropped, so one that no source follows is called out.
+async fn slots_left_behind(project: &Project) {
+    for (db, found) in spillway_pipeline::views::cdc::slots(project).await {
+        match found {
+            Ok(slots) => {
+                for s in slots {
+                    if s.followed {
+                        println!(
+                            "slot {}: holds {} of WAL{}",
+                            s.name,
+                            fmt_bytes(s.wal_held),
+                            if s.active { " (streaming)" } else { "" }
+                        );
+                    } else {
+                        println!(
+                            "slot {} in {db}: no source follows it, and PostgreSQL keeps {} of WAL for it (and more as \
+                             the database changes): drop it with SELECT pg_drop_replication_slot('{}')",
+                            s.name,
+                            fmt_bytes(s.wal_held),
+                            s.name
+                        );
+                    }
+                }
+            }
+            Err(e) => println!("slots in {db}: not checked ({e})"),
+        }
+    }
 }

@@ -9,12 +9,17 @@
 //!                   ─▶ the changed views' sinks published together
 //!   store.rs        .spillway/views/: the log of applied transactions, status.json
 //!   serve.rs        `views serve`: the long-lived loop, its snapshot, `/metrics` text
+//!   cdc.rs          sources followed through PostgreSQL logical replication: the slot, its
+//!                   snapshot; `Views::apply_cdc` applies a source transaction in parts of at
+//!                   most `PART_ROWS` rows (each logged), publishes at its commit, then tells
+//!                   the slot the position is durable
 //! ```
 
+pub mod cdc;
 pub mod serve;
 mod store;
 
-pub use store::{Applied, Serving, Status, Store, ViewStatus, WEIGHT_COLUMN};
+pub use store::{Applied, CdcMark, Serving, Status, Store, ViewStatus, WEIGHT_COLUMN};
 
 use crate::error::{Error, Result};
 use crate::project::{line_of, Project, Refresh, ViewDef};
@@ -25,6 +30,8 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
+use spillway_postgres::cdc::{CdcEvent, CdcStream, Identity};
+use spillway_postgres::view_sink::{self, Publication, ViewSink};
 use spillway_views::changes::{self, KeyedTable};
 use spillway_views::{Deltas, RowCodec, View, ViewError, ZSet};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -137,6 +144,44 @@ pub struct Views {
     applied_index: HashMap<String, usize>,
     /// Applied change files already looked at by `pending` in this process.
     checked: HashSet<String>,
+    /// The PostgreSQL slot the views follow, if any source has `cdc = true`.
+    feed: Option<Feed>,
+    /// Views stopped by a change to a table they read (its columns changed), with why.
+    stopped: BTreeMap<String, String>,
+    /// Open connections of the views' PostgreSQL sinks, by sink name.
+    pg_sinks: BTreeMap<String, ViewSink>,
+}
+
+/// A followed slot and the source transaction being applied.
+struct Feed {
+    slot: cdc::Slot,
+    stream: Option<CdcStream>,
+    /// The end of the last source transaction logged whole.
+    durable: u64,
+    /// The transaction's latest part, applied at the next event (so that its last part is
+    /// logged as the commit).
+    held: Option<(String, ZSet)>,
+    /// What the transaction's parts changed so far, per view.
+    changed: BTreeMap<String, Vec<ZSet>>,
+    rows: u64,
+    started: Option<Instant>,
+}
+
+/// One source transaction from PostgreSQL, applied and published.
+#[derive(Debug, Clone)]
+pub struct AppliedTxn {
+    /// Its end position.
+    pub end_lsn: u64,
+    /// When it committed in PostgreSQL, microseconds since 1970.
+    pub commit_us: i64,
+    /// Change rows.
+    pub rows: u64,
+    /// Parts it was applied in.
+    pub parts: u64,
+    /// Views whose contents changed.
+    pub views_changed: Vec<String>,
+    /// From its first change read to its sinks published, microseconds.
+    pub us: u64,
 }
 
 /// What has reached one view since the process started.
@@ -272,14 +317,28 @@ impl Views {
             tokio::task::spawn_blocking(move || sources::prepare(&p, &n, threads, &generator, &|_, _, _| {}))
                 .await
                 .map_err(|e| Error::Usage(format!("preparing sources failed: {e}")))??;
-        tables.postgres = sources::open_postgres(project, &needed).await?;
+        let cdc_spec = cdc::spec_of(project, &needed)?;
+        let followed: BTreeSet<String> =
+            cdc_spec.iter().flat_map(|s| s.tables.iter().map(|(t, _)| t.clone())).collect();
+        let read_live: Vec<String> = needed.iter().filter(|t| !followed.contains(*t)).cloned().collect();
+        tables.postgres = sources::open_postgres(project, &read_live).await?;
+        let store = Store::open(&project.dir)?;
+        let slot = match cdc_spec {
+            Some(spec) => {
+                let slot = cdc::open(store.dir(), spec).await?;
+                for (t, p) in &slot.snapshots {
+                    tables.locations.insert(t.clone(), p.to_string_lossy().into_owned());
+                }
+                Some(slot)
+            }
+            None => None,
+        };
         let mut schemas = BTreeMap::new();
         for t in &needed {
             tables.register(&ctx, t).await?;
             let provider = ctx.table_provider(t.as_str()).await.map_err(spillway_engine::Error::from)?;
             schemas.insert(t.clone(), provider.schema());
         }
-        let store = Store::open(&project.dir)?;
         let mut views = Views {
             project: project.clone(),
             ctx,
@@ -299,7 +358,25 @@ impl Views {
             counts: BTreeMap::new(),
             applied_index: HashMap::new(),
             checked: HashSet::new(),
+            feed: slot.map(|slot| Feed {
+                durable: slot.consistent_lsn,
+                slot,
+                stream: None,
+                held: None,
+                changed: BTreeMap::new(),
+                rows: 0,
+                started: None,
+            }),
+            stopped: BTreeMap::new(),
+            pg_sinks: BTreeMap::new(),
         };
+        views.stopped = views.store.read_stopped()?;
+        // A source transaction cut short by a crash: its parts are dropped (PostgreSQL sends it
+        // again, whole, from the slot).
+        while views.applied.last().is_some_and(|a| a.cdc.as_ref().is_some_and(|c| c.end_lsn.is_none())) {
+            let a = views.applied.pop().expect("a last entry");
+            views.store.remove(a.seq)?;
+        }
         views.applied_index = views.applied.iter().enumerate().map(|(i, a)| (a.file.clone(), i)).collect();
         views.load_tables(&needed).await?;
         for (i, name) in order.iter().enumerate() {
@@ -310,6 +387,7 @@ impl Views {
             populated(i + 1, order.len());
         }
         // Rebuild the state of what was applied before: the log, in order.
+        let mut parts: BTreeMap<String, Vec<ZSet>> = BTreeMap::new();
         for a in views.applied.clone() {
             let schema = views.schema_of(&a.table, Path::new(&a.file))?;
             let z = views.store.read(a.seq, &schema)?;
@@ -317,8 +395,23 @@ impl Views {
                 k.absorb(&z).map_err(|source| Error::Change { file: a.file.clone().into(), error: source })?;
             }
             let changed = views.transaction(&a.table, z, &a.file).await?;
+            for (v, z) in changed {
+                parts.entry(v).or_default().push(z);
+            }
+            if let Some(end) = a.cdc.as_ref().map(|c| c.end_lsn) {
+                match end {
+                    None => continue, // more parts of this source transaction follow
+                    Some(lsn) => {
+                        if let Some(f) = views.feed.as_mut() {
+                            f.durable = lsn;
+                        }
+                    }
+                }
+            }
             // A crash between the commit and the publication leaves this transaction's
             // changelog files unwritten: write those that are missing.
+            let changed = merge(std::mem::take(&mut parts))
+                .map_err(|source| Error::Change { file: a.file.clone().into(), error: source })?;
             views.publish(&changed, Publish::Changelogs, a.seq).await?;
             views.replayed += 1;
         }
@@ -349,8 +442,19 @@ impl Views {
         for t in needed {
             let def = &self.project.sources[&by_table[t]];
             let schema = self.schemas[t].clone();
-            let keyed = def.key().filter(|_| def.changes(t).is_some());
-            if keyed.is_none() && !recompute_reads.contains(t) {
+            let identity = self
+                .feed
+                .as_ref()
+                .and_then(|f| f.slot.tables.iter().find(|c| &c.name == t))
+                .map(|c| c.identity.clone());
+            let keyed: Option<Vec<String>> = match &identity {
+                Some(Identity::Key(k)) => Some(k.clone()),
+                Some(Identity::Full) => None,
+                None => def.key().filter(|_| def.changes(t).is_some()).map(|k| k.to_vec()),
+            };
+            // A table followed by its whole rows keeps them, for a TRUNCATE to retract.
+            let keep_current = recompute_reads.contains(t) || identity == Some(Identity::Full);
+            if keyed.is_none() && !keep_current {
                 continue;
             }
             let batches =
@@ -358,14 +462,14 @@ impl Views {
             let batches = batches.collect().await.map_err(spillway_engine::Error::from)?;
             let file = self.project.config_path.clone().unwrap_or_else(|| self.project.dir.join("spillway.toml"));
             if let Some(key) = keyed {
-                let mut k = KeyedTable::new(t, schema.clone(), key)
+                let mut k = KeyedTable::new(t, schema.clone(), &key)
                     .map_err(|source| Error::Change { file: file.clone(), error: source })?;
                 for b in &batches {
                     k.load(b).map_err(|source| Error::Change { file: file.clone(), error: source })?;
                 }
                 self.keyed.insert(t.clone(), k);
             }
-            if recompute_reads.contains(t) {
+            if keep_current {
                 let codec = RowCodec::new(schema.clone())
                     .map_err(|source| Error::Change { file: file.clone(), error: source })?;
                 let mut c = Current { codec, schema: schema.clone(), rows: HashMap::new() };
@@ -480,6 +584,9 @@ impl Views {
         let mut changed = BTreeMap::new();
         self.view_us.clear();
         for name in self.order.clone() {
+            if self.stopped.contains_key(&name) {
+                continue;
+            }
             let view_started = Instant::now();
             let path = self.project.views[&name].path.clone();
             let view_err =
@@ -667,6 +774,7 @@ impl Views {
             file: rel.clone(),
             bytes: bytes.len() as u64,
             hash,
+            cdc: None,
         };
         self.store.append(&applied, &z)?;
         spillway_faults::point("views-after-commit");
@@ -685,12 +793,198 @@ impl Views {
         })
     }
 
+    /// Whether a source is followed through PostgreSQL logical replication.
+    pub fn follows_postgres(&self) -> bool {
+        self.feed.is_some()
+    }
+
+    /// The followed slot and the end of the last source transaction made durable.
+    pub fn slot_position(&self) -> Option<(String, u64)> {
+        self.feed.as_ref().map(|f| (f.slot.spec.slot.clone(), f.durable))
+    }
+
+    /// The next event of the followed slot (starting the stream at the durable position the
+    /// first time). Cancel-safe. Pending forever when no source is followed.
+    pub async fn next_cdc(&mut self) -> Result<CdcEvent> {
+        let Some(feed) = self.feed.as_mut() else { return std::future::pending().await };
+        if feed.stream.is_none() {
+            let s = CdcStream::start(&feed.slot.spec, feed.slot.tables.clone(), feed.durable, cdc::PART_ROWS).await?;
+            tracing::info!(slot = %feed.slot.spec.slot, from = %cdc::lsn_text(feed.durable), "following PostgreSQL");
+            feed.stream = Some(s);
+        }
+        Ok(feed.stream.as_mut().expect("started").next().await?)
+    }
+
+    /// Stops the followed slot's stream (the slot keeps everything not yet made durable).
+    pub async fn stop_cdc(&mut self) {
+        if let Some(s) = self.feed.as_mut().and_then(|f| f.stream.take()) {
+            s.stop().await;
+        }
+    }
+
+    /// Applies one event of the followed slot. Rows become a part of the source transaction;
+    /// the commit logs its last part as the commit point, publishes the sinks, and only then
+    /// tells the slot the position is durable. Returns the transaction at its commit.
+    pub async fn apply_cdc(&mut self, event: CdcEvent) -> Result<Option<AppliedTxn>> {
+        let Some(feed) = self.feed.as_mut() else { return Ok(None) };
+        match event {
+            CdcEvent::Rows { table, batch } => {
+                let name = feed.slot.tables[table].name.clone();
+                feed.started.get_or_insert_with(Instant::now);
+                feed.rows += batch.num_rows() as u64;
+                let schema = self.schemas[&name].clone();
+                let file = PathBuf::from(format!("postgres:{}", feed.slot.spec.slot));
+                let change_err = |source: ViewError| Error::Change { file: file.clone(), error: source };
+                let z = match self.keyed.get_mut(&name) {
+                    Some(k) => k.apply(&batch).map_err(change_err)?,
+                    None => changes::unkeyed(&name, &batch, &schema).map_err(change_err)?,
+                };
+                self.hold(name, z).await?;
+                Ok(None)
+            }
+            CdcEvent::Truncate { tables } => {
+                let names: Vec<String> = tables.iter().map(|&t| feed.slot.tables[t].name.clone()).collect();
+                feed.started.get_or_insert_with(Instant::now);
+                for name in names {
+                    // What is held may be rows of this table: applied first, so all are retracted.
+                    self.flush_held(None).await?;
+                    let schema = spillway_views::relax_nullability(&self.schemas[&name]);
+                    let file = PathBuf::from(format!("postgres:{name}"));
+                    let change_err = |source: ViewError| Error::Change { file: file.clone(), error: source };
+                    let z = match (self.keyed.get_mut(&name), self.current.get(&name)) {
+                        (Some(k), _) => k.truncate().map_err(change_err)?,
+                        (None, Some(c)) => ZSet::uniform(c.batch().map_err(change_err)?, -1),
+                        (None, None) => ZSet::empty(schema.clone()),
+                    };
+                    let z = z.with_schema(schema).map_err(change_err)?;
+                    if let Some(f) = self.feed.as_mut() {
+                        f.rows += z.len() as u64;
+                    }
+                    self.hold(name, z).await?;
+                }
+                Ok(None)
+            }
+            CdcEvent::SchemaChanged { table, problem } => {
+                let name = feed.slot.tables[table].name.clone();
+                self.stop_readers_of(&name, &problem)?;
+                Ok(None)
+            }
+            CdcEvent::Commit { end_lsn, commit_us } => {
+                if feed.held.is_none() && feed.changed.is_empty() {
+                    // Nothing of ours changed: nothing to make durable first.
+                    feed.durable = feed.durable.max(end_lsn);
+                    if let Some(s) = &feed.stream {
+                        s.ack(end_lsn);
+                    }
+                    feed.rows = 0;
+                    feed.started = None;
+                    return Ok(None);
+                }
+                let parts_before = self.applied.len();
+                if feed.held.is_none() {
+                    // Every part was applied already (the last event was a schema change):
+                    // an empty part is the commit.
+                    let name = feed.slot.tables[0].name.clone();
+                    let schema = spillway_views::relax_nullability(&self.schemas[&name]);
+                    self.feed.as_mut().expect("feed").held = Some((name, ZSet::empty(schema)));
+                }
+                self.flush_held(Some(end_lsn)).await?;
+                let feed = self.feed.as_mut().expect("feed");
+                let changed = merge(std::mem::take(&mut feed.changed)).map_err(|source| Error::Change {
+                    file: PathBuf::from(format!("postgres:{}", feed.slot.spec.slot)),
+                    error: source,
+                })?;
+                let rows = std::mem::take(&mut feed.rows);
+                let started = feed.started.take().unwrap_or_else(Instant::now);
+                let seq = self.applied.len() as u64;
+                self.publish(&changed, Publish::Changed, seq).await?;
+                spillway_faults::point("views-cdc-before-ack");
+                let feed = self.feed.as_mut().expect("feed");
+                feed.durable = end_lsn;
+                if let Some(s) = &feed.stream {
+                    s.ack(end_lsn);
+                }
+                self.write_status()?;
+                Ok(Some(AppliedTxn {
+                    end_lsn,
+                    commit_us,
+                    rows,
+                    parts: (self.applied.len() - parts_before) as u64,
+                    views_changed: changed.keys().cloned().collect(),
+                    us: started.elapsed().as_micros() as u64,
+                }))
+            }
+        }
+    }
+
+    /// Holds `z` as the transaction's latest part, applying the one held before.
+    async fn hold(&mut self, table: String, z: ZSet) -> Result<()> {
+        self.flush_held(None).await?;
+        if let Some(f) = self.feed.as_mut() {
+            f.held = Some((table, z));
+        }
+        Ok(())
+    }
+
+    /// Applies and logs the held part; `end_lsn` makes it the transaction's commit.
+    async fn flush_held(&mut self, end_lsn: Option<u64>) -> Result<()> {
+        let Some(feed) = self.feed.as_mut() else { return Ok(()) };
+        let Some((table, z)) = feed.held.take() else { return Ok(()) };
+        let slot = feed.slot.spec.slot.clone();
+        let seq = self.applied.len() as u64 + 1;
+        let file = format!("postgres:{slot}:{seq:08}");
+        let changed = self.transaction(&table, z.clone(), &file).await?;
+        let applied = Applied {
+            seq,
+            table: table.clone(),
+            file: file.clone(),
+            bytes: 0,
+            hash: String::new(),
+            cdc: Some(CdcMark { slot, end_lsn }),
+        };
+        self.store.append(&applied, &z)?;
+        if end_lsn.is_some() {
+            spillway_faults::point("views-after-commit");
+        }
+        self.applied_index.insert(file, self.applied.len());
+        self.applied.push(applied);
+        let feed = self.feed.as_mut().expect("feed");
+        for (v, z) in changed {
+            feed.changed.entry(v).or_default().push(z);
+        }
+        Ok(())
+    }
+
+    /// Stops every view that reads `table` (directly or through other views): its columns
+    /// changed in PostgreSQL. The other views go on; the stopped ones stay stopped (recorded in
+    /// the store) until the project's views are rebuilt.
+    fn stop_readers_of(&mut self, table: &str, problem: &str) -> Result<()> {
+        let sources = self.project.source_tables();
+        let mut hit: BTreeSet<String> = BTreeSet::new();
+        for name in &self.order {
+            let def = &self.project.views[name];
+            let Ok((ups, srcs)) = references(&self.project, def, &sources) else { continue };
+            if srcs.iter().any(|t| t == table) || ups.iter().any(|u| hit.contains(u)) {
+                hit.insert(name.clone());
+            }
+        }
+        for v in hit {
+            tracing::error!(view = %v, "{problem}: the view is stopped (the other views go on)");
+            self.stopped.insert(v, problem.to_string());
+        }
+        self.store.write_stopped(&self.stopped)?;
+        self.write_status()
+    }
+
     /// Publishes sinks together: contents sinks get the whole view, changelog sinks transaction
     /// `seq`'s change (a changelog file already written is left as it is).
-    async fn publish(&self, changed: &BTreeMap<String, ZSet>, what: Publish, seq: u64) -> Result<()> {
+    async fn publish(&mut self, changed: &BTreeMap<String, ZSet>, what: Publish, seq: u64) -> Result<()> {
         let all = what == Publish::AllContents;
         let mut staged = Vec::new();
         for def in self.project.sinks.values() {
+            if self.stopped.contains_key(&def.model) {
+                continue;
+            }
             let Some(live) = self.live.get(&def.model) else { continue };
             let Some(path) = def.file() else { continue };
             let path = self.project.dir.join(path);
@@ -729,6 +1023,59 @@ impl Views {
         for s in staged {
             s.publish()?;
         }
+        if what != Publish::Changelogs {
+            self.publish_postgres(changed, all, seq).await?;
+        }
+        Ok(())
+    }
+
+    /// The views' PostgreSQL sinks: each its own PostgreSQL transaction that records `seq` with
+    /// the rows. `all`: every sink that does not hold transaction `seq` yet gets its whole view
+    /// (after population, or after a crash between the log's commit and the sink's).
+    async fn publish_postgres(&mut self, changed: &BTreeMap<String, ZSet>, all: bool, seq: u64) -> Result<()> {
+        let sinks: Vec<(String, String, spillway_postgres::SinkSpec)> = self
+            .project
+            .sinks
+            .iter()
+            .filter(|(_, d)| self.live.contains_key(&d.model) && !self.stopped.contains_key(&d.model))
+            .filter_map(|(n, d)| match d.target(n, &self.project.dir) {
+                Ok(crate::project::SinkTarget::Postgres { spec, optional }) if !(optional && spec.conn.env_unset()) => {
+                    Some((n.clone(), d.model.clone(), spec))
+                }
+                _ => None,
+            })
+            .collect();
+        for (name, model, spec) in sinks {
+            let change = changed.get(&model);
+            if !all && change.is_none() {
+                continue;
+            }
+            if all && view_sink::progress(&spec).await? == Some(seq) {
+                continue;
+            }
+            if !self.pg_sinks.contains_key(&name) {
+                self.pg_sinks.insert(name.clone(), ViewSink::connect(&spec).await?);
+            }
+            let whole = self.contents(&model)?;
+            let sink = self.pg_sinks.get_mut(&name).expect("connected");
+            let view_err = |e: ViewError| Error::View {
+                view: model.clone(),
+                path: self.project.views[&model].path.clone(),
+                line: 1,
+                error: e,
+            };
+            let result = match change {
+                Some(z) if !all && spec.mode == spillway_postgres::Mode::Upsert => {
+                    let (retracted, inserted) = split_by_sign(z).map_err(view_err)?;
+                    sink.publish(seq, Publication::Change { retracted: &retracted, inserted: &inserted }).await
+                }
+                _ => sink.publish(seq, Publication::Whole(&whole)).await,
+            };
+            if let Err(e) = result {
+                self.pg_sinks.remove(&name); // a broken connection is made again next time
+                return Err(e.into());
+            }
+        }
         Ok(())
     }
 
@@ -759,6 +1106,7 @@ impl Views {
                     transactions: counts.transactions,
                     change_rows: counts.change_rows,
                     busy_us: counts.busy_us,
+                    stopped: self.stopped.get(name).cloned(),
                 }
             })
             .collect();
@@ -768,6 +1116,8 @@ impl Views {
             updated_at: now_rfc3339(),
             populate_ms: self.populate_ms,
             views,
+            slot: self.feed.as_ref().map(|f| f.slot.spec.slot.clone()),
+            slot_lsn: self.feed.as_ref().map(|f| cdc::lsn_text(f.durable)),
         }
     }
 
@@ -855,6 +1205,38 @@ impl Recomputed {
         self.contents = next;
         Ok(out)
     }
+}
+
+/// Rows of negative weight and rows of positive weight, each repeated as often as its weight.
+fn split_by_sign(z: &ZSet) -> std::result::Result<(RecordBatch, RecordBatch), ViewError> {
+    let z = z.consolidate()?;
+    let (mut neg, mut pos) = (Vec::new(), Vec::new());
+    for (i, w) in z.weights.iter().enumerate() {
+        let to = if *w < 0 { &mut neg } else { &mut pos };
+        to.extend(std::iter::repeat_n(i as u32, w.unsigned_abs() as usize));
+    }
+    let take = |idx: &[u32]| -> std::result::Result<RecordBatch, ViewError> {
+        let idx = arrow::array::UInt32Array::from(idx.to_vec());
+        Ok(arrow::compute::take_record_batch(&z.batch, &idx)?)
+    };
+    Ok((take(&neg)?, take(&pos)?))
+}
+
+/// Each view's parts as one consolidated change (views whose parts cancel out are left out).
+fn merge(parts: BTreeMap<String, Vec<ZSet>>) -> std::result::Result<BTreeMap<String, ZSet>, ViewError> {
+    let mut out = BTreeMap::new();
+    for (view, mut zs) in parts {
+        let z = if zs.len() == 1 {
+            zs.pop().expect("one part")
+        } else {
+            let schema = zs[0].schema();
+            ZSet::concat(schema, zs)?.consolidate()?
+        };
+        if !z.is_empty() {
+            out.insert(view, z);
+        }
+    }
+    Ok(out)
 }
 
 fn state_bytes(live: &Live) -> usize {

@@ -97,10 +97,15 @@ pub struct Snapshot {
     pub pending_files: usize,
     /// Age of the oldest waiting change file (from its modification time), milliseconds.
     pub lag_ms: u64,
-    /// From a change file's modification time to its views' sinks published.
+    /// From a change file's modification time (or a PostgreSQL transaction's commit) to its
+    /// views' sinks published.
     pub latency: Latency,
-    /// From reading a change file to its views' sinks published.
+    /// From reading a change file (or a source transaction's first change) to its views' sinks
+    /// published.
     pub apply: Latency,
+    /// The followed PostgreSQL slot's durable position, if a source is followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_lsn: Option<String>,
     /// Per view.
     pub views: Vec<ViewStatus>,
 }
@@ -252,6 +257,7 @@ pub async fn serve(views: &mut Views, shared: &Arc<Shared>, options: &ServeOptio
     let state = |views: &Views| views.status().views.iter().map(|v| v.state_bytes).sum::<u64>();
     let timeline_ms = || options.governor.timeline().now_ms();
     shared.mark(Mark { t_ms: timeline_ms(), hydrated: true, state_bytes: state(views), rows: 0 });
+    let mut cdc_burst = 0u32;
     while !shared.stopping() {
         let pending = views.pending()?;
         shared.update(|s| {
@@ -300,11 +306,47 @@ pub async fn serve(views: &mut Views, shared: &Arc<Shared>, options: &ServeOptio
             spillway_governor::jemalloc::purge_all_arenas();
             continue; // more may have arrived meanwhile
         }
-        tokio::select! {
-            _ = shared.wake.notified() => {}
-            _ = tokio::time::sleep(options.poll) => {}
+        let event = tokio::select! {
+            _ = shared.wake.notified() => None,
+            _ = tokio::time::sleep(options.poll) => None,
+            e = views.next_cdc() => Some(e?),
+        };
+        let Some(event) = event else { continue };
+        // A source transaction from PostgreSQL: its events until its commit.
+        if let Some(done) = views.apply_cdc(event).await? {
+            let now = Instant::now();
+            rates.push_back((now, done.rows));
+            while rates.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
+                rates.pop_front();
+            }
+            let since = rates.front().map_or(Duration::ZERO, |(t, _)| now.duration_since(*t));
+            let rate = rates.iter().map(|(_, r)| *r).sum::<u64>() as f64 / since.as_secs_f64().max(1.0);
+            push(&mut apply, done.us as f64 / 1000.0);
+            let now_us =
+                SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
+            push(&mut latency, (now_us - done.commit_us).max(0) as f64 / 1000.0);
+            let status = views.status();
+            let state_bytes = status.views.iter().map(|v| v.state_bytes).sum();
+            shared.mark(Mark { t_ms: timeline_ms(), hydrated: false, state_bytes, rows: done.rows });
+            shared.update(|s| {
+                s.transactions = views.applied();
+                s.applied_now += 1;
+                s.change_rows += done.rows;
+                s.changes_per_s = rate;
+                s.latency = Latency::of(&latency);
+                s.apply = Latency::of(&apply);
+                s.slot_lsn = status.slot_lsn.clone();
+                s.views = status.views;
+            });
+            tracing::debug!(lsn = %super::cdc::lsn_text(done.end_lsn), rows = done.rows, parts = done.parts, changed = done.views_changed.len(), "source transaction applied");
+            cdc_burst += 1;
+            if cdc_burst >= 1000 {
+                spillway_governor::jemalloc::purge_all_arenas();
+                cdc_burst = 0;
+            }
         }
     }
+    views.stop_cdc().await;
     shared.update(|s| s.phase = Phase::Stopping);
     Ok(())
 }

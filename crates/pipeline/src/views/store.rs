@@ -9,6 +9,8 @@
 //!   status.json          per view: rows, state bytes, the last change applied (for `status`)
 //!   serve.json           while `views serve` runs: its pid and the address of /status
 //!   report.html          the last `views serve` session's report (written when it stops)
+//!   stopped.json         views stopped because a PostgreSQL table they read changed its columns
+//!   cdc/<slot>/          a followed PostgreSQL slot: its snapshot (see cdc.rs)
 //! ```
 //!
 //! The views' state is rebuilt from it when a process starts: population from the sources'
@@ -40,6 +42,19 @@ pub struct Applied {
     pub bytes: u64,
     /// Its content hash (FNV-1a).
     pub hash: String,
+    /// A part of a source transaction from a PostgreSQL slot (instead of a change file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdc: Option<CdcMark>,
+}
+
+/// Where a logged part of a PostgreSQL source transaction came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CdcMark {
+    /// The slot.
+    pub slot: String,
+    /// The transaction's end position, on its last part (the commit); `None` on the parts
+    /// before it (dropped at start when no commit follows them).
+    pub end_lsn: Option<u64>,
 }
 
 /// Per view, what `status` shows.
@@ -64,6 +79,9 @@ pub struct ViewStatus {
     /// Time spent absorbing transactions since the process started, microseconds.
     #[serde(default)]
     pub busy_us: u64,
+    /// Why the view is stopped (a table it reads changed its columns), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 /// The whole of `status.json`.
@@ -79,6 +97,12 @@ pub struct Status {
     pub populate_ms: u64,
     /// Per view.
     pub views: Vec<ViewStatus>,
+    /// The PostgreSQL replication slot followed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// The end of the last source transaction made durable (`0/16B3748`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_lsn: Option<String>,
 }
 
 /// What `serve.json` says of a running `views serve`.
@@ -166,6 +190,26 @@ impl Store {
             w.finish().map_err(|e| corrupt(&p, e))?;
         }
         spillway_tiers::durable::replace_synced(&p, &bytes)?;
+        Ok(())
+    }
+
+    /// Removes log entry `seq` (a part of a source transaction whose commit never came).
+    pub fn remove(&self, seq: u64) -> Result<()> {
+        let p = self.log_path(seq);
+        std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        spillway_tiers::durable::sync_dir(&self.dir.join("log"))?;
+        Ok(())
+    }
+
+    /// The views stopped by a change of a table's columns, with why (`stopped.json`).
+    pub fn read_stopped(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        Ok(read_json(&self.dir.join("stopped.json"))?.unwrap_or_default())
+    }
+
+    /// Replaces `stopped.json`.
+    pub fn write_stopped(&self, stopped: &std::collections::BTreeMap<String, String>) -> Result<()> {
+        let text = serde_json::to_vec_pretty(stopped).unwrap_or_default();
+        spillway_tiers::durable::replace_synced(&self.dir.join("stopped.json"), &text)?;
         Ok(())
     }
 

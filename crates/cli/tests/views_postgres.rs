@@ -1,0 +1,315 @@
+//! End-to-end tests of views kept from PostgreSQL to PostgreSQL: sources followed through
+//! logical replication (`cdc = true`), views published into PostgreSQL tables, against a real
+//! server started by the test. After random transactions on three tables (one with REPLICA
+//! IDENTITY FULL and no key), each view table must equal PostgreSQL running the view's SQL, also
+//! after `serve` is killed while streaming, inside a sink's transaction, and before the slot is
+//! told a position is durable.
+
+use spillway_postgres::testing::{TestServer, PASSWORD};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin(url: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_spillway"));
+    c.env_remove("SPILLWAY_MEMORY").env_remove("SPILLWAY_FAULT").env("SPILLWAY_LOG", "warn").env("SHOP_URL", url);
+    c
+}
+
+const VIEWS: [(&str, &str); 3] = [
+    (
+        "revenue_by_region",
+        "SELECT c.region, count(*) AS orders, sum(o.amount) AS revenue FROM orders o JOIN customers c ON o.customer = c.id GROUP BY c.region",
+    ),
+    ("open_orders", "SELECT o.id, o.customer, o.amount, o.status FROM orders o WHERE o.status = 'O'"),
+    ("event_counts", "SELECT kind, count(*) AS events, sum(n) AS total FROM events GROUP BY kind"),
+];
+
+fn project(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("views-pg-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("views")).unwrap();
+    let mut toml = String::from("memory = \"256MiB\"\n");
+    for t in ["customers", "orders", "events"] {
+        toml.push_str(&format!(
+            "\n[sources.{t}]\ntype = \"postgres\"\nurl_env = \"SHOP_URL\"\ntable = \"{t}\"\ncdc = true\n"
+        ));
+    }
+    toml.push_str(
+        r#"
+[sinks.revenue_by_region]
+model = "revenue_by_region"
+type = "postgres"
+url_env = "SHOP_URL"
+table = "view_revenue_by_region"
+mode = "upsert"
+key = ["region"]
+
+[sinks.open_orders]
+model = "open_orders"
+type = "postgres"
+url_env = "SHOP_URL"
+table = "view_open_orders"
+mode = "upsert"
+key = ["id"]
+
+[sinks.event_counts]
+model = "event_counts"
+type = "postgres"
+url_env = "SHOP_URL"
+table = "view_event_counts"
+"#,
+    );
+    std::fs::write(dir.join("spillway.toml"), toml).unwrap();
+    for (v, sql) in VIEWS {
+        std::fs::write(dir.join(format!("views/{v}.sql")), format!("{sql}\n")).unwrap();
+    }
+    dir
+}
+
+fn schema(server: &TestServer) {
+    server.create_db("shop").unwrap();
+    server
+        .psql(
+            "shop",
+            "CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, region text);
+             CREATE TABLE orders (id bigint PRIMARY KEY, customer int, amount numeric(12,2), status char(1), placed date);
+             CREATE TABLE events (kind text, n int);
+             ALTER TABLE events REPLICA IDENTITY FULL;
+             INSERT INTO customers SELECT i, 'c' || i, (ARRAY['north','south','east',NULL])[1 + i % 4] FROM generate_series(1, 20) i;
+             INSERT INTO orders SELECT i, 1 + i % 25, (i * 7 % 1000) / 10.0, (ARRAY['O','F','P'])[1 + i % 3], DATE '2024-01-01' + i FROM generate_series(1, 200) i;
+             INSERT INTO events SELECT (ARRAY['a','b','c'])[1 + i % 3], i % 5 FROM generate_series(1, 30) i;",
+        )
+        .unwrap();
+}
+
+/// A small deterministic random source (tests must repeat).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// `n` random transactions of 1 to 6 statements over the three tables (inserts, updates of
+/// keys and values, deletes, and now and then a TRUNCATE of `events`).
+fn workload(rng: &mut Rng, n: usize, next_id: &mut u64) -> String {
+    let mut sql = String::new();
+    for _ in 0..n {
+        sql.push_str("BEGIN;\n");
+        for _ in 0..1 + rng.next(6) {
+            let stmt = match rng.next(12) {
+                0..=2 => {
+                    *next_id += 1;
+                    format!(
+                        "INSERT INTO orders VALUES ({}, {}, {}.{:02}, '{}', DATE '2024-06-01');",
+                        *next_id,
+                        1 + rng.next(25),
+                        rng.next(500),
+                        rng.next(100),
+                        ["O", "F", "P"][rng.next(3) as usize]
+                    )
+                }
+                3 => format!("UPDATE orders SET amount = amount + 1.25 WHERE id % 17 = {};", rng.next(17)),
+                4 => format!("UPDATE orders SET status = 'F' WHERE id % 23 = {} AND status = 'O';", rng.next(23)),
+                5 => format!("DELETE FROM orders WHERE id % 31 = {};", rng.next(31)),
+                6 => format!("UPDATE orders SET id = id + 100000 WHERE id = {};", 1 + rng.next(200)),
+                7 => format!(
+                    "UPDATE customers SET region = {} WHERE id = {};",
+                    ["'north'", "'west'", "NULL"][rng.next(3) as usize],
+                    1 + rng.next(22)
+                ),
+                8 => {
+                    let id = 21 + rng.next(5);
+                    format!("INSERT INTO customers VALUES ({id}, 'new', 'west') ON CONFLICT (id) DO UPDATE SET region = 'east';")
+                }
+                9 => {
+                    format!("INSERT INTO events VALUES ('{}', {});", ["a", "b", "d"][rng.next(3) as usize], rng.next(9))
+                }
+                10 => format!(
+                    "DELETE FROM events WHERE ctid IN (SELECT ctid FROM events WHERE kind = '{}' LIMIT 1);",
+                    ["a", "b", "c"][rng.next(3) as usize]
+                ),
+                _ if rng.next(4) == 0 => "TRUNCATE events;".to_string(),
+                _ => format!("UPDATE events SET n = n + 1 WHERE kind = '{}';", ["a", "b", "d"][rng.next(3) as usize]),
+            };
+            sql.push_str(&stmt);
+            sql.push('\n');
+        }
+        sql.push_str("COMMIT;\n");
+    }
+    sql
+}
+
+/// Rows in which view table `v` and PostgreSQL's own run of the view's SQL differ.
+fn differences(server: &TestServer, v: &str, sql: &str) -> Result<u64, String> {
+    let q = format!(
+        "SELECT count(*) FROM ((SELECT * FROM view_{v} EXCEPT ALL SELECT * FROM ({sql}) a) \
+         UNION ALL (SELECT * FROM ({sql}) b EXCEPT ALL SELECT * FROM view_{v})) d"
+    );
+    server.psql("shop", &q).and_then(|t| t.parse().map_err(|e| format!("{e}: {t}")))
+}
+
+/// Waits (up to 90 s) until every view table equals PostgreSQL's answer; `views` limits which.
+fn wait_equal(server: &TestServer, child: &mut std::process::Child, views: &[&str]) {
+    let started = Instant::now();
+    loop {
+        let diff: Vec<(String, Result<u64, String>)> = VIEWS
+            .iter()
+            .filter(|(v, _)| views.contains(v))
+            .map(|(v, sql)| (v.to_string(), differences(server, v, sql)))
+            .collect();
+        if diff.iter().all(|(_, d)| d.as_ref().is_ok_and(|n| *n == 0)) {
+            return;
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            let out = child.stderr.take().map(|mut e| {
+                let mut s = String::new();
+                let _ = std::io::Read::read_to_string(&mut e, &mut s);
+                s
+            });
+            panic!("serve exited ({exit}) while views differed: {diff:?}\n{}", out.unwrap_or_default());
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "views still differ: {diff:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &Path, url: &str, fault: Option<&str>) -> Served {
+    let _ = std::fs::remove_file(dir.join(".spillway/views/serve.json"));
+    let mut c = bin(url);
+    c.args(["views", "serve"]).arg(dir).args(["--listen", "127.0.0.1:0", "--poll", "100ms"]);
+    if let Some(f) = fault {
+        c.env("SPILLWAY_FAULT", f);
+    }
+    Served(c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap())
+}
+
+/// Waits until the process of `s` exits (killed by its fault point); returns its stderr.
+fn wait_killed(mut s: Served) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = s.0.try_wait().unwrap() {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.signal(), Some(9), "killed at its fault point: {status}");
+            let mut err = String::new();
+            if let Some(mut e) = s.0.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return err;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "the fault point was never reached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn postgres_views_equal_postgres_after_random_transactions_and_kills() {
+    let server = TestServer::start().unwrap();
+    schema(&server);
+    let url = server.url("shop");
+    let dir = project("cdc");
+    let plan = bin(&url).arg("plan").arg(&dir).output().unwrap();
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+
+    let all: Vec<&str> = VIEWS.iter().map(|(v, _)| *v).collect();
+    let mut rng = Rng(42);
+    let mut next_id = 1000;
+    let mut served = serve(&dir, &url, None);
+    wait_equal(&server, &mut served.0, &all); // the snapshot, published
+    server.psql("shop", &workload(&mut rng, 60, &mut next_id)).unwrap();
+    wait_equal(&server, &mut served.0, &all);
+    let log_entries = || std::fs::read_dir(dir.join(".spillway/views/log")).unwrap().count();
+    let before = log_entries();
+    // One large transaction: more rows than a part holds.
+    server
+        .psql("shop", "INSERT INTO orders SELECT 500000 + i, 1 + i % 25, i % 100, 'O', DATE '2024-07-01' FROM generate_series(1, 20000) i")
+        .unwrap();
+    wait_equal(&server, &mut served.0, &all);
+    let open: u64 = server.psql("shop", "SELECT count(*) FROM view_open_orders").unwrap().parse().unwrap();
+    assert!(open > 20_000, "the 20,000-row transaction reached the view table: {open}");
+    // It was applied in parts of at most 8,192 rows, each logged.
+    assert_eq!(log_entries() - before, 3, "20,000 rows in 3 parts");
+    drop(served);
+
+    // Killed: after a transaction is logged (while streaming), inside a sink's transaction,
+    // and after the sinks committed but before the slot heard of it. Each time the restarted
+    // process ends with the view tables equal to PostgreSQL's answer.
+    for fault in ["views-after-commit@7", "view-sink-before-commit@5", "views-cdc-before-ack@4"] {
+        let killed = serve(&dir, &url, Some(fault));
+        server.psql("shop", &workload(&mut rng, 40, &mut next_id)).unwrap();
+        let err = wait_killed(killed);
+        assert!(!err.contains(PASSWORD), "no password in what serve writes: {err}");
+        let mut served = serve(&dir, &url, None);
+        wait_equal(&server, &mut served.0, &all);
+        server.psql("shop", &workload(&mut rng, 20, &mut next_id)).unwrap();
+        wait_equal(&server, &mut served.0, &all);
+    }
+
+    // A column added to `events` stops the view reading it, not the others.
+    let mut served = serve(&dir, &url, None);
+    wait_equal(&server, &mut served.0, &all);
+    server.psql("shop", "ALTER TABLE events ADD COLUMN note text; INSERT INTO events VALUES ('z', 1, 'x')").unwrap();
+    server
+        .psql(
+            "shop",
+            &workload(&mut rng, 20, &mut next_id)
+                .replace("INSERT INTO events VALUES", "INSERT INTO events (kind, n) VALUES"),
+        )
+        .unwrap();
+    wait_equal(&server, &mut served.0, &["revenue_by_region", "open_orders"]);
+    let status = bin(&url).args(["views", "status"]).arg(&dir).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    let started = Instant::now();
+    let mut text = text;
+    while !text.contains("STOPPED") && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        text = String::from_utf8_lossy(&bin(&url).args(["views", "status"]).arg(&dir).output().unwrap().stdout)
+            .into_owned();
+    }
+    assert!(
+        text.contains("event_counts") && text.contains("STOPPED") && text.contains("column note was added"),
+        "{text}"
+    );
+    assert!(text.contains("following PostgreSQL through slot spillway_cdc"), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+    for f in ["status.json", "serve.json"] {
+        let body = std::fs::read_to_string(dir.join(".spillway/views").join(f)).unwrap_or_default();
+        assert!(!body.contains(PASSWORD), "{f}: {body}");
+    }
+    drop(served);
+
+    // A slot no source follows is reported (PostgreSQL keeps WAL for it).
+    server.psql("shop", "SELECT pg_create_logical_replication_slot('spillway_gone', 'pgoutput')").unwrap();
+    let text =
+        String::from_utf8_lossy(&bin(&url).args(["views", "status"]).arg(&dir).output().unwrap().stdout).into_owned();
+    assert!(text.contains("slot spillway_gone") && text.contains("no source follows it"), "{text}");
+}
+
+#[test]
+fn a_followed_table_without_key_or_replica_identity_is_refused_at_plan() {
+    let server = TestServer::start().unwrap();
+    server.create_db("shop").unwrap();
+    server.psql("shop", "CREATE TABLE customers (id int); CREATE TABLE orders (id int PRIMARY KEY); CREATE TABLE events (kind text)").unwrap();
+    let dir = project("nokey");
+    let out = bin(&server.url("shop")).arg("plan").arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("table public.customers has no primary key and no replica identity")
+            && err.contains("REPLICA IDENTITY FULL"),
+        "{err}"
+    );
+    assert!(!err.contains(PASSWORD), "{err}");
+}
