@@ -190,6 +190,7 @@ pub async fn open(store_dir: &Path, spec: CdcSpec) -> Result<Slot> {
         std::fs::rename(p, &dest).map_err(|e| Error::io(&dest, e))?;
         snapshots.insert(t.name.clone(), dest);
     }
+    spillway_tiers::durable::sync_dir(&snap_dir)?;
     let f = SlotFile {
         slot: spec.slot.clone(),
         publication: spec.publication.clone(),

@@ -946,11 +946,21 @@ impl Views {
         if end_lsn.is_some() {
             spillway_faults::point("views-after-commit");
         }
-        self.applied_index.insert(file, self.applied.len());
+        self.applied_index.insert(file.clone(), self.applied.len());
         self.applied.push(applied);
+        // Each view's change so far, consolidated part by part: an aggregate's change stays as
+        // small as its groups, however many parts the transaction has.
         let feed = self.feed.as_mut().expect("feed");
         for (v, z) in changed {
-            feed.changed.entry(v).or_default().push(z);
+            let parts = feed.changed.entry(v).or_default();
+            parts.push(z);
+            if parts.len() > 1 {
+                let schema = parts[0].schema();
+                let merged = ZSet::concat(schema, std::mem::take(parts))
+                    .and_then(|z| z.consolidate())
+                    .map_err(|source| Error::Change { file: PathBuf::from(&file), error: source })?;
+                parts.push(merged);
+            }
         }
         Ok(())
     }
@@ -1056,7 +1066,10 @@ impl Views {
             if !self.pg_sinks.contains_key(&name) {
                 self.pg_sinks.insert(name.clone(), ViewSink::connect(&spec).await?);
             }
-            let whole = self.contents(&model)?;
+            let whole = match change {
+                Some(_) if !all && spec.mode == spillway_postgres::Mode::Upsert => None,
+                _ => Some(self.contents(&model)?),
+            };
             let sink = self.pg_sinks.get_mut(&name).expect("connected");
             let view_err = |e: ViewError| Error::View {
                 view: model.clone(),
@@ -1064,12 +1077,13 @@ impl Views {
                 line: 1,
                 error: e,
             };
-            let result = match change {
-                Some(z) if !all && spec.mode == spillway_postgres::Mode::Upsert => {
+            let result = match (change, &whole) {
+                (_, Some(whole)) => sink.publish(seq, Publication::Whole(whole)).await,
+                (Some(z), None) => {
                     let (retracted, inserted) = split_by_sign(z).map_err(view_err)?;
                     sink.publish(seq, Publication::Change { retracted: &retracted, inserted: &inserted }).await
                 }
-                _ => sink.publish(seq, Publication::Whole(&whole)).await,
+                (None, None) => unreachable!("a change, or the whole view"),
             };
             if let Err(e) = result {
                 self.pg_sinks.remove(&name); // a broken connection is made again next time
