@@ -5,7 +5,7 @@
 #   bench/views_postgres.sh 1            # SF1, 1,000 changes/s offered for 120 s, 16GiB
 #   RATE=200 RUN_SECONDS=60 MEMORY=4GiB bench/views_postgres.sh 0.1
 #
-# Env: MEMORY (16GiB), RATE (source changes/s offered, 1000), RUN_SECONDS (120), MAX_ROWS (lineitems a
+# Env: IDENTITY (full: REPLICA IDENTITY FULL on every table; key: the primary key), MEMORY (16GiB), RATE (source changes/s offered, 1000), RUN_SECONDS (120), MAX_ROWS (lineitems a
 # transaction's range covers at most, 1000), JSON, TPCH_DATA, SPILLWAY_BIN. Needs the PostgreSQL
 # server binaries and pgbench (Debian: postgresql, postgresql-contrib).
 set -euo pipefail
@@ -17,4 +17,4 @@ data=${TPCH_DATA:-$HOME/.cache/spillway/tpch-sf$sf}
 [ -f "$data/_SUCCESS" ] || "$bin" gen tpch --sf "$sf" --out "$data"
 python3 bench/views_postgres.py --bin "$bin" --sf "$sf" --data "$data" --memory "${MEMORY:-16GiB}" \
   --rate "${RATE:-1000}" --seconds "${RUN_SECONDS:-120}" --max-rows "${MAX_ROWS:-1000}" \
-  --json "${JSON:-/tmp/views-postgres-sf$sf.json}"
+  --json "${JSON:-/tmp/views-postgres-sf$sf.json}" --identity "${IDENTITY:-full}"

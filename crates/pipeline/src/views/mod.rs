@@ -393,6 +393,7 @@ impl Views {
             let z = views.store.read(a.seq, &schema)?;
             if let Some(k) = views.keyed.get_mut(&a.table) {
                 k.absorb(&z).map_err(|source| Error::Change { file: a.file.clone().into(), error: source })?;
+                views.charge_table(&a.table, Some(&a.file))?;
             }
             let changed = views.transaction(&a.table, z, &a.file).await?;
             for (v, z) in changed {
@@ -452,8 +453,9 @@ impl Views {
                 Some(Identity::Full) => None,
                 None => def.key().filter(|_| def.changes(t).is_some()).map(|k| k.to_vec()),
             };
-            // A table followed by its whole rows keeps them, for a TRUNCATE to retract.
-            let keep_current = recompute_reads.contains(t) || identity == Some(Identity::Full);
+            // A table followed by its whole rows (REPLICA IDENTITY FULL) keeps none of them: a
+            // TRUNCATE's retraction is rebuilt from the snapshot and the log (`rows_on_disk`).
+            let keep_current = recompute_reads.contains(t);
             if keyed.is_none() && !keep_current {
                 continue;
             }
@@ -468,6 +470,7 @@ impl Views {
                     k.load(b).map_err(|source| Error::Change { file: file.clone(), error: source })?;
                 }
                 self.keyed.insert(t.clone(), k);
+                self.charge_table(t, None)?;
             }
             if keep_current {
                 let codec = RowCodec::new(schema.clone())
@@ -559,6 +562,41 @@ impl Views {
             lease,
             largest,
             reason,
+            file: file.map(PathBuf::from),
+        })
+    }
+
+    /// Resizes the reservation of keyed table `table`'s rows (what lets a delete or an update
+    /// name only the key) to what it holds; growth is asked of the pool like a view's state.
+    fn charge_table(&mut self, table: &str, file: Option<&str>) -> Result<()> {
+        let Some(k) = self.keyed.get(table) else { return Ok(()) };
+        let want = k.bytes();
+        let name = format!("table {table}");
+        let pool = self.ctx.runtime_env().memory_pool.clone();
+        let res = self
+            .reservations
+            .entry(name.clone())
+            .or_insert_with(|| MemoryConsumer::new(format!("{name} (rows by key)")).register(&pool));
+        if want <= res.size() {
+            res.resize(want);
+            return Ok(());
+        }
+        let Err(e) = res.try_resize(want) else { return Ok(()) };
+        let total: u64 = self.reservations.values().map(|r| r.size() as u64).sum();
+        let lease = match pool.memory_limit() {
+            datafusion::execution::memory_pool::MemoryLimit::Finite(b) => b as u64,
+            _ => 0,
+        };
+        Err(Error::ViewMemory {
+            view: name,
+            state: want as u64,
+            total,
+            lease,
+            largest: String::new(),
+            reason: match e {
+                datafusion::error::DataFusionError::ResourcesExhausted(m) => m,
+                e => e.to_string(),
+            },
             file: file.map(PathBuf::from),
         })
     }
@@ -767,6 +805,7 @@ impl Views {
             });
         }
         let z = ZSet::concat(spillway_views::relax_nullability(&schema), parts).map_err(change_err)?;
+        self.charge_table(table, Some(&rel))?;
         let changed = self.transaction(table, z.clone(), &rel).await?;
         let applied = Applied {
             seq: self.applied.len() as u64 + 1,
@@ -839,6 +878,10 @@ impl Views {
                     Some(k) => k.apply(&batch).map_err(change_err)?,
                     None => changes::unkeyed(&name, &batch, &schema).map_err(change_err)?,
                 };
+                self.charge_table(
+                    &name,
+                    Some(&format!("postgres:{}", self.feed.as_ref().map_or("", |f| f.slot.spec.slot.as_str()))),
+                )?;
                 self.hold(name, z).await?;
                 Ok(None)
             }
@@ -854,7 +897,7 @@ impl Views {
                     let z = match (self.keyed.get_mut(&name), self.current.get(&name)) {
                         (Some(k), _) => k.truncate().map_err(change_err)?,
                         (None, Some(c)) => ZSet::uniform(c.batch().map_err(change_err)?, -1),
-                        (None, None) => ZSet::empty(schema.clone()),
+                        (None, None) => self.rows_on_disk(&name)?.negate(),
                     };
                     let z = z.with_schema(schema).map_err(change_err)?;
                     if let Some(f) = self.feed.as_mut() {
@@ -915,6 +958,31 @@ impl Views {
                 }))
             }
         }
+    }
+
+    /// The current rows of followed table `table`, from what is on disk: its snapshot plus
+    /// every logged change to it (so a table followed by whole rows needs none in memory; this
+    /// costs one read of it, at a TRUNCATE).
+    fn rows_on_disk(&self, table: &str) -> Result<ZSet> {
+        let schema = spillway_views::relax_nullability(&self.schemas[table]);
+        let corrupt = |p: &Path, e: String| Error::at(p, 1, format!("unreadable snapshot: {e}"));
+        let mut parts = Vec::new();
+        if let Some(path) = self.feed.as_ref().and_then(|f| f.slot.snapshots.get(table)) {
+            let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let reader = arrow::ipc::reader::FileReader::try_new(f, None).map_err(|e| corrupt(path, e.to_string()))?;
+            for b in reader {
+                let b = b.map_err(|e| corrupt(path, e.to_string()))?;
+                parts.push(ZSet::uniform(b, 1).with_schema(schema.clone()).map_err(|e| corrupt(path, e.to_string()))?);
+            }
+        }
+        for a in self.applied.iter().filter(|a| a.table == table) {
+            parts.push(self.store.read(a.seq, &self.schemas[table])?);
+        }
+        let file = PathBuf::from(format!("postgres:{table}"));
+        let z = ZSet::concat(schema, parts)
+            .and_then(|z| z.consolidate())
+            .map_err(|source| Error::Change { file, error: source })?;
+        Ok(z)
     }
 
     /// Holds `z` as the transaction's latest part, applying the one held before.

@@ -272,13 +272,7 @@ pub async fn serve(views: &mut Views, shared: &Arc<Shared>, options: &ServeOptio
             let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
             let done = views.apply_file(table, path).await?;
             applied = true;
-            let now = Instant::now();
-            rates.push_back((now, done.rows));
-            while rates.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
-                rates.pop_front();
-            }
-            let since = rates.front().map_or(Duration::ZERO, |(t, _)| now.duration_since(*t));
-            let rate = rates.iter().map(|(_, r)| *r).sum::<u64>() as f64 / since.as_secs_f64().max(1.0);
+            let rate = rate_of(&mut rates, done.rows);
             push(&mut apply, done.us as f64 / 1000.0);
             if let Some(m) = modified {
                 let ms = SystemTime::now().duration_since(m).unwrap_or_default().as_secs_f64() * 1000.0;
@@ -314,13 +308,7 @@ pub async fn serve(views: &mut Views, shared: &Arc<Shared>, options: &ServeOptio
         let Some(event) = event else { continue };
         // A source transaction from PostgreSQL: its events until its commit.
         if let Some(done) = views.apply_cdc(event).await? {
-            let now = Instant::now();
-            rates.push_back((now, done.rows));
-            while rates.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
-                rates.pop_front();
-            }
-            let since = rates.front().map_or(Duration::ZERO, |(t, _)| now.duration_since(*t));
-            let rate = rates.iter().map(|(_, r)| *r).sum::<u64>() as f64 / since.as_secs_f64().max(1.0);
+            let rate = rate_of(&mut rates, done.rows);
             push(&mut apply, done.us as f64 / 1000.0);
             let now_us =
                 SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
@@ -349,6 +337,17 @@ pub async fn serve(views: &mut Views, shared: &Arc<Shared>, options: &ServeOptio
     views.stop_cdc().await;
     shared.update(|s| s.phase = Phase::Stopping);
     Ok(())
+}
+
+/// Rows per second over the last [`RATE_WINDOW`], with `rows` just applied.
+fn rate_of(rates: &mut VecDeque<(Instant, u64)>, rows: u64) -> f64 {
+    let now = Instant::now();
+    rates.push_back((now, rows));
+    while rates.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
+        rates.pop_front();
+    }
+    let since = rates.front().map_or(Duration::ZERO, |(t, _)| now.duration_since(*t));
+    rates.iter().map(|(_, r)| *r).sum::<u64>() as f64 / since.as_secs_f64().max(1.0)
 }
 
 fn push(window: &mut VecDeque<f64>, v: f64) {
