@@ -130,9 +130,10 @@ pub async fn serve(settings: &Settings, config: &Config, args: ViewsServeArgs) -
     let hydrated = result?;
     let s = shared.snapshot();
     say(format_args!(
-        "stopped{}: {} change file(s) ({} rows) applied by this process, {} transaction(s) in the log; peak RSS {}; report: {}",
+        "stopped{}: {} {} ({} rows) applied by this process, {} transaction(s) in the log; peak RSS {}; report: {}",
         if hydrated { "" } else { " while hydrating" },
         s.applied_now,
+        if s.slot_lsn.is_some() { "transaction(s) from PostgreSQL or change file(s)" } else { "change file(s)" },
         s.change_rows,
         s.transactions,
         fmt_bytes(governor.timeline().peak_rss()),

@@ -252,6 +252,7 @@ pub async fn serve(views: &mut Views, shared: &Arc<Shared>, options: &ServeOptio
         s.populate_ms = status.populate_ms;
         s.replayed = views.replayed();
         s.transactions = views.applied();
+        s.slot_lsn = status.slot_lsn;
         s.views = status.views;
     });
     let state = |views: &Views| views.status().views.iter().map(|v| v.state_bytes).sum::<u64>();
