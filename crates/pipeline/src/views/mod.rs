@@ -582,7 +582,16 @@ impl Views {
             return Ok(());
         }
         let Err(e) = res.try_resize(want) else { return Ok(()) };
-        let total: u64 = self.reservations.values().map(|r| r.size() as u64).sum();
+        let mut sizes: Vec<(u64, &str)> =
+            self.reservations.iter().map(|(n, r)| (r.size() as u64, n.as_str())).collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let total: u64 = sizes.iter().map(|(b, _)| b).sum();
+        let largest = sizes
+            .iter()
+            .take(3)
+            .map(|(b, n)| format!("{n} {}", spillway_governor::fmt_bytes(*b)))
+            .collect::<Vec<_>>()
+            .join(", ");
         let lease = match pool.memory_limit() {
             datafusion::execution::memory_pool::MemoryLimit::Finite(b) => b as u64,
             _ => 0,
@@ -592,7 +601,7 @@ impl Views {
             state: want as u64,
             total,
             lease,
-            largest: String::new(),
+            largest: if largest.is_empty() { "none yet".into() } else { largest },
             reason: match e {
                 datafusion::error::DataFusionError::ResourcesExhausted(m) => m,
                 e => e.to_string(),
