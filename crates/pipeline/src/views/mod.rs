@@ -539,31 +539,8 @@ impl Views {
             return Ok(());
         }
         let Err(e) = res.try_resize(want) else { return Ok(()) };
-        let mut sizes: Vec<(u64, &str)> = self.live.iter().map(|(n, l)| (state_bytes(l) as u64, n.as_str())).collect();
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-        let largest = sizes
-            .iter()
-            .take(3)
-            .map(|(b, n)| format!("{n} {}", spillway_governor::fmt_bytes(*b)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let reason = match e {
-            datafusion::error::DataFusionError::ResourcesExhausted(m) => m,
-            e => e.to_string(),
-        };
-        let lease = match self.ctx.runtime_env().memory_pool.memory_limit() {
-            datafusion::execution::memory_pool::MemoryLimit::Finite(b) => b as u64,
-            _ => 0,
-        };
-        Err(Error::ViewMemory {
-            view: name.to_string(),
-            state: want as u64,
-            total: sizes.iter().map(|(b, _)| b).sum(),
-            lease,
-            largest,
-            reason,
-            file: file.map(PathBuf::from),
-        })
+        let sizes = self.live.iter().map(|(n, l)| (state_bytes(l) as u64, n.as_str())).collect();
+        Err(over_lease(name, want, sizes, e, &self.ctx.runtime_env().memory_pool, file))
     }
 
     /// Resizes the reservation of keyed table `table`'s rows (what lets a delete or an update
@@ -582,32 +559,8 @@ impl Views {
             return Ok(());
         }
         let Err(e) = res.try_resize(want) else { return Ok(()) };
-        let mut sizes: Vec<(u64, &str)> =
-            self.reservations.iter().map(|(n, r)| (r.size() as u64, n.as_str())).collect();
-        sizes.sort_unstable_by(|a, b| b.cmp(a));
-        let total: u64 = sizes.iter().map(|(b, _)| b).sum();
-        let largest = sizes
-            .iter()
-            .take(3)
-            .map(|(b, n)| format!("{n} {}", spillway_governor::fmt_bytes(*b)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let lease = match pool.memory_limit() {
-            datafusion::execution::memory_pool::MemoryLimit::Finite(b) => b as u64,
-            _ => 0,
-        };
-        Err(Error::ViewMemory {
-            view: name,
-            state: want as u64,
-            total,
-            lease,
-            largest: if largest.is_empty() { "none yet".into() } else { largest },
-            reason: match e {
-                datafusion::error::DataFusionError::ResourcesExhausted(m) => m,
-                e => e.to_string(),
-            },
-            file: file.map(PathBuf::from),
-        })
+        let sizes = self.reservations.iter().map(|(n, r)| (r.size() as u64, n.as_str())).collect();
+        Err(over_lease(&name, want, sizes, e, &pool, file))
     }
 
     /// (Re-)registers a view's contents as a table, for the views that read it.
@@ -1295,6 +1248,41 @@ impl Recomputed {
         self.rows = self.codec.decode(all)?;
         self.contents = next;
         Ok(out)
+    }
+}
+
+/// The error of `name`'s state (`want` bytes) refused by the pool, with what holds the lease
+/// (`sizes`: bytes and holder), the largest first.
+fn over_lease(
+    name: &str,
+    want: usize,
+    mut sizes: Vec<(u64, &str)>,
+    e: datafusion::error::DataFusionError,
+    pool: &Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    file: Option<&str>,
+) -> Error {
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    let largest = sizes
+        .iter()
+        .take(3)
+        .map(|(b, n)| format!("{n} {}", spillway_governor::fmt_bytes(*b)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let lease = match pool.memory_limit() {
+        datafusion::execution::memory_pool::MemoryLimit::Finite(b) => b as u64,
+        _ => 0,
+    };
+    Error::ViewMemory {
+        view: name.to_string(),
+        state: want as u64,
+        total: sizes.iter().map(|(b, _)| b).sum(),
+        lease,
+        largest: if largest.is_empty() { "none yet".into() } else { largest },
+        reason: match e {
+            datafusion::error::DataFusionError::ResourcesExhausted(m) => m,
+            e => e.to_string(),
+        },
+        file: file.map(PathBuf::from),
     }
 }
 
