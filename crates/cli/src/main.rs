@@ -15,13 +15,18 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc options read at start-up: a background thread returns freed pages to the OS within
-/// about 100ms (instead of jemalloc's default 10s), so resident memory tracks what is in use.
-/// Measured (docs/benchmarks.md, issue #14): an external sort at 256MiB peaked at 1.23x the budget
-/// in RSS with 1000ms and 1.06x with 100ms, at the same speed; 0ms was 40% slower.
+/// jemalloc options read at start-up: a background thread returns freed pages to the OS about a
+/// second after they are freed (jemalloc's default is 10s), and the governor's sampler purges
+/// them at once under memory pressure (`spillway-governor`), so resident memory still tracks what
+/// is in use near the budget. Measured (docs/performance.md, issue #18): with 100ms, pages freed
+/// and taken again were zeroed by the kernel over and over (`clear_page_erms` 7.7% of TPC-H Q1's
+/// profile, system time 0.4-0.6s against 0.2s with 1000ms, Q1 at SF10 5-10% faster); an external
+/// sort and a 1.5M-group aggregate at 256MiB stayed at 0.94-0.96x the budget in peak RSS.
+/// `muzzy_decay_ms:0`: decayed pages are unmapped, not left to the kernel's `MADV_FREE`, which
+/// would keep counting them as resident.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8; 59] = b"background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0\0";
+pub static malloc_conf: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> ExitCode {
     let args = args::Cli::parse();

@@ -144,7 +144,7 @@ fn sample_once(shared: &Shared) -> Sample {
     let budget = shared.config.budget;
     let used = in_use(&s, budget);
     let level = shared.config.pressure.level(used, budget);
-    // The kernel also counts the free pages jemalloc holds until their decay time (100ms). A
+    // The kernel also counts the free pages jemalloc holds until their decay time (1000ms). A
     // burst of frees (an aggregate emitting its state to spill it, a sort run written out) can
     // leave 100MiB of them resident while new allocations take fresh pages: under pressure, by
     // our count or by the kernel's, they are handed back now (measured, issue #14: a `GROUP BY`
@@ -181,7 +181,7 @@ fn file_allowance(budget: u64) -> u64 {
 }
 
 /// The memory the budget governs: anonymous resident memory (heap, stacks, C libraries'
-/// allocations) less the free pages jemalloc holds for reuse (returned within 100ms, and reused
+/// allocations) less the free pages jemalloc holds for reuse (returned within a second, and reused
 /// before the process grows), plus file-backed resident pages (mostly the code) beyond
 /// [`file_allowance`]: so the kernel's peak RSS, what cgroups and the OOM killer count, stays
 /// within the budget plus that allowance. Without `/proc`, jemalloc's allocated bytes.
