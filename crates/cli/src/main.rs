@@ -21,7 +21,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// is in use near the budget. Measured (docs/performance.md, issue #18): with 100ms, pages freed
 /// and taken again were zeroed by the kernel over and over (`clear_page_erms` 7.7% of TPC-H Q1's
 /// profile, system time 0.4-0.6s against 0.2s with 1000ms, Q1 at SF10 5-10% faster); an external
-/// sort and a 1.5M-group aggregate at 256MiB stayed at 0.94-0.96x the budget in peak RSS.
+/// sort and a 1.5M-group aggregate at 256MiB stayed at 0.94x and 0.90x the budget in peak RSS.
 /// `muzzy_decay_ms:0`: decayed pages are unmapped, not left to the kernel's `MADV_FREE`, which
 /// would keep counting them as resident.
 #[allow(non_upper_case_globals)]
