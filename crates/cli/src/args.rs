@@ -13,6 +13,28 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Lets `spillway sql "$(cat q.sql)"` work when the file starts with a `--` comment: an argument
+/// of `sql` that starts with `--` but cannot be a flag (it spans lines, or a space follows the
+/// dashes) is SQL, so it gets a leading space, which clap takes as a value and SQL ignores.
+pub fn sql_text_as_value(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut seen_sql = false;
+    args.map(|a| {
+        let Some(text) = a.to_str() else { return a };
+        if !seen_sql {
+            seen_sql = text == "sql";
+            return a;
+        }
+        let sql_like =
+            text.strip_prefix("--").is_some_and(|rest| text.contains('\n') || rest.starts_with(char::is_whitespace));
+        if sql_like {
+            format!(" {text}").into()
+        } else {
+            a
+        }
+    })
+    .collect()
+}
+
 /// Settings every command understands.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
@@ -261,8 +283,22 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct SqlArgs {
-    /// The SQL to run (several statements may be separated by `;`; the last one's result is shown).
-    pub sql: String,
+    /// The SQL to run: statements separated by `;`, every result printed (the last one's goes to
+    /// `--output` or `--checksum`). `-` reads standard input; without SQL, `-f` or piped input, a
+    /// terminal gets the interactive shell. SQL that starts with `--` (a comment) works as is.
+    pub sql: Option<String>,
+    /// Run the statements and shell commands of FILE (`-` for standard input).
+    #[arg(long, short = 'f', value_name = "FILE", conflicts_with = "sql")]
+    pub file: Option<PathBuf>,
+    /// How results are printed.
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    pub format: FormatArg,
+    /// Open a project's tables by name: its sources, the outputs its last run kept, its views.
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// The interactive shell's history file.
+    #[arg(long, env = "SPILLWAY_HISTORY", value_name = "FILE")]
+    pub history: Option<PathBuf>,
     /// Register a table: NAME=PATH where PATH is a Parquet/CSV/JSON/Arrow file, a folder or a glob.
     #[arg(long = "table", short = 't', value_name = "NAME=PATH")]
     pub tables: Vec<String>,
@@ -272,7 +308,7 @@ pub struct SqlArgs {
     /// Write the full result to a file (.parquet, .csv, .json or .arrow) instead of printing it.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Rows to print (0: all, printed as they arrive).
+    /// Rows a table shows (0: all, printed as they arrive; CSV and JSON print every row).
     #[arg(long, default_value_t = 40)]
     pub max_rows: usize,
     /// Print only the row count and an order-independent checksum of the result (to compare
@@ -290,6 +326,30 @@ pub struct SqlArgs {
     /// (for comparisons; these skip the governor).
     #[arg(long, value_enum, default_value_t = PoolKind::Spillway)]
     pub pool: PoolKind,
+}
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// A table of the first `--max-rows` rows, then the row count.
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// One JSON array of objects.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+impl From<FormatArg> for spillway_shell::Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Table => spillway_shell::Format::Table,
+            FormatArg::Csv => spillway_shell::Format::Csv,
+            FormatArg::Json => spillway_shell::Format::Json,
+            FormatArg::Ndjson => spillway_shell::Format::Ndjson,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

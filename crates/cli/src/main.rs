@@ -29,12 +29,18 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> ExitCode {
-    let args = args::Cli::parse();
+    let args = args::Cli::parse_from(args::sql_text_as_value(std::env::args_os()));
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match commands::run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // Ctrl-C in a one-shot `spillway sql`: the statement was cancelled and cleaned up; the
+        // exit status is the shell convention for SIGINT.
+        Err(e) if e.downcast_ref::<spillway_shell::Error>().is_some_and(|e| e.is_interrupted()) => {
+            eprintln!("interrupted");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -131,6 +131,13 @@ impl LeasePool {
         self.lock().stats
     }
 
+    /// Starts a new peak: `peak_reserved` becomes what is reserved now (a shell measures each
+    /// statement on one pool).
+    pub fn reset_peak(&self) {
+        let mut state = self.lock();
+        state.stats.peak_reserved = state.stats.reserved;
+    }
+
     /// The name of the last consumer that cannot spill and was refused memory (what made the
     /// step fail with `ResourcesExhausted`, e.g. `TopK[0]` or `HashJoinInput`), if any: what a
     /// retry's plan must avoid.

@@ -23,6 +23,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Views(ViewsCommand::Status(a)) => (Some(a.dir.as_path()), a.overrides.as_slice()),
         Command::Views(ViewsCommand::Explain(a)) => (Some(a.dir.as_path()), a.overrides.as_slice()),
         Command::Views(ViewsCommand::Serve(a)) => (Some(a.dir.as_path()), a.overrides.as_slice()),
+        Command::Sql(a) => (a.project.as_deref(), &[][..]),
         _ => (None, &[][..]),
     };
     // `spillway.toml` is read here, once; `plan` and `run` build their project from it.
@@ -35,7 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
         .context("starting the tokio runtime")?;
     match cli.command {
         Command::Info => info::run(&settings),
-        Command::Sql(args) => runtime.block_on(sql::run(&settings, args)),
+        Command::Sql(args) => runtime.block_on(sql::run(&settings, &config, args)),
         Command::Plan(args) => runtime.block_on(plan::run(&settings, &config, args)),
         Command::Run(args) => runtime.block_on(run::run(&settings, &config, args)),
         Command::Retry(mut args) => {

@@ -1,4 +1,6 @@
-//! `spillway sql`: one query under the budget, streamed to the terminal or a file.
+//! `spillway sql`: the session under one lease of the budget (or a stock DataFusion pool), its
+//! tables, and where its statements come from (an argument, `-f FILE`, standard input, or the
+//! interactive shell at a terminal); `spillway-shell` runs them.
 
 use crate::args::{PoolKind, SqlArgs};
 use crate::settings::Settings;
@@ -8,10 +10,14 @@ use datafusion::prelude::SessionContext;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use spillway_engine::query::JoinReport;
-use spillway_engine::{output, query, session, tables};
+use spillway_engine::{session, tables};
 use spillway_governor::{fmt_bytes, Governor, LeasePool, LeaseRequest, PoolOptions, PoolStats};
+use spillway_pipeline::sources::Generator;
+use spillway_pipeline::{Config, Project};
+use spillway_shell::{interactive, project, script, Shell, Target};
 use spillway_tiers::TempSpace;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,7 +44,13 @@ struct Stats {
     joins: Vec<JoinReport>,
 }
 
-pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
+pub async fn run(settings: &Settings, config: &Config, args: SqlArgs) -> Result<()> {
+    let input = Input::of(&args)?;
+    if matches!(input, Input::Terminal) && (args.output.is_some() || args.checksum || args.stats_json.is_some()) {
+        anyhow::bail!(
+            "--output, --checksum and --stats-json need SQL to run: give it as an argument, with -f or on stdin"
+        );
+    }
     let governor = Governor::new(settings.governor.clone())?;
     let temp = TempSpace::open(&settings.spill_dir, settings.max_spill)?;
     let mut options = session::SessionOptions::new(settings.cores.count, temp.temp_files().clone());
@@ -64,117 +76,134 @@ pub async fn run(settings: &Settings, args: SqlArgs) -> Result<()> {
             (None, Some(pool))
         }
     };
-
-    let started = Instant::now();
-    let spinner = spinner(&governor);
-    let work = async {
-        let ctx = match (&lease_pool, &stock_pool) {
+    let new_context = || -> Result<SessionContext> {
+        Ok(match (&lease_pool, &stock_pool) {
             (Some(pool), _) => session::context(pool.clone(), &options)?,
             (None, Some(pool)) => session::stock_context(pool.clone(), &options)?,
             (None, None) => unreachable!("one pool is set"),
-        };
-        execute(&ctx, &args).await
+        })
     };
-    let outcome = tokio::select! {
-        r = work => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    if let Some(s) = &spinner {
-        s.finish_and_clear();
+
+    let started = Instant::now();
+    let mut shell = Shell::new(new_context()?, governor.clone(), lease_pool.clone(), budget);
+    shell.format = args.format.into();
+    shell.max_rows = args.max_rows;
+    let gov = governor.clone();
+    shell.set_progress(Box::new(move || spinner(&gov)));
+    for arg in &args.tables {
+        let (name, path) = tables::parse_table_arg(arg)?;
+        tables::register(shell.context(), &name, &path).await?;
     }
-    let Executed { rows, output_bytes, checksum, spilled, joins } = outcome.context("query failed")?;
+    for dir in &args.data {
+        tables::register_data_dir(shell.context(), dir).await?;
+    }
+    let mut opened = None;
+    if let Some(dir) = &args.project {
+        let project = Project::from_config(dir, config)?;
+        let generator = std::env::current_exe().map(Generator::Command).unwrap_or_default();
+        let o = project::open(&mut shell, &project, new_context()?, settings.cores.count, &generator).await?;
+        for s in &o.skipped {
+            eprintln!("note: {s}");
+        }
+        opened = Some(o);
+    }
+
+    let (origin, text) = match input {
+        Input::Terminal => {
+            let history = args.history.clone().or_else(default_history);
+            let mut banner = format!(
+                "spillway {} · budget {} · {} cores · spill to {}",
+                env!("CARGO_PKG_VERSION"),
+                fmt_bytes(budget),
+                settings.cores.count,
+                settings.spill_dir.display()
+            );
+            if let Some(o) = &opened {
+                banner.push_str(&format!("\n{}", o.summary()));
+            }
+            interactive::run(&mut shell, history.as_deref(), &banner).await?;
+            return Ok(());
+        }
+        Input::Argument(sql) => ("<argument>".to_string(), sql),
+        Input::Stdin => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).context("reading SQL from standard input")?;
+            ("<stdin>".to_string(), text)
+        }
+        Input::File(path) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            (path.display().to_string(), text)
+        }
+    };
+    let target = match &args.output {
+        _ if args.checksum => Target::Checksum,
+        Some(path) => Target::File(path),
+        None => Target::Print,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let last = shell.run_script(&origin, &text, target, &mut stdout).await?;
+    let Some(last) = last else {
+        if script::split(&text).is_empty() {
+            anyhow::bail!("{origin}: no SQL statement was given");
+        }
+        return Ok(());
+    };
     governor.sample_now();
-    let stats = Stats {
-        rows,
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        pool: match args.pool {
-            PoolKind::Spillway => "spillway",
-            PoolKind::Greedy => "greedy",
-            PoolKind::Fair => "fair",
-            PoolKind::Unbounded => "unbounded",
-        },
-        budget_bytes: budget,
-        lease_bytes: lease_pool.as_ref().map_or(budget, |p| p.lease().bytes()),
-        peak_resident_bytes: governor.timeline().peak_anon(),
-        peak_jemalloc_resident_bytes: governor.timeline().peak_resident(),
-        peak_rss_bytes: governor.timeline().peak_rss(),
-        spilled_bytes: spilled,
-        pool_stats: lease_pool.as_ref().map(|p| p.stats()),
-        output_bytes,
-        checksum,
-        joins,
-    };
-    let out_of_core: Vec<&JoinReport> = stats.joins.iter().filter(|j| j.out_of_core_partitions > 0).collect();
-    let joins_note = match out_of_core.len() {
-        0 => String::new(),
-        n => format!(
-            " · {n} join(s) out of core ({} buckets, depth {})",
-            out_of_core.iter().map(|j| j.buckets).sum::<usize>(),
-            out_of_core.iter().map(|j| j.max_depth).max().unwrap_or(0)
-        ),
-    };
-    eprintln!(
-        "{} rows in {:.2}s · peak resident {} (RSS {}) of {} budget · spilled {}{joins_note}{}",
-        stats.rows,
-        stats.elapsed_ms as f64 / 1000.0,
-        fmt_bytes(stats.peak_resident_bytes),
-        fmt_bytes(stats.peak_rss_bytes),
-        fmt_bytes(budget),
-        fmt_bytes(stats.spilled_bytes),
-        args.output.as_ref().map_or(String::new(), |p| format!(" · wrote {}", p.display())),
-    );
     if let Some(path) = &args.stats_json {
+        let stats = Stats {
+            rows: last.rows,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            pool: match args.pool {
+                PoolKind::Spillway => "spillway",
+                PoolKind::Greedy => "greedy",
+                PoolKind::Fair => "fair",
+                PoolKind::Unbounded => "unbounded",
+            },
+            budget_bytes: budget,
+            lease_bytes: lease_pool.as_ref().map_or(budget, |p| p.lease().bytes()),
+            peak_resident_bytes: governor.timeline().peak_anon(),
+            peak_jemalloc_resident_bytes: governor.timeline().peak_resident(),
+            peak_rss_bytes: governor.timeline().peak_rss(),
+            spilled_bytes: last.spilled,
+            pool_stats: lease_pool.as_ref().map(|p| p.stats()),
+            output_bytes: last.output_bytes,
+            checksum: last.checksum,
+            joins: last.joins,
+        };
         let text = serde_json::to_string_pretty(&stats)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
+    drop(shell);
     drop(lease_pool);
     drop(temp);
     Ok(())
 }
 
-/// What a query did.
-struct Executed {
-    rows: u64,
-    output_bytes: Option<u64>,
-    checksum: Option<String>,
-    spilled: u64,
-    joins: Vec<JoinReport>,
+/// Where the statements come from.
+enum Input {
+    Argument(String),
+    File(PathBuf),
+    Stdin,
+    /// The interactive shell.
+    Terminal,
 }
 
-/// Registers the tables, runs `args.sql` and sends its result where `args` says.
-async fn execute(ctx: &SessionContext, args: &SqlArgs) -> Result<Executed> {
-    for arg in &args.tables {
-        let (name, path) = tables::parse_table_arg(arg)?;
-        tables::register(ctx, &name, &path).await?;
+impl Input {
+    fn of(args: &SqlArgs) -> Result<Input> {
+        Ok(match (&args.sql, &args.file) {
+            (Some(sql), _) if sql == "-" => Input::Stdin,
+            (Some(sql), _) => Input::Argument(sql.clone()),
+            (None, Some(f)) if f.as_os_str() == "-" => Input::Stdin,
+            (None, Some(f)) => Input::File(f.clone()),
+            (None, None) if std::io::stdin().is_terminal() => Input::Terminal,
+            (None, None) => Input::Stdin,
+        })
     }
-    for dir in &args.data {
-        tables::register_data_dir(ctx, dir).await?;
-    }
-    let q = query::run_sql(ctx, &args.sql).await?;
-    let plan = q.plan.clone();
-    let (rows, output_bytes, checksum) = match &args.output {
-        _ if args.checksum => {
-            let (rows, sum) = output::checksum(q.stream).await?;
-            println!("{rows} rows, checksum {sum}");
-            (rows, None, Some(sum))
-        }
-        Some(path) => {
-            let w = output::write_stream(q.stream, path, &output::WriteOptions::default()).await?;
-            (w.rows, Some(w.bytes), None)
-        }
-        None => {
-            let max = (args.max_rows > 0).then_some(args.max_rows);
-            let mut stdout = std::io::stdout().lock();
-            (output::print_table(q.stream, max, &mut stdout).await?, None, None)
-        }
-    };
-    Ok(Executed {
-        rows,
-        output_bytes,
-        checksum,
-        spilled: query::spilled_bytes(&plan),
-        joins: query::join_reports(&plan),
-    })
+}
+
+/// `~/.spillway_history`, as DuckDB keeps `~/.duckdb_history`.
+fn default_history() -> Option<PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".spillway_history"))
 }
 
 /// A spinner with live memory figures, when stderr is a terminal.
