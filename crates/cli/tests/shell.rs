@@ -96,18 +96,22 @@ fn pty_multi_line_statements_completion_and_history_across_sessions() {
     s.send("\\d people\r").unwrap();
     s.expect(Regex("amount.*Int64")).unwrap();
     s.expect("spillway> ").unwrap();
-    // An error is printed and the shell goes on.
+    // An error is printed and the shell goes on; the guard of every path holds here too.
     s.send("SELECT nope FROM people;\r").unwrap();
     s.expect(Regex("error: .*nope")).unwrap();
+    s.expect("spillway> ").unwrap();
+    s.send("SET datafusion.runtime.memory_limit = '10G';\r").unwrap();
+    s.expect(Regex("error: .*datafusion.runtime.memory_limit")).unwrap();
     s.expect("spillway> ").unwrap();
     leave(s);
 
     let saved = std::fs::read_to_string(&history).unwrap();
     assert!(saved.contains("max(customer_name) AS last FROM people"), "{saved}");
 
-    // A new session reads the history: Up four times brings back the `max` query (after it came
-    // `.tables`, `\d people` and the failed one).
+    // A new session reads the history: Up five times brings back the `max` query (after it came
+    // `.tables`, `\d people` and the two refused statements).
     let mut s = shell(&["--table", &table, "--history", history_arg]);
+    s.send("\x1b[A").unwrap();
     s.send("\x1b[A").unwrap();
     s.send("\x1b[A").unwrap();
     s.send("\x1b[A").unwrap();
@@ -122,7 +126,9 @@ fn pty_multi_line_statements_completion_and_history_across_sessions() {
 fn pty_ctrl_c_cancels_a_running_statement_and_the_shell_goes_on() {
     let dir = scratch("pty-ctrl-c");
     let spill = dir.join("spill");
-    let mut s = shell(&["--spill-dir", spill.to_str().unwrap()]);
+    let null_mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata("/dev/null").unwrap().permissions());
+    // `--history /dev/null` keeps no history (and leaves the device alone).
+    let mut s = shell(&["--spill-dir", spill.to_str().unwrap(), "--history", "/dev/null"]);
     // A sort far larger than 64MiB: it spills, and would run for many minutes.
     s.send("SELECT value FROM generate_series(1, 3000000000) ORDER BY value DESC;\r").unwrap();
     std::thread::sleep(Duration::from_secs(3));
@@ -144,6 +150,8 @@ fn pty_ctrl_c_cancels_a_running_statement_and_the_shell_goes_on() {
     let left: Vec<_> =
         std::fs::read_dir(spill.join("spillway")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "the cancelled sort's spill files must be gone: {left:?}");
+    let after = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata("/dev/null").unwrap().permissions());
+    assert_eq!(after, null_mode, "/dev/null must keep its mode");
 }
 
 #[test]

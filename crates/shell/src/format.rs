@@ -3,6 +3,7 @@
 //! written as they arrive and none are kept.
 
 use crate::error::{Error, Result};
+use arrow::array::AsArray;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 use std::io::Write;
@@ -52,6 +53,7 @@ pub async fn write(
 ) -> Result<u64> {
     let io = |e: std::io::Error| Error::io("<stdout>", e);
     match format {
+        Format::Table if is_plan(&stream.schema()) => write_plans(stream, out).await,
         Format::Table => Ok(spillway_engine::output::print_table(stream, max_rows, out).await?),
         Format::Csv => {
             let schema = stream.schema();
@@ -84,6 +86,31 @@ pub async fn write(
             Ok(rows)
         }
     }
+}
+
+/// Whether `schema` is `EXPLAIN`'s: `plan_type` and `plan`.
+fn is_plan(schema: &arrow::datatypes::Schema) -> bool {
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    names == ["plan_type", "plan"]
+}
+
+/// `EXPLAIN` as text, each plan under its type, the way its lines are indented (a table would
+/// make every line as wide as the widest).
+async fn write_plans(stream: SendableRecordBatchStream, out: &mut dyn Write) -> Result<u64> {
+    let io = |e: std::io::Error| Error::io("<stdout>", e);
+    let mut rows = 0u64;
+    let mut stream = stream;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        let text = |i: usize| arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8);
+        let (types, plans) = (text(0)?, text(1)?);
+        let (types, plans) = (types.as_string::<i32>(), plans.as_string::<i32>());
+        for row in 0..batch.num_rows() {
+            writeln!(out, "{}:\n{}", types.value(row), plans.value(row).trim_end()).map_err(io)?;
+        }
+    }
+    Ok(rows)
 }
 
 async fn drain(
@@ -126,5 +153,11 @@ mod tests {
         assert_eq!(render(empty, Format::Csv).await, "n\n");
         assert_eq!("NDJSON".parse::<Format>().unwrap(), Format::Ndjson);
         assert!("xml".parse::<Format>().is_err());
+        // EXPLAIN's plan is printed as its indented text, not as a table.
+        let plan = render("EXPLAIN SELECT n FROM (VALUES (1)) AS t(n)", Format::Table).await;
+        assert!(
+            plan.starts_with("logical_plan:\n") && plan.contains("\nphysical_plan:\n") && !plan.contains('|'),
+            "{plan}"
+        );
     }
 }

@@ -13,8 +13,12 @@ use rustyline::{Config, Editor};
 use std::path::Path;
 
 /// Reads and runs statements until Ctrl-D or `.quit`. `history`: the file kept across sessions
-/// (read at start, appended after each entry).
+/// (read at start, saved after each entry); a path that exists and is not a regular file, such
+/// as `/dev/null`, keeps none.
 pub async fn run(shell: &mut Shell, history: Option<&Path>, banner: &str) -> Result<()> {
+    // `/dev/null` (or any path that is not a regular file) keeps no history: rustyline would
+    // make the file private (mode 0600), which must never happen to a device.
+    let history = history.filter(|p| std::fs::metadata(p).map_or(true, |m| m.is_file()));
     let config = Config::builder().auto_add_history(false).max_history_size(10_000).map_err(terminal)?.build();
     let mut editor: Editor<Helper, DefaultHistory> = Editor::with_config(config).map_err(terminal)?;
     editor.set_helper(Some(Helper::default()));
