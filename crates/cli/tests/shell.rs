@@ -155,6 +155,44 @@ fn pty_ctrl_c_cancels_a_running_statement_and_the_shell_goes_on() {
 }
 
 #[test]
+fn script_interrupted_by_sigint_cleans_up_and_exits_130() {
+    let dir = scratch("sigint");
+    let spill = dir.join("spill");
+    let child = bin()
+        .args(["sql", "--memory", "64MiB", "--spill-dir"])
+        .arg(&spill)
+        .arg("SELECT value FROM generate_series(1, 3000000000) ORDER BY value DESC")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the sort has spilled (more than 1MiB in the spill folder).
+    fn bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir).map_or(0, |d| {
+            d.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+    }
+    let spilled = || bytes(&spill) > 1 << 20;
+    let waited = std::time::Instant::now();
+    while !spilled() && waited.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(spilled(), "the sort must have spilled");
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "interrupted");
+    let left: Vec<_> = std::fs::read_dir(spill.join("spillway")).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "nothing may be left in the spill folder: {left:?}");
+}
+
+#[test]
 fn script_file_with_comments_and_several_statements() {
     let dir = scratch("script-file");
     let table = people(&dir);
