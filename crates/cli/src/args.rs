@@ -290,9 +290,9 @@ pub struct SqlArgs {
     /// Run the statements and shell commands of FILE (`-` for standard input).
     #[arg(long, short = 'f', value_name = "FILE", conflicts_with = "sql")]
     pub file: Option<PathBuf>,
-    /// How results are printed.
-    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
-    pub format: FormatArg,
+    /// How results are printed: table, csv, json or ndjson.
+    #[arg(long, default_value = "table", value_name = "FORMAT")]
+    pub format: spillway_shell::Format,
     /// Open a project's tables by name: its sources, the outputs its last run kept, its views.
     #[arg(long, value_name = "DIR")]
     pub project: Option<PathBuf>,
@@ -326,30 +326,6 @@ pub struct SqlArgs {
     /// (for comparisons; these skip the governor).
     #[arg(long, value_enum, default_value_t = PoolKind::Spillway)]
     pub pool: PoolKind,
-}
-
-/// `--format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FormatArg {
-    /// A table of the first `--max-rows` rows, then the row count.
-    Table,
-    /// CSV with a header line.
-    Csv,
-    /// One JSON array of objects.
-    Json,
-    /// One JSON object per line.
-    Ndjson,
-}
-
-impl From<FormatArg> for spillway_shell::Format {
-    fn from(f: FormatArg) -> Self {
-        match f {
-            FormatArg::Table => spillway_shell::Format::Table,
-            FormatArg::Csv => spillway_shell::Format::Csv,
-            FormatArg::Json => spillway_shell::Format::Json,
-            FormatArg::Ndjson => spillway_shell::Format::Ndjson,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

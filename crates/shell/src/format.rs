@@ -26,11 +26,6 @@ impl Format {
     /// Every format, by name.
     pub const ALL: [(&'static str, Format); 4] =
         [("table", Format::Table), ("csv", Format::Csv), ("json", Format::Json), ("ndjson", Format::Ndjson)];
-
-    /// Its name.
-    pub fn name(self) -> &'static str {
-        Format::ALL.iter().find(|(_, f)| *f == self).map_or("table", |(n, _)| n)
-    }
 }
 
 impl std::str::FromStr for Format {
@@ -113,7 +108,8 @@ async fn write_plans(stream: SendableRecordBatchStream, out: &mut dyn Write) -> 
     Ok(rows)
 }
 
-async fn drain(
+/// Reads `stream` to its end, handing each batch to `write`; returns the rows.
+pub(crate) async fn drain(
     mut stream: SendableRecordBatchStream,
     mut write: impl FnMut(&arrow::array::RecordBatch) -> std::result::Result<(), arrow::error::ArrowError>,
 ) -> Result<u64> {

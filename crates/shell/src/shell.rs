@@ -221,7 +221,7 @@ impl Shell {
                     (outcome.rows, outcome.output_bytes) = (w.rows, Some(w.bytes));
                 }
                 // A statement without columns (SET, CREATE ...) prints nothing.
-                Target::Print if !outcome.has_columns => outcome.rows = drain(stream).await?,
+                Target::Print if !outcome.has_columns => outcome.rows = format::drain(stream, |_| Ok(())).await?,
                 Target::Print => outcome.rows = format::write(stream, format, max_rows, out).await?,
             }
             outcome.spilled = query::spilled_bytes(&plan);
@@ -396,14 +396,6 @@ impl Shell {
         format::write(stream, self.format, None, out).await?;
         Ok(())
     }
-}
-
-async fn drain(mut stream: SendableRecordBatchStream) -> Result<u64> {
-    let mut rows = 0;
-    while let Some(b) = stream.next().await {
-        rows += b?.num_rows() as u64;
-    }
-    Ok(rows)
 }
 
 /// `stream`, pulled by a task of its own into a channel of two batches; the task (aborted when

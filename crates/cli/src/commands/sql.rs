@@ -86,7 +86,7 @@ pub async fn run(settings: &Settings, config: &Config, args: SqlArgs) -> Result<
 
     let started = Instant::now();
     let mut shell = Shell::new(new_context()?, governor.clone(), lease_pool.clone(), budget);
-    shell.format = args.format.into();
+    shell.format = args.format;
     shell.max_rows = args.max_rows;
     let gov = governor.clone();
     shell.set_progress(Box::new(move || spinner(&gov)));
