@@ -51,6 +51,14 @@ pub struct GlobalArgs {
     /// Config file (default ./spillway.toml when it exists).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The machine budget every spillway process on this machine leases from together, through
+    /// the ledger: a size or a share of the effective limit. Default 60%.
+    #[arg(long, global = true, env = "SPILLWAY_MACHINE_MEMORY", value_name = "SIZE|PCT")]
+    pub machine_memory: Option<String>,
+    /// The machine-wide ledger file, or `off` for this process's own budget only
+    /// (default /dev/shm/spillway-ledger).
+    #[arg(long, global = true, env = "SPILLWAY_LEDGER", value_name = "FILE|off")]
+    pub ledger: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +91,9 @@ pub enum Command {
     /// Benchmarks against other engines under the same memory limit.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// An isolated model's child process (started by `spillway run`; its spec on stdin).
+    #[command(hide = true)]
+    Worker,
 }
 
 #[derive(Debug, Subcommand)]

@@ -33,6 +33,10 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // An isolated model's child: no config, no ledger (its runner's lease already counts).
+    if let args::Command::Worker = args.command {
+        return ExitCode::from(spillway_isolate::worker::main(std::io::stdin().lock()).clamp(0, 255) as u8);
+    }
     match commands::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         // Ctrl-C in a one-shot `spillway sql`: the statement was cancelled and cleaned up; the

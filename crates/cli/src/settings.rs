@@ -5,7 +5,7 @@
 use crate::args::GlobalArgs;
 use anyhow::{Context, Result};
 use spillway_governor::limits::{self, Cores};
-use spillway_governor::{Budget, ByteSize, GovernorConfig, MemorySpec};
+use spillway_governor::{Budget, ByteSize, GovernorConfig, LedgerConfig, MemorySpec};
 use spillway_pipeline::Config;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,27 @@ pub struct Settings {
     pub max_spill: Option<u64>,
     pub unspillable_reserve: f64,
     pub config_file: Option<PathBuf>,
+}
+
+/// The machine-wide ledger: `--ledger` (`off` for none) at `--machine-memory` (default
+/// [`DEFAULT_MEMORY`] of the machine's effective limit) less the headroom.
+fn ledger(global: &GlobalArgs, governor: &GovernorConfig) -> Result<Option<LedgerConfig>> {
+    let path = match global.ledger.as_deref() {
+        Some("off") => return Ok(None),
+        Some(p) => PathBuf::from(p),
+        None => spillway_governor::ledger::default_path(),
+    };
+    let spec: MemorySpec =
+        global.machine_memory.as_deref().unwrap_or(DEFAULT_MEMORY).parse().context("--machine-memory")?;
+    let machine = Budget::resolve(spec, limits::memory_limit()).context("--machine-memory")?;
+    let capacity = (machine.bytes as f64 * (1.0 - governor.headroom)) as u64;
+    let mut label: String = std::env::args()
+        .enumerate()
+        .map(|(i, a)| if i == 0 { "spillway".to_string() } else { a })
+        .collect::<Vec<_>>()
+        .join(" ");
+    label.truncate(label.char_indices().nth(100).map_or(label.len(), |(i, _)| i));
+    Ok(Some(LedgerConfig { path, capacity, label }))
 }
 
 /// Reads the configuration once: `--config`, else `spillway.toml` in the project folder (for
@@ -45,11 +66,12 @@ pub fn resolve(global: &GlobalArgs, config: &Config) -> Result<Settings> {
         },
     };
     let budget = Budget::resolve(spec, limits::memory_limit())?;
-    let governor = file
+    let mut governor = file
         .governor
         .governor_config(budget.bytes)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("in {shown}"))?;
+    governor.ledger = ledger(global, &governor)?;
     let max_spill = match &global.max_spill {
         Some(t) => Some(t.parse::<ByteSize>().context("--max-spill")?.bytes()),
         None => file.max_spill().map_err(anyhow::Error::msg).with_context(|| format!("in {shown}"))?,

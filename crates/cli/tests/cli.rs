@@ -6,6 +6,8 @@
 //! - `bad_input_*`: one-line errors and exit codes for bad sizes, files and SQL.
 //! - `plan_*`, `run_*`, `init_*`: projects (examples/tpch among them).
 //! - `bench_*`: the benchmark harness (and the DuckDB script when duckdb is installed).
+//! - `isolate_*`, `ledger_*`: models in child processes under a memory cgroup; the machine-wide
+//!   ledger shared by several processes.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,10 @@ const MIB: f64 = 1048576.0;
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_spillway"));
     c.env_remove("SPILLWAY_MEMORY").env_remove("SPILLWAY_PG_URL").env("SPILLWAY_LOG", "warn");
+    // The tests' own machine-wide ledger: they share it with each other, not with spillway
+    // processes of whoever runs them.
+    c.env("SPILLWAY_LEDGER", scratch().join("ledger")).env_remove("SPILLWAY_MACHINE_MEMORY");
+    c.env_remove("SPILLWAY_ISOLATION");
     c
 }
 
@@ -1037,4 +1043,194 @@ fn issue_13_bad_inputs_get_clear_errors_and_leave_everything_intact() {
         }
     }
     assert!(failures.is_empty(), "{} of {} bad inputs:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// Child cgroups spillway made (`spillway-<pid>-...`) under this process's own memory cgroup.
+fn child_cgroups() -> Vec<String> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = cgroups.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string())).unwrap();
+    let dir = Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("spillway-"))
+        .collect()
+}
+
+fn results_of(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join(".spillway/runs/latest/run_results.json")).unwrap()).unwrap()
+}
+
+/// Issue #20: examples/tpch with every model isolated (each in a `spillway worker` child under
+/// a cgroup v1 memory limit) publishes the same outputs as the in-process run; each step
+/// records its child's pid, confinement, limit and peak; no cgroup and no temp file is left.
+#[test]
+fn isolate_examples_tpch_equals_the_in_process_run_and_leaves_nothing() {
+    let mut sums = Vec::new();
+    for (name, isolate) in [("iso-off", "false"), ("iso-on", "true")] {
+        let dir = example_project(name);
+        let spill = scratch().join(format!("{name}.spill"));
+        let out = run(bin()
+            .arg("run")
+            .arg(&dir)
+            .args(["--memory", "256MiB", "--set", "sources.tpch.sf=0.1", "--set"])
+            .arg(format!("defaults.isolate={isolate}"))
+            .args(["--plain", "--spill-dir"])
+            .arg(&spill));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("9 ok, 0 failed, 0 skipped"), "{text}");
+        let results = results_of(&dir);
+        for step in results["steps"].as_array().unwrap() {
+            let iso = &step["isolated"];
+            if isolate == "true" {
+                assert!(iso["pid"].as_u64().unwrap() > 0, "{step}");
+                assert_eq!(iso["confinement"], "cgroup v1", "{step}");
+                assert!(iso["peak_bytes"].as_u64().unwrap() > 0, "{step}");
+                assert!(iso["peak_bytes"].as_u64() <= iso["limit_bytes"].as_u64(), "{step}");
+                assert_eq!(iso["oom_killed"], false);
+            } else {
+                assert!(iso.is_null(), "{step}");
+            }
+        }
+        if isolate == "true" {
+            assert!(text.contains("isolated pid"), "the progress lines show the child: {text}");
+            let html = std::fs::read_to_string(PathBuf::from(
+                String::from_utf8_lossy(&run(bin().arg("report").arg(&dir)).stdout).trim(),
+            ))
+            .unwrap();
+            assert!(html.contains("isolated: child pid"), "the report shows the child");
+        }
+        assert!(run_folders(&spill).is_empty(), "{:?}", run_folders(&spill));
+        sums.push(FAULT_OUTPUTS.iter().map(|f| file_checksum(&dir.join(f))).collect::<Vec<_>>());
+    }
+    assert_eq!(sums[0], sums[1], "isolated and in-process outputs are equal");
+    let left: Vec<String> = child_cgroups().into_iter().filter(|n| !n.contains("probe")).collect();
+    let mine = std::process::id().to_string();
+    assert!(left.iter().all(|n| !n.starts_with(&format!("spillway-{mine}-"))), "{left:?}");
+}
+
+/// Issue #20: a child that allocates past its cgroup's limit (a 1GB string under a 64MiB
+/// lease: memory no DataFusion pool tracks) is OOM-killed, reported as `oom-killed` with its
+/// limit and peak, retried once disk-first with a larger lease, killed again; the independent
+/// model completes; no cgroup, no temp file is left.
+#[test]
+fn isolate_oom_killed_child_is_reported_retried_and_the_run_goes_on() {
+    let dir = scratch().join("iso-oom");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(
+        dir.join("models/hog.sql"),
+        "-- spillway: isolate=true profile=64MiB\nSELECT max(length(repeat('x', 1000000000 + CAST(value AS INT)))) AS n FROM range(1)\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("models/fine.sql"), "-- spillway: isolate=true\nSELECT count(*) AS n FROM range(100000)\n")
+        .unwrap();
+    let spill = scratch().join("iso-oom.spill");
+    let out =
+        bin().arg("run").arg(&dir).args(["--memory", "1GiB", "--plain", "--spill-dir"]).arg(&spill).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("1 ok, 1 failed"), "{text}");
+    assert!(text.contains("retry hog") && text.contains("oom-killed"), "{text}");
+    let results = results_of(&dir);
+    let steps = results["steps"].as_array().unwrap();
+    let hog = steps.iter().find(|s| s["name"] == "hog").unwrap();
+    let error = hog["error"].as_str().unwrap();
+    assert!(error.contains("oom-killed") && error.contains("memory limit of"), "{error}");
+    assert_eq!(hog["attempts"], 2, "retried once: {hog}");
+    let iso = &hog["isolated"];
+    assert_eq!(iso["oom_killed"], true);
+    let (peak, limit) = (iso["peak_bytes"].as_u64().unwrap(), iso["limit_bytes"].as_u64().unwrap());
+    assert!(peak as f64 >= limit as f64 * 0.9 && peak <= limit, "peak {peak} at the limit {limit}");
+    assert!(limit > (64 + 96) << 20, "the retry had a larger lease: {limit}");
+    let fine = steps.iter().find(|s| s["name"] == "fine").unwrap();
+    assert_eq!(fine["status"], "ok", "{fine}");
+    assert!(run_folders(&spill).is_empty(), "{:?}", run_folders(&spill));
+    let mine = format!("spillway-{}-", std::process::id());
+    assert!(child_cgroups().iter().all(|n| !n.starts_with(&mine)));
+}
+
+/// Issue #20: without a writable cgroup (forced here with SPILLWAY_ISOLATION=rlimit) an
+/// isolated model runs under rlimits and its own governor, and `spillway info` says so.
+#[test]
+fn isolate_falls_back_to_rlimits_without_a_cgroup() {
+    let out = run(bin().arg("info").env("SPILLWAY_ISOLATION", "rlimit"));
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(info.contains("isolation     rlimits (RLIMIT_DATA"), "{info}");
+    let out = run(bin().arg("info"));
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(info.contains("isolation     cgroup v1 memory cgroup per isolated model"), "{info}");
+    let dir = scratch().join("iso-rlimit");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(
+        dir.join("models/sorted.sql"),
+        "-- spillway: isolate=true profile=48MiB\nSELECT value FROM range(2000000) ORDER BY value DESC\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("models/top.sql"), "SELECT max(value) AS top, count(*) AS n FROM sorted\n").unwrap();
+    std::fs::write(dir.join("spillway.toml"), "[sinks.top]\nmodel = \"top\"\npath = \"top.csv\"\n").unwrap();
+    run(bin().arg("run").arg(&dir).args(["--memory", "256MiB", "--plain"]).env("SPILLWAY_ISOLATION", "rlimit"));
+    let results = results_of(&dir);
+    let sorted = results["steps"].as_array().unwrap().iter().find(|s| s["name"] == "sorted").unwrap().clone();
+    assert_eq!(sorted["isolated"]["confinement"], "rlimit", "{sorted}");
+    assert!(sorted["isolated"]["peak_bytes"].is_null());
+    assert!(sorted["spilled_bytes"].as_u64().unwrap() > 0, "the child's sort spilled in its lease: {sorted}");
+    assert_eq!(std::fs::read_to_string(dir.join("top.csv")).unwrap(), "top,n\n1999999,2000000\n");
+}
+
+/// Issue #20: ten `spillway sql` processes, each asking for 40% of a 1GiB machine budget through
+/// one ledger, run at most two at a time (the ledger never holds more than the machine's
+/// leasable bytes) and all finish; `spillway info` lists who holds what.
+#[test]
+fn ledger_ten_processes_at_40_percent_share_one_machine_budget() {
+    let ledger = scratch().join("ledger-ten");
+    let _ = std::fs::remove_file(&ledger);
+    let machine = ["--machine-memory", "1GiB", "--ledger"];
+    let capacity = ((1u64 << 30) as f64 * 0.85) as u64;
+    let mut children = Vec::new();
+    for _ in 0..10 {
+        let mut cmd = bin();
+        cmd.args(["sql", "SELECT value FROM generate_series(1, 2000000) ORDER BY value DESC", "--max-rows", "1"])
+            .args(["--memory", "480MiB"])
+            .args(machine)
+            .arg(&ledger)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        children.push(cmd.spawn().unwrap());
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (ledger, done) = (ledger.clone(), done.clone());
+        std::thread::spawn(move || {
+            let (mut most_bytes, mut most_holders, mut listed) = (0u64, 0usize, false);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+                let entries: Vec<Vec<&str>> = text.lines().map(|l| l.splitn(5, ' ').collect()).collect();
+                let bytes: u64 = entries.iter().filter_map(|e| e.get(3)?.parse::<u64>().ok()).sum();
+                most_bytes = most_bytes.max(bytes);
+                most_holders = most_holders.max(entries.len());
+                if !listed && !entries.is_empty() {
+                    let out = bin().arg("info").args(machine).arg(&ledger).output().unwrap();
+                    let info = String::from_utf8_lossy(&out.stdout).to_string();
+                    listed = info.contains("pid ") && info.contains("spillway sql SELECT value");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            (most_bytes, most_holders, listed)
+        })
+    };
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), None, "process {i} was killed: {out:?}");
+        assert!(out.status.success(), "process {i}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (most_bytes, most_holders, listed) = watcher.join().unwrap();
+    assert!(most_bytes <= capacity, "the ledger held {most_bytes} > {capacity}");
+    assert!((1..=2).contains(&most_holders), "at most two 40% leases at once: {most_holders}");
+    assert!(listed, "spillway info lists the holders");
+    assert_eq!(std::fs::read_to_string(&ledger).unwrap(), "", "every lease came back");
 }

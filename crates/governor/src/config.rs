@@ -1,6 +1,7 @@
 //! Governor settings: how the budget is resolved and how it is divided.
 
 use crate::error::{Error, Result};
+use crate::ledger::LedgerConfig;
 use crate::limits::MemoryLimit;
 use crate::pressure::PressureThresholds;
 use crate::size::{fmt_bytes, ByteSize, MemorySpec};
@@ -114,6 +115,9 @@ pub struct GovernorConfig {
     pub sample_interval: Duration,
     /// Whether releasing a lease purges jemalloc arenas (default true).
     pub purge_on_release: bool,
+    /// The machine-wide ledger this governor also leases from (default none: the process's own
+    /// budget only). The CLI sets it for every spillway process.
+    pub ledger: Option<LedgerConfig>,
 }
 
 impl GovernorConfig {
@@ -128,6 +132,7 @@ impl GovernorConfig {
             lease_timeout: Some(Duration::from_secs(3600)),
             sample_interval: Duration::from_millis(50),
             purge_on_release: true,
+            ledger: None,
         }
     }
 

@@ -58,6 +58,22 @@ pub enum Error {
         /// Budget, formatted.
         budget: String,
     },
+    /// A lease asks for more than the machine-wide ledger can ever lend to all processes.
+    #[error(
+        "lease {name:?} asks for {requested} but all spillway processes on this machine together may hold \
+         at most {capacity} (the machine budget less headroom, ledger {ledger}); raise --machine-memory \
+         or SPILLWAY_MACHINE_MEMORY, or ask for less"
+    )]
+    LeaseAboveMachine {
+        /// Lease name.
+        name: String,
+        /// Requested bytes, formatted.
+        requested: String,
+        /// The ledger's capacity, formatted.
+        capacity: String,
+        /// The ledger file.
+        ledger: String,
+    },
     /// Waiting for a lease took longer than allowed.
     #[error(
         "lease {name:?} for {requested} timed out after {waited:?}: {leased} of {leasable} is lent out \

@@ -92,6 +92,12 @@ impl Governor {
         self.shared.reserved.load(Ordering::Relaxed)
     }
 
+    /// The machine-wide ledger in use: its file and capacity; `None` without one, or when it
+    /// could not be used (the process then keeps to its own budget).
+    pub fn ledger(&self) -> Option<(&std::path::Path, u64)> {
+        self.shared.ledger.as_ref().filter(|l| !l.is_broken()).map(|l| (l.path(), l.capacity()))
+    }
+
     /// The current pressure level.
     pub fn pressure(&self) -> Pressure {
         self.shared.pressure()
@@ -224,6 +230,10 @@ fn sampler_loop(weak: Weak<Shared>) {
             Some(shared) => {
                 let s = sample_once(&shared);
                 interval = next_interval(&s, &shared.config);
+                // Another process may have given back what the queue's front waits for.
+                if shared.waits_on_machine() {
+                    shared.wake();
+                }
             }
             None => return,
         }

@@ -15,6 +15,7 @@
 use crate::config::{GovernorConfig, Profile};
 use crate::error::{Error, Result};
 use crate::jemalloc;
+use crate::ledger::{Claim, Ledger};
 use crate::pressure::Pressure;
 use crate::size::fmt_bytes;
 use crate::timeline::Timeline;
@@ -79,6 +80,8 @@ pub(crate) struct Shared {
     /// Share of each lease withheld (parts per million) while untracked memory exceeds the headroom.
     pub(crate) squeeze_ppm: AtomicU64,
     pub(crate) timeline: Timeline,
+    /// The machine-wide ledger every spillway process leases from, if one is configured.
+    pub(crate) ledger: Option<Ledger>,
 }
 
 #[derive(Default)]
@@ -105,6 +108,7 @@ impl Shared {
     pub(crate) fn new(config: GovernorConfig) -> Self {
         let (pressure_tx, _) = watch::channel(Pressure::Normal);
         Self {
+            ledger: config.ledger.clone().map(Ledger::new),
             leasable: config.leasable(),
             heavy: Arc::new(Semaphore::new(config.heavy_slots)),
             config,
@@ -140,7 +144,27 @@ impl Shared {
         // At high pressure new leases wait, unless nothing is lent at all (then waiting could not
         // make pressure fall, and someone must make progress).
         let pressure_ok = self.pressure() < Pressure::High || state.leased == 0;
-        pressure_ok && state.leased + bytes <= self.leasable
+        if !(pressure_ok && state.leased + bytes <= self.leasable) {
+            return false;
+        }
+        // Then the machine: our entry in the ledger grows to what we would lend (callers lend
+        // `bytes` when this returns true).
+        match &self.ledger {
+            Some(ledger) if bytes > 0 => matches!(ledger.claim(state.leased + bytes), Claim::Granted),
+            _ => true,
+        }
+    }
+
+    /// Brings our ledger entry down to what is lent after a release.
+    fn sync_ledger(&self, state: &State) {
+        if let Some(ledger) = &self.ledger {
+            ledger.claim(state.leased);
+        }
+    }
+
+    /// Whether requests are waiting and a ledger is in use (the sampler then looks again).
+    pub(crate) fn waits_on_machine(&self) -> bool {
+        self.ledger.is_some() && !self.lock().queue.is_empty()
     }
 
     /// Grants queued requests from the front while they fit.
@@ -196,6 +220,7 @@ impl Shared {
             h.bytes -= n;
             state.leased -= n;
         }
+        self.sync_ledger(&state);
         self.grant_waiters(&mut state);
     }
 
@@ -204,16 +229,22 @@ impl Shared {
         if let Some(h) = state.holders.remove(&id) {
             state.leased -= h.bytes;
         }
+        self.sync_ledger(&state);
         self.grant_waiters(&mut state);
     }
 
-    fn holders_desc(state: &State) -> String {
-        if state.holders.is_empty() {
-            return "nobody (waiting on memory pressure)".into();
-        }
+    fn holders_desc(&self, state: &State) -> String {
         let mut hs: Vec<&Holder> = state.holders.values().collect();
         hs.sort_by_key(|h| std::cmp::Reverse(h.bytes));
-        hs.iter().take(8).map(|h| format!("{} ({})", h.name, fmt_bytes(h.bytes))).collect::<Vec<_>>().join(", ")
+        let mut parts: Vec<String> =
+            hs.iter().take(8).map(|h| format!("{} ({})", h.name, fmt_bytes(h.bytes))).collect();
+        if let Some(ledger) = &self.ledger {
+            parts.extend(ledger.others().iter().map(|o| format!("pid {} {} ({})", o.pid, o.label, fmt_bytes(o.bytes))));
+        }
+        if parts.is_empty() {
+            return "nobody (waiting on memory pressure)".into();
+        }
+        parts.join(", ")
     }
 
     pub(crate) fn resolve(&self, size: LeaseSize) -> u64 {
@@ -231,6 +262,14 @@ impl Shared {
                 requested: fmt_bytes(bytes),
                 leasable: fmt_bytes(self.leasable),
                 budget: fmt_bytes(self.config.budget),
+            });
+        }
+        if let Some(ledger) = self.ledger.as_ref().filter(|l| bytes > l.capacity() && !l.is_broken()) {
+            return Err(Error::LeaseAboveMachine {
+                name: req.name,
+                requested: fmt_bytes(bytes),
+                capacity: fmt_bytes(ledger.capacity()),
+                ledger: ledger.path().display().to_string(),
             });
         }
         let started = Instant::now();
@@ -297,7 +336,7 @@ impl Shared {
             leased: fmt_bytes(state.leased),
             leasable: fmt_bytes(self.leasable),
             pressure: self.pressure().to_string(),
-            holders: Self::holders_desc(&state),
+            holders: self.holders_desc(&state),
             ahead,
         }
     }
@@ -325,6 +364,7 @@ impl Drop for WaitGuard<'_> {
             state.queue.remove(pos);
         } else if let Some(h) = state.holders.remove(&self.id) {
             state.leased -= h.bytes;
+            self.shared.sync_ledger(&state);
         }
         // Whoever stood behind us may fit now.
         self.shared.grant_waiters(&mut state);

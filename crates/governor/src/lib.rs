@@ -13,6 +13,7 @@
 //!      ▼
 //!   Lease ── into_pool() ──▶ LeasePool: a DataFusion MemoryPool inside the lease      (pool)
 //!      drop: bytes return to the budget, jemalloc arenas are purged
+//!   Ledger: every spillway process's leases together within the machine budget      (ledger)
 //! ```
 //!
 //! DataFusion's own accounting is voluntary: operators reserve memory from a `MemoryPool`, and
@@ -35,6 +36,7 @@ mod error;
 mod governor;
 pub mod jemalloc;
 mod lease;
+pub mod ledger;
 pub mod limits;
 mod pool;
 mod pressure;
@@ -45,6 +47,7 @@ pub use config::{Budget, GovernorConfig, Profile, ProfileSize, MIN_BUDGET};
 pub use error::{Error, Result};
 pub use governor::Governor;
 pub use lease::{Lease, LeaseRequest, LeaseSize};
+pub use ledger::LedgerConfig;
 pub use pool::{LeasePool, PoolOptions, PoolStats, DEFAULT_UNSPILLABLE_RESERVE, SPILLED_FLOOR};
 pub use pressure::{Pressure, PressureThresholds};
 pub use size::{fmt_bytes, ByteSize, MemorySpec};

@@ -101,6 +101,38 @@ pub enum Error {
         /// The change file whose transaction grew it (none during population).
         file: Option<PathBuf>,
     },
+    /// An isolated model's child process was killed by the kernel's OOM killer at its cgroup's
+    /// limit.
+    #[error(
+        "oom-killed: the child process (pid {pid}) of {model} passed its memory limit of {} ({confinement}; peak {}); its temp files are removed",
+        spillway_governor::fmt_bytes(*limit),
+        peak.map_or("unknown".to_string(), spillway_governor::fmt_bytes)
+    )]
+    OomKilled {
+        /// The model.
+        model: String,
+        /// The child's pid.
+        pid: u32,
+        /// `cgroup v1` or `cgroup v2`.
+        confinement: String,
+        /// Its limit, bytes.
+        limit: u64,
+        /// The most its cgroup held, bytes.
+        peak: Option<u64>,
+    },
+    /// An isolated model's child process failed (its own error, or how it died).
+    #[error("in its child process (pid {pid}): {message}")]
+    Child {
+        /// The child's pid.
+        pid: u32,
+        /// What it reported, or how it died and the end of its stderr.
+        message: String,
+        /// Whether a memory reservation was refused (the runner escalates as in process).
+        resources_exhausted: bool,
+    },
+    /// Starting or talking to an isolated model's child failed.
+    #[error(transparent)]
+    Isolate(#[from] spillway_isolate::Error),
     /// Publishing a model's sinks stopped partway: what was and was not published.
     #[error(
         "publishing {model}'s sinks stopped: published {}; not published {}: {cause}",
@@ -136,6 +168,7 @@ impl Error {
             Error::Engine(e) => e.is_resources_exhausted(),
             Error::Tiers(spillway_tiers::Error::DataFusion(e)) => spillway_engine::is_resources_exhausted(e),
             Error::Postgres(e) => e.input_error().is_some_and(spillway_engine::is_resources_exhausted),
+            Error::Child { resources_exhausted, .. } => *resources_exhausted,
             _ => false,
         }
     }

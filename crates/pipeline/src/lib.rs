@@ -48,5 +48,5 @@ pub use dag::Dag;
 pub use error::{Error, Result};
 pub use project::{CdcSource, Model, Project, Refresh, SinkDef, SinkTarget, SourceDef, ViewDef, TPCH_TABLES};
 pub use results::{Event, RunResults, Status, StepResult};
-pub use run::{Observer, RunOptions};
+pub use run::{isolates, Observer, RunOptions};
 pub use settings::{Class, LeaseSpec, ModelSettings, SettingsTable};

@@ -281,7 +281,19 @@ fn table(results: &RunResults) -> String {
             Status::Error => "<span class=err>error</span>",
             Status::Skipped => "<span class=skip>skipped</span>",
         };
-        let note = st.error.clone().or_else(|| st.tier_reason.clone()).unwrap_or_default();
+        let mut note = st.error.clone().or_else(|| st.tier_reason.clone()).unwrap_or_default();
+        if let Some(i) = &st.isolated {
+            let _ = write!(
+                note,
+                "{}isolated: child pid {} ({}), peak {} of its {} limit{}",
+                if note.is_empty() { "" } else { "; " },
+                i.pid,
+                i.confinement,
+                i.peak_bytes.map_or("unknown".into(), fmt_bytes),
+                fmt_bytes(i.limit_bytes),
+                if i.oom_killed { ", oom-killed" } else { "" }
+            );
+        }
         let sinks: Vec<String> = st
             .sinks
             .iter()

@@ -103,6 +103,26 @@ pub struct StepResult {
     /// The run it was reused from (`--resume`), instead of running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_from: Option<String>,
+    /// Its child process, when it ran isolated (`isolate`): the last attempt's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolated: Option<Isolated>,
+}
+
+/// An isolated model's child process, as `run_results.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Isolated {
+    /// The child's pid.
+    pub pid: u32,
+    /// `cgroup v1`, `cgroup v2` or `rlimit`.
+    pub confinement: String,
+    /// Its memory limit: the lease plus the stated headroom.
+    pub limit_bytes: u64,
+    /// The most memory its cgroup held (cgroups only).
+    pub peak_bytes: Option<u64>,
+    /// Whether the kernel's OOM killer killed it (at any attempt).
+    pub oom_killed: bool,
+    /// Spawn to exit of the child, milliseconds.
+    pub child_ms: u64,
 }
 
 impl StepResult {
@@ -131,6 +151,7 @@ impl StepResult {
             joins: vec![],
             kept: None,
             reused_from: None,
+            isolated: None,
         }
     }
 }
@@ -236,6 +257,19 @@ pub enum Event {
         lease_bytes: u64,
         /// Partitions.
         partitions: usize,
+    },
+    /// An isolated model's child process started.
+    ModelIsolated {
+        /// Milliseconds since the run started.
+        t_ms: u64,
+        /// Model.
+        model: String,
+        /// The child's pid.
+        pid: u32,
+        /// `cgroup v1`, `cgroup v2` or `rlimit`.
+        confinement: String,
+        /// Its memory limit.
+        limit_bytes: u64,
     },
     /// A model failed for lack of memory and is tried again with more, or on disk.
     ModelRetry {

@@ -1,4 +1,5 @@
-//! Per-model settings: `profile`, `class`, `materialize`, `retries`, `checkpoint`, `check`.
+//! Per-model settings: `profile`, `class`, `materialize`, `retries`, `checkpoint`, `check`,
+//! `isolate`.
 //!
 //! They come from, in order of precedence: a leading `-- spillway: key=value ...` comment in the
 //! model's file, `[models.NAME]` in `spillway.toml`, and `[defaults]` there.
@@ -56,6 +57,37 @@ impl fmt::Display for Class {
     }
 }
 
+/// Whether a model runs in a child process of its own (`spillway worker`) under a memory cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolate {
+    /// In the runner's process (the default).
+    Off,
+    /// In a child process, under a memory cgroup where one can be made, else rlimits.
+    On,
+    /// In a child process if the model is heavy and a memory cgroup can be made.
+    Auto,
+}
+
+impl fmt::Display for Isolate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isolate::Off => "false",
+            Isolate::On => "true",
+            Isolate::Auto => "auto",
+        })
+    }
+}
+
+/// `isolate` as `spillway.toml` holds it: `true`, `false` or `"auto"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum IsolateValue {
+    /// `true` or `false`.
+    Flag(bool),
+    /// `"auto"` (or `"true"`, `"false"`).
+    Word(String),
+}
+
 /// A model's resolved settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSettings {
@@ -71,6 +103,8 @@ pub struct ModelSettings {
     pub checkpoint: bool,
     /// A check (like a dbt test): passes when it returns no rows; its rows are not kept.
     pub check: bool,
+    /// Run in a child process under a memory cgroup (default off).
+    pub isolate: Isolate,
 }
 
 impl Default for ModelSettings {
@@ -82,6 +116,7 @@ impl Default for ModelSettings {
             retries: 1,
             checkpoint: false,
             check: false,
+            isolate: Isolate::Off,
         }
     }
 }
@@ -102,6 +137,8 @@ pub struct SettingsTable {
     pub checkpoint: Option<bool>,
     /// The model is a check: it fails when it returns rows.
     pub check: Option<bool>,
+    /// `true`, `false` or `"auto"`: run in a child process under a memory cgroup.
+    pub isolate: Option<IsolateValue>,
 }
 
 impl ModelSettings {
@@ -133,10 +170,20 @@ impl ModelSettings {
             }
             "checkpoint" => self.checkpoint = flag("checkpoint", value)?,
             "check" => self.check = flag("check", value)?,
+            "isolate" => {
+                self.isolate = match value.to_ascii_lowercase().as_str() {
+                    "auto" => Isolate::Auto,
+                    v => match flag("isolate", v) {
+                        Ok(true) => Isolate::On,
+                        Ok(false) => Isolate::Off,
+                        Err(_) => return Err(format!("isolate = {value:?}: use true, false or auto")),
+                    },
+                }
+            }
             other => {
                 return Err(format!(
-                    "unknown setting {other:?} (known: profile, class, materialize, retries, checkpoint, check)"
-                ))
+                "unknown setting {other:?} (known: profile, class, materialize, retries, checkpoint, check, isolate)"
+            ))
             }
         }
         Ok(())
@@ -151,6 +198,13 @@ impl ModelSettings {
             ("retries", t.retries.map(|r| r.to_string())),
             ("checkpoint", t.checkpoint.map(|c| c.to_string())),
             ("check", t.check.map(|c| c.to_string())),
+            (
+                "isolate",
+                t.isolate.as_ref().map(|v| match v {
+                    IsolateValue::Flag(b) => b.to_string(),
+                    IsolateValue::Word(w) => w.clone(),
+                }),
+            ),
         ];
         for (k, v) in pairs {
             if let Some(v) = v {

@@ -61,6 +61,23 @@ pub fn run(s: &Settings) -> Result<()> {
         fmt_bytes(je.resident),
         fmt_bytes(limits::process_rss().unwrap_or(0))
     );
+    match &g.ledger {
+        None => println!("ledger        off: this process keeps to its own budget only"),
+        Some(l) => {
+            let holders = spillway_governor::ledger::read_live(&l.path);
+            let held: u64 = holders.iter().map(|h| h.bytes).sum();
+            println!(
+                "ledger        {}: all spillway processes together lease at most {} (machine budget less headroom); {} held now",
+                l.path.display(),
+                fmt_bytes(l.capacity),
+                fmt_bytes(held)
+            );
+            for h in holders {
+                println!("                pid {:<8} {:>9}  {}", h.pid, fmt_bytes(h.bytes), h.label);
+            }
+        }
+    }
+    println!("isolation     {}", spillway_isolate::Confinement::detect().describe());
     println!("config        {}", s.config_file.as_ref().map_or("none".into(), |p| p.display().to_string()));
     Ok(())
 }

@@ -55,5 +55,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gen(GenCommand::Tpch(args)) => gen::tpch(&settings, args),
         Command::Gen(GenCommand::TpchChanges(args)) => runtime.block_on(gen::tpch_changes(args)),
         Command::Bench(BenchCommand::Tpch(args)) => bench::run(&settings, args),
+        Command::Worker => unreachable!("main starts the worker before any settings are read"),
     }
 }

@@ -59,9 +59,10 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
     println!();
     let w = selected.iter().map(|m| m.len()).max().unwrap_or(0).max(24);
     println!(
-        "{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} reads",
-        "#", "model", "class", "lease", "materialize", "checkpoint"
+        "{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} {:<10} reads",
+        "#", "model", "class", "lease", "materialize", "checkpoint", "isolated"
     );
+    let confinement = spillway_isolate::Confinement::detect().name();
     for (i, name) in selected.iter().enumerate() {
         let m = &project.models[name];
         let s = &m.settings;
@@ -70,7 +71,7 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
         let reads: Vec<String> =
             dag.upstream[name].iter().cloned().chain(dag.sources[name].iter().map(|t| format!("{t}*"))).collect();
         println!(
-            "{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} {}",
+            "{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} {:<10} {}",
             i + 1,
             name,
             s.class.to_string(),
@@ -83,6 +84,7 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
             } else {
                 "no"
             },
+            if spillway_pipeline::isolates(m) { confinement.as_str() } else { "no" },
             if reads.is_empty() { "-".into() } else { reads.join(", ") }
         );
     }

@@ -33,7 +33,9 @@ pub async fn run(settings: &Settings, config: &Config, args: RunArgs) -> Result<
     });
     // Generate TPC-H data in a child process: tpchgen keeps ~300MiB for the process's life.
     if let Ok(exe) = std::env::current_exe() {
-        options.generator = spillway_pipeline::sources::Generator::Command(exe);
+        options.generator = spillway_pipeline::sources::Generator::Command(exe.clone());
+        // Isolated models run in `spillway worker` children of this same binary.
+        options.worker = Some(exe);
     }
     let cancel = Arc::new(tokio::sync::Notify::new());
     options.cancel = Some(cancel.clone());
@@ -176,6 +178,14 @@ impl Display {
                     bar.set_message(format!("{model}{again} · lease {}", fmt_bytes(*lease_bytes)));
                 }
             }
+            Event::ModelIsolated { model, pid, confinement, limit_bytes, .. } => {
+                let what = format!("isolated: pid {pid}, {confinement} limit {}", fmt_bytes(*limit_bytes));
+                match (&self.bars, st.running.get(model)) {
+                    (Some(_), Some(bar)) => bar.set_message(format!("{} · {what}", bar.message())),
+                    (None, _) => println!("  {model} {what}"),
+                    _ => {}
+                }
+            }
             Event::ModelRetry { model, escalation, error, .. } => {
                 let line = format!("  retry {model}: out of memory ({}); {escalation}", first_line(error));
                 match &self.bars {
@@ -222,7 +232,7 @@ fn describe(step: &StepResult) -> String {
             let sinks: Vec<String> =
                 step.sinks.iter().map(|s: &SinkResult| format!(" → {}", s.path.display())).collect();
             format!(
-                "OK    {} [{:.2}s, peak {}, {} {}, {} rows{}{}]{}",
+                "OK    {} [{:.2}s, peak {}, {} {}, {} rows{}{}{}]{}",
                 step.name,
                 step.elapsed_ms as f64 / 1000.0,
                 fmt_bytes(step.peak_resident_bytes),
@@ -235,6 +245,7 @@ fn describe(step: &StepResult) -> String {
                     String::new()
                 },
                 if step.attempts > 1 { format!(", {} attempts", step.attempts) } else { String::new() },
+                isolated(step),
                 sinks.join("")
             )
         }
@@ -245,6 +256,20 @@ fn describe(step: &StepResult) -> String {
             step.error.as_deref().unwrap_or("failed")
         ),
         Status::Skipped => format!("SKIP  {} ({})", step.name, step.error.as_deref().unwrap_or("not run")),
+    }
+}
+
+/// `, isolated pid 123 peak 80MiB of 160MiB` for a model run in a child process.
+fn isolated(step: &StepResult) -> String {
+    match &step.isolated {
+        Some(i) => format!(
+            ", isolated pid {} ({}) peak {} of {}",
+            i.pid,
+            i.confinement,
+            i.peak_bytes.map_or("-".into(), fmt_bytes),
+            fmt_bytes(i.limit_bytes)
+        ),
+        None => String::new(),
     }
 }
 

@@ -17,12 +17,14 @@ use std::sync::Arc;
 
 /// What is known of an attempt, success or not.
 #[derive(Default)]
-struct Attempt {
-    leased_ms: u64,
-    spilled: u64,
-    joins: Vec<JoinReport>,
+pub(super) struct Attempt {
+    pub(super) leased_ms: u64,
+    pub(super) spilled: u64,
+    pub(super) joins: Vec<JoinReport>,
     /// The operator that cannot spill and was refused memory, if that is how it failed.
-    refused: Option<String>,
+    pub(super) refused: Option<String>,
+    /// The child process, for an isolated model (carried over from earlier attempts).
+    pub(super) isolated: Option<crate::results::Isolated>,
 }
 
 /// How one attempt runs (retries change it).
@@ -100,18 +102,21 @@ pub(super) async fn run_model(
     let started_ms = sh.now();
     let mut spilled = 0;
     let mut joins: Vec<JoinReport>;
+    let mut isolated = None;
     let mut attempt = 0;
     let (outcome, leased_ms) = loop {
         attempt += 1;
         sh.emit(Event::ModelQueued { t_ms: sh.now(), model: name.clone(), lease_bytes: plan.lease_bytes, heavy });
-        let mut info = Attempt::default();
+        let mut info = Attempt { isolated: isolated.take(), ..Attempt::default() };
         let result = attempt_once(&sh, &model, &inputs, &plan, attempt, &mut info).await;
         spilled += info.spilled;
         joins = info.joins;
+        isolated = info.isolated;
         let next = match &result {
             Err(e) if attempt <= s.retries && e.is_resources_exhausted() => {
                 escalate(&plan, info.refused.as_deref(), &sh.governor)
             }
+            Err(crate::Error::OomKilled { .. }) if attempt <= s.retries => Some(after_oom_kill(&plan, &sh.governor)),
             _ => None,
         };
         match (result, next) {
@@ -141,6 +146,7 @@ pub(super) async fn run_model(
     step.peak_rss_bytes = peak_rss;
     step.spilled_bytes = spilled;
     step.joins = joins;
+    step.isolated = isolated;
     step.leased_ms = leased_ms.max(started_ms);
     step.finished_ms = sh.now();
     step.elapsed_ms = step.finished_ms - started_ms;
@@ -162,6 +168,28 @@ pub(super) async fn run_model(
             (step, None)
         }
     }
+}
+
+/// The plan after an isolated model's child was OOM-killed: disk-first (one partition, hand-off
+/// on disk, no TopK) with the next lease size up where the budget has one (the child's limit
+/// grows with it), else the same lease.
+fn after_oom_kill(plan: &Plan, governor: &Governor) -> (Plan, String) {
+    let lease_bytes = next_lease(governor, plan.lease_bytes).unwrap_or(plan.lease_bytes);
+    let next = Plan {
+        lease_bytes,
+        partitions: 1,
+        materialize: match plan.materialize {
+            Materialize::Auto | Materialize::Memory => Materialize::Ipc,
+            other => other,
+        },
+        no_topk: true,
+    };
+    let text = format!(
+        "oom-killed: retried disk-first (1 partition, hand-off on disk, no TopK), lease {} -> {}",
+        fmt_bytes(plan.lease_bytes),
+        fmt_bytes(lease_bytes)
+    );
+    (next, text)
 }
 
 /// The next lease size up: the smallest profile (or all that may be lent) above `current`.
@@ -203,6 +231,9 @@ async fn attempt_once(
         partitions,
     });
     let _heavy = heavy.then(|| HeavyMark::new(&sh.heavy_running));
+    if super::isolated::wanted(model) {
+        return super::isolated::run(sh, model, inputs, plan, lease, info).await;
+    }
     let pool = lease.into_pool(PoolOptions {
         step: Some(name.clone()),
         unspillable_reserve: sh.options.unspillable_reserve,

@@ -12,6 +12,8 @@
 //!           sinks published atomically; a check must return no rows
 //!   ResourcesExhausted ─▶ retry: a larger lease if the budget allows, else disk hand-off and
 //!                         half the partitions (hash joins go out of core on their own: spillway-operators)
+//!   isolate ─▶ the same, in a child process under a memory cgroup (isolated.rs); an OOM kill
+//!              is retried once disk-first
 //!   failure ─▶ descendants skipped, independent models go on (`fail_fast` stops everything)
 //! ```
 //!
@@ -36,6 +38,9 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 mod attempt;
+mod isolated;
+
+pub use isolated::wanted as isolates;
 mod publish;
 mod schedule;
 
@@ -67,6 +72,9 @@ pub struct RunOptions {
     pub cancel: Option<Arc<Notify>>,
     /// Reuse what the last run finished (`spillway run --resume`, `spillway retry`).
     pub resume: bool,
+    /// The spillway binary isolated models run in (`spillway worker`); `None`: isolation
+    /// cannot be used (a model asking for it fails saying so).
+    pub worker: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -84,6 +92,7 @@ impl RunOptions {
             generator: sources::Generator::InProcess,
             cancel: None,
             resume: false,
+            worker: None,
         }
     }
 }
@@ -95,6 +104,10 @@ struct Shared {
     governor: Governor,
     store: HandoffStore,
     temp_files: Arc<QuotaTempFiles>,
+    /// The temp-space quota (isolated models' children get what is left of it).
+    temp_quota: Arc<spillway_tiers::DiskQuota>,
+    /// Where isolated models' children get their folders (inside this process's run folder).
+    worker_dir: PathBuf,
     sources: SourceTables,
     /// Unselected upstream models read from their published sink files.
     external: BTreeMap<String, String>,
@@ -218,6 +231,8 @@ pub async fn run(
         governor: governor.clone(),
         store,
         temp_files: temp.temp_files().clone(),
+        temp_quota: temp.quota().clone(),
+        worker_dir: temp.run_dir().join("workers"),
         sources: SourceTables::default(),
         external,
         consumers,

@@ -1,0 +1,223 @@
+//! A model run in a child process of its own (`isolate = true`, or `auto` for a heavy model
+//! where a memory cgroup can be made): the runner holds the lease, the child runs under a
+//! cgroup limited to the lease plus [`spillway_isolate::headroom`] with its own governor, and
+//! its output comes back as an Arrow IPC file that is placed (hand-off, sinks) as an in-process
+//! model's stream is.
+//!
+//! ```text
+//!   lease (held here) ─▶ inputs as files: sources and file hand-offs by path,
+//!                        memory hand-offs written to IPC in the child's folder
+//!                     ─▶ spillway worker in its cgroup ─▶ output.arrow ─▶ place()
+//!   the child's folder (inputs, spills, output) is removed afterwards, also when cancelled
+//! ```
+
+use super::attempt::{Attempt, Plan};
+use super::publish::{place, Output};
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::project::Model;
+use crate::results::{Event, Isolated};
+use crate::settings::{Class, Isolate};
+use spillway_engine::{session, tables};
+use spillway_governor::{Lease, PoolOptions};
+use spillway_isolate::{Confinement, Death, StepSpec};
+use spillway_tiers::Intermediate;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Whether `model` runs in a child process (its `isolate` setting, and for `auto` its class and
+/// whether a memory cgroup can be made here).
+pub fn wanted(model: &Model) -> bool {
+    match model.settings.isolate {
+        Isolate::Off => false,
+        Isolate::On => true,
+        Isolate::Auto => model.settings.class == Class::Heavy && Confinement::detect().has_cgroup(),
+    }
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+/// The child's folder: removed when dropped (after the output is placed, or when cancelled).
+struct Folder(PathBuf);
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.0.display(), error = %e, "could not remove an isolated model's temp folder");
+            }
+        }
+    }
+}
+
+/// Runs `model` in a child under `lease` (held until its output is placed).
+pub(super) async fn run(
+    sh: &Shared,
+    model: &Model,
+    inputs: &[(String, Arc<Intermediate>)],
+    plan: &Plan,
+    lease: Lease,
+    info: &mut Attempt,
+) -> Result<Output> {
+    let name = &model.name;
+    let exe = sh.options.worker.clone().ok_or_else(|| {
+        Error::Usage(format!("{name}: isolate is set, but the spillway binary to start `spillway worker` is not known"))
+    })?;
+    let dir = sh.worker_dir.join(format!("{name}-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let folder = Folder(dir);
+    let tables = input_tables(sh, model, inputs, &folder.0)?;
+    let lease_bytes = lease.bytes();
+    let budget = lease_bytes + spillway_isolate::headroom(lease_bytes);
+    let output = folder.0.join("output.arrow");
+    let spec = StepSpec {
+        model: name.clone(),
+        sql: model.sql.clone(),
+        lease_bytes,
+        budget_bytes: budget,
+        partitions: plan.partitions,
+        no_topk: plan.no_topk,
+        unspillable_reserve: sh.options.unspillable_reserve,
+        spill_dir: folder.0.join("spill"),
+        max_spill: Some(sh.temp_quota.max().saturating_sub(sh.temp_quota.used())),
+        tables,
+        output: output.clone(),
+    };
+    let confinement = Confinement::detect();
+    let started = Instant::now();
+    let outcome = spillway_isolate::run_child(&exe, &spec, confinement, |pid| {
+        sh.emit(Event::ModelIsolated {
+            t_ms: sh.now(),
+            model: name.clone(),
+            pid,
+            confinement: confinement.name(),
+            limit_bytes: budget,
+        })
+    })
+    .await?;
+    let oom = outcome.death == Some(Death::OomKilled);
+    let previous_oom = info.isolated.as_ref().is_some_and(|i| i.oom_killed);
+    info.isolated = Some(Isolated {
+        pid: outcome.pid,
+        confinement: outcome.confinement.clone(),
+        limit_bytes: outcome.limit_bytes,
+        peak_bytes: outcome.peak_bytes,
+        oom_killed: oom || previous_oom,
+        child_ms: started.elapsed().as_millis() as u64,
+    });
+    if let Some(r) = &outcome.report {
+        info.spilled = r.spilled_bytes;
+        info.joins = r.joins.clone();
+        info.refused = r.refused.clone();
+    }
+    match (&outcome.death, &outcome.report) {
+        (Some(Death::OomKilled), _) => {
+            return Err(Error::OomKilled {
+                model: name.clone(),
+                pid: outcome.pid,
+                confinement: outcome.confinement,
+                limit: outcome.limit_bytes,
+                peak: outcome.peak_bytes,
+            })
+        }
+        (None, Some(r)) if r.error.is_none() => {}
+        (_, Some(r)) if r.error.is_some() => {
+            return Err(Error::Child {
+                pid: outcome.pid,
+                message: r.error.clone().unwrap_or_default(),
+                resources_exhausted: r.resources_exhausted,
+            })
+        }
+        (death, _) => {
+            let how = match death {
+                Some(Death::Exited(code)) => format!("exited with code {code}"),
+                Some(Death::Signal(sig)) => format!("was killed by signal {sig}"),
+                _ => "ended without a report".to_string(),
+            };
+            return Err(Error::Child {
+                pid: outcome.pid,
+                message: format!("the child {how}: {}", outcome.stderr_tail),
+                resources_exhausted: false,
+            });
+        }
+    }
+    // The output is placed as an in-process model's stream would be, under the same lease.
+    let pool = lease.into_pool(PoolOptions {
+        step: Some(name.clone()),
+        unspillable_reserve: sh.options.unspillable_reserve,
+        pressure_aware: true,
+    });
+    let options = session::SessionOptions::new(plan.partitions, sh.temp_files.clone());
+    let ctx = session::context(pool, &options)?;
+    let table = "__spillway_isolated_output";
+    tables::register(&ctx, table, &output.to_string_lossy()).await?;
+    let df = ctx.table(table).await.map_err(spillway_engine::Error::from)?;
+    let stream = df.execute_stream().await.map_err(spillway_engine::Error::from)?;
+    let heavy = model.settings.class == Class::Heavy;
+    let placed = place(sh, model, &ctx, stream, plan.materialize, heavy).await;
+    drop(ctx);
+    drop(folder);
+    placed
+}
+
+/// Every table the model reads, as a file location: sources, unselected upstream models'
+/// published files, and hand-offs (memory ones written to IPC in `dir`).
+fn input_tables(
+    sh: &Shared,
+    model: &Model,
+    inputs: &[(String, Arc<Intermediate>)],
+    dir: &Path,
+) -> Result<Vec<(String, String)>> {
+    let name = &model.name;
+    let mut tables = Vec::new();
+    for table in &sh.dag.sources[name] {
+        if sh.sources.postgres.contains_key(table) {
+            return Err(Error::Usage(format!(
+                "{name} reads the PostgreSQL source {table}: isolated models read files only (set isolate = false for it)"
+            )));
+        }
+        let location = sh
+            .sources
+            .locations
+            .get(table)
+            .ok_or_else(|| Error::Usage(format!("source table {table:?} has no data")))?;
+        tables.push((table.clone(), location.clone()));
+    }
+    for (up, intermediate) in inputs {
+        let location = match (intermediate.path(), intermediate.batches()) {
+            (Some(path), _) => path.to_path_buf(),
+            (None, Some(batches)) => {
+                let path = dir.join(format!("{up}.arrow"));
+                write_ipc(&path, intermediate.schema(), batches)?;
+                path
+            }
+            (None, None) => return Err(Error::Usage(format!("{up}: its hand-off holds no data"))),
+        };
+        tables.push((up.clone(), location.to_string_lossy().into_owned()));
+    }
+    for up in &sh.dag.upstream[name] {
+        if let Some(location) = sh.external.get(up) {
+            tables.push((up.clone(), location.clone()));
+        }
+    }
+    Ok(tables)
+}
+
+/// A memory hand-off written as an Arrow IPC file for the child.
+fn write_ipc(
+    path: &Path,
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[arrow::record_batch::RecordBatch],
+) -> Result<()> {
+    let io = |e: std::io::Error| Error::io(path, e);
+    let arrow = |e: arrow::error::ArrowError| Error::io(path, std::io::Error::other(e));
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut w = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(file), schema).map_err(arrow)?;
+    for b in batches {
+        w.write(b).map_err(arrow)?;
+    }
+    w.finish().map_err(arrow)?;
+    Ok(())
+}
