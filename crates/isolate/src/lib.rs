@@ -53,10 +53,22 @@ pub struct StepSpec {
     pub spill_dir: PathBuf,
     /// Most disk space the child's temp files may take.
     pub max_spill: Option<u64>,
-    /// Tables to register: name → location (a file, folder or glob).
-    pub tables: Vec<(String, String)>,
+    /// Tables to register.
+    pub tables: Vec<TableSpec>,
     /// Where the output goes (an Arrow IPC file).
     pub output: PathBuf,
+}
+
+/// One table an isolated step reads.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TableSpec {
+    /// Its name in the SQL.
+    pub name: String,
+    /// A file, folder or glob.
+    pub location: String,
+    /// For an Arrow IPC hand-off file: its rows and bytes, so that it is read memory-mapped in
+    /// partitions with the statistics the join planner needs (as in process).
+    pub ipc: Option<(u64, u64)>,
 }
 
 /// What the child reports (JSON, the last line of its stdout).

@@ -4,9 +4,10 @@
 //! its [`StepReport`] as one JSON line on stdout.
 
 use crate::{StepReport, StepSpec};
+use futures::StreamExt;
 use spillway_engine::{query, session, tables};
 use spillway_governor::{Governor, GovernorConfig, LeaseRequest, PoolOptions};
-use spillway_tiers::file::WriteOptions;
+use spillway_tiers::file::{FileFormat, FileSink, WriteOptions};
 use spillway_tiers::TempSpace;
 use std::io::Read;
 
@@ -73,22 +74,37 @@ async fn run_into(spec: &StepSpec, report: &mut StepReport) -> Result<(), spillw
     let mut options = session::SessionOptions::new(spec.partitions, temp.temp_files().clone());
     options.no_topk = spec.no_topk;
     let ctx = session::context(pool.clone(), &options)?;
-    for (name, location) in &spec.tables {
-        tables::register(&ctx, name, location).await?;
+    for t in &spec.tables {
+        match t.ipc {
+            Some((rows, bytes)) => {
+                let table = spillway_tiers::read::ipc_table(
+                    std::path::Path::new(&t.location),
+                    spec.partitions,
+                    rows as usize,
+                    bytes as usize,
+                )?;
+                ctx.register_table(t.name.as_str(), table)?;
+            }
+            None => tables::register(&ctx, &t.name, &t.location).await?,
+        }
     }
     let result = async {
         let q = query::run_sql(&ctx, &spec.sql).await?;
         let plan = q.plan.clone();
-        let stream = q.stream;
-        let written = spillway_tiers::file::write_stream(stream, &spec.output, &WriteOptions::default()).await?;
-        Ok::<_, spillway_engine::Error>((plan, written))
+        let mut stream = q.stream;
+        // A hand-off, not a publication: no staging name, no fsync (the runner removes it).
+        let mut sink = FileSink::create(FileFormat::Arrow, &spec.output, &stream.schema(), &WriteOptions::default())?;
+        while let Some(batch) = stream.next().await {
+            sink.write(&batch?)?;
+        }
+        Ok::<_, spillway_engine::Error>((plan, sink.finish()?))
     }
     .await;
     report.refused = pool.refused_unspillable();
     report.peak_reserved = pool.stats().peak_reserved;
-    let (plan, written) = result?;
-    report.rows = written.rows;
-    report.bytes = written.bytes;
+    let (plan, (rows, bytes)) = result?;
+    report.rows = rows;
+    report.bytes = bytes;
     report.spilled_bytes = query::spilled_bytes(&plan);
     report.joins = query::join_reports(&plan);
     Ok(())

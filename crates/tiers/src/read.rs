@@ -111,6 +111,12 @@ struct Footer {
     batches: Vec<Block>,
 }
 
+/// The schema of the Arrow IPC file at `path` (from its footer).
+pub fn ipc_schema(path: &Path) -> Result<SchemaRef> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok(read_footer(&file, path)?.schema)
+}
+
 fn read_footer(file: &std::fs::File, path: &Path) -> Result<Footer> {
     use std::os::unix::fs::FileExt;
     let bad = |what: &str| Error::Invalid(format!("{}: not an Arrow IPC file ({what})", path.display()));
@@ -153,7 +159,10 @@ fn block_range(block: &Block) -> (u64, usize) {
 }
 
 /// A streaming table over an IPC file: partition `i` reads record batches `i, i + n, i + 2n, ...`.
-fn ipc_table(path: &Path, partitions: usize, rows: usize, bytes: usize) -> Result<Arc<dyn TableProvider>> {
+/// A table over the Arrow IPC file at `path` holding `rows` rows in `bytes` bytes (the join
+/// planner's statistics), read memory-mapped and split into up to `partitions` partitions
+/// (an IPC hand-off file another process reads, such as an isolated model's child).
+pub fn ipc_table(path: &Path, partitions: usize, rows: usize, bytes: usize) -> Result<Arc<dyn TableProvider>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let footer = Arc::new(read_footer(&file, path)?);
     let n = partitions.clamp(1, footer.batches.len().max(1));

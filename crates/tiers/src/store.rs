@@ -341,6 +341,34 @@ impl HandoffStore {
         }))
     }
 
+    /// Takes an Arrow IPC file another process wrote (an isolated model's output) as an IPC-tier
+    /// intermediate without copying it: the file is moved into the store's folder and counted
+    /// against the quota; it is read back memory-mapped, and deleted when the last reader is done.
+    pub fn adopt_ipc(&self, name: &str, file: &Path, rows: u64, reason: &str) -> Result<Arc<Intermediate>> {
+        let started = Instant::now();
+        let schema = crate::read::ipc_schema(file)?;
+        let path = self.file_path(name, Tier::Ipc);
+        let bytes = std::fs::metadata(file).map_err(|e| Error::io(file, e))?.len();
+        self.quota.reserve(&path, bytes)?;
+        if let Err(e) = std::fs::rename(file, &path) {
+            self.quota.release(bytes);
+            return Err(Error::io(&path, e));
+        }
+        Ok(Arc::new(Intermediate {
+            info: IntermediateInfo {
+                name: name.into(),
+                tier: Tier::Ipc,
+                rows,
+                bytes,
+                write_ms: started.elapsed().as_millis() as u64,
+                reason: reason.into(),
+                path: Some(path.clone()),
+            },
+            schema,
+            data: Data::File { path, bytes, quota: self.quota.clone(), keep: AtomicBool::new(false) },
+        }))
+    }
+
     /// Consumes `stream` and places it. See the [module docs](self).
     pub async fn write(
         &self,

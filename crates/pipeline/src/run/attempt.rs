@@ -274,7 +274,7 @@ async fn run_in(
     let schema = q.stream.schema();
     let stream = q.stream.inspect(|_| spillway_faults::point("scan-batch"));
     let stream = Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, stream));
-    let result = place(sh, model, ctx, stream, plan.materialize, heavy).await;
+    let result = place(sh, model, ctx, stream, plan.materialize, heavy, None).await;
     info.spilled = query::spilled_bytes(&physical);
     info.joins = query::join_reports(&physical);
     result

@@ -20,8 +20,8 @@ use crate::results::{Event, Isolated};
 use crate::settings::{Class, Isolate};
 use spillway_engine::{session, tables};
 use spillway_governor::{Lease, PoolOptions};
-use spillway_isolate::{Confinement, Death, StepSpec};
-use spillway_tiers::Intermediate;
+use spillway_isolate::{Confinement, Death, StepSpec, TableSpec};
+use spillway_tiers::{Intermediate, Tier};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -156,7 +156,8 @@ pub(super) async fn run(
     let df = ctx.table(table).await.map_err(spillway_engine::Error::from)?;
     let stream = df.execute_stream().await.map_err(spillway_engine::Error::from)?;
     let heavy = model.settings.class == Class::Heavy;
-    let placed = place(sh, model, &ctx, stream, plan.materialize, heavy).await;
+    let rows = outcome.report.as_ref().map_or(0, |r| r.rows);
+    let placed = place(sh, model, &ctx, stream, plan.materialize, heavy, Some((&output, rows))).await;
     drop(ctx);
     drop(folder);
     placed
@@ -169,7 +170,8 @@ fn input_tables(
     model: &Model,
     inputs: &[(String, Arc<Intermediate>)],
     dir: &Path,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<TableSpec>> {
+    let file = |name: &String, location: String| TableSpec { name: name.clone(), location, ipc: None };
     let name = &model.name;
     let mut tables = Vec::new();
     for table in &sh.dag.sources[name] {
@@ -183,23 +185,27 @@ fn input_tables(
             .locations
             .get(table)
             .ok_or_else(|| Error::Usage(format!("source table {table:?} has no data")))?;
-        tables.push((table.clone(), location.clone()));
+        tables.push(file(table, location.clone()));
     }
     for (up, intermediate) in inputs {
-        let location = match (intermediate.path(), intermediate.batches()) {
-            (Some(path), _) => path.to_path_buf(),
+        let info = intermediate.info();
+        let stats = Some((info.rows, info.bytes));
+        tables.push(match (intermediate.path(), intermediate.batches()) {
+            (Some(path), _) if info.tier == Tier::Ipc => {
+                TableSpec { name: up.clone(), location: path.to_string_lossy().into_owned(), ipc: stats }
+            }
+            (Some(path), _) => file(up, path.to_string_lossy().into_owned()),
             (None, Some(batches)) => {
                 let path = dir.join(format!("{up}.arrow"));
                 write_ipc(&path, intermediate.schema(), batches)?;
-                path
+                TableSpec { name: up.clone(), location: path.to_string_lossy().into_owned(), ipc: stats }
             }
             (None, None) => return Err(Error::Usage(format!("{up}: its hand-off holds no data"))),
-        };
-        tables.push((up.clone(), location.to_string_lossy().into_owned()));
+        });
     }
     for up in &sh.dag.upstream[name] {
         if let Some(location) = sh.external.get(up) {
-            tables.push((up.clone(), location.clone()));
+            tables.push(file(up, location.clone()));
         }
     }
     Ok(tables)

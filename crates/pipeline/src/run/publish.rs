@@ -157,7 +157,9 @@ async fn discard(pending: impl IntoIterator<Item = Pending>) {
 
 /// Where a model's rows go: a check's are counted (and must be none); a model read by no
 /// selected model and published by exactly one sink streams straight into it; everything else
-/// is handed off by size and then published to its sinks, together.
+/// is handed off by size and then published to its sinks, together. `written` is the Arrow IPC
+/// file (and its rows) `stream` reads, when an isolated model's child wrote one: a hand-off
+/// that may be IPC adopts that file instead of copying it.
 pub(super) async fn place(
     sh: &Shared,
     model: &Model,
@@ -165,6 +167,7 @@ pub(super) async fn place(
     mut stream: SendableRecordBatchStream,
     materialize: Materialize,
     heavy: bool,
+    written: Option<(&std::path::Path, u64)>,
 ) -> Result<Output> {
     let name = &model.name;
     if model.settings.check {
@@ -232,16 +235,36 @@ pub(super) async fn place(
             kept: None,
         });
     }
+    // Read only by models in other processes: memory would have to be written out for each.
+    let isolated_readers = readers > 0
+        && sh.dag.downstream[name]
+            .iter()
+            .filter(|d| sh.consumers.contains_key(*d))
+            .all(|d| super::isolated::wanted(&sh.project.models[d]));
+    let materialize = match materialize {
+        Materialize::Auto if isolated_readers && !model.settings.checkpoint => Materialize::Ipc,
+        other => other,
+    };
     let hints = Hints {
         materialize,
         checkpoint: model.settings.checkpoint,
         heavy_running: sh.heavy_running.load(Ordering::Relaxed) > usize::from(heavy),
         expected_bytes: None,
     };
-    let intermediate = if model.settings.checkpoint {
-        sh.store.write_kept(name, stream, &crate::manifest::state_path(&sh.project.dir, name)).await?
-    } else {
-        sh.store.write(name, stream, &hints).await?
+    let intermediate = match written {
+        _ if model.settings.checkpoint => {
+            sh.store.write_kept(name, stream, &crate::manifest::state_path(&sh.project.dir, name)).await?
+        }
+        Some((file, rows)) if matches!(materialize, Materialize::Auto | Materialize::Ipc) => {
+            drop(stream);
+            let why = if isolated_readers {
+                "written by its child process as Arrow IPC, read by isolated models: taken as is"
+            } else {
+                "written by its child process as Arrow IPC: taken as is (no copy)"
+            };
+            sh.store.adopt_ipc(name, file, rows, why)?
+        }
+        _ => sh.store.write(name, stream, &hints).await?,
     };
     let info = intermediate.info().clone();
     let mut pending = Vec::new();
