@@ -342,5 +342,12 @@ mod tests {
         assert_eq!(cg.oom_kills(), 0);
         cg.remove().unwrap();
         assert!(!cg.dir().exists());
+        // One left by a runner that is gone (no pid is above pid_max) is swept; ours is not.
+        let stale = h.dir.join("spillway-4194304-1-1");
+        std::fs::create_dir(&stale).unwrap();
+        let mut live = h.create(64 << 20).unwrap();
+        assert!(h.sweep() >= 1);
+        assert!(!stale.exists() && live.dir().is_dir());
+        live.remove().unwrap();
     }
 }

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 pub async fn run(settings: &Settings, config: &Config, args: RunArgs) -> Result<()> {
     let project = Project::from_config(&args.dir, config)?;
+    // Finds the isolation in force, and removes child cgroups that runners which are gone left.
+    spillway_isolate::Confinement::detect();
     let governor = Governor::new(settings.governor.clone())?;
     let mut options = RunOptions::new(settings.cores.count, &settings.spill_dir);
     options.select = args.select.clone();
