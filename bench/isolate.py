@@ -21,6 +21,8 @@ import subprocess
 import threading
 import time
 
+from meminfo import used
+
 parser = argparse.ArgumentParser()
 parser.add_argument("--sf", default="1")
 parser.add_argument("--memory", default="4GiB")
@@ -33,13 +35,6 @@ root = os.path.expanduser("~/.cache/spillway/bench-isolate")
 os.makedirs(root, exist_ok=True)
 
 
-def used():
-    info = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            k, v = line.split(":")
-            info[k] = int(v.split()[0]) * 1024
-    return info["MemTotal"] - info["MemAvailable"]
 
 
 def project(mode):

@@ -17,6 +17,8 @@ import tempfile
 import threading
 import time
 
+from meminfo import used
+
 parser = argparse.ArgumentParser()
 parser.add_argument("--processes", type=int, default=10)
 parser.add_argument("--machine", default="2GiB")
@@ -29,13 +31,6 @@ machine = int(float(opts.machine[:-3]) * units[opts.machine[-3:]])
 each = f"{int(machine * 0.4) >> 20}MiB"
 
 
-def used():
-    info = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            k, v = line.split(":")
-            info[k] = int(v.split()[0]) * 1024
-    return info["MemTotal"] - info["MemAvailable"]
 
 
 def run(ledger):

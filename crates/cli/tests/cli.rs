@@ -1234,3 +1234,45 @@ fn ledger_ten_processes_at_40_percent_share_one_machine_budget() {
     assert!(listed, "spillway info lists the holders");
     assert_eq!(std::fs::read_to_string(&ledger).unwrap(), "", "every lease came back");
 }
+
+/// Issue #20: an isolated model reading a PostgreSQL source (staged to IPC for its child by the
+/// runner, which holds the connection) and ending in a PostgreSQL sink gives the in-process
+/// answer; the child's folder, with the staged table, is gone afterwards.
+#[test]
+fn isolate_reads_a_postgres_source_and_ends_in_postgres() {
+    let server = spillway_postgres::testing::TestServer::start().unwrap();
+    server.create_db("shop").unwrap();
+    server
+        .psql("shop", "CREATE TABLE orders AS SELECT g AS id, g % 7 AS customer FROM generate_series(1, 50000) g")
+        .unwrap();
+    let dir = scratch().join("iso-pg");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(
+        dir.join("spillway.toml"),
+        "[sources.orders]\ntype = \"postgres\"\nurl_env = \"SHOP_URL\"\ntable = \"orders\"\n\n\
+         [sinks.totals_pg]\nmodel = \"totals\"\ntype = \"postgres\"\nurl_env = \"SHOP_URL\"\ntable = \"totals\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/totals.sql"),
+        "-- spillway: isolate=true\nSELECT customer, count(*) AS n, sum(id) AS s FROM orders GROUP BY customer\n",
+    )
+    .unwrap();
+    let spill = scratch().join("iso-pg.spill");
+    let out = run(bin()
+        .arg("run")
+        .arg(&dir)
+        .args(["--memory", "256MiB", "--plain", "--spill-dir"])
+        .arg(&spill)
+        .env("SHOP_URL", server.url("shop")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 ok, 0 failed") && text.contains("isolated pid"), "{text}");
+    let sum = |sql: &str| server.psql("shop", sql).unwrap();
+    assert_eq!(
+        sum("SELECT string_agg(customer || ':' || n || ':' || s, ',' ORDER BY customer) FROM totals"),
+        sum("SELECT string_agg(customer || ':' || n || ':' || s, ',' ORDER BY customer) FROM \
+             (SELECT customer, count(*) AS n, sum(id) AS s FROM orders GROUP BY customer) t")
+    );
+    assert!(run_folders(&spill).is_empty(), "{:?}", run_folders(&spill));
+}

@@ -207,7 +207,11 @@ impl Shared {
         }
         match state.holders.get_mut(&id) {
             Some(h) => h.bytes += bytes,
-            None => return false,
+            None => {
+                // `fits` claimed the bytes in the ledger: give them back.
+                self.sync_ledger(&state);
+                return false;
+            }
         }
         state.leased += bytes;
         true

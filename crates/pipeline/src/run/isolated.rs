@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!   lease (held here) ─▶ inputs as files: sources and file hand-offs by path,
-//!                        memory hand-offs written to IPC in the child's folder
+//!                        memory hand-offs and PostgreSQL sources written to IPC in the
+//!                        child's folder
 //!                     ─▶ spillway worker in its cgroup ─▶ output.arrow ─▶ place()
 //!   the child's folder (inputs, spills, output) is removed afterwards, also when cancelled
 //! ```
@@ -68,8 +69,17 @@ pub(super) async fn run(
     let dir = sh.worker_dir.join(format!("{name}-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let folder = Folder(dir);
-    let tables = input_tables(sh, model, inputs, &folder.0)?;
     let lease_bytes = lease.bytes();
+    // A session of the runner's under the lease: it stages PostgreSQL sources for the child
+    // before the child starts, and places the child's output after it is gone.
+    let pool = lease.into_pool(PoolOptions {
+        step: Some(name.clone()),
+        unspillable_reserve: sh.options.unspillable_reserve,
+        pressure_aware: true,
+    });
+    let options = session::SessionOptions::new(plan.partitions, sh.temp_files.clone());
+    let ctx = session::context(pool, &options)?;
+    let tables = input_tables(sh, model, inputs, &folder.0, &ctx).await?;
     let budget = lease_bytes + spillway_isolate::headroom(lease_bytes);
     let output = folder.0.join("output.arrow");
     let spec = StepSpec {
@@ -144,13 +154,6 @@ pub(super) async fn run(
         }
     }
     // The output is placed as an in-process model's stream would be, under the same lease.
-    let pool = lease.into_pool(PoolOptions {
-        step: Some(name.clone()),
-        unspillable_reserve: sh.options.unspillable_reserve,
-        pressure_aware: true,
-    });
-    let options = session::SessionOptions::new(plan.partitions, sh.temp_files.clone());
-    let ctx = session::context(pool, &options)?;
     let table = "__spillway_isolated_output";
     tables::register(&ctx, table, &output.to_string_lossy()).await?;
     let df = ctx.table(table).await.map_err(spillway_engine::Error::from)?;
@@ -163,22 +166,23 @@ pub(super) async fn run(
     placed
 }
 
-/// Every table the model reads, as a file location: sources, unselected upstream models'
-/// published files, and hand-offs (memory ones written to IPC in `dir`).
-fn input_tables(
+/// Every table the model reads, as a file location: sources (PostgreSQL ones staged to IPC in
+/// `dir` through `ctx`), unselected upstream models' published files, and hand-offs (memory ones
+/// written to IPC in `dir`).
+async fn input_tables(
     sh: &Shared,
     model: &Model,
     inputs: &[(String, Arc<Intermediate>)],
     dir: &Path,
+    ctx: &datafusion::prelude::SessionContext,
 ) -> Result<Vec<TableSpec>> {
     let file = |name: &String, location: String| TableSpec { name: name.clone(), location, ipc: None };
     let name = &model.name;
     let mut tables = Vec::new();
     for table in &sh.dag.sources[name] {
         if sh.sources.postgres.contains_key(table) {
-            return Err(Error::Usage(format!(
-                "{name} reads the PostgreSQL source {table}: isolated models read files only (set isolate = false for it)"
-            )));
+            tables.push(stage_postgres(sh, ctx, table, dir).await?);
+            continue;
         }
         let location = sh
             .sources
@@ -209,6 +213,29 @@ fn input_tables(
         }
     }
     Ok(tables)
+}
+
+/// A PostgreSQL source read whole (the child cannot reach the runner's connections) into an Arrow
+/// IPC file for the child, batch by batch under the runner's lease.
+async fn stage_postgres(
+    sh: &Shared,
+    ctx: &datafusion::prelude::SessionContext,
+    table: &str,
+    dir: &Path,
+) -> Result<TableSpec> {
+    use futures::StreamExt;
+    use spillway_tiers::file::{FileFormat, FileSink, WriteOptions};
+    sh.sources.register(ctx, table).await?;
+    let df = ctx.table(table).await.map_err(spillway_engine::Error::from)?;
+    let mut stream = df.execute_stream().await.map_err(spillway_engine::Error::from)?;
+    let path = dir.join(format!("{table}.arrow"));
+    let mut sink = FileSink::create(FileFormat::Arrow, &path, &stream.schema(), &WriteOptions::default())?;
+    while let Some(batch) = stream.next().await {
+        sink.write(&batch.map_err(spillway_engine::Error::from)?)?;
+    }
+    let (rows, bytes) = sink.finish()?;
+    ctx.deregister_table(table).map_err(spillway_engine::Error::from)?;
+    Ok(TableSpec { name: table.to_string(), location: path.to_string_lossy().into_owned(), ipc: Some((rows, bytes)) })
 }
 
 /// A memory hand-off written as an Arrow IPC file for the child.
