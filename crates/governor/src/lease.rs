@@ -68,6 +68,9 @@ impl LeaseRequest {
     }
 }
 
+/// How long a lease waits on other processes before the wait is reported.
+const MACHINE_WAIT_NOTICE: Duration = Duration::from_secs(2);
+
 pub(crate) struct Shared {
     pub(crate) config: GovernorConfig,
     pub(crate) leasable: u64,
@@ -311,9 +314,21 @@ impl Shared {
         tracing::debug!(lease = %req.name, bytes, "lease waits in the queue");
 
         let mut guard = WaitGuard { shared: self, id, armed: true };
+        let mut rx = rx;
+        let wait = async {
+            // Waiting on other spillway processes is said once, naming them: the user sees why
+            // nothing happens (e.g. a `spillway sql` started beside a long `views serve`).
+            if self.ledger.is_some() {
+                tokio::select! {
+                    r = &mut rx => return r,
+                    _ = tokio::time::sleep(MACHINE_WAIT_NOTICE) => self.tell_machine_wait(&req.name, bytes),
+                }
+            }
+            (&mut rx).await
+        };
         let outcome = match deadline {
-            Some(d) => tokio::time::timeout_at(d, rx).await.ok(),
-            None => Some(rx.await),
+            Some(d) => tokio::time::timeout_at(d, wait).await.ok(),
+            None => Some(wait.await),
         };
         match outcome {
             Some(Ok(())) => {
@@ -329,6 +344,25 @@ impl Shared {
                 Err(self.timeout_error(&req.name, bytes, started, ahead))
             }
         }
+    }
+
+    /// Warns that `name` waits because other processes hold the machine's budget (if they do).
+    fn tell_machine_wait(&self, name: &str, bytes: u64) {
+        let Some(ledger) = &self.ledger else { return };
+        let others = ledger.others();
+        let held: u64 = others.iter().map(|o| o.bytes).sum();
+        if held == 0 {
+            return;
+        }
+        let who: Vec<String> =
+            others.iter().map(|o| format!("pid {} {} ({})", o.pid, o.label, fmt_bytes(o.bytes))).collect();
+        tracing::warn!(
+            "lease {name:?} for {} waits for the machine: other spillway processes hold {} of its {}: {}",
+            fmt_bytes(bytes),
+            fmt_bytes(held),
+            fmt_bytes(ledger.capacity()),
+            who.join(", ")
+        );
     }
 
     fn timeout_error(&self, name: &str, bytes: u64, started: Instant, ahead: usize) -> Error {

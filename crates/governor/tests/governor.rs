@@ -5,6 +5,7 @@
 //! - `queue_*`: the FIFO lease queue (stress, fairness, cancellation, timeouts).
 //! - `pressure_*`, `heavy_*`: admission rules.
 //! - `pool_*`: [`LeasePool`] as a DataFusion `MemoryPool`.
+//! - `ledger_*`: two governors sharing one machine-wide ledger.
 
 use datafusion_execution::memory_pool::{MemoryConsumer, MemoryPool};
 use spillway_governor::*;
@@ -347,4 +348,31 @@ fn pool_repartition_is_never_refused_but_counted() {
     let other = MemoryConsumer::new("Agg[0]").with_can_spill(true).register(&pool);
     other.try_grow(MIB as usize).unwrap();
     assert!(other.try_grow(MIB as usize).is_err());
+}
+
+/// Two governors (as two processes would) on one ledger of 100MiB: the second's lease waits
+/// while the first holds 80MiB, is granted when it is released, and each sees the other's
+/// holding in the ledger.
+#[tokio::test]
+async fn ledger_a_lease_waits_for_another_governors_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_ledger = |label: &str| {
+        let mut c = GovernorConfig::new(200 * MIB);
+        c.sample_interval = Duration::from_millis(10);
+        c.ledger = Some(LedgerConfig { path: dir.path().join("ledger"), capacity: 100 * MIB, label: label.into() });
+        Governor::new(c).unwrap()
+    };
+    let (a, b) = (on_ledger("a"), on_ledger("b"));
+    let held = a.lease(LeaseRequest::bytes("big", 80 * MIB)).await.unwrap();
+    let waiting = tokio::spawn(async move { b.lease(LeaseRequest::bytes("other", 50 * MIB)).await.map(|l| l.bytes()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "80MiB + 50MiB do not fit in the machine's 100MiB");
+    let live = ledger::read_live(&dir.path().join("ledger"));
+    assert_eq!(live.iter().map(|h| h.bytes).sum::<u64>(), 80 * MIB);
+    drop(held);
+    let granted = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap();
+    assert_eq!(granted, 50 * MIB);
+    // Too large for the machine at all: refused at once.
+    let e = a.lease(LeaseRequest::bytes("huge", 150 * MIB)).await.unwrap_err();
+    assert!(e.to_string().contains("at most 100MiB"), "{e}");
 }
