@@ -94,6 +94,65 @@ pub enum Command {
     /// An isolated model's child process (started by `spillway run`; its spec on stdin).
     #[command(hide = true)]
     Worker,
+    /// An Apache Ballista cluster for models with `engine = "ballista"`.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Start a Ballista scheduler and N executors on this machine, each executor bounded by its
+    /// share of the budget (--memory); print the URL; Ctrl-C stops them.
+    Up(ClusterUpArgs),
+    /// One Ballista executor, its pool a lease of its --memory (started by `cluster up`; on
+    /// another machine, start it by hand with --scheduler).
+    #[command(hide = true)]
+    Executor(ClusterExecutorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterUpArgs {
+    /// How many executors (each gets an equal share of --memory).
+    #[arg(long, default_value_t = 2)]
+    pub executors: usize,
+    /// The scheduler's port (0 picks a free one).
+    #[arg(long, default_value_t = 50050)]
+    pub port: u16,
+    /// The address the scheduler and executors bind and advertise.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Tasks at once per executor (default: the cores divided among the executors, at least 1).
+    #[arg(long)]
+    pub vcores: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterExecutorArgs {
+    /// The scheduler to register with (df://host:port).
+    #[arg(long)]
+    pub scheduler: String,
+    /// Its name in the scheduler.
+    #[arg(long, default_value = "executor-1")]
+    pub id: String,
+    /// The address it binds and advertises.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Its Arrow Flight port.
+    #[arg(long, default_value_t = 50051)]
+    pub port: u16,
+    /// Its gRPC port.
+    #[arg(long, default_value_t = 50052)]
+    pub grpc_port: u16,
+    /// Tasks at once.
+    #[arg(long, default_value_t = 1)]
+    pub vcores: usize,
+    /// Shuffle files and spills.
+    #[arg(long)]
+    pub work_dir: PathBuf,
+    /// The machine-wide ledger's capacity as `cluster up` resolved it (in its cgroup, an
+    /// executor would take its own limit for the machine's).
+    #[arg(long, hide = true)]
+    pub ledger_capacity: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1276,3 +1276,163 @@ fn isolate_reads_a_postgres_source_and_ends_in_postgres() {
     );
     assert!(run_folders(&spill).is_empty(), "{:?}", run_folders(&spill));
 }
+
+/// `spillway cluster up` in the background: its URL, read from the line it prints once every
+/// executor listens; stopped with SIGTERM (as Ctrl-C), returning all it printed.
+struct ClusterUp {
+    child: std::process::Child,
+    url: String,
+    printed: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClusterUp {
+    fn start(executors: usize, memory: &str, spill: &Path) -> ClusterUp {
+        use std::io::BufRead;
+        let mut child = bin()
+            .args(["cluster", "up", "--port", "0", "--executors", &executors.to_string(), "--memory", memory])
+            .arg("--spill-dir")
+            .arg(spill)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = printed.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if let Some(rest) = line.split("cluster up at ").nth(1) {
+                    let _ = tx.send(rest.split(':').take(3).collect::<Vec<_>>().join(":"));
+                }
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let url = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("the cluster came up");
+        ClusterUp { child, url, printed, reader: Some(reader) }
+    }
+
+    fn stop(mut self) -> String {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        let text = self.printed.lock().unwrap().clone();
+        assert!(status.success(), "cluster up ended with {status}: {text}");
+        text
+    }
+}
+
+impl Drop for ClusterUp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The models of examples/tpch run on the cluster: the heavy one (the big join) and two that
+/// read it or lineitem and publish sinks.
+const CLUSTER_MODELS: [&str; 3] = ["order_lines", "revenue_by_nation_month", "shipping_delays"];
+
+/// Issue #21: a scheduler and two executors over loopback (`spillway cluster up`) run the
+/// example's heavy models; every output equals the local run's; run_results.json, the progress
+/// lines and the report name each job; `plan` says what crosses and how; stopping the cluster
+/// reports each executor's peak within its share and leaves no work folder or cgroup.
+#[test]
+fn ballista_cluster_runs_the_example_heavy_models_equal_to_local() {
+    let cluster_spill = scratch().join("bal-cluster-up.spill");
+    let _ = std::fs::remove_dir_all(&cluster_spill);
+    let cluster = ClusterUp::start(2, "1GiB", &cluster_spill);
+    assert!(cluster.url.starts_with("df://127.0.0.1:"), "{}", cluster.url);
+    let mut sums = Vec::new();
+    for (name, on_cluster) in [("bal-local", false), ("bal-cluster", true)] {
+        let dir = example_project(name);
+        let spill = scratch().join(format!("{name}.spill"));
+        let mut sets = vec!["sources.tpch.sf=0.1".to_string()];
+        if on_cluster {
+            sets.push(format!("engine.url={}", cluster.url));
+            sets.extend(CLUSTER_MODELS.iter().map(|m| format!("models.{m}.engine=ballista")));
+        }
+        let set_args: Vec<String> = sets.iter().flat_map(|s| ["--set".to_string(), s.clone()]).collect();
+        let out = run(bin()
+            .arg("run")
+            .arg(&dir)
+            .args(["--memory", "256MiB", "--plain"])
+            .args(&set_args)
+            .arg("--spill-dir")
+            .arg(&spill));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("9 ok, 0 failed, 0 skipped"), "{text}");
+        let results = results_of(&dir);
+        for step in results["steps"].as_array().unwrap() {
+            let there = CLUSTER_MODELS.contains(&step["name"].as_str().unwrap());
+            let job = &step["cluster"];
+            match on_cluster && there {
+                true => {
+                    assert_eq!(job["url"], cluster.url.as_str(), "{step}");
+                    assert!(!job["job_id"].as_str().unwrap().is_empty(), "{step}");
+                    assert!(job["total_ms"].as_u64().unwrap() > 0, "{step}");
+                }
+                false => assert!(job.is_null(), "{step}"),
+            }
+        }
+        if on_cluster {
+            assert!(text.contains("order_lines on the Ballista cluster at df://"), "{text}");
+            assert!(text.contains("ballista job "), "{text}");
+            let html = std::fs::read_to_string(PathBuf::from(
+                String::from_utf8_lossy(&run(bin().arg("report").arg(&dir)).stdout).trim(),
+            ))
+            .unwrap();
+            assert!(html.contains("ballista job "), "the report names the job");
+            let plan = run(bin().arg("plan").arg(&dir).args(&set_args));
+            let plan = String::from_utf8_lossy(&plan.stdout);
+            assert!(plan.contains(&format!("cluster {} (Ballista): order_lines,", cluster.url)), "{plan}");
+            assert!(plan.contains("revenue_by_nation_month reads customer_nation: handed off as Parquet"), "{plan}");
+            assert!(plan.contains("sink shipping_delays: written here"), "{plan}");
+            // customer_nation is read on the cluster: handed off as Parquet, saying why.
+            let cn = results["steps"].as_array().unwrap().iter().find(|s| s["name"] == "customer_nation").unwrap();
+            assert_eq!(cn["tier"], "parquet", "{cn}");
+            assert!(cn["tier_reason"].as_str().unwrap().contains("Ballista"), "{cn}");
+        }
+        assert!(run_folders(&spill).is_empty(), "{:?}", run_folders(&spill));
+        sums.push(FAULT_OUTPUTS.iter().map(|f| file_checksum(&dir.join(f))).collect::<Vec<_>>());
+    }
+    assert_eq!(sums[0], sums[1], "outputs on the cluster equal the local run's");
+    let pid = cluster.child.id().to_string();
+    let text = cluster.stop();
+    for id in ["executor-1", "executor-2"] {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("stopped {id}: peak "))).unwrap_or_else(|| panic!("{text}"));
+        assert!(line.ends_with("of its 512MiB share"), "{line}");
+    }
+    assert!(text.contains("share 512MiB (cgroup v1 limit 512MiB)"), "{text}");
+    assert!(run_folders(&cluster_spill).is_empty(), "{:?}", run_folders(&cluster_spill));
+    let left: Vec<String> =
+        child_cgroups().into_iter().filter(|n| n.starts_with(&format!("spillway-{pid}-"))).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Issue #21: a model on a cluster that is not there fails the run before any work starts, in
+/// one line naming the URL and what to do.
+#[test]
+fn ballista_cluster_down_is_a_clear_error_before_any_work() {
+    let dir = scratch().join("bal-down");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(dir.join("models/local_one.sql"), "SELECT value AS v FROM range(10)").unwrap();
+    std::fs::write(
+        dir.join("models/remote_one.sql"),
+        "-- spillway: engine=ballista\nSELECT count(*) AS n FROM local_one",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("df://127.0.0.1:{port}");
+    let err = fail(bin().arg("run").arg(&dir).args(["--memory", "128MiB", "--set"]).arg(format!("engine.url={url}")));
+    assert!(err.contains(&format!("the Ballista cluster at {url} is not reachable")), "{err}");
+    assert!(err.contains("spillway cluster up"), "{err}");
+    assert!(!dir.join(".spillway/runs").exists(), "no run was started");
+    let err = fail(bin().arg("plan").arg(&dir).args(["--set", "engine.url=http://x:1"]));
+    assert!(err.contains("[engine]: url = \"http://x:1\"") && err.contains("df://host:port"), "{err}");
+}

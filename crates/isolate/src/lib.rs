@@ -28,7 +28,7 @@ pub mod spawn;
 pub mod worker;
 
 pub use confine::{headroom, Confinement};
-pub use spawn::{run_child, Death, Outcome};
+pub use spawn::{confine, run_child, Death, Outcome};
 
 use std::path::PathBuf;
 

@@ -48,29 +48,22 @@ pub struct Outcome {
     pub stderr_tail: String,
 }
 
-/// Runs `spec` in a child of `exe` confined as `confinement` says; `started` is told its pid.
-pub async fn run_child(
-    exe: &Path,
-    spec: &StepSpec,
+/// Sets `cmd` up to start confined as `confinement` says with `limit` bytes: a new memory cgroup
+/// of that limit (returned: the caller reads its peak and removes it) that the child joins
+/// between fork and exec, or `RLIMIT_DATA` of the limit plus slack. Also used for Ballista
+/// executors (`spillway-cluster`).
+pub fn confine(
+    cmd: &mut std::process::Command,
     confinement: &Confinement,
-    started: impl FnOnce(u32),
-) -> Result<Outcome, Error> {
-    let io = |what: &str| {
-        let model = spec.model.clone();
-        let what = what.to_string();
-        move |source| Error::Io { model, what, source }
-    };
-    let limit = spec.budget_bytes;
+    limit: u64,
+) -> std::io::Result<Option<Cgroup>> {
     let cgroup: Option<Cgroup> = match confinement {
-        Confinement::Cgroup(h) => Some(h.create(limit).map_err(io("creating its memory cgroup"))?),
+        Confinement::Cgroup(h) => Some(h.create(limit)?),
         Confinement::Rlimit { .. } => None,
     };
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("worker").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("SPILLWAY_FAULT");
     match &cgroup {
         Some(cg) => {
-            let procs = CString::new(cg.procs_file().as_os_str().as_bytes())
-                .map_err(|e| io("naming its cgroup")(std::io::Error::other(e)))?;
+            let procs = CString::new(cg.procs_file().as_os_str().as_bytes()).map_err(std::io::Error::other)?;
             // SAFETY: the closure runs in the forked child before exec and only makes
             // async-signal-safe system calls on memory allocated before the fork.
             unsafe {
@@ -102,6 +95,25 @@ pub async fn run_child(
             }
         }
     }
+    Ok(cgroup)
+}
+
+/// Runs `spec` in a child of `exe` confined as `confinement` says; `started` is told its pid.
+pub async fn run_child(
+    exe: &Path,
+    spec: &StepSpec,
+    confinement: &Confinement,
+    started: impl FnOnce(u32),
+) -> Result<Outcome, Error> {
+    let io = |what: &str| {
+        let model = spec.model.clone();
+        let what = what.to_string();
+        move |source| Error::Io { model, what, source }
+    };
+    let limit = spec.budget_bytes;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("worker").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("SPILLWAY_FAULT");
+    let cgroup = confine(&mut cmd, confinement, limit).map_err(io("creating its memory cgroup"))?;
     let json = serde_json::to_vec(spec).map_err(|e| io("writing its spec")(std::io::Error::other(e)))?;
     let mut child = cmd.spawn().map_err(io("starting spillway worker"))?;
     let pid = child.id();

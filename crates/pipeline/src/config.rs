@@ -14,8 +14,9 @@
 
 use crate::error::{Error, Result};
 use crate::project::{SinkDef, SourceDef};
-use crate::settings::SettingsTable;
+use crate::settings::{Engine, SettingsTable};
 use serde::Deserialize;
+use spillway_cluster::ClusterUrl;
 use spillway_governor::{ByteSize, GovernorConfig, MemorySpec, PressureThresholds, ProfileSize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,40 @@ pub struct ConfigFile {
     /// Per-model settings.
     #[serde(default)]
     pub models: BTreeMap<String, SettingsTable>,
+    /// Where models run unless they say otherwise, and the Ballista cluster.
+    #[serde(default)]
+    pub engine: EngineSection,
+}
+
+/// `[engine]` in `spillway.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    /// `local` (the default) or `ballista`: where models run unless they set `engine`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// The Ballista scheduler, `df://host:port` (default df://localhost:50050).
+    pub url: Option<String>,
+}
+
+impl EngineSection {
+    /// Where models run unless they say otherwise.
+    pub fn default_engine(&self) -> std::result::Result<Engine, String> {
+        self.kind
+            .as_deref()
+            .map_or(Ok(Engine::Local), |k| k.parse().map_err(|e: String| e.replace("engine =", "type =")))
+    }
+
+    /// The scheduler models with `engine = "ballista"` run on.
+    pub fn url(&self) -> std::result::Result<ClusterUrl, String> {
+        let url = self.url.as_deref().unwrap_or("df://localhost:50050");
+        url.parse::<ClusterUrl>().map_err(|e| format!("url = {url:?}: {e}"))
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        self.default_engine()?;
+        self.url().map(|_| ())
+    }
 }
 
 /// `[governor]` in `spillway.toml`.
@@ -114,6 +149,9 @@ impl Config {
                 .map_err(|e| Error::Usage(format!("--set {}: {}", overrides.join(" --set "), e.message())))?
         };
         file.governor.check().map_err(|m| Error::at(&shown, crate::project::section_line(text, "[governor"), m))?;
+        file.engine
+            .check()
+            .map_err(|m| Error::at(&shown, crate::project::section_line(text, "[engine]"), format!("[engine]: {m}")))?;
         Ok(Config { file, path: path.map(Path::to_path_buf), text: text.to_string() })
     }
 

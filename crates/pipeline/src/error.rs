@@ -133,6 +133,9 @@ pub enum Error {
     /// Starting or talking to an isolated model's child failed.
     #[error(transparent)]
     Isolate(#[from] spillway_isolate::Error),
+    /// The Ballista cluster is down, or a session on it could not be set up.
+    #[error(transparent)]
+    Cluster(#[from] spillway_cluster::Error),
     /// Publishing a model's sinks stopped partway: what was and was not published.
     #[error(
         "publishing {model}'s sinks stopped: published {}; not published {}: {cause}",

@@ -43,10 +43,10 @@ mod settings;
 pub mod sources;
 pub mod views;
 
-pub use config::{Config, ConfigFile, GovernorSection};
+pub use config::{Config, ConfigFile, EngineSection, GovernorSection};
 pub use dag::Dag;
 pub use error::{Error, Result};
 pub use project::{CdcSource, Model, Project, Refresh, SinkDef, SinkTarget, SourceDef, ViewDef, TPCH_TABLES};
-pub use results::{Event, RunResults, Status, StepResult};
-pub use run::{isolates, Observer, RunOptions};
-pub use settings::{Class, LeaseSpec, ModelSettings, SettingsTable};
+pub use results::{Event, OnCluster, RunResults, Status, StepResult};
+pub use run::{isolates, on_cluster, Observer, RunOptions};
+pub use settings::{Class, Engine, LeaseSpec, ModelSettings, SettingsTable};

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::settings::{comment_settings, ModelSettings};
+use crate::settings::{comment_settings, Engine, Isolate, ModelSettings};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -410,6 +410,8 @@ pub struct Project {
     pub views: BTreeMap<String, ViewDef>,
     /// The text of `spillway.toml` as read (to point messages at a section's line).
     pub config_text: String,
+    /// The Ballista scheduler, when a model runs there (`engine = "ballista"`).
+    pub cluster: Option<spillway_cluster::ClusterUrl>,
 }
 
 impl Project {
@@ -442,7 +444,9 @@ impl Project {
         let file = &config.file;
         let config_path = config.path.clone();
         let cfg = config_path.clone().unwrap_or_else(|| dir.join("spillway.toml"));
-        let mut defaults = ModelSettings::default();
+        // Checked when the configuration was parsed.
+        let engine = file.engine.default_engine().map_err(Error::Usage)?;
+        let mut defaults = ModelSettings { engine, ..ModelSettings::default() };
         defaults
             .apply(&file.defaults)
             .map_err(|m| Error::at(&cfg, section_line(&config.text, "[defaults]"), format!("[defaults]: {m}")))?;
@@ -478,6 +482,13 @@ impl Project {
             }
             for (line, k, v) in comment_settings(&sql) {
                 settings.set(&k, &v).map_err(|m| Error::at(&path, line, m))?;
+            }
+            if settings.engine == Engine::Ballista && settings.isolate == Isolate::On {
+                return Err(Error::at(
+                    &path,
+                    1,
+                    format!("{name}: isolate = true and engine = \"ballista\" cannot both be set (a model on the cluster runs in its executors)"),
+                ));
             }
             models.insert(name.clone(), Model { name, path, sql, settings });
         }
@@ -553,8 +564,13 @@ impl Project {
                 ));
             }
         }
+        let cluster = match models.values().any(|m| m.settings.engine == Engine::Ballista) {
+            true => Some(file.engine.url().map_err(Error::Usage)?),
+            false => None,
+        };
         Ok(Project {
             dir,
+            cluster,
             config_path,
             config_text: config.text.clone(),
             models,

@@ -294,6 +294,19 @@ fn table(results: &RunResults) -> String {
                 if i.oom_killed { ", oom-killed" } else { "" }
             );
         }
+        if let Some(c) = &st.cluster {
+            let _ = write!(
+                note,
+                "{}ballista job {} at {}: queued {}ms, ran {}ms on the cluster, {}ms until the last row, {} fetched",
+                if note.is_empty() { "" } else { "; " },
+                c.job.job_id,
+                c.url,
+                c.job.scheduling_ms,
+                c.job.execution_ms,
+                c.job.total_ms,
+                fmt_bytes(c.job.transferred_bytes)
+            );
+        }
         let sinks: Vec<String> = st
             .sinks
             .iter()

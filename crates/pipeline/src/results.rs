@@ -106,6 +106,24 @@ pub struct StepResult {
     /// Its child process, when it ran isolated (`isolate`): the last attempt's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolated: Option<Isolated>,
+    /// The Ballista job it ran as, when it ran on the cluster (`engine = "ballista"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<OnCluster>,
+}
+
+/// A model run on a Ballista cluster, as `run_results.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnCluster {
+    /// The scheduler (`df://host:port`).
+    pub url: String,
+    /// Ballista's job id, its queue and execution times on the cluster, the time until the last
+    /// row arrived here, and the bytes fetched (the last attempt's).
+    #[serde(flatten)]
+    pub job: spillway_cluster::JobInfo,
+    /// Inputs written to Parquet for the executors (memory or IPC hand-offs, PostgreSQL
+    /// sources), with their bytes.
+    #[serde(default)]
+    pub staged: Vec<(String, u64)>,
 }
 
 /// An isolated model's child process, as `run_results.json` records it.
@@ -152,6 +170,7 @@ impl StepResult {
             kept: None,
             reused_from: None,
             isolated: None,
+            cluster: None,
         }
     }
 }
@@ -270,6 +289,15 @@ pub enum Event {
         confinement: String,
         /// Its memory limit.
         limit_bytes: u64,
+    },
+    /// A model's query was sent to the Ballista cluster.
+    ModelOnCluster {
+        /// Milliseconds since the run started.
+        t_ms: u64,
+        /// Model.
+        model: String,
+        /// The scheduler.
+        url: String,
     },
     /// A model failed for lack of memory and is tried again with more, or on disk.
     ModelRetry {

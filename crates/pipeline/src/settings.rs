@@ -1,5 +1,5 @@
 //! Per-model settings: `profile`, `class`, `materialize`, `retries`, `checkpoint`, `check`,
-//! `isolate`.
+//! `isolate`, `engine`.
 //!
 //! They come from, in order of precedence: a leading `-- spillway: key=value ...` comment in the
 //! model's file, `[models.NAME]` in `spillway.toml`, and `[defaults]` there.
@@ -88,6 +88,36 @@ pub enum IsolateValue {
     Word(String),
 }
 
+/// Where a model's query runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Here, under the governor (the default).
+    Local,
+    /// On the Ballista cluster at `[engine] url`; its rows come back here to be placed.
+    Ballista,
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Engine::Local => "local",
+            Engine::Ballista => "ballista",
+        })
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.to_ascii_lowercase().as_str() {
+            "local" => Ok(Engine::Local),
+            "ballista" => Ok(Engine::Ballista),
+            _ => Err(format!("engine = {value:?}: use local or ballista")),
+        }
+    }
+}
+
 /// A model's resolved settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSettings {
@@ -105,6 +135,8 @@ pub struct ModelSettings {
     pub check: bool,
     /// Run in a child process under a memory cgroup (default off).
     pub isolate: Isolate,
+    /// Where the query runs (default local, or `[engine] type`).
+    pub engine: Engine,
 }
 
 impl Default for ModelSettings {
@@ -117,6 +149,7 @@ impl Default for ModelSettings {
             checkpoint: false,
             check: false,
             isolate: Isolate::Off,
+            engine: Engine::Local,
         }
     }
 }
@@ -139,6 +172,8 @@ pub struct SettingsTable {
     pub check: Option<bool>,
     /// `true`, `false` or `"auto"`: run in a child process under a memory cgroup.
     pub isolate: Option<IsolateValue>,
+    /// `local` or `ballista`: where the query runs.
+    pub engine: Option<String>,
 }
 
 impl ModelSettings {
@@ -180,11 +215,11 @@ impl ModelSettings {
                     },
                 }
             }
-            other => {
-                return Err(format!(
-                "unknown setting {other:?} (known: profile, class, materialize, retries, checkpoint, check, isolate)"
-            ))
-            }
+            "engine" => self.engine = value.parse()?,
+            other => return Err(format!(
+                "unknown setting {other:?} (known: profile, class, materialize, retries, checkpoint, check, isolate, \
+                     engine)"
+            )),
         }
         Ok(())
     }
@@ -205,6 +240,7 @@ impl ModelSettings {
                     IsolateValue::Word(w) => w.clone(),
                 }),
             ),
+            ("engine", t.engine.clone()),
         ];
         for (k, v) in pairs {
             if let Some(v) = v {

@@ -113,6 +113,9 @@ pub struct Hints {
     pub heavy_running: bool,
     /// Expected size in bytes, if estimated.
     pub expected_bytes: Option<u64>,
+    /// Why `materialize` is what it is, when the step's readers chose it rather than its author
+    /// (e.g. read by a Ballista cluster: Parquet).
+    pub chosen_because: Option<String>,
 }
 
 /// What was recorded about an intermediate.
@@ -280,10 +283,11 @@ impl HandoffStore {
     /// The tier to start in, and why.
     fn initial_tier(&self, hints: &Hints) -> (Tier, String) {
         let c = &self.config;
+        let set = |tier: Tier, what: &str| (tier, hints.chosen_because.clone().unwrap_or_else(|| what.to_string()));
         match hints.materialize {
-            Materialize::Memory => (Tier::Memory, "materialize = memory".into()),
-            Materialize::Ipc => (Tier::Ipc, "materialize = ipc".into()),
-            Materialize::Parquet => (Tier::Parquet, "materialize = parquet".into()),
+            Materialize::Memory => set(Tier::Memory, "materialize = memory"),
+            Materialize::Ipc => set(Tier::Ipc, "materialize = ipc"),
+            Materialize::Parquet => set(Tier::Parquet, "materialize = parquet"),
             Materialize::Auto if hints.checkpoint => (Tier::Parquet, "checkpoint".into()),
             Materialize::Auto if hints.heavy_running => {
                 (Tier::Parquet, "another heavy step is running: memory stays free for it".into())

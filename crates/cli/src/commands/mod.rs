@@ -1,6 +1,7 @@
 //! One module per subcommand; [`run`] dispatches and owns the tokio runtime.
 
 mod bench;
+mod cluster;
 mod gen;
 mod info;
 mod init;
@@ -11,7 +12,7 @@ mod run;
 mod sql;
 mod views;
 
-use crate::args::{BenchCommand, Cli, Command, GenCommand, ViewsCommand};
+use crate::args::{BenchCommand, Cli, ClusterCommand, Command, GenCommand, ViewsCommand};
 use crate::settings;
 use anyhow::{Context, Result};
 
@@ -55,6 +56,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gen(GenCommand::Tpch(args)) => gen::tpch(&settings, args),
         Command::Gen(GenCommand::TpchChanges(args)) => runtime.block_on(gen::tpch_changes(args)),
         Command::Bench(BenchCommand::Tpch(args)) => bench::run(&settings, args),
+        Command::Cluster(ClusterCommand::Up(args)) => runtime.block_on(cluster::up(&settings, &cli.global, args)),
+        Command::Cluster(ClusterCommand::Executor(args)) => runtime.block_on(cluster::executor(&settings, args)),
         Command::Worker => unreachable!("main starts the worker before any settings are read"),
     }
 }

@@ -6,7 +6,7 @@ use crate::settings::Settings;
 use anyhow::Result;
 use spillway_governor::fmt_bytes;
 use spillway_pipeline::resume::Decision;
-use spillway_pipeline::{Config, Project, SinkTarget, SourceDef};
+use spillway_pipeline::{Config, Dag, Project, SinkTarget, SourceDef};
 
 pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result<()> {
     let project = Project::from_config(&args.dir, config)?;
@@ -59,8 +59,8 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
     println!();
     let w = selected.iter().map(|m| m.len()).max().unwrap_or(0).max(24);
     println!(
-        "{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} {:<10} reads",
-        "#", "model", "class", "lease", "materialize", "checkpoint", "isolated"
+        "{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} {:<10} {:<8} reads",
+        "#", "model", "class", "lease", "materialize", "checkpoint", "isolated", "engine"
     );
     let confinement = spillway_isolate::Confinement::detect().name();
     for (i, name) in selected.iter().enumerate() {
@@ -71,7 +71,7 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
         let reads: Vec<String> =
             dag.upstream[name].iter().cloned().chain(dag.sources[name].iter().map(|t| format!("{t}*"))).collect();
         println!(
-            "{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} {:<10} {}",
+            "{:>3}  {:<w$} {:<6} {:<18} {:<12} {:<10} {:<10} {:<8} {}",
             i + 1,
             name,
             s.class.to_string(),
@@ -85,10 +85,14 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
                 "no"
             },
             if spillway_pipeline::isolates(m) { confinement.as_str() } else { "no" },
+            s.engine.to_string(),
             if reads.is_empty() { "-".into() } else { reads.join(", ") }
         );
     }
     println!("(* = source table)");
+    if let Some(url) = &project.cluster {
+        cluster_plan(&project, &dag, &selected, url);
+    }
     if args.resume {
         let (previous, decisions) = spillway_pipeline::resume::preview(&project, args.select.as_deref()).await?;
         println!();
@@ -120,5 +124,42 @@ fn def_kind(def: &SourceDef) -> &'static str {
         SourceDef::Arrow { .. } => "arrow",
         SourceDef::Tpch { .. } => "tpch",
         SourceDef::Postgres { .. } => "postgres",
+    }
+}
+
+/// What crosses to the Ballista cluster and how: which models run there, their inputs (files the
+/// executors read; memory the cluster cannot reach goes as Parquet) and where their sinks are
+/// written.
+fn cluster_plan(project: &Project, dag: &Dag, selected: &[String], url: &spillway_cluster::ClusterUrl) {
+    let there: Vec<&String> = selected.iter().filter(|m| spillway_pipeline::on_cluster(&project.models[*m])).collect();
+    println!();
+    if there.is_empty() {
+        println!("cluster {url}: no selected model runs there");
+        return;
+    }
+    let names: Vec<&str> = there.iter().map(|m| m.as_str()).collect();
+    println!("cluster {url} (Ballista): {} run there; their rows come back here", names.join(", "));
+    let sources = project.source_tables();
+    for m in &there {
+        for table in &dag.sources[*m] {
+            let how = match sources.get(table).and_then(|s| project.sources.get(s)) {
+                Some(SourceDef::Postgres { .. }) => {
+                    "PostgreSQL, read here and staged through Parquet for the executors"
+                }
+                _ => "read by the executors from its files",
+            };
+            println!("  {m} reads source table {table}: {how}");
+        }
+        for up in &dag.upstream[*m] {
+            let how = if selected.contains(up) {
+                "handed off as Parquet (the memory tier does not cross)"
+            } else {
+                "read by the executors from its published file"
+            };
+            println!("  {m} reads {up}: {how}");
+        }
+        for sink in project.sinks.iter().filter(|(_, d)| &d.model == *m).map(|(name, _)| name) {
+            println!("  {m} sink {sink}: written here from the rows that come back");
+        }
     }
 }

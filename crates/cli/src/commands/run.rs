@@ -188,6 +188,14 @@ impl Display {
                     _ => {}
                 }
             }
+            Event::ModelOnCluster { model, url, .. } => {
+                let what = format!("on the Ballista cluster at {url}");
+                match (&self.bars, st.running.get(model)) {
+                    (Some(_), Some(bar)) => bar.set_message(format!("{} · {what}", bar.message())),
+                    (None, _) => println!("  {model} {what}"),
+                    _ => {}
+                }
+            }
             Event::ModelRetry { model, escalation, error, .. } => {
                 let line = format!("  retry {model}: out of memory ({}); {escalation}", first_line(error));
                 match &self.bars {
@@ -234,7 +242,7 @@ fn describe(step: &StepResult) -> String {
             let sinks: Vec<String> =
                 step.sinks.iter().map(|s: &SinkResult| format!(" → {}", s.path.display())).collect();
             format!(
-                "OK    {} [{:.2}s, peak {}, {} {}, {} rows{}{}{}]{}",
+                "OK    {} [{:.2}s, peak {}, {} {}, {} rows{}{}{}{}]{}",
                 step.name,
                 step.elapsed_ms as f64 / 1000.0,
                 fmt_bytes(step.peak_resident_bytes),
@@ -248,6 +256,7 @@ fn describe(step: &StepResult) -> String {
                 },
                 if step.attempts > 1 { format!(", {} attempts", step.attempts) } else { String::new() },
                 isolated(step),
+                on_cluster(step),
                 sinks.join("")
             )
         }
@@ -270,6 +279,19 @@ fn isolated(step: &StepResult) -> String {
             i.confinement,
             i.peak_bytes.map_or("-".into(), fmt_bytes),
             fmt_bytes(i.limit_bytes)
+        ),
+        None => String::new(),
+    }
+}
+
+/// `, ballista job Ab3x: 1.20s on the cluster` for a model run there.
+fn on_cluster(step: &StepResult) -> String {
+    match &step.cluster {
+        Some(c) => format!(
+            ", ballista job {}: {:.2}s on the cluster, {:.2}s queued",
+            c.job.job_id,
+            c.job.execution_ms as f64 / 1000.0,
+            c.job.scheduling_ms as f64 / 1000.0
         ),
         None => String::new(),
     }

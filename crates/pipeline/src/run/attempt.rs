@@ -6,7 +6,7 @@ use super::Shared;
 use crate::error::Result;
 use crate::project::Model;
 use crate::results::{Event, Status, StepResult};
-use crate::settings::Class;
+use crate::settings::{Class, LeaseSpec};
 use futures::StreamExt;
 use spillway_engine::query::JoinReport;
 use spillway_engine::{query, session, tables};
@@ -25,6 +25,8 @@ pub(super) struct Attempt {
     pub(super) refused: Option<String>,
     /// The child process, for an isolated model (carried over from earlier attempts).
     pub(super) isolated: Option<crate::results::Isolated>,
+    /// The Ballista job, for a model on the cluster.
+    pub(super) cluster: Option<crate::results::OnCluster>,
 }
 
 /// How one attempt runs (retries change it).
@@ -87,11 +89,16 @@ pub(super) async fn run_model(
 ) -> (StepResult, Option<Arc<Intermediate>>) {
     let model = sh.project.models[&name].clone();
     let s = &model.settings;
-    let heavy = s.class == Class::Heavy;
+    let heavy = runs_heavy(&model);
     let cores = sh.options.cores;
+    // On the cluster, the lease covers only the rows as they arrive here: profile S at most.
+    let lease = match super::cluster::wanted(&model) {
+        true => sh.lease_bytes(s.lease).min(sh.lease_bytes(LeaseSpec::Profile(Profile::S))),
+        false => sh.lease_bytes(s.lease),
+    };
     let mut plan = Plan {
-        lease_bytes: sh.lease_bytes(s.lease),
-        partitions: if heavy { cores } else { (cores / 2).max(1) },
+        lease_bytes: lease,
+        partitions: if heavy || super::cluster::wanted(&model) { cores } else { (cores / 2).max(1) },
         materialize: sh.options.materialize.unwrap_or(s.materialize),
         no_topk: false,
     };
@@ -103,6 +110,7 @@ pub(super) async fn run_model(
     let mut spilled = 0;
     let mut joins: Vec<JoinReport>;
     let mut isolated = None;
+    let mut cluster = None;
     let mut attempt = 0;
     let (outcome, leased_ms) = loop {
         attempt += 1;
@@ -112,6 +120,7 @@ pub(super) async fn run_model(
         spilled += info.spilled;
         joins = info.joins;
         isolated = info.isolated;
+        cluster = info.cluster.or(cluster);
         let next = match &result {
             Err(e) if attempt <= s.retries && e.is_resources_exhausted() => {
                 escalate(&plan, info.refused.as_deref(), &sh.governor)
@@ -147,6 +156,7 @@ pub(super) async fn run_model(
     step.spilled_bytes = spilled;
     step.joins = joins;
     step.isolated = isolated;
+    step.cluster = cluster;
     step.leased_ms = leased_ms.max(started_ms);
     step.finished_ms = sh.now();
     step.elapsed_ms = step.finished_ms - started_ms;
@@ -213,7 +223,7 @@ async fn attempt_once(
 ) -> Result<Output> {
     let Plan { lease_bytes, partitions, no_topk, .. } = *plan;
     let name = &model.name;
-    let heavy = model.settings.class == Class::Heavy;
+    let heavy = runs_heavy(model);
     let mut request = LeaseRequest::bytes(name.clone(), lease_bytes);
     if heavy {
         request = request.heavy();
@@ -233,6 +243,9 @@ async fn attempt_once(
     let _heavy = heavy.then(|| HeavyMark::new(&sh.heavy_running));
     if super::isolated::wanted(model) {
         return super::isolated::run(sh, model, inputs, plan, lease, info).await;
+    }
+    if super::cluster::wanted(model) {
+        return super::cluster::run(sh, model, inputs, plan, lease, info).await;
     }
     let pool = lease.into_pool(PoolOptions {
         step: Some(name.clone()),
@@ -278,6 +291,12 @@ async fn run_in(
     info.spilled = query::spilled_bytes(&physical);
     info.joins = query::join_reports(&physical);
     result
+}
+
+/// Whether `model` does heavy work here: a heavy model holds the heavy slot and all cores,
+/// unless it runs on the cluster (its work is the executors').
+pub(super) fn runs_heavy(model: &Model) -> bool {
+    model.settings.class == Class::Heavy && !super::cluster::wanted(model)
 }
 
 /// Marks a model as holding its lease (for the scheduler's choice at critical pressure).

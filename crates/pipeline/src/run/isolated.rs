@@ -32,6 +32,7 @@ use std::time::Instant;
 /// whether a memory cgroup can be made here).
 pub fn wanted(model: &Model) -> bool {
     match model.settings.isolate {
+        _ if super::cluster::wanted(model) => false,
         Isolate::Off => false,
         Isolate::On => true,
         Isolate::Auto => model.settings.class == Class::Heavy && Confinement::detect().has_cgroup(),
@@ -40,8 +41,9 @@ pub fn wanted(model: &Model) -> bool {
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
-/// The child's folder: removed when dropped (after the output is placed, or when cancelled).
-struct Folder(PathBuf);
+/// A model's temp folder (an isolated child's, or a cluster model's staged inputs): removed
+/// when dropped (after the output is placed, or when cancelled).
+pub(super) struct Folder(pub(super) PathBuf);
 
 impl Drop for Folder {
     fn drop(&mut self) {
@@ -223,17 +225,9 @@ async fn stage_postgres(
     table: &str,
     dir: &Path,
 ) -> Result<TableSpec> {
-    use futures::StreamExt;
-    use spillway_tiers::file::{FileFormat, FileSink, WriteOptions};
     sh.sources.register(ctx, table).await?;
-    let df = ctx.table(table).await.map_err(spillway_engine::Error::from)?;
-    let mut stream = df.execute_stream().await.map_err(spillway_engine::Error::from)?;
     let path = dir.join(format!("{table}.arrow"));
-    let mut sink = FileSink::create(FileFormat::Arrow, &path, &stream.schema(), &WriteOptions::default())?;
-    while let Some(batch) = stream.next().await {
-        sink.write(&batch.map_err(spillway_engine::Error::from)?)?;
-    }
-    let (rows, bytes) = sink.finish()?;
+    let (rows, bytes) = super::stage::write_table(ctx, table, &path, spillway_tiers::FileFormat::Arrow).await?;
     ctx.deregister_table(table).map_err(spillway_engine::Error::from)?;
     Ok(TableSpec { name: table.to_string(), location: path.to_string_lossy().into_owned(), ipc: Some((rows, bytes)) })
 }

@@ -14,6 +14,8 @@
 //!                         half the partitions (hash joins go out of core on their own: spillway-operators)
 //!   isolate ─▶ the same, in a child process under a memory cgroup (isolated.rs); an OOM kill
 //!              is retried once disk-first
+//!   engine = "ballista" ─▶ the query on the Ballista cluster, inputs as Parquet files, the rows
+//!              placed here (cluster.rs); the cluster is checked before any work starts
 //!   failure ─▶ descendants skipped, independent models go on (`fail_fast` stops everything)
 //! ```
 //!
@@ -38,11 +40,14 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 mod attempt;
+mod cluster;
 mod isolated;
-
-pub use isolated::wanted as isolates;
 mod publish;
 mod schedule;
+mod stage;
+
+pub use cluster::wanted as on_cluster;
+pub use isolated::wanted as isolates;
 
 /// Called with every event as it happens (progress displays).
 pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -205,6 +210,10 @@ pub async fn run(
     }
     let to_run: Vec<String> = selected.iter().filter(|m| !reused.contains_key(*m)).cloned().collect();
     let chosen: BTreeSet<&String> = to_run.iter().collect();
+    // A cluster that is down fails the run here, before any work starts.
+    if let Some(url) = project.cluster.as_ref().filter(|_| to_run.iter().any(|m| cluster::wanted(&project.models[m]))) {
+        spillway_cluster::check(url).await?;
+    }
 
     let run_id = results::new_run_id();
     let started_at = results::now_rfc3339();

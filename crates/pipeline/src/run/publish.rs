@@ -235,21 +235,29 @@ pub(super) async fn place(
             kept: None,
         });
     }
-    // Read only by models in other processes: memory would have to be written out for each.
-    let isolated_readers = readers > 0
-        && sh.dag.downstream[name]
-            .iter()
-            .filter(|d| sh.consumers.contains_key(*d))
-            .all(|d| super::isolated::wanted(&sh.project.models[d]));
-    let materialize = match materialize {
-        Materialize::Auto if isolated_readers && !model.settings.checkpoint => Materialize::Ipc,
-        other => other,
+    // Read by the cluster's executors: Parquet on a path they reach. Read only by models in
+    // other processes: memory would have to be written out for each.
+    let selected_readers = || sh.dag.downstream[name].iter().filter(|d| sh.consumers.contains_key(*d));
+    let cluster_readers = selected_readers().any(|d| super::cluster::wanted(&sh.project.models[d]));
+    let isolated_readers = readers > 0 && selected_readers().all(|d| super::isolated::wanted(&sh.project.models[d]));
+    let (materialize, chosen_because) = match materialize {
+        Materialize::Auto | Materialize::Memory | Materialize::Ipc if cluster_readers && !model.settings.checkpoint => {
+            (
+                Materialize::Parquet,
+                Some("read on the Ballista cluster: Parquet (the memory tier does not cross)".into()),
+            )
+        }
+        Materialize::Auto if isolated_readers && !model.settings.checkpoint => {
+            (Materialize::Ipc, Some("read only by isolated models: Arrow IPC for their child processes".into()))
+        }
+        other => (other, None),
     };
     let hints = Hints {
         materialize,
         checkpoint: model.settings.checkpoint,
         heavy_running: sh.heavy_running.load(Ordering::Relaxed) > usize::from(heavy),
         expected_bytes: None,
+        chosen_because,
     };
     let intermediate = match written {
         _ if model.settings.checkpoint => {

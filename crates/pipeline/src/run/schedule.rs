@@ -54,7 +54,7 @@ pub(super) async fn schedule(sh: &Arc<Shared>, selected: &[String]) -> Vec<StepR
     let heavy_slots = sh.governor.config().heavy_slots.max(1);
     let mut heavy_in_flight = 0usize;
     let mut stopped: Option<String> = None;
-    let is_heavy = |m: &str| sh.project.models[m].settings.class == Class::Heavy;
+    let is_heavy = |m: &str| super::attempt::runs_heavy(&sh.project.models[m]);
 
     loop {
         // Start what may start: heavy models only while a heavy slot is free, so light ones are
