@@ -1436,3 +1436,64 @@ fn ballista_cluster_down_is_a_clear_error_before_any_work() {
     let err = fail(bin().arg("plan").arg(&dir).args(["--set", "engine.url=http://x:1"]));
     assert!(err.contains("[engine]: url = \"http://x:1\"") && err.contains("df://host:port"), "{err}");
 }
+
+/// Issue #21: a model on the cluster reading a PostgreSQL source (read here, where the
+/// connection is, and staged through Parquet for the executors) and ending in a PostgreSQL sink
+/// (loaded from here) gives PostgreSQL's own answer; `plan` says which side does what; the staged
+/// file is gone afterwards.
+#[test]
+fn ballista_model_reads_postgres_through_parquet_and_ends_in_postgres() {
+    let server = spillway_postgres::testing::TestServer::start().unwrap();
+    server.create_db("shop").unwrap();
+    server
+        .psql("shop", "CREATE TABLE orders AS SELECT g AS id, g % 7 AS customer FROM generate_series(1, 50000) g")
+        .unwrap();
+    let dir = scratch().join("bal-pg");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    let cluster_spill = scratch().join("bal-pg-up.spill");
+    let cluster = ClusterUp::start(1, "512MiB", &cluster_spill);
+    std::fs::write(
+        dir.join("spillway.toml"),
+        format!(
+            "[engine]\ntype = \"ballista\"\nurl = \"{}\"\n\n\
+             [sources.orders]\ntype = \"postgres\"\nurl_env = \"SHOP_URL\"\ntable = \"orders\"\n\n\
+             [sinks.totals_pg]\nmodel = \"totals\"\ntype = \"postgres\"\nurl_env = \"SHOP_URL\"\ntable = \"totals\"\n",
+            cluster.url
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("models/totals.sql"),
+        "SELECT customer, count(*) AS n, sum(id) AS s FROM orders GROUP BY customer\n",
+    )
+    .unwrap();
+    let plan = run(bin().arg("plan").arg(&dir).env("SHOP_URL", server.url("shop")));
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.contains("totals reads source table orders: PostgreSQL, read here and staged through Parquet"),
+        "{plan}"
+    );
+    assert!(plan.contains("totals sink totals_pg: written here"), "{plan}");
+    let spill = scratch().join("bal-pg.spill");
+    let out = run(bin()
+        .arg("run")
+        .arg(&dir)
+        .args(["--memory", "256MiB", "--plain", "--spill-dir"])
+        .arg(&spill)
+        .env("SHOP_URL", server.url("shop")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 ok, 0 failed") && text.contains("ballista job "), "{text}");
+    let results = results_of(&dir);
+    let staged = &results["steps"][0]["cluster"]["staged"];
+    assert_eq!(staged[0][0], "orders", "{staged}");
+    assert!(staged[0][1].as_u64().unwrap() > 0, "{staged}");
+    let sum = |sql: &str| server.psql("shop", sql).unwrap();
+    assert_eq!(
+        sum("SELECT string_agg(customer || ':' || n || ':' || s, ',' ORDER BY customer) FROM totals"),
+        sum("SELECT string_agg(customer || ':' || n || ':' || s, ',' ORDER BY customer) FROM \
+             (SELECT customer, count(*) AS n, sum(id) AS s FROM orders GROUP BY customer) t")
+    );
+    assert!(run_folders(&spill).is_empty(), "{:?}", run_folders(&spill));
+    cluster.stop();
+}

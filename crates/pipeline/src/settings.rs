@@ -216,10 +216,12 @@ impl ModelSettings {
                 }
             }
             "engine" => self.engine = value.parse()?,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown setting {other:?} (known: profile, class, materialize, retries, checkpoint, check, isolate, \
                      engine)"
-            )),
+            ))
+            }
         }
         Ok(())
     }
