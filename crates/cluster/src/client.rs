@@ -44,19 +44,12 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// A session whose queries are planned here and run on the cluster at `url` as Ballista job
-/// `job_name`, with `partitions` shuffle partitions. What the client itself holds (the rows as
-/// they come back) is reserved from `pool`.
-pub async fn session(
-    url: &ClusterUrl,
-    pool: Arc<dyn MemoryPool>,
-    partitions: usize,
-    job_name: &str,
-) -> Result<SessionContext> {
+/// `job_name`, with Ballista's own defaults (16 shuffle partitions: the cluster's cores, not
+/// this machine's, are what matters, and more partitions make each task's state smaller). What
+/// the client itself holds (the rows as they come back) is reserved from `pool`.
+pub async fn session(url: &ClusterUrl, pool: Arc<dyn MemoryPool>, job_name: &str) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new().with_memory_pool(pool).build_arc()?;
-    let config = SessionConfig::new_with_ballista()
-        .with_target_partitions(partitions.max(1))
-        .with_information_schema(true)
-        .with_ballista_job_name(job_name);
+    let config = SessionConfig::new_with_ballista().with_ballista_job_name(job_name);
     let state =
         SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
     Ok(SessionContext::remote_with_state(&url.to_string(), state).await?)
@@ -91,4 +84,51 @@ pub fn job(plan: &Arc<dyn ExecutionPlan>) -> Option<JobInfo> {
         });
     }
     plan.children().into_iter().find_map(job)
+}
+
+/// The job `plan` runs as, cancelled on the scheduler when this is dropped before
+/// [`JobGuard::finish`] (the model was cancelled, or failed here while the job ran): Ballista
+/// itself goes on with a job whose client went away.
+pub struct JobGuard {
+    url: ClusterUrl,
+    plan: Arc<dyn ExecutionPlan>,
+    done: bool,
+}
+
+impl JobGuard {
+    /// Watches the job of `plan` (submitted when its stream is first polled).
+    pub fn new(url: &ClusterUrl, plan: Arc<dyn ExecutionPlan>) -> Self {
+        Self { url: url.clone(), plan, done: false }
+    }
+
+    /// The job's figures so far (all of them once its rows are all read).
+    pub fn info(&self) -> Option<JobInfo> {
+        job(&self.plan)
+    }
+
+    /// Its rows are all read: it is not cancelled.
+    pub fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        let Some(info) = job(&self.plan).filter(|_| !self.done) else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let endpoint = self.url.endpoint();
+        runtime.spawn(async move {
+            let params = ballista_core::serde::protobuf::CancelJobParams { job_id: info.job_id.clone() };
+            match SchedulerGrpcClient::connect(endpoint).await {
+                Ok(mut scheduler) => {
+                    if let Err(e) = scheduler.cancel_job(params).await {
+                        tracing::warn!(job = %info.job_id, error = %e, "could not cancel the Ballista job");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(job = %info.job_id, error = %e, "could not reach the scheduler to cancel the job")
+                }
+            }
+        });
+    }
 }

@@ -23,7 +23,7 @@ pub mod executor;
 pub mod local;
 mod url;
 
-pub use client::{check, job, session, JobInfo};
+pub use client::{check, job, session, JobGuard, JobInfo};
 pub use url::ClusterUrl;
 
 /// What can go wrong talking to or running a cluster.

@@ -160,6 +160,12 @@ impl LocalCluster {
     /// An executor that has exited, with how (`None` while all run).
     pub fn exited(&mut self) -> Option<String> {
         self.executors.iter_mut().find_map(|e| match e.child.try_wait() {
+            Ok(Some(_)) if e.cgroup.as_ref().is_some_and(|cg| cg.oom_kills() > 0) => Some(format!(
+                "{} (pid {}) was killed by the kernel's OOM killer at its cgroup limit of {}",
+                e.id,
+                e.pid,
+                fmt_bytes(e.share)
+            )),
             Ok(Some(status)) => Some(format!("{} (pid {}) exited ({status}): {}", e.id, e.pid, log_tail(&e.log))),
             _ => None,
         })

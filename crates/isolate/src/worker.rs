@@ -59,8 +59,7 @@ async fn run(spec: &StepSpec) -> StepReport {
 async fn run_into(spec: &StepSpec, report: &mut StepReport) -> Result<(), spillway_engine::Error> {
     // The lease is all of the child's budget but its headroom.
     let mut config = GovernorConfig::new(spec.budget_bytes);
-    config.headroom = 1.0 - spec.lease_bytes as f64 / spec.budget_bytes.max(1) as f64;
-    config.headroom = config.headroom.clamp(0.0, 0.89);
+    config.headroom = (1.0 - spec.lease_bytes as f64 / spec.budget_bytes.max(1) as f64).clamp(0.0, 0.89);
     config.lease_timeout = None;
     let governor = Governor::new(config).map_err(spillway_engine::Error::from)?;
     let lease_bytes = spec.lease_bytes.min(governor.leasable());

@@ -98,7 +98,7 @@ pub(super) async fn run_model(
     };
     let mut plan = Plan {
         lease_bytes: lease,
-        partitions: if heavy || super::cluster::wanted(&model) { cores } else { (cores / 2).max(1) },
+        partitions: if heavy { cores } else { (cores / 2).max(1) },
         materialize: sh.options.materialize.unwrap_or(s.materialize),
         no_topk: false,
     };
@@ -185,15 +185,7 @@ pub(super) async fn run_model(
 /// grows with it), else the same lease.
 fn after_oom_kill(plan: &Plan, governor: &Governor) -> (Plan, String) {
     let lease_bytes = next_lease(governor, plan.lease_bytes).unwrap_or(plan.lease_bytes);
-    let next = Plan {
-        lease_bytes,
-        partitions: 1,
-        materialize: match plan.materialize {
-            Materialize::Auto | Materialize::Memory => Materialize::Ipc,
-            other => other,
-        },
-        no_topk: true,
-    };
+    let next = Plan { lease_bytes, ..plan.disk_first(governor) };
     let text = format!(
         "oom-killed: retried disk-first (1 partition, hand-off on disk, no TopK), lease {} -> {}",
         fmt_bytes(plan.lease_bytes),

@@ -13,8 +13,8 @@
 //! (`publish.rs`), so staging hand-offs is the exception.
 
 use super::attempt::{Attempt, Plan};
-use super::isolated::Folder;
 use super::publish::{place, Output};
+use super::stage::Folder;
 use super::Shared;
 use crate::error::{Error, Result};
 use crate::project::Model;
@@ -46,8 +46,7 @@ pub(super) async fn run(
     let name = &model.name;
     let url = sh.project.cluster.clone().ok_or_else(|| Error::Usage(format!("{name}: no Ballista cluster is set")))?;
     let dir = sh.worker_dir.join(format!("{name}-cluster-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let folder = Folder(dir);
+    let folder = Folder::create(dir, sh.temp_quota.clone())?;
     let pool = lease.into_pool(PoolOptions {
         step: Some(name.clone()),
         unspillable_reserve: sh.options.unspillable_reserve,
@@ -55,13 +54,14 @@ pub(super) async fn run(
     });
     // Here: staging inputs, placing the output. There: the model's query.
     let local = session::context(pool.clone(), &session::SessionOptions::new(plan.partitions, sh.temp_files.clone()))?;
-    let remote = spillway_cluster::session(&url, pool, plan.partitions, name).await?;
+    let remote = spillway_cluster::session(&url, pool, name).await?;
     let mut staged = Vec::new();
     for table in &sh.dag.sources[name] {
         let location = if sh.sources.postgres.contains_key(table) {
             sh.sources.register(&local, table).await?;
-            let path = folder.0.join(format!("{table}.parquet"));
-            staged.push((table.clone(), super::stage::write_table(&local, table, &path, FileFormat::Parquet).await?.1));
+            let (path, _, bytes) =
+                folder.write_table(&local, table, &format!("{table}.parquet"), FileFormat::Parquet).await?;
+            staged.push((table.clone(), bytes));
             local.deregister_table(table.as_str()).map_err(spillway_engine::Error::from)?;
             path.to_string_lossy().into_owned()
         } else {
@@ -79,8 +79,9 @@ pub(super) async fn run(
             Some(path) if intermediate.info().tier == Tier::Parquet => absolute(&path.to_string_lossy()),
             _ => {
                 read::register(&local, up, intermediate, 1).await?;
-                let path = folder.0.join(format!("{up}.parquet"));
-                staged.push((up.clone(), super::stage::write_table(&local, up, &path, FileFormat::Parquet).await?.1));
+                let (path, _, bytes) =
+                    folder.write_table(&local, up, &format!("{up}.parquet"), FileFormat::Parquet).await?;
+                staged.push((up.clone(), bytes));
                 local.deregister_table(up.as_str()).map_err(spillway_engine::Error::from)?;
                 path.to_string_lossy().into_owned()
             }
@@ -97,9 +98,13 @@ pub(super) async fn run(
     let physical = df.create_physical_plan().await.map_err(spillway_engine::Error::from)?;
     let stream = datafusion::physical_plan::execute_stream(physical.clone(), remote.task_ctx())
         .map_err(spillway_engine::Error::from)?;
+    // Dropped (the model cancelled) or failed here before the last row: the job is cancelled.
+    let job = spillway_cluster::JobGuard::new(&url, physical);
     let placed = place(sh, model, &local, stream, plan.materialize, false, None).await;
-    info.cluster =
-        Some(OnCluster { url: url.to_string(), job: spillway_cluster::job(&physical).unwrap_or_default(), staged });
+    info.cluster = Some(OnCluster { url: url.to_string(), job: job.info().unwrap_or_default(), staged });
+    if placed.is_ok() {
+        job.finish();
+    }
     drop(remote);
     drop(local);
     drop(folder);

@@ -14,6 +14,7 @@
 
 use super::attempt::{Attempt, Plan};
 use super::publish::{place, Output};
+use super::stage::Folder;
 use super::Shared;
 use crate::error::{Error, Result};
 use crate::project::Model;
@@ -23,7 +24,7 @@ use spillway_engine::{session, tables};
 use spillway_governor::{Lease, PoolOptions};
 use spillway_isolate::{Confinement, Death, StepSpec, TableSpec};
 use spillway_tiers::{Intermediate, Tier};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,20 +42,6 @@ pub fn wanted(model: &Model) -> bool {
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
-/// A model's temp folder (an isolated child's, or a cluster model's staged inputs): removed
-/// when dropped (after the output is placed, or when cancelled).
-pub(super) struct Folder(pub(super) PathBuf);
-
-impl Drop for Folder {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.0.display(), error = %e, "could not remove an isolated model's temp folder");
-            }
-        }
-    }
-}
-
 /// Runs `model` in a child under `lease` (held until its output is placed).
 pub(super) async fn run(
     sh: &Shared,
@@ -69,8 +56,7 @@ pub(super) async fn run(
         Error::Usage(format!("{name}: isolate is set, but the spillway binary to start `spillway worker` is not known"))
     })?;
     let dir = sh.worker_dir.join(format!("{name}-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let folder = Folder(dir);
+    let folder = Folder::create(dir, sh.temp_quota.clone())?;
     let lease_bytes = lease.bytes();
     // A session of the runner's under the lease: it stages PostgreSQL sources for the child
     // before the child starts, and places the child's output after it is gone.
@@ -81,9 +67,9 @@ pub(super) async fn run(
     });
     let options = session::SessionOptions::new(plan.partitions, sh.temp_files.clone());
     let ctx = session::context(pool, &options)?;
-    let tables = input_tables(sh, model, inputs, &folder.0, &ctx).await?;
+    let tables = input_tables(sh, model, inputs, &folder, &ctx).await?;
     let budget = lease_bytes + spillway_isolate::headroom(lease_bytes);
-    let output = folder.0.join("output.arrow");
+    let output = folder.join("output.arrow");
     let spec = StepSpec {
         model: name.clone(),
         sql: model.sql.clone(),
@@ -92,7 +78,7 @@ pub(super) async fn run(
         partitions: plan.partitions,
         no_topk: plan.no_topk,
         unspillable_reserve: sh.options.unspillable_reserve,
-        spill_dir: folder.0.join("spill"),
+        spill_dir: folder.join("spill"),
         max_spill: Some(sh.temp_quota.max().saturating_sub(sh.temp_quota.used())),
         tables,
         output: output.clone(),
@@ -169,13 +155,13 @@ pub(super) async fn run(
 }
 
 /// Every table the model reads, as a file location: sources (PostgreSQL ones staged to IPC in
-/// `dir` through `ctx`), unselected upstream models' published files, and hand-offs (memory ones
-/// written to IPC in `dir`).
+/// `folder` through `ctx`), unselected upstream models' published files, and hand-offs (memory
+/// ones written to IPC in `folder`).
 async fn input_tables(
     sh: &Shared,
     model: &Model,
     inputs: &[(String, Arc<Intermediate>)],
-    dir: &Path,
+    folder: &Folder,
     ctx: &datafusion::prelude::SessionContext,
 ) -> Result<Vec<TableSpec>> {
     let file = |name: &String, location: String| TableSpec { name: name.clone(), location, ipc: None };
@@ -183,7 +169,7 @@ async fn input_tables(
     let mut tables = Vec::new();
     for table in &sh.dag.sources[name] {
         if sh.sources.postgres.contains_key(table) {
-            tables.push(stage_postgres(sh, ctx, table, dir).await?);
+            tables.push(stage_postgres(sh, ctx, table, folder).await?);
             continue;
         }
         let location = sh
@@ -202,8 +188,9 @@ async fn input_tables(
             }
             (Some(path), _) => file(up, path.to_string_lossy().into_owned()),
             (None, Some(batches)) => {
-                let path = dir.join(format!("{up}.arrow"));
+                let path = folder.join(&format!("{up}.arrow"));
                 write_ipc(&path, intermediate.schema(), batches)?;
+                folder.reserve_written(&path)?;
                 TableSpec { name: up.clone(), location: path.to_string_lossy().into_owned(), ipc: stats }
             }
             (None, None) => return Err(Error::Usage(format!("{up}: its hand-off holds no data"))),
@@ -223,11 +210,11 @@ async fn stage_postgres(
     sh: &Shared,
     ctx: &datafusion::prelude::SessionContext,
     table: &str,
-    dir: &Path,
+    folder: &Folder,
 ) -> Result<TableSpec> {
     sh.sources.register(ctx, table).await?;
-    let path = dir.join(format!("{table}.arrow"));
-    let (rows, bytes) = super::stage::write_table(ctx, table, &path, spillway_tiers::FileFormat::Arrow).await?;
+    let (path, rows, bytes) =
+        folder.write_table(ctx, table, &format!("{table}.arrow"), spillway_tiers::FileFormat::Arrow).await?;
     ctx.deregister_table(table).map_err(spillway_engine::Error::from)?;
     Ok(TableSpec { name: table.to_string(), location: path.to_string_lossy().into_owned(), ipc: Some((rows, bytes)) })
 }
