@@ -1235,16 +1235,32 @@ fn ledger_ten_processes_at_40_percent_share_one_machine_budget() {
     assert_eq!(std::fs::read_to_string(&ledger).unwrap(), "", "every lease came back");
 }
 
-/// Issue #20: an isolated model reading a PostgreSQL source (staged to IPC for its child by the
-/// runner, which holds the connection) and ending in a PostgreSQL sink gives the in-process
-/// answer; the child's folder, with the staged table, is gone afterwards.
-#[test]
-fn isolate_reads_a_postgres_source_and_ends_in_postgres() {
+/// A PostgreSQL server with a database `shop` holding `orders(id, customer)`, 50000 rows.
+fn shop_server() -> spillway_postgres::testing::TestServer {
     let server = spillway_postgres::testing::TestServer::start().unwrap();
     server.create_db("shop").unwrap();
     server
         .psql("shop", "CREATE TABLE orders AS SELECT g AS id, g % 7 AS customer FROM generate_series(1, 50000) g")
         .unwrap();
+    server
+}
+
+/// `shop.totals`, loaded by a run, equals PostgreSQL's own count and sum of `orders` by customer.
+fn assert_totals_match(server: &spillway_postgres::testing::TestServer) {
+    let sum = |sql: &str| server.psql("shop", sql).unwrap();
+    assert_eq!(
+        sum("SELECT string_agg(customer || ':' || n || ':' || s, ',' ORDER BY customer) FROM totals"),
+        sum("SELECT string_agg(customer || ':' || n || ':' || s, ',' ORDER BY customer) FROM \
+             (SELECT customer, count(*) AS n, sum(id) AS s FROM orders GROUP BY customer) t")
+    );
+}
+
+/// Issue #20: an isolated model reading a PostgreSQL source (staged to IPC for its child by the
+/// runner, which holds the connection) and ending in a PostgreSQL sink gives the in-process
+/// answer; the child's folder, with the staged table, is gone afterwards.
+#[test]
+fn isolate_reads_a_postgres_source_and_ends_in_postgres() {
+    let server = shop_server();
     let dir = scratch().join("iso-pg");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("models")).unwrap();
@@ -1268,12 +1284,7 @@ fn isolate_reads_a_postgres_source_and_ends_in_postgres() {
         .env("SHOP_URL", server.url("shop")));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("1 ok, 0 failed") && text.contains("isolated pid"), "{text}");
-    let sum = |sql: &str| server.psql("shop", sql).unwrap();
-    assert_eq!(
-        sum("SELECT string_agg(customer || ':' || n || ':' || s, ',' ORDER BY customer) FROM totals"),
-        sum("SELECT string_agg(customer || ':' || n || ':' || s, ',' ORDER BY customer) FROM \
-             (SELECT customer, count(*) AS n, sum(id) AS s FROM orders GROUP BY customer) t")
-    );
+    assert_totals_match(&server);
     assert!(run_folders(&spill).is_empty(), "{:?}", run_folders(&spill));
 }
 
@@ -1443,11 +1454,7 @@ fn ballista_cluster_down_is_a_clear_error_before_any_work() {
 /// file is gone afterwards.
 #[test]
 fn ballista_model_reads_postgres_through_parquet_and_ends_in_postgres() {
-    let server = spillway_postgres::testing::TestServer::start().unwrap();
-    server.create_db("shop").unwrap();
-    server
-        .psql("shop", "CREATE TABLE orders AS SELECT g AS id, g % 7 AS customer FROM generate_series(1, 50000) g")
-        .unwrap();
+    let server = shop_server();
     let dir = scratch().join("bal-pg");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("models")).unwrap();
@@ -1488,12 +1495,7 @@ fn ballista_model_reads_postgres_through_parquet_and_ends_in_postgres() {
     let staged = &results["steps"][0]["cluster"]["staged"];
     assert_eq!(staged[0][0], "orders", "{staged}");
     assert!(staged[0][1].as_u64().unwrap() > 0, "{staged}");
-    let sum = |sql: &str| server.psql("shop", sql).unwrap();
-    assert_eq!(
-        sum("SELECT string_agg(customer || ':' || n || ':' || s, ',' ORDER BY customer) FROM totals"),
-        sum("SELECT string_agg(customer || ':' || n || ':' || s, ',' ORDER BY customer) FROM \
-             (SELECT customer, count(*) AS n, sum(id) AS s FROM orders GROUP BY customer) t")
-    );
+    assert_totals_match(&server);
     assert!(run_folders(&spill).is_empty(), "{:?}", run_folders(&spill));
     cluster.stop();
 }

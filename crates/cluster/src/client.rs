@@ -49,7 +49,9 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
 /// the client itself holds (the rows as they come back) is reserved from `pool`.
 pub async fn session(url: &ClusterUrl, pool: Arc<dyn MemoryPool>, job_name: &str) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new().with_memory_pool(pool).build_arc()?;
-    let config = SessionConfig::new_with_ballista().with_ballista_job_name(job_name);
+    let config = SessionConfig::new_with_ballista()
+        .with_ballista_job_name(job_name)
+        .with_ballista_grpc_client_max_message_size(crate::GRPC_MESSAGE_LIMIT);
     let state =
         SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
     Ok(SessionContext::remote_with_state(&url.to_string(), state).await?)

@@ -68,6 +68,8 @@ pub async fn serve(options: ExecutorOptions) -> Result<()> {
         vcores: options.vcores.max(1),
         task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
         work_dir: Some(options.work_dir.to_string_lossy().into_owned()),
+        grpc_max_decoding_message_size: crate::GRPC_MESSAGE_LIMIT as u32,
+        grpc_max_encoding_message_size: crate::GRPC_MESSAGE_LIMIT as u32,
         // 0: no pool of Ballista's own; every task's runtime takes the lease's pool below.
         memory_pool_size: Some(0),
         override_runtime_producer: Some(Arc::new(move |_| {

@@ -26,6 +26,12 @@ mod url;
 pub use client::{check, job, session, JobGuard, JobInfo};
 pub use url::ClusterUrl;
 
+/// The largest gRPC message the executors send and the client and executors accept: a batch
+/// of wide rows fetched from a shuffle or a result partition is one Arrow Flight message, and
+/// Ballista's 16MiB default fails such a job ("encoded message length too large"; seen on TPC-H
+/// Q10 at SF10).
+pub const GRPC_MESSAGE_LIMIT: usize = 256 << 20;
+
 /// What can go wrong talking to or running a cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
