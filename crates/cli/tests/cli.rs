@@ -6,6 +6,7 @@
 //! - `bad_input_*`: one-line errors and exit codes for bad sizes, files and SQL.
 //! - `plan_*`, `run_*`, `init_*`: projects (examples/tpch among them).
 //! - `bench_*`: the benchmark harness (and the DuckDB script when duckdb is installed).
+//! - `provision_*`: `scripts/provision`, the set-up the README's test command does first.
 //! - `isolate_*`, `ledger_*`: models in child processes under a memory cgroup; the machine-wide
 //!   ledger shared by several processes.
 
@@ -230,6 +231,33 @@ fn bad_input_gives_one_line_errors() {
     assert!(e.contains("invalid size"), "{e}");
     let e = fail(bin().args(["sql", "SELECT 1", "--memory", "64MiB", "--spill-dir", "/proc/spillway"]));
     assert!(e.contains("spill directory /proc/spillway") && e.contains("cannot create it"), "{e}");
+    // Parquet files whose frame lies (issue #40): a footer longer than the file made parquet's
+    // reader panic; a 0-byte file was read as an empty table. Each is an error naming the file.
+    let dir = scratch().join("bad-parquet");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good =
+        std::fs::read(std::fs::read_dir(tpch().join("nation")).unwrap().next().unwrap().unwrap().path()).unwrap();
+    let mut lying = good.clone();
+    let n = lying.len();
+    lying[n - 8..n - 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    for (file, bytes, says) in [
+        ("garbage.parquet", b"PAR1garbagePAR1".to_vec(), "the metadata takes"),
+        ("empty.parquet", Vec::new(), "the file is empty (0 bytes)"),
+        ("lying-footer.parquet", lying, "the metadata takes 4294967295 bytes"),
+        ("no-magic.parquet", good[4..].to_vec(), "does not start with PAR1"),
+        ("cut.parquet", good[..good.len() - 3].to_vec(), "does not end with PAR1"),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, bytes).unwrap();
+        let out = bin()
+            .args(["sql", "SELECT * FROM t", "--memory", "64MiB", "--table"])
+            .arg(format!("t={}", path.display()))
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{file}: {e}");
+        assert!(e.contains(file) && e.contains(says) && !e.contains("panicked"), "{file}: {e}");
+    }
 }
 
 /// Issue #3: a spill quota too small for the work fails the query with the numbers and leaves
@@ -480,12 +508,84 @@ fn run_failure_exits_non_zero_and_skips_descendants() {
 /// give the same results as DataFusion with 2GiB. (At 16MiB, the smallest budget spillway
 /// accepts, a sort or an aggregate sometimes runs out first: the process's own ~80MiB of RSS
 /// squeezes the lease; see docs/joins.md.)
+/// The README's test command provisions before it tests: with PostgreSQL's server binaries
+/// hidden (`PG_BIN` naming a folder without them) it stops at once with one clear message, before
+/// any test runs, instead of a panic in every test that starts a server.
+#[test]
+fn provision_without_postgres_fails_with_one_message() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let empty = scratch().join("no-pg-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = Command::new(root.join("scripts/provision")).env("PG_BIN", &empty).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{err}");
+    assert!(err.contains("initdb and pg_ctl") && err.contains("PG_BIN"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// TPC-H Q15 with its scalar subquery written as a join: a `CollectLeft` hash join's dynamic
+/// filter sits below a spilling sort, whose merge must poll every partition (the join's probe
+/// partitions wait for each other before the filter is complete). It used to hang forever at
+/// any budget; here, with dynamic filters on (DataFusion's default), it must finish within a
+/// deadline under a spilling budget with Q15's answer.
+#[test]
+fn sql_q15_with_its_subquery_as_a_join_finishes_with_dynamic_filters_on() {
+    const Q15_AS_JOIN: &str = "WITH revenue0 AS (
+            SELECT l_suppkey AS supplier_no, sum(l_extendedprice * (1 - l_discount)) AS total_revenue
+            FROM lineitem
+            WHERE l_shipdate >= DATE '1996-01-01' AND l_shipdate < DATE '1996-01-01' + INTERVAL '3' MONTH
+            GROUP BY l_suppkey),
+        top AS (SELECT max(total_revenue) AS m FROM revenue0)
+        SELECT s_suppkey, s_name, s_address, s_phone, total_revenue
+        FROM supplier JOIN revenue0 ON s_suppkey = supplier_no JOIN top ON total_revenue = top.m
+        ORDER BY s_suppkey";
+    let q15 =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/queries/tpch/q15.sql")).unwrap();
+    let mut sums = Vec::new();
+    for (sql, memory) in [(Q15_AS_JOIN, "24MiB"), (Q15_AS_JOIN, "2GiB"), (q15.as_str(), "2GiB")] {
+        let mut child = bin()
+            .args(["sql", "--memory", memory, "--checksum", "--data"])
+            .arg(tpch())
+            .arg("--")
+            .arg(sql)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(120) {
+                let _ = child.kill();
+                panic!("Q15 as a join under {memory} did not finish in 120s (a hang)");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{memory}: {}", String::from_utf8_lossy(&out.stderr));
+        sums.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
+    assert!(sums.iter().all(|s| s == &sums[2]), "Q15 as a join gives Q15's answer: {sums:?}");
+}
+
 #[test]
 fn bench_tpch_under_24mib_matches_the_unbounded_run() {
     let json = scratch().join("bench-24mib.json");
     let reference = scratch().join("bench-2gib.json");
     let out = run(bin()
-        .args(["bench", "tpch", "--sf", "0.1", "--memory", "24MiB", "--engine", "spillway", "--data"])
+        .args([
+            "bench",
+            "tpch",
+            "--sf",
+            "0.1",
+            "--memory",
+            "24MiB",
+            "--engine",
+            "spillway",
+            "--timeout",
+            "120",
+            "--data",
+        ])
         .arg(tpch())
         .arg("--json")
         .arg(&json));
@@ -556,13 +656,17 @@ fn bench_tpch_runs_each_engine_and_reports_failures_as_rows() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["status"], "timeout");
 
-    // DuckDB on the same files gives the same checksums. .ci/run installs it into bench/.venv
+    // DuckDB on the same files gives the same checksums. scripts/provision installs it into bench/.venv
     // (or fails); a missing DuckDB fails this test rather than skipping it.
     let python = std::env::var("SPILLWAY_DUCKDB_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/.venv/bin/python"));
     let has_duckdb = Command::new(&python).args(["-c", "import duckdb"]).output().is_ok_and(|o| o.status.success());
-    assert!(has_duckdb, "duckdb is not installed at {}: run .ci/run (or pip install duckdb there)", python.display());
+    assert!(
+        has_duckdb,
+        "duckdb is not installed at {}: run scripts/provision (the README's test command, scripts/test, does)",
+        python.display()
+    );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/duckdb_tpch.py");
     let duck_json = scratch().join("duckdb.json");
     run(Command::new(&python)

@@ -51,25 +51,113 @@ pub async fn register(ctx: &SessionContext, name: &str, path: &str) -> Result<()
         return Err(err("no such file or directory".into()));
     };
     let ext = format!(".{ext}");
-    let result = match format {
-        FileFormat::Parquet => {
-            let o = ParquetReadOptions { file_extension: &ext, ..Default::default() };
-            ctx.register_parquet(name, &location, o).await
+    if format == FileFormat::Parquet && !is_glob(path) {
+        for file in files_with_extension(p, &ext) {
+            check_parquet(&file).map_err(|reason| Error::Table {
+                name: name.into(),
+                path: file.display().to_string(),
+                reason,
+            })?;
         }
-        FileFormat::Csv => {
-            let o = CsvReadOptions::new().file_extension(&ext);
-            ctx.register_csv(name, &location, o).await
-        }
-        FileFormat::Json => {
-            let o = JsonReadOptions { file_extension: &ext, ..Default::default() };
-            ctx.register_json(name, &location, o).await
-        }
-        FileFormat::Arrow => {
-            let o = ArrowReadOptions { file_extension: &ext, ..Default::default() };
-            ctx.register_arrow(name, &location, o).await
+    }
+    // DataFusion reads each file's footer (or header) here to infer the schema: a reader that
+    // panics on a malformed file becomes this file's error, not the process's end.
+    let registered = std::panic::AssertUnwindSafe(register_as(ctx, name, &location, format, &ext));
+    let result = match futures::FutureExt::catch_unwind(registered).await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            return Err(err(format!("the {format:?} reader failed on it (is it corrupt or truncated?): {what}")));
         }
     };
     result.map_err(|e| err(reason(&e)))
+}
+
+async fn register_as(
+    ctx: &SessionContext,
+    name: &str,
+    location: &str,
+    format: FileFormat,
+    ext: &str,
+) -> datafusion::error::Result<()> {
+    match format {
+        FileFormat::Parquet => {
+            let o = ParquetReadOptions { file_extension: ext, ..Default::default() };
+            ctx.register_parquet(name, location, o).await
+        }
+        FileFormat::Csv => {
+            let o = CsvReadOptions::new().file_extension(ext);
+            ctx.register_csv(name, location, o).await
+        }
+        FileFormat::Json => {
+            let o = JsonReadOptions { file_extension: ext, ..Default::default() };
+            ctx.register_json(name, location, o).await
+        }
+        FileFormat::Arrow => {
+            let o = ArrowReadOptions { file_extension: ext, ..Default::default() };
+            ctx.register_arrow(name, location, o).await
+        }
+    }
+}
+
+/// `path` itself if it is a file, else the files under it (recursively, as DataFusion lists a
+/// folder) whose names end in `ext`.
+fn files_with_extension(path: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    if path.is_file() {
+        return vec![path.to_path_buf()];
+    }
+    let mut out = Vec::new();
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(ext)) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Checks a Parquet file's frame before DataFusion's reader sees it: the reader of parquet 59
+/// panics (a slice out of range) on a footer whose metadata length is larger than the file, and
+/// reads a 0-byte file as an empty table. A Parquet file is `PAR1`, data, the metadata, its
+/// length (4 bytes, little endian) and `PAR1` again (`PARE` when the footer is encrypted).
+pub fn check_parquet(path: &Path) -> std::result::Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let size = f.metadata().map_err(|e| e.to_string())?.len();
+    if size == 0 {
+        return Err("the file is empty (0 bytes): not a Parquet file".into());
+    }
+    if size < 12 {
+        return Err(format!("{size} bytes is too short for a Parquet file (header, footer and magic need 12)"));
+    }
+    let mut head = [0u8; 4];
+    f.read_exact(&mut head).map_err(|e| e.to_string())?;
+    let mut tail = [0u8; 8];
+    f.seek(SeekFrom::End(-8)).and_then(|_| f.read_exact(&mut tail)).map_err(|e| e.to_string())?;
+    if &head != b"PAR1" {
+        return Err("not a Parquet file: it does not start with PAR1".into());
+    }
+    if &tail[4..] != b"PAR1" && &tail[4..] != b"PARE" {
+        return Err("not a Parquet file, or truncated: it does not end with PAR1".into());
+    }
+    let metadata = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if metadata + 12 > size {
+        return Err(format!(
+            "corrupt or truncated: its footer says the metadata takes {metadata} bytes, but the file has {size}"
+        ));
+    }
+    Ok(())
 }
 
 /// A reading failure in words: DataFusion calls a malformed file an internal error and asks for a

@@ -149,38 +149,58 @@ impl Merge {
         self.tree[0] = winner;
     }
 
-    /// Polls the inputs that need a batch; `Pending` if one is not ready.
+    /// Polls every input that needs a batch; `Pending` if one is not ready.
+    ///
+    /// Every input is polled, not only up to the first that is pending: an input may be unable
+    /// to progress until another one is polled (a `CollectLeft` hash join's probe partitions wait
+    /// for each other to report their dynamic filter's bounds), as DataFusion's own merge drives
+    /// every input at once.
     fn load(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        while let Some(&i) = self.loading.last() {
-            match self.inputs[i].poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(Some(Ok((batch, rows)))) => {
-                    if batch.num_rows() == 0 {
-                        continue;
+        let mut pending = false;
+        let mut k = self.loading.len();
+        while k > 0 {
+            k -= 1;
+            let i = self.loading[k];
+            loop {
+                match self.inputs[i].poll_next_unpin(cx) {
+                    Poll::Pending => {
+                        pending = true;
+                        break;
                     }
-                    // A batch of a few rows says little about their width (one read back from
-                    // a file takes a whole read buffer): only fuller ones count.
-                    if let (Some((bytes, most)), true) = (self.out_bytes, batch.num_rows() >= 64) {
-                        let width = get_record_batch_memory_size(&batch) / batch.num_rows();
-                        self.widest = self.widest.max(width);
-                        self.out_rows = (bytes / self.widest).clamp(1, most);
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Some(Ok((batch, rows)))) => {
+                        if batch.num_rows() == 0 {
+                            continue;
+                        }
+                        // A batch of a few rows says little about their width (one read back
+                        // from a file takes a whole read buffer): only fuller ones count.
+                        if let (Some((bytes, most)), true) = (self.out_bytes, batch.num_rows() >= 64) {
+                            let width = get_record_batch_memory_size(&batch) / batch.num_rows();
+                            self.widest = self.widest.max(width);
+                            self.out_rows = (bytes / self.widest).clamp(1, most);
+                        }
+                        self.slots.push(batch);
+                        self.cursors[i] = Some(Cursor { slot: self.slots.len() - 1, rows, pos: 0 });
+                        self.loading.remove(k);
+                        break;
                     }
-                    self.slots.push(batch);
-                    self.cursors[i] = Some(Cursor { slot: self.slots.len() - 1, rows, pos: 0 });
-                    self.loading.pop();
-                }
-                Poll::Ready(None) => {
-                    if let Some((r, sizes)) = &mut self.release {
-                        r.shrink(sizes[i].min(r.size()));
+                    Poll::Ready(None) => {
+                        if let Some((r, sizes)) = &mut self.release {
+                            r.shrink(sizes[i].min(r.size()));
+                        }
+                        self.exhausted[i] = true;
+                        self.cursors[i] = None;
+                        self.loading.remove(k);
+                        break;
                     }
-                    self.exhausted[i] = true;
-                    self.cursors[i] = None;
-                    self.loading.pop();
                 }
             }
         }
-        Poll::Ready(Ok(()))
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
     }
 
     /// Builds the output batch from the pending rows and drops the batches no cursor needs.
