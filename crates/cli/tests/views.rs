@@ -199,6 +199,12 @@ fn views_bad_change_files_are_refused_naming_the_file_and_leave_outputs_as_they_
     let o = apply(&dir, None);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("0001.csv") && err.contains("never rewritten"), "{err}");
+    // ... also when it keeps its size: its hash is compared
+    std::fs::write(dir.join("changes/orders/0001.csv"), CHANGES[0].replace("5,dave,100", "5,dave,101")).unwrap();
+    let o = apply(&dir, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("0001.csv") && err.contains("content is now different"), "{err}");
+    assert_eq!(rows(&dir.join("output/revenue_by_customer.csv")), before);
 }
 
 #[test]
@@ -447,4 +453,100 @@ path = "output/per_customer.csv"
         );
         assert!(!dir.join("output/per_customer.csv").exists(), "{cmd}: a sink was published");
     }
+}
+
+/// One writer per views store: beside a running `serve`, a `views apply` and a second `serve`
+/// are refused at once, naming the holder, and write nothing; `explain` and `status` only read.
+#[test]
+fn views_one_writer_at_a_time_a_second_apply_or_serve_is_refused_naming_the_first() {
+    let dir = project("one-writer");
+    let mut child = serve(&dir, None);
+    wait_status(&dir, &mut child, |s| s["phase"] == "live");
+    let pid = child.child().id();
+    add_changes(&dir, 1);
+    let log = || std::fs::read_dir(dir.join(".spillway/views/log")).unwrap().count();
+    for args in [vec!["views", "apply"], vec!["views", "serve", "--listen", "127.0.0.1:0"]] {
+        let o = bin().args(&args).arg(&dir).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&format!("being written by process {pid} (")) && err.contains("views serve"), "{err}");
+    }
+    let explain = ok(&bin().args(["views", "explain"]).arg(&dir).output().unwrap());
+    assert!(explain.contains("revenue_by_customer"), "{explain}");
+    ok(&bin().args(["views", "status"]).arg(&dir).output().unwrap());
+    // The change file is the running process's to apply, once.
+    wait_status(&dir, &mut child, |s| s["transactions"] == 1);
+    assert_eq!(log(), 1);
+    assert_eq!(rows(&dir.join("output/revenue_by_customer.csv")), ["alice,1,5", "bob,1,1", "carol,1,7", "dave,1,100"]);
+    terminate(child);
+    // Its lock went with it.
+    add_changes(&dir, 2);
+    ok(&apply(&dir, None));
+    assert_eq!(log(), 2);
+}
+
+/// A delete of a row that is not there, on a source without a key, is refused naming the file
+/// and the row (it used to become a negative count that hid the group until an insert), and
+/// leaves the views and sinks as they were; so is one that reaches a join's state.
+#[test]
+fn views_a_delete_of_an_absent_row_is_refused_naming_the_file_and_row() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("views-tests").join("absent-row");
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["data", "views", "changes/t"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.join("spillway.toml"),
+        "memory = \"256MiB\"\n\n[sources.t]\ntype = \"csv\"\npath = \"data/t.csv\"\nchanges = \"changes/t\"\n\n\
+         [sources.names]\ntype = \"csv\"\npath = \"data/names.csv\"\n\n\
+         [sinks.sums]\nmodel = \"sums\"\npath = \"output/sums.csv\"\n\n\
+         [sinks.named]\nmodel = \"named\"\npath = \"output/named.csv\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("data/t.csv"), "k,v\na,1\na,2\nb,5\n").unwrap();
+    std::fs::write(dir.join("data/names.csv"), "k,name\na,alpha\nb,beta\nz,zeta\n").unwrap();
+    std::fs::write(dir.join("views/sums.sql"), "SELECT k, count(*) AS n, sum(v) AS total FROM t GROUP BY k\n").unwrap();
+    std::fs::write(dir.join("views/named.sql"), "SELECT t.v, names.name FROM t JOIN names ON t.k = names.k\n").unwrap();
+    ok(&apply(&dir, None));
+    let sums = rows(&dir.join("output/sums.csv"));
+    let named = rows(&dir.join("output/named.csv"));
+    assert_eq!(sums, ["a,2,3", "b,1,5"]);
+    std::fs::write(dir.join("changes/t/0001.csv"), "k,v,_op\nz,9,delete\n").unwrap();
+    let o = apply(&dir, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("changes/t/0001.csv") && err.contains("deleted a row that was not there"), "{err}");
+    assert!(err.contains("k=z"), "the row is named: {err}");
+    assert_eq!(rows(&dir.join("output/sums.csv")), sums);
+    assert_eq!(rows(&dir.join("output/named.csv")), named);
+    assert_eq!(std::fs::read_dir(dir.join(".spillway/views/log")).unwrap().count(), 0, "nothing logged");
+    // A good file after it is applied once the bad one is gone.
+    std::fs::write(dir.join("changes/t/0001.csv"), "k,v,_op\nz,9,insert\na,1,delete\n").unwrap();
+    ok(&apply(&dir, None));
+    assert_eq!(rows(&dir.join("output/sums.csv")), ["a,1,2", "b,1,5", "z,1,9"]);
+}
+
+/// The views record the source files they were populated from: once changes are logged on top
+/// of them, a rewritten source file is refused at start, naming it, and nothing is written.
+#[test]
+fn views_a_rewritten_snapshot_file_is_refused_at_start() {
+    let dir = project("snapshot");
+    ok(&apply(&dir, None));
+    // No change logged yet: a new snapshot is simply populated from.
+    std::fs::write(dir.join("data/orders.csv"), "id,customer,amount\n1,alice,10\n2,bob,20\n3,alice,5\n4,carol,8\n")
+        .unwrap();
+    ok(&apply(&dir, None));
+    assert_eq!(rows(&dir.join("output/revenue_by_customer.csv")), ["alice,2,15", "bob,1,20", "carol,1,8"]);
+    add_changes(&dir, 1);
+    ok(&apply(&dir, None));
+    let before = rows(&dir.join("output/revenue_by_customer.csv"));
+    std::fs::write(dir.join("data/orders.csv"), "id,customer,amount\n1,alice,10\n2,bob,20\n3,alice,5\n4,carol,9\n")
+        .unwrap();
+    add_changes(&dir, 2);
+    let o = apply(&dir, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("data/orders.csv: changed since the views were populated from it"), "{err}");
+    assert_eq!(rows(&dir.join("output/revenue_by_customer.csv")), before);
+    assert_eq!(std::fs::read_dir(dir.join(".spillway/views/log")).unwrap().count(), 1, "nothing logged");
 }

@@ -27,6 +27,17 @@ pub enum Error {
     /// A problem with how the run was asked for (e.g. a selection naming no model).
     #[error("{0}")]
     Usage(String),
+    /// Another process writes the views store (one `views apply` or `views serve` at a time).
+    #[error(
+        "{}: the views are being written by {holder}: stop it first (`spillway views status` reads them meanwhile)",
+        dir.display()
+    )]
+    ViewsLocked {
+        /// The store (`.spillway/views/`).
+        dir: PathBuf,
+        /// Who holds the lock: its pid and command.
+        holder: String,
+    },
     /// Models depend on each other in a cycle.
     #[error("dependency cycle: {0}")]
     Cycle(String),

@@ -652,26 +652,39 @@ fn nullable(schema: &SchemaRef) -> SchemaRef {
 
 /// How a Relation message's columns differ from the table's as described, naming the column.
 fn schema_change(table: &CdcTable, columns: &[pgoutput::RelColumn]) -> Option<String> {
-    let have: Vec<(&str, u32)> =
-        table.schema.fields().iter().map(|f| f.name().as_str()).zip(table.oids.iter().copied()).collect();
+    let have: Vec<(&str, u32, i32)> = table
+        .schema
+        .fields()
+        .iter()
+        .zip(table.oids.iter().zip(&table.typmods))
+        .map(|(f, (oid, typmod))| (f.name().as_str(), *oid, *typmod))
+        .collect();
     for c in columns {
-        match have.iter().find(|(n, _)| *n == c.name) {
+        match have.iter().find(|(n, _, _)| *n == c.name) {
             None => return Some(format!("table {}: column {} was added", table.table, c.name)),
-            Some((_, oid)) if *oid != c.type_oid => {
+            Some((_, oid, _)) if *oid != c.type_oid => {
                 return Some(format!(
                     "table {}: column {} changed type (oid {oid} → {})",
                     table.table, c.name, c.type_oid
                 ))
             }
+            // The same type with another modifier (numeric(12,2) → numeric(14,4), varchar(10)
+            // → varchar(20)): values would be decoded at the old scale.
+            Some((_, _, typmod)) if *typmod != c.typmod => {
+                return Some(format!(
+                    "table {}: column {} changed its type modifier (typmod {typmod} → {})",
+                    table.table, c.name, c.typmod
+                ))
+            }
             Some(_) => {}
         }
     }
-    for (n, _) in &have {
+    for (n, _, _) in &have {
         if !columns.iter().any(|c| c.name == *n) {
             return Some(format!("table {}: column {n} was dropped (or renamed)", table.table));
         }
     }
-    if columns.iter().map(|c| c.name.as_str()).ne(have.iter().map(|(n, _)| *n)) {
+    if columns.iter().map(|c| c.name.as_str()).ne(have.iter().map(|(n, _, _)| *n)) {
         return Some(format!("table {}: its columns were reordered", table.table));
     }
     None

@@ -7,7 +7,9 @@
 //!            ─▶ INSERT its new rows                             ─▶ progress ─▶ COMMIT
 //! ```
 //!
-//! Progress lives in `spillway_view_progress (sink, seq)` in the table's schema. A restart reads
+//! Progress lives in `spillway_view_progress (sink, seq)` in the table's schema, keyed by the
+//! target table's qualified name (not the sink's name, which another project may use for
+//! another table of the same schema). A restart reads
 //! it ([`progress`]): a sink that holds an older transaction than the views is republished
 //! whole, so after any crash the table ends up holding exactly the view.
 
@@ -50,6 +52,11 @@ fn progress_table(spec: &SinkSpec) -> TableName {
     spec.table.sibling(PROGRESS_TABLE)
 }
 
+/// The progress row of `spec`'s table: its qualified name.
+fn progress_key(spec: &SinkSpec) -> String {
+    spec.table.sql()
+}
+
 /// The view transaction the table holds (`None`: never published, or no progress table).
 pub async fn progress(spec: &SinkSpec) -> Result<Option<u64>> {
     let config = spec.conn.resolve().map_err(|m| fail(spec, m))?;
@@ -66,7 +73,7 @@ pub async fn progress(spec: &SinkSpec) -> Result<Option<u64>> {
         return Ok(None);
     }
     let row = client
-        .query_opt(&format!("SELECT seq FROM {} WHERE sink = $1", p.sql()), &[&spec.name])
+        .query_opt(&format!("SELECT seq FROM {} WHERE sink = $1", p.sql()), &[&progress_key(spec)])
         .await
         .map_err(|e| fail(spec, conn::describe(&e)))?;
     Ok(row.map(|r| r.get::<_, i64>(0) as u64))
@@ -186,7 +193,7 @@ impl ViewSink {
                     "INSERT INTO {} (sink, seq) VALUES ($1, $2) ON CONFLICT (sink) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()",
                     p.sql()
                 ),
-                &[&spec.name, &(seq as i64)],
+                &[&progress_key(&spec), &(seq as i64)],
             )
             .await
             .map_err(|e| self.db(e))?;

@@ -12,7 +12,7 @@ use datafusion::prelude::SessionContext;
 use spillway_engine::tables;
 use spillway_pipeline::manifest::Manifest;
 use spillway_pipeline::sources::{self, Generator};
-use spillway_pipeline::views::Views;
+use spillway_pipeline::views::{Access, Views};
 use spillway_pipeline::Project;
 use std::sync::Arc;
 
@@ -56,7 +56,7 @@ pub async fn open(
                 "views: they follow a PostgreSQL slot, which only `views serve` or `views apply` may read".into(),
             );
         } else {
-            let views = Views::open(project, views_ctx, threads, generator, &|_, _| {}).await?;
+            let views = Views::open(project, views_ctx, threads, generator, Access::Read, &|_, _| {}).await?;
             for name in views.names() {
                 let contents = views.contents(name)?;
                 let table = MemTable::try_new(contents.schema(), vec![vec![contents]])?;

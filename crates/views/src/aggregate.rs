@@ -241,6 +241,14 @@ impl AggregateOp {
         };
         let group = self.groups.get_mut(key).expect("group was just inserted");
         group.rows += idx.iter().map(|&i| weights[i as usize]).sum::<i64>();
+        if group.rows < 0 {
+            let row = self.groups_codec.as_ref().map_or_else(|| "()".to_string(), |c| c.describe(key));
+            return Err(crate::ViewError::AbsentRowDeleted {
+                operator: "the aggregate's group".into(),
+                row,
+                count: group.rows,
+            });
+        }
         for (a, spec) in self.aggs.iter().enumerate() {
             let passes = |i: u32| ev.passes[a].as_ref().is_none_or(|p| p.value(i as usize));
             match &mut group.accs[a] {

@@ -13,6 +13,18 @@ pub enum ViewError {
     /// A change names a table the view does not read, or has the wrong columns.
     #[error("change to {table}: {reason}")]
     BadChange { table: String, reason: String },
+    /// A change deleted a row that was not there: an operator's state would hold a row (or a
+    /// group would count its rows) a negative number of times. Refused: no later insert of the
+    /// row could make the view right again.
+    #[error("a change deleted a row that was not there: {operator} would hold {row} {count} time(s)")]
+    AbsentRowDeleted {
+        /// The operator's state (`the aggregate's group`, `the join's left input`).
+        operator: String,
+        /// The row (or group key), as `(column=value, ...)`.
+        row: String,
+        /// The multiplicity it would have.
+        count: i64,
+    },
     /// DataFusion failed (planning, expression evaluation, population).
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),

@@ -41,6 +41,11 @@ impl Side {
         Ok(Side { node, plan, keys, rows, state: HashMap::new(), entries: 0, bytes: 0 })
     }
 
+    /// The multiplicity of `row` under `key`.
+    fn weight(&self, key: &[u8], row: &[u8]) -> i64 {
+        self.state.get(key).and_then(|g| g.get(row)).copied().unwrap_or(0)
+    }
+
     fn add(&mut self, key: &[u8], row: &[u8], weight: i64) {
         let group = self.state.entry(key.into()).or_insert_with(|| {
             self.bytes += key.len() + ENTRY_OVERHEAD;
@@ -180,6 +185,22 @@ impl JoinOp {
         for (i, k) in keys.iter().enumerate() {
             if let Some(k) = k {
                 side.add(k, rows.row(i).as_ref(), z.weights[i]);
+            }
+        }
+        // Once the whole change is in (a row may be retracted before it is inserted again),
+        // no row may be held a negative number of times.
+        for (i, k) in keys.iter().enumerate() {
+            let Some(k) = k else { continue };
+            let row = rows.row(i);
+            if z.weights[i] < 0 {
+                let count = side.weight(k, row.as_ref());
+                if count < 0 {
+                    return Err(crate::ViewError::AbsentRowDeleted {
+                        operator: format!("the join's {} input", if left { "left" } else { "right" }),
+                        row: side.rows.describe(row.as_ref()),
+                        count,
+                    });
+                }
             }
         }
         Ok(())

@@ -6,7 +6,7 @@
 //! rule). Any other subquery has at most one: a left join, so that no row gives NULL.
 
 use crate::error::Result;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, JoinType};
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,8 +57,29 @@ fn attach(mut input: LogicalPlan, exprs: Vec<Expr>, counter: &AtomicUsize) -> Re
     Ok((input, out))
 }
 
-/// `plan` with every uncorrelated scalar subquery of a filter or projection joined in.
+/// `plan` with every uncorrelated scalar subquery of a filter or projection joined in. One that
+/// is not an ungrouped aggregate could return several rows, where SQL raises an error and a join
+/// would repeat the outer rows: refused.
 pub(crate) fn join_scalar_subqueries(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let mut several = false;
+    plan.apply(|node| {
+        for e in node.expressions() {
+            e.apply(|x| {
+                if let Expr::ScalarSubquery(s) = x {
+                    several |= s.outer_ref_columns.is_empty() && !one_row(&s.subquery);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if several {
+        return Err(crate::error::unsupported(
+            "Subquery",
+            "a scalar subquery that may return several rows (not an ungrouped aggregate): SQL raises an error when \
+             it does; write it with max(...) or min(...), or as a join",
+        ));
+    }
     let counter = AtomicUsize::new(0);
     let out = plan.transform_up(|node| match &node {
         LogicalPlan::Filter(f) if has_scalar(&f.predicate) => {

@@ -221,6 +221,24 @@ impl RowCodec {
         Ok(self.converter.convert_columns(columns)?)
     }
 
+    /// One row's bytes as `(column=value, ...)`, for error messages.
+    pub fn describe(&self, row: &[u8]) -> String {
+        let Ok(batch) = self.decode([row]) else { return "(a row)".into() };
+        let options = arrow::util::display::FormatOptions::default().with_null("NULL");
+        let values: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(f, c)| {
+                let v = arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options)
+                    .map_or_else(|_| "?".to_string(), |fmt| fmt.value(0).to_string());
+                format!("{}={v}", f.name())
+            })
+            .collect();
+        format!("({})", values.join(", "))
+    }
+
     /// Decodes row bytes (from [`RowCodec::encode`] of this codec) into a batch.
     pub fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<RecordBatch> {
         let parser = self.converter.parser();

@@ -230,6 +230,61 @@ async fn run_seed(seed: u64) {
     }
 }
 
+/// Refused instead of silently wrong: a delete of a row that is not there (an aggregate group
+/// would count -1 rows; a join input would hold a row -1 times), and a scalar subquery that
+/// may return more than one row (SQL raises an error; a join would repeat the outer rows).
+#[tokio::test]
+async fn deletes_of_absent_rows_and_scalar_subqueries_of_several_rows_are_refused() {
+    let mut tables = HashMap::new();
+    let present: Vec<Row> = vec![vec![Cell::I(Some(1)), Cell::I(Some(2)), Cell::S(Some("a".into())), Cell::F(None)]];
+    for (name, schema) in schemas() {
+        let rows =
+            if name == "t1" { present.clone() } else { vec![vec![Cell::I(Some(1)), Cell::I(Some(7)), Cell::S(None)]] };
+        tables.insert(name, Table { schema, rows });
+    }
+    let ctx = context(&tables).await;
+    let t1 = tables["t1"].schema.clone();
+    let absent: Vec<Row> = vec![vec![Cell::I(Some(9)), Cell::I(Some(9)), Cell::S(Some("z".into())), Cell::F(None)]];
+    for sql in
+        ["SELECT a, count(*) AS n, sum(b) AS sb FROM t1 GROUP BY a", "SELECT t1.a, t2.c FROM t1 JOIN t2 ON t1.b = t2.a"]
+    {
+        let mut v = View::plan(&ctx, "v", sql).await.unwrap();
+        v.populate(&ctx).await.unwrap();
+        let before = multiset(&[v.contents().unwrap()]);
+        let mut deltas = Deltas::new();
+        deltas.insert("t1".into(), ZSet::new(batch(&t1, &absent), vec![-1]));
+        match v.apply(&deltas) {
+            Err(spillway_views::ViewError::AbsentRowDeleted { row, count, .. }) => {
+                assert!(row.contains('9') && count == -1, "{sql}: {row} {count}")
+            }
+            other => panic!("{sql}: a delete of an absent row gave {:?}", other.map(|z| z.len())),
+        }
+        // The same row deleted and inserted back in one change is fine.
+        let mut v = View::plan(&ctx, "v", sql).await.unwrap();
+        v.populate(&ctx).await.unwrap();
+        let twice = [absent.clone(), absent.clone()].concat();
+        let mut deltas = Deltas::new();
+        deltas.insert("t1".into(), ZSet::new(batch(&t1, &twice), vec![-1, 1]));
+        v.apply(&deltas).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(multiset(&[v.contents().unwrap()]), before, "{sql}");
+    }
+    // A scalar subquery that may return several rows (one now, two after any insert) is refused
+    // when planned, by name; an ungrouped aggregate (one row, always) is kept.
+    for sql in [
+        "SELECT a, b FROM t1 WHERE b + 5 = (SELECT c FROM t2 WHERE c > 0)",
+        "SELECT a, (SELECT c FROM t2 LIMIT 1) AS c FROM t1",
+    ] {
+        match View::plan(&ctx, "v", sql).await {
+            Err(spillway_views::ViewError::Unsupported { reason, .. }) => {
+                assert!(reason.contains("may return several rows"), "{sql}: {reason}")
+            }
+            Err(e) => panic!("{sql}: refused with the wrong error: {e}"),
+            Ok(_) => panic!("{sql}: accepted"),
+        }
+    }
+    View::plan(&ctx, "v", "SELECT a FROM t1 WHERE b + 5 = (SELECT max(c) FROM t2 WHERE c > 0)").await.unwrap();
+}
+
 #[tokio::test]
 async fn shapes_that_cannot_be_maintained_are_refused_naming_the_operator() {
     let mut tables = HashMap::new();

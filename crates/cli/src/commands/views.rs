@@ -8,18 +8,22 @@ use spillway_engine::session;
 use spillway_governor::{fmt_bytes, Governor, LeaseRequest, PoolOptions};
 use spillway_pipeline::sources::Generator;
 use spillway_pipeline::views::serve::{self as serving, Memory, ServeOptions, Shared};
-use spillway_pipeline::views::{Serving, Store, Views};
+use spillway_pipeline::views::{Access, Serving, Store, Views};
 use spillway_pipeline::{report, results, Config, Project};
 use spillway_tiers::TempSpace;
 use std::io::Write;
 use std::sync::Arc;
 
 /// Opens the project's views under one lease of the whole leasable budget: their state is
-/// charged to it.
-async fn open(settings: &Settings, config: &Config, dir: &std::path::Path) -> Result<(Views, Governor)> {
+/// charged to it. `write`: as their one writer (the store's lock is taken first), else to read.
+async fn open(settings: &Settings, config: &Config, dir: &std::path::Path, write: bool) -> Result<(Views, Governor)> {
+    let access = match write {
+        true => Access::Write(Store::open(&Project::from_config(dir, config)?.dir)?.lock()?),
+        false => Access::Read,
+    };
     let governor = Governor::new(settings.governor.clone())?;
     let temp = TempSpace::open(&settings.spill_dir, settings.max_spill)?;
-    let views = open_on(settings, config, dir, &governor, &temp, &|_, _| {}).await?;
+    let views = open_on(settings, config, dir, &governor, &temp, access, &|_, _| {}).await?;
     Ok((views, governor))
 }
 
@@ -29,6 +33,7 @@ async fn open_on(
     dir: &std::path::Path,
     governor: &Governor,
     temp: &TempSpace,
+    access: Access,
     populated: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Views> {
     let project = Project::from_config(dir, config)?;
@@ -41,7 +46,7 @@ async fn open_on(
     });
     let ctx = session::context(pool, &options)?;
     let generator = std::env::current_exe().map(Generator::Command).unwrap_or_default();
-    Ok(Views::open(&project, ctx, settings.cores.count, &generator, populated).await?)
+    Ok(Views::open(&project, ctx, settings.cores.count, &generator, access, populated).await?)
 }
 
 /// `views serve`: the HTTP endpoint first (so that `/status` answers during hydration), then
@@ -49,6 +54,9 @@ async fn open_on(
 pub async fn serve(settings: &Settings, config: &Config, args: ViewsServeArgs) -> Result<()> {
     let project = Project::from_config(&args.dir, config)?;
     let store = Store::open(&project.dir)?;
+    // Before anything is written (serve.json among it): one writer at a time.
+    // Held to the end, past serve.json's removal; the views hold a clone.
+    let lock = store.lock()?;
     let governor = Governor::new(settings.governor.clone())?;
     let temp = Arc::new(TempSpace::open(&settings.spill_dir, settings.max_spill)?);
     let shared = Shared::new(results::now_rfc3339());
@@ -111,7 +119,7 @@ pub async fn serve(settings: &Settings, config: &Config, args: ViewsServeArgs) -
     let result: Result<bool> = async {
         // A stop during hydration drops it: nothing is committed before the loop starts.
         let mut views = tokio::select! {
-            v = open_on(settings, config, &args.dir, &governor, &temp, &populated) => v?,
+            v = open_on(settings, config, &args.dir, &governor, &temp, Access::Write(lock.clone()), &populated) => v?,
             _ = shared.stopped() => return Ok(false),
         };
         spillway_governor::jemalloc::purge_all_arenas();
@@ -149,7 +157,7 @@ fn say(line: std::fmt::Arguments) {
 }
 
 pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -> Result<()> {
-    let (mut views, governor) = open(settings, config, &args.dir).await?;
+    let (mut views, governor) = open(settings, config, &args.dir, true).await?;
     let report = views
         .apply(&|f| {
             println!(
@@ -181,7 +189,7 @@ pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -
 }
 
 pub async fn explain(settings: &Settings, config: &Config, args: ViewsExplainArgs) -> Result<()> {
-    let (views, _governor) = open(settings, config, &args.dir).await?;
+    let (views, _governor) = open(settings, config, &args.dir, false).await?;
     for line in views.explain(args.view.as_deref())? {
         println!("{line}");
     }

@@ -115,8 +115,9 @@ fn dir_of(store_dir: &Path, slot: &str) -> PathBuf {
     store_dir.join("cdc").join(slot)
 }
 
-/// The project's slot, made (with its snapshot) when this is its first start.
-pub async fn open(store_dir: &Path, spec: CdcSpec) -> Result<Slot> {
+/// The project's slot, made (with its snapshot) when this is its first start and `may_create`
+/// (the views' writer); otherwise an error saying that the views are not live yet.
+pub async fn open(store_dir: &Path, spec: CdcSpec, may_create: bool) -> Result<Slot> {
     let dir = dir_of(store_dir, &spec.slot);
     let slot_file = dir.join("slot.json");
     let creating = dir.join("creating");
@@ -155,6 +156,14 @@ pub async fn open(store_dir: &Path, spec: CdcSpec) -> Result<Slot> {
         }
         let snapshots = tables.iter().map(|t| (t.name.clone(), snap_dir.join(format!("{}.arrow", t.name)))).collect();
         return Ok(Slot { spec, tables, consistent_lsn: f.consistent_lsn, snapshots });
+    }
+    if !may_create {
+        return Err(Error::Usage(format!(
+            "{}: these views follow PostgreSQL and no `views serve` or `views apply` has made their slot {} yet: \
+             run one of them first",
+            store_dir.display(),
+            spec.slot
+        )));
     }
     let tables = cdc::describe(&spec).await?;
     if cdc::slot_position(&spec).await?.is_some() {

@@ -19,7 +19,18 @@ pub mod cdc;
 pub mod serve;
 mod store;
 
-pub use store::{Applied, CdcMark, Serving, Status, Store, ViewStatus, WEIGHT_COLUMN};
+pub use store::{Applied, CdcMark, Serving, Status, Store, ViewStatus, WriterLock, WEIGHT_COLUMN};
+
+/// How a process opens a project's views.
+#[derive(Debug)]
+pub enum Access {
+    /// As their one writer (`views apply`, `views serve`), holding the store's lock
+    /// ([`Store::lock`]): it applies changes, logs them, publishes sinks, makes the slot.
+    Write(WriterLock),
+    /// To read them (`views explain`, the SQL shell): the log is replayed in memory, nothing is
+    /// written, no slot or publication is made.
+    Read,
+}
 
 use crate::error::{Error, Result};
 use crate::project::{line_of, Project, Refresh, ViewDef};
@@ -148,6 +159,8 @@ pub struct Views {
     feed: Option<Feed>,
     /// Views stopped by a change to a table they read (its columns changed), with why.
     stopped: BTreeMap<String, String>,
+    /// The store's writer lock; `None` when opened to read ([`Access::Read`]).
+    writer: Option<WriterLock>,
     /// Open connections of the views' PostgreSQL sinks, by sink name.
     pg_sinks: BTreeMap<String, ViewSink>,
 }
@@ -165,6 +178,18 @@ struct Feed {
     changed: BTreeMap<String, Vec<ZSet>>,
     rows: u64,
     started: Option<Instant>,
+}
+
+impl Feed {
+    /// The name of the slot's table `index` (as the stream numbers them).
+    fn table_name(&self, index: usize) -> Result<String> {
+        self.slot.tables.get(index).map(|t| t.name.clone()).ok_or_else(|| {
+            Error::Usage(format!(
+                "slot {}: the stream named table #{index}, which it does not follow",
+                self.slot.spec.slot
+            ))
+        })
+    }
 }
 
 /// One source transaction from PostgreSQL, applied and published.
@@ -243,6 +268,51 @@ fn refusal_line(sql: &str, err: &ViewError) -> usize {
     1
 }
 
+/// The files each file source table among `locations` reads (a file, a folder's files, or a
+/// glob's folder's files), as they are now. Tables followed from PostgreSQL (`followed`: their
+/// snapshot is the slot's) and generated ones are left out.
+fn file_snapshot(
+    project: &Project,
+    locations: &BTreeMap<String, String>,
+    followed: &BTreeSet<String>,
+) -> Result<store::SnapshotId> {
+    let by_table = project.source_tables();
+    let mut out = store::SnapshotId::new();
+    for (table, location) in locations {
+        let is_file_source = by_table.get(table).is_some_and(|s| {
+            matches!(
+                project.sources[s],
+                crate::project::SourceDef::Parquet { .. }
+                    | crate::project::SourceDef::Csv { .. }
+                    | crate::project::SourceDef::Json { .. }
+                    | crate::project::SourceDef::Arrow { .. }
+            )
+        });
+        if !is_file_source || followed.contains(table) {
+            continue;
+        }
+        let path = Path::new(location);
+        let mut files = Vec::new();
+        if path.is_file() {
+            files.push(path.to_path_buf());
+        } else if path.is_dir() {
+            files_under(path, &mut files);
+        } else if let Some(parent) = path.parent().filter(|p| p.is_dir()) {
+            files_under(parent, &mut files); // a glob: every data file beside it
+        }
+        files.sort();
+        let ids = files
+            .iter()
+            .map(|f| {
+                let rel = f.strip_prefix(&project.dir).unwrap_or(f).to_string_lossy().into_owned();
+                store::FileId::of(f, rel)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.insert(table.clone(), ids);
+    }
+    Ok(out)
+}
+
 /// Every file under `dir` (recursively), sorted by path.
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(rd) = std::fs::read_dir(dir) else { return };
@@ -277,9 +347,14 @@ impl Views {
         ctx: SessionContext,
         threads: usize,
         generator: &Generator,
+        access: Access,
         populated: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Views> {
         let started = Instant::now();
+        let writer = match access {
+            Access::Write(lock) => Some(lock),
+            Access::Read => None,
+        };
         if project.views.is_empty() {
             return Err(Error::Usage(format!(
                 "{}: no views: add one SELECT per file as views/NAME.sql",
@@ -325,7 +400,7 @@ impl Views {
         let store = Store::open(&project.dir)?;
         let slot = match cdc_spec {
             Some(spec) => {
-                let slot = cdc::open(store.dir(), spec).await?;
+                let slot = cdc::open(store.dir(), spec, writer.is_some()).await?;
                 for (t, p) in &slot.snapshots {
                     tables.locations.insert(t.clone(), p.to_string_lossy().into_owned());
                 }
@@ -369,15 +444,31 @@ impl Views {
             }),
             stopped: BTreeMap::new(),
             pg_sinks: BTreeMap::new(),
+            writer,
         };
         views.stopped = views.store.read_stopped()?;
-        // A source transaction cut short by a crash: its parts are dropped (PostgreSQL sends it
-        // again, whole, from the slot).
-        while views.applied.last().is_some_and(|a| a.cdc.as_ref().is_some_and(|c| c.end_lsn.is_none())) {
-            let a = views.applied.pop().expect("a last entry");
-            views.store.remove(a.seq)?;
+        // Parts of a source transaction whose commit never came (a crash; or, in a log written
+        // before change files waited for a transaction's end, with a change file after them) are
+        // dropped wherever they sit: PostgreSQL sends the transaction again, whole, from the slot.
+        let is_part = |a: &Applied| a.cdc.as_ref().is_some_and(|c| c.end_lsn.is_none());
+        let last_commit = views.applied.iter().rposition(|a| a.cdc.as_ref().is_some_and(|c| c.end_lsn.is_some()));
+        let uncommitted: Vec<u64> = views
+            .applied
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| is_part(a) && last_commit.is_none_or(|c| *i > c))
+            .map(|(_, a)| a.seq)
+            .collect();
+        views.applied.retain(|a| !uncommitted.contains(&a.seq));
+        if views.writer.is_some() {
+            for seq in uncommitted {
+                views.store.remove(seq)?;
+            }
         }
         views.applied_index = views.applied.iter().enumerate().map(|(i, a)| (a.file.clone(), i)).collect();
+        let snapshot = file_snapshot(project, &tables.locations, &followed)?;
+        let logged = views.applied.iter().any(|a| a.cdc.is_none());
+        views.store.check_snapshot(&snapshot, logged, views.writer.is_some())?;
         views.load_tables(&needed).await?;
         for (i, name) in order.iter().enumerate() {
             let t = Instant::now();
@@ -413,7 +504,9 @@ impl Views {
             // changelog files unwritten: write those that are missing.
             let changed = merge(std::mem::take(&mut parts))
                 .map_err(|source| Error::Change { file: a.file.clone().into(), error: source })?;
-            views.publish(&changed, Publish::Changelogs, a.seq).await?;
+            if views.writer.is_some() {
+                views.publish(&changed, Publish::Changelogs, a.seq).await?;
+            }
             views.replayed += 1;
         }
         views.populate_ms = started.elapsed().as_millis() as u64;
@@ -598,7 +691,7 @@ impl Views {
                         continue;
                     }
                     v.apply(&deltas).map_err(|e| match e {
-                        e @ ViewError::BadChange { .. } => change_err(e),
+                        e @ (ViewError::BadChange { .. } | ViewError::AbsentRowDeleted { .. }) => change_err(e),
                         e => view_err(e),
                     })?
                 }
@@ -696,6 +789,12 @@ impl Views {
                 if bytes != a.bytes {
                     return Err(Error::at(&path, 1, format!("applied as change {} with {} bytes; it now has {bytes}: change files are never rewritten, add a new one", a.seq, a.bytes)));
                 }
+                // Same size: the content must be the same too (read once per process).
+                let content = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                let hash = crate::manifest::hash(&[&content]);
+                if hash != a.hash {
+                    return Err(Error::at(&path, 1, format!("applied as change {} with hash {}; its content is now different (hash {hash}): change files are never rewritten, add a new one", a.seq, a.hash)));
+                }
                 self.checked.insert(rel);
                 continue;
             }
@@ -719,6 +818,22 @@ impl Views {
         dirs
     }
 
+    /// The position of the last logged transaction (0: none yet).
+    fn last_seq(&self) -> u64 {
+        self.applied.last().map_or(0, |a| a.seq)
+    }
+
+    /// Refuses to write views opened to read ([`Access::Read`]).
+    fn writable(&self) -> Result<()> {
+        match self.writer {
+            Some(_) => Ok(()),
+            None => Err(Error::Usage(format!(
+                "{}: these views were opened to read; `views apply` or `views serve` writes them",
+                self.project.dir.display()
+            ))),
+        }
+    }
+
     fn relative(&self, path: &Path) -> String {
         path.strip_prefix(&self.project.dir).unwrap_or(path).to_string_lossy().into_owned()
     }
@@ -726,6 +841,7 @@ impl Views {
     /// Applies every pending change file, one transaction each, publishing the views' sinks
     /// after each. `progress` hears of each file as it is applied.
     pub async fn apply(&mut self, progress: &(dyn Fn(&AppliedFile) + Sync)) -> Result<ApplyReport> {
+        self.writable()?;
         let mut report = ApplyReport { populate_ms: self.populate_ms, replayed: self.replayed, applied: Vec::new() };
         self.publish_state().await?;
         for (table, path) in self.pending()? {
@@ -740,8 +856,9 @@ impl Views {
     /// Publishes every contents sink once per process, so that sinks reflect the state after a
     /// population, or after a crash between a commit and its publication. Later calls do nothing.
     pub async fn publish_state(&mut self) -> Result<()> {
+        self.writable()?;
         if !self.published_once {
-            self.publish(&BTreeMap::new(), Publish::AllContents, self.applied.len() as u64).await?;
+            self.publish(&BTreeMap::new(), Publish::AllContents, self.last_seq()).await?;
             self.published_once = true;
             self.write_status()?;
         }
@@ -751,6 +868,13 @@ impl Views {
     /// Applies one change file of `table` (from [`Views::pending`]) as one transaction: every
     /// view, then the log entry (the commit point), then the changed views' sinks.
     pub async fn apply_file(&mut self, table: &str, path: &Path) -> Result<AppliedFile> {
+        self.writable()?;
+        if self.mid_transaction() {
+            return Err(Error::Usage(format!(
+                "{}: not applied while a PostgreSQL transaction is being applied (they never interleave)",
+                path.display()
+            )));
+        }
         let started = Instant::now();
         let rel = self.relative(path);
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -770,7 +894,7 @@ impl Views {
         self.charge_table(table, Some(&rel))?;
         let changed = self.transaction(table, z.clone(), &rel).await?;
         let applied = Applied {
-            seq: self.applied.len() as u64 + 1,
+            seq: self.last_seq() + 1,
             table: table.to_string(),
             file: rel.clone(),
             bytes: bytes.len() as u64,
@@ -782,7 +906,7 @@ impl Views {
         self.applied_index.insert(rel.clone(), self.applied.len());
         self.checked.insert(rel.clone());
         self.applied.push(applied);
-        self.publish(&changed, Publish::Changed, self.applied.len() as u64).await?;
+        self.publish(&changed, Publish::Changed, self.last_seq()).await?;
         self.write_status()?;
         Ok(AppliedFile {
             file: rel,
@@ -792,6 +916,14 @@ impl Views {
             us: started.elapsed().as_micros() as u64,
             view_us: self.view_us.clone(),
         })
+    }
+
+    /// Whether a source transaction from PostgreSQL is being applied: some of its events were
+    /// applied, its commit has not come. Change files wait meanwhile, so that no view (and no
+    /// sink) ever holds part of a source transaction and a change file is never logged between
+    /// its parts.
+    pub fn mid_transaction(&self) -> bool {
+        self.feed.as_ref().is_some_and(|f| f.held.is_some() || !f.changed.is_empty() || f.started.is_some())
     }
 
     /// Whether a source is followed through PostgreSQL logical replication.
@@ -804,16 +936,26 @@ impl Views {
         self.feed.as_ref().map(|f| (f.slot.spec.slot.clone(), f.durable))
     }
 
-    /// The next event of the followed slot (starting the stream at the durable position the
-    /// first time). Cancel-safe. Pending forever when no source is followed.
-    pub async fn next_cdc(&mut self) -> Result<CdcEvent> {
-        let Some(feed) = self.feed.as_mut() else { return std::future::pending().await };
+    /// Starts streaming the followed slot from the durable position (if no source is
+    /// followed, or it streams already, nothing). Not cancel-safe: await it to the end.
+    pub async fn start_cdc(&mut self) -> Result<()> {
+        self.writable()?;
+        let Some(feed) = self.feed.as_mut() else { return Ok(()) };
         if feed.stream.is_none() {
             let s = CdcStream::start(&feed.slot.spec, feed.slot.tables.clone(), feed.durable, cdc::PART_ROWS).await?;
             tracing::info!(slot = %feed.slot.spec.slot, from = %cdc::lsn_text(feed.durable), "following PostgreSQL");
             feed.stream = Some(s);
         }
-        Ok(feed.stream.as_mut().expect("started").next().await?)
+        Ok(())
+    }
+
+    /// The next event of the followed slot, once [`Views::start_cdc`] has started it.
+    /// Cancel-safe. Pending forever when no source is followed or the stream is not started.
+    pub async fn next_cdc(&mut self) -> Result<CdcEvent> {
+        let Some(stream) = self.feed.as_mut().and_then(|f| f.stream.as_mut()) else {
+            return std::future::pending().await;
+        };
+        Ok(stream.next().await?)
     }
 
     /// Stops the followed slot's stream (the slot keeps everything not yet made durable).
@@ -827,10 +969,17 @@ impl Views {
     /// the commit logs its last part as the commit point, publishes the sinks, and only then
     /// tells the slot the position is durable. Returns the transaction at its commit.
     pub async fn apply_cdc(&mut self, event: CdcEvent) -> Result<Option<AppliedTxn>> {
+        self.writable()?;
         let Some(feed) = self.feed.as_mut() else { return Ok(None) };
         match event {
             CdcEvent::Rows { table, batch } => {
-                let name = feed.slot.tables[table].name.clone();
+                let name = feed.table_name(table)?;
+                if !self.schemas.contains_key(&name) {
+                    // Followed by the slot, read by no view (any more): skipped, and
+                    // acknowledged with the transaction's commit.
+                    tracing::debug!(table = %name, rows = batch.num_rows(), "change of a table no view reads: skipped");
+                    return Ok(None);
+                }
                 feed.started.get_or_insert_with(Instant::now);
                 feed.rows += batch.num_rows() as u64;
                 let schema = self.schemas[&name].clone();
@@ -848,7 +997,12 @@ impl Views {
                 Ok(None)
             }
             CdcEvent::Truncate { tables } => {
-                let names: Vec<String> = tables.iter().map(|&t| feed.slot.tables[t].name.clone()).collect();
+                let names = tables.iter().map(|&t| feed.table_name(t)).collect::<Result<Vec<String>>>()?;
+                let names: Vec<String> = names.into_iter().filter(|n| self.schemas.contains_key(n)).collect();
+                if names.is_empty() {
+                    return Ok(None);
+                }
+                let feed = self.feed.as_mut().expect("feed");
                 feed.started.get_or_insert_with(Instant::now);
                 for name in names {
                     // What is held may be rows of this table: applied first, so all are retracted.
@@ -870,7 +1024,10 @@ impl Views {
                 Ok(None)
             }
             CdcEvent::SchemaChanged { table, problem } => {
-                let name = feed.slot.tables[table].name.clone();
+                let name = feed.table_name(table)?;
+                if !self.schemas.contains_key(&name) {
+                    return Ok(None); // no view reads it: nothing to stop
+                }
                 self.stop_readers_of(&name, &problem)?;
                 Ok(None)
             }
@@ -889,8 +1046,10 @@ impl Views {
                 if feed.held.is_none() {
                     // Every part was applied already (the last event was a schema change):
                     // an empty part is the commit.
-                    let name = feed.slot.tables[0].name.clone();
-                    let schema = spillway_views::relax_nullability(&self.schemas[&name]);
+                    let Some((name, schema)) = self.schemas.iter().next() else {
+                        return Err(Error::Usage("no table is read by a view".into()));
+                    };
+                    let (name, schema) = (name.clone(), spillway_views::relax_nullability(schema));
                     self.feed.as_mut().expect("feed").held = Some((name, ZSet::empty(schema)));
                 }
                 self.flush_held(Some(end_lsn)).await?;
@@ -901,7 +1060,7 @@ impl Views {
                 })?;
                 let rows = std::mem::take(&mut feed.rows);
                 let started = feed.started.take().unwrap_or_else(Instant::now);
-                let seq = self.applied.len() as u64;
+                let seq = self.last_seq();
                 self.publish(&changed, Publish::Changed, seq).await?;
                 spillway_faults::point("views-cdc-before-ack");
                 let feed = self.feed.as_mut().expect("feed");
@@ -961,7 +1120,7 @@ impl Views {
         let Some(feed) = self.feed.as_mut() else { return Ok(()) };
         let Some((table, z)) = feed.held.take() else { return Ok(()) };
         let slot = feed.slot.spec.slot.clone();
-        let seq = self.applied.len() as u64 + 1;
+        let seq = self.last_seq() + 1;
         let file = format!("postgres:{slot}:{seq:08}");
         let changed = self.transaction(&table, z.clone(), &file).await?;
         let applied = Applied {
@@ -973,8 +1132,9 @@ impl Views {
             cdc: Some(CdcMark { slot, end_lsn }),
         };
         self.store.append(&applied, &z)?;
-        if end_lsn.is_some() {
-            spillway_faults::point("views-after-commit");
+        match end_lsn {
+            Some(_) => spillway_faults::point("views-after-commit"),
+            None => spillway_faults::point("views-cdc-after-part"),
         }
         self.applied_index.insert(file.clone(), self.applied.len());
         self.applied.push(applied);

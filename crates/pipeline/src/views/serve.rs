@@ -39,6 +39,8 @@ pub enum Phase {
     /// Populating the views and replaying the log.
     #[default]
     Hydrating,
+    /// Populated; starting the PostgreSQL stream (logical replication) it follows.
+    Connecting,
     /// Applying change files as they arrive.
     Live,
     /// Asked to stop: finishing the transaction in flight.
@@ -240,13 +242,25 @@ const MAX_MARKS: usize = 100_000;
 /// change files as they arrive.
 pub async fn serve(views: &mut Views, shared: &Arc<Shared>, options: &ServeOptions) -> Result<()> {
     views.publish_state().await?;
+    if views.follows_postgres() {
+        // Started here, not inside the loop's select: a start slower than the poll interval
+        // would be dropped there and begun again, forever.
+        shared.update(|s| s.phase = Phase::Connecting);
+        tokio::select! {
+            started = views.start_cdc() => started?,
+            _ = shared.stopped() => {
+                shared.update(|s| s.phase = Phase::Stopping);
+                return Ok(());
+            }
+        }
+    }
     let _watcher = watch(views, shared);
     let mut rates: VecDeque<(Instant, u64)> = VecDeque::new();
     let mut latency: VecDeque<f64> = VecDeque::new();
     let mut apply: VecDeque<f64> = VecDeque::new();
     let status = views.status();
     shared.update(|s| {
-        if s.phase == Phase::Hydrating {
+        if matches!(s.phase, Phase::Hydrating | Phase::Connecting) {
             s.phase = Phase::Live;
         }
         s.populate_ms = status.populate_ms;
@@ -260,7 +274,9 @@ pub async fn serve(views: &mut Views, shared: &Arc<Shared>, options: &ServeOptio
     shared.mark(Mark { t_ms: timeline_ms(), hydrated: true, state_bytes: state(views), rows: 0 });
     let mut cdc_burst = 0u32;
     while !shared.stopping() {
-        let pending = views.pending()?;
+        // Change files wait while a PostgreSQL transaction is being applied: the two never
+        // interleave, in the views, the sinks or the log.
+        let pending = if views.mid_transaction() { Vec::new() } else { views.pending()? };
         shared.update(|s| {
             s.pending_files = pending.len();
             s.lag_ms = pending.first().map_or(0, |(_, p)| age_ms(p));

@@ -10,6 +10,9 @@
 //!   serve.json           while `views serve` runs: its pid and the address of /status
 //!   report.html          the last `views serve` session's report (written when it stops)
 //!   stopped.json         views stopped because a PostgreSQL table they read changed its columns
+//!   writer.lock          held (flock) by the one process that may write here: its pid and command
+//!   snapshot.json        the source files the views were populated from (path, size, mtime):
+//!                        the logged changes were made against them, so a start refuses others
 //!   cdc/<slot>/          a followed PostgreSQL slot: its snapshot (see cdc.rs)
 //! ```
 //!
@@ -220,6 +223,42 @@ impl Store {
         Ok(())
     }
 
+    /// Takes the store's writer lock, held until the [`WriterLock`] is dropped (or the process
+    /// ends, however it ends): one `views apply` or `views serve` at a time writes the log, the
+    /// slot and the sinks. Refused at once, naming the holder, when another process holds it.
+    pub fn lock(&self) -> Result<WriterLock> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join("writer.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(Error::ViewsLocked {
+                    dir: self.dir.clone(),
+                    holder: if holder.is_empty() { "another process".into() } else { holder.to_string() },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        // Only the subcommand: the rest of a command line may hold a password.
+        let command: Vec<String> = std::env::args().take(3).collect();
+        let me = format!("process {} ({})", std::process::id(), command.join(" "));
+        let written = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(me.as_bytes()));
+        written.map_err(|e| Error::io(&path, e))?;
+        Ok(WriterLock { _file: Arc::new(file) })
+    }
+
     /// The folder (`.spillway/views/`).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -251,6 +290,83 @@ impl Store {
     pub fn read_status(&self) -> Result<Option<Status>> {
         read_json(&self.dir.join("status.json"))
     }
+}
+
+/// One source file as the views were populated from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    /// Its path, relative to the project.
+    pub path: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Its modification time, nanoseconds since 1970.
+    pub modified_ns: u64,
+}
+
+impl FileId {
+    /// `path` as it is now (`rel`: how the project names it).
+    pub fn of(path: &Path, rel: String) -> Result<FileId> {
+        let m = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let modified_ns = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(FileId { path: rel, bytes: m.len(), modified_ns })
+    }
+}
+
+/// Per source table, the files the views were populated from.
+pub type SnapshotId = std::collections::BTreeMap<String, Vec<FileId>>;
+
+impl Store {
+    /// Checks that the source files are those the views were populated from, for every table
+    /// recorded before (when changes were logged on top of them), and records `now` (when
+    /// `write`). A file rewritten, added or removed since is refused, naming it.
+    pub fn check_snapshot(&self, now: &SnapshotId, logged: bool, write: bool) -> Result<()> {
+        let path = self.dir.join("snapshot.json");
+        let before: SnapshotId = read_json(&path)?.unwrap_or_default();
+        if logged {
+            for (table, files) in now {
+                let Some(old) = before.get(table) else { continue };
+                if old == files {
+                    continue;
+                }
+                let what = match (old.iter().find(|f| !files.contains(f)), files.iter().find(|f| !old.contains(f))) {
+                    (Some(o), Some(n)) if o.path == n.path => format!(
+                        "{}: changed since the views were populated from it ({} bytes, modified at {}ns; now {} bytes, {}ns)",
+                        n.path, o.bytes, o.modified_ns, n.bytes, n.modified_ns
+                    ),
+                    (_, Some(n)) => format!("{}: added to table {table} since the views were populated", n.path),
+                    (Some(o), _) => format!("{}: removed from table {table} since the views were populated", o.path),
+                    (None, None) => continue,
+                };
+                return Err(Error::Usage(format!(
+                    "{what}: the changes logged since were made against the old one: put it back, or remove {} to \
+                     populate the views from the new one",
+                    self.dir.display()
+                )));
+            }
+        }
+        if write {
+            let mut merged = if logged { before.clone() } else { SnapshotId::new() };
+            for (t, files) in now {
+                merged.insert(t.clone(), files.clone());
+            }
+            if merged != before {
+                let text = serde_json::to_vec_pretty(&merged).unwrap_or_default();
+                spillway_tiers::durable::replace_synced(&path, &text)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The writer lock of a views store ([`Store::lock`]): whoever holds one may write the store.
+/// Clones share it; it is released when the last is dropped.
+#[derive(Debug, Clone)]
+pub struct WriterLock {
+    _file: Arc<std::fs::File>,
 }
 
 /// A JSON file of ours, if it exists.
