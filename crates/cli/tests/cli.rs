@@ -531,19 +531,12 @@ fn provision_without_postgres_fails_with_one_message() {
 /// deadline under a spilling budget with Q15's answer.
 #[test]
 fn sql_q15_with_its_subquery_as_a_join_finishes_with_dynamic_filters_on() {
-    const Q15_AS_JOIN: &str = "WITH revenue0 AS (
-            SELECT l_suppkey AS supplier_no, sum(l_extendedprice * (1 - l_discount)) AS total_revenue
-            FROM lineitem
-            WHERE l_shipdate >= DATE '1996-01-01' AND l_shipdate < DATE '1996-01-01' + INTERVAL '3' MONTH
-            GROUP BY l_suppkey),
-        top AS (SELECT max(total_revenue) AS m FROM revenue0)
-        SELECT s_suppkey, s_name, s_address, s_phone, total_revenue
-        FROM supplier JOIN revenue0 ON s_suppkey = supplier_no JOIN top ON total_revenue = top.m
-        ORDER BY s_suppkey";
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let as_join = std::fs::read_to_string(root.join("bench/q15_join.sql")).unwrap();
     let q15 =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/queries/tpch/q15.sql")).unwrap();
     let mut sums = Vec::new();
-    for (sql, memory) in [(Q15_AS_JOIN, "24MiB"), (Q15_AS_JOIN, "2GiB"), (q15.as_str(), "2GiB")] {
+    for (sql, memory) in [(as_join.as_str(), "24MiB"), (as_join.as_str(), "2GiB"), (q15.as_str(), "2GiB")] {
         let mut child = bin()
             .args(["sql", "--memory", memory, "--checksum", "--data"])
             .arg(tpch())

@@ -463,7 +463,7 @@ fn views_one_writer_at_a_time_a_second_apply_or_serve_is_refused_naming_the_firs
     let mut child = serve(&dir, None);
     wait_status(&dir, &mut child, |s| s["phase"] == "live");
     let pid = child.child().id();
-    add_changes(&dir, 1);
+    drop_change(&dir, 1);
     let log = || std::fs::read_dir(dir.join(".spillway/views/log")).unwrap().count();
     for args in [vec!["views", "apply"], vec!["views", "serve", "--listen", "127.0.0.1:0"]] {
         let o = bin().args(&args).arg(&dir).output().unwrap();

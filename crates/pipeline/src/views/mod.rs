@@ -378,13 +378,6 @@ impl Views {
             return Err(e);
         }
         let order = crate::dag::topological(&upstream)?;
-        // A hash join's dynamic filter pushed below one of our spilling sorts can stall the
-        // query for good (found populating TPC-H Q15 at SF1, whose scalar subquery became a
-        // join: the same SQL hangs in `spillway sql`; without the pushdown it takes 0.2s).
-        // Populations run without it until that is fixed in the batch engine.
-        ctx.sql("SET datafusion.optimizer.enable_join_dynamic_filter_pushdown = false")
-            .await
-            .map_err(spillway_engine::Error::from)?;
         let needed: Vec<String> = needed.into_iter().collect();
         let (p, n) = (project.clone(), needed.clone());
         let generator = generator.clone();
