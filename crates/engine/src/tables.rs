@@ -131,7 +131,7 @@ fn files_with_extension(path: &Path, ext: &str) -> Vec<std::path::PathBuf> {
 /// panics (a slice out of range) on a footer whose metadata length is larger than the file, and
 /// reads a 0-byte file as an empty table. A Parquet file is `PAR1`, data, the metadata, its
 /// length (4 bytes, little endian) and `PAR1` again (`PARE` when the footer is encrypted).
-pub fn check_parquet(path: &Path) -> std::result::Result<(), String> {
+fn check_parquet(path: &Path) -> std::result::Result<(), String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let size = f.metadata().map_err(|e| e.to_string())?.len();

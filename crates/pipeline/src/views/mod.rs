@@ -268,8 +268,8 @@ fn refusal_line(sql: &str, err: &ViewError) -> usize {
     1
 }
 
-/// The files each file source table among `locations` reads (a file, a folder's files, or a
-/// glob's folder's files), as they are now. Tables followed from PostgreSQL (`followed`: their
+/// The files each file source table among `locations` reads (a file, a folder's files, or the
+/// files beside a glob with its extension), as they are now. Tables followed from PostgreSQL (`followed`: their
 /// snapshot is the slot's) and generated ones are left out.
 fn file_snapshot(
     project: &Project,
@@ -298,7 +298,14 @@ fn file_snapshot(
         } else if path.is_dir() {
             files_under(path, &mut files);
         } else if let Some(parent) = path.parent().filter(|p| p.is_dir()) {
-            files_under(parent, &mut files); // a glob: every data file beside it
+            // A glob (`data/*.parquet`): the files beside it with its extension (not the
+            // folders under it, where change files may live).
+            let ext = path.extension();
+            let beside = std::fs::read_dir(parent).map_err(|e| Error::io(parent, e))?;
+            files.extend(beside.flatten().map(|e| e.path()).filter(|p| {
+                let hidden = p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']));
+                p.is_file() && !hidden && p.extension() == ext
+            }));
         }
         files.sort();
         let ids = files
@@ -1039,10 +1046,12 @@ impl Views {
                 if feed.held.is_none() {
                     // Every part was applied already (the last event was a schema change):
                     // an empty part is the commit.
-                    let Some((name, schema)) = self.schemas.iter().next() else {
-                        return Err(Error::Usage("no table is read by a view".into()));
+                    // It is logged against a followed table that a view reads (one had rows).
+                    let read = feed.slot.tables.iter().map(|t| &t.name).find(|n| self.schemas.contains_key(*n));
+                    let Some(name) = read.cloned() else {
+                        return Err(Error::Usage("no followed table is read by a view".into()));
                     };
-                    let (name, schema) = (name.clone(), spillway_views::relax_nullability(schema));
+                    let schema = spillway_views::relax_nullability(&self.schemas[&name]);
                     self.feed.as_mut().expect("feed").held = Some((name, ZSet::empty(schema)));
                 }
                 self.flush_held(Some(end_lsn)).await?;
