@@ -401,6 +401,68 @@ fn a_column_retyped_with_another_modifier_stops_its_views() {
     assert!(!line.contains("STOPPED"), "{text}");
 }
 
+/// A project with a followed table and a change-file source: a change file that arrives while a
+/// large PostgreSQL transaction is being applied (in parts) waits for its commit. Killed at the
+/// first commit after it arrives, the restarted process counts neither twice: before, the file
+/// was applied and logged between the transaction's parts, the parts before it were replayed at
+/// restart and PostgreSQL sent the whole transaction again.
+#[test]
+fn a_change_file_never_lands_between_the_parts_of_a_postgres_transaction() {
+    let server = TestServer::start().unwrap();
+    schema(&server);
+    let url = server.url("shop");
+    let dir = project("mixed");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::create_dir_all(dir.join("changes/notes")).unwrap();
+    std::fs::write(dir.join("data/notes.csv"), "id,v\n1,10\n").unwrap();
+    let mut toml = std::fs::read_to_string(dir.join("spillway.toml")).unwrap();
+    toml.push_str(
+        "\n[sources.notes]\ntype = \"csv\"\npath = \"data/notes.csv\"\nchanges = \"changes/notes\"\n\n\
+         [sinks.note_total]\nmodel = \"note_total\"\npath = \"output/note_total.csv\"\n",
+    );
+    std::fs::write(dir.join("spillway.toml"), toml).unwrap();
+    std::fs::write(dir.join("views/note_total.sql"), "SELECT count(*) AS n, sum(v) AS total FROM notes\n").unwrap();
+    let all: Vec<&str> = VIEWS.iter().map(|(v, _)| *v).collect();
+    let mut served = serve(&dir, &url, None);
+    wait_equal(&server, &mut served.0, &all);
+    drop(served);
+
+    let killed = serve(&dir, &url, Some("views-after-commit@1"));
+    // Wait until it streams (the slot is active), then a transaction of 49 parts, and the
+    // change file while those are applied.
+    let started = Instant::now();
+    while server.psql("shop", "SELECT bool_or(active) FROM pg_replication_slots").unwrap() != "t" {
+        assert!(started.elapsed() < Duration::from_secs(60), "never streamed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = dir.join(".spillway/views/log");
+    let logged = || std::fs::read_dir(&log).unwrap().count();
+    let before = logged();
+    server
+        .psql("shop", "INSERT INTO orders SELECT 700000 + i, 1 + i % 25, i % 100, 'O', DATE '2024-08-01' FROM generate_series(1, 400000) i")
+        .unwrap();
+    // Its first part is logged: the transaction is being applied, 48 parts to go.
+    while logged() == before {
+        assert!(started.elapsed() < Duration::from_secs(60), "the transaction never arrived");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let staged = dir.join("changes/notes/.0001.csv.tmp");
+    std::fs::write(&staged, "id,v,_op\n2,5,insert\n").unwrap();
+    std::fs::rename(&staged, dir.join("changes/notes/0001.csv")).unwrap();
+    wait_killed(killed);
+    let mut served = serve(&dir, &url, None);
+    wait_equal(&server, &mut served.0, &all);
+    let started = Instant::now();
+    loop {
+        let total = std::fs::read_to_string(dir.join("output/note_total.csv")).unwrap_or_default();
+        if total.lines().nth(1) == Some("2,15") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the change file counted once: {total}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_followed_table_without_key_or_replica_identity_is_refused_at_plan() {
     let server = TestServer::start().unwrap();
