@@ -790,8 +790,7 @@ impl Views {
                     return Err(Error::at(&path, 1, format!("applied as change {} with {} bytes; it now has {bytes}: change files are never rewritten, add a new one", a.seq, a.bytes)));
                 }
                 // Same size: the content must be the same too (read once per process).
-                let content = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-                let hash = crate::manifest::hash(&[&content]);
+                let (hash, _) = crate::manifest::hash_file(&path).map_err(|e| Error::io(&path, e))?;
                 if hash != a.hash {
                     return Err(Error::at(&path, 1, format!("applied as change {} with hash {}; its content is now different (hash {hash}): change files are never rewritten, add a new one", a.seq, a.hash)));
                 }
@@ -877,8 +876,7 @@ impl Views {
         }
         let started = Instant::now();
         let rel = self.relative(path);
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let hash = crate::manifest::hash(&[&bytes]);
+        let (hash, bytes) = crate::manifest::hash_file(path).map_err(|e| Error::io(path, e))?;
         let batches = read_change_file(path).await?;
         let schema = self.schema_of(table, path)?;
         let change_err = |source: ViewError| Error::Change { file: path.to_path_buf(), error: source };
@@ -893,14 +891,8 @@ impl Views {
         let z = ZSet::concat(spillway_views::relax_nullability(&schema), parts).map_err(change_err)?;
         self.charge_table(table, Some(&rel))?;
         let changed = self.transaction(table, z.clone(), &rel).await?;
-        let applied = Applied {
-            seq: self.last_seq() + 1,
-            table: table.to_string(),
-            file: rel.clone(),
-            bytes: bytes.len() as u64,
-            hash,
-            cdc: None,
-        };
+        let applied =
+            Applied { seq: self.last_seq() + 1, table: table.to_string(), file: rel.clone(), bytes, hash, cdc: None };
         self.store.append(&applied, &z)?;
         spillway_faults::point("views-after-commit");
         self.applied_index.insert(rel.clone(), self.applied.len());
