@@ -479,3 +479,203 @@ fn a_followed_table_without_key_or_replica_identity_is_refused_at_plan() {
     );
     assert!(!err.contains(PASSWORD), "{err}");
 }
+
+/// Each view table equals PostgreSQL's own answer now.
+fn assert_equal(server: &TestServer, views: &[&str]) {
+    for (v, sql) in VIEWS.iter().filter(|(v, _)| views.contains(v)) {
+        assert_eq!(differences(server, v, sql), Ok(0), "view {v} differs from PostgreSQL's answer");
+    }
+}
+
+/// `spillway views ARGS DIR`, which must succeed; its stdout.
+fn views_ok(url: &str, args: &[&str], dir: &Path) -> String {
+    let out = bin(url).arg("views").args(args).arg(dir).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "views {args:?}: {stdout}\n{stderr}");
+    stdout.into_owned()
+}
+
+/// `views explain` (a reader) makes no slot and no publication; a one-shot `views apply`
+/// makes the slot, and every later one applies what PostgreSQL committed before it started
+/// and tells the slot, so that no slot is left holding WAL that nobody reads.
+#[test]
+fn views_apply_catches_up_with_postgres_and_explain_makes_no_slot() {
+    let server = TestServer::start().unwrap();
+    schema(&server);
+    let url = server.url("shop");
+    let dir = project("oneshot");
+    let all: Vec<&str> = VIEWS.iter().map(|(v, _)| *v).collect();
+    let out = bin(&url).args(["views", "explain"]).arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no `views serve` or `views apply` has made their slot"), "{err}");
+    let made = "SELECT (SELECT count(*) FROM pg_replication_slots) || ',' || (SELECT count(*) FROM pg_publication)";
+    assert_eq!(server.psql("shop", made).unwrap(), "0,0", "explain made a slot or a publication");
+    assert!(!dir.join(".spillway").exists(), "explain wrote into the project");
+
+    let first = views_ok(&url, &["apply"], &dir);
+    assert!(first.contains("0 PostgreSQL transaction(s) applied"), "{first}");
+    assert_equal(&server, &all);
+    let (mut rng, mut next_id) = (Rng(11), 1000);
+    for round in 0..3 {
+        server.psql("shop", &workload(&mut rng, 25, &mut next_id)).unwrap();
+        let before = server.psql("shop", "SELECT pg_current_wal_insert_lsn()").unwrap();
+        let out = views_ok(&url, &["apply"], &dir);
+        let applied = out.lines().filter(|l| l.starts_with("applied PostgreSQL transaction")).count();
+        assert!(applied > 0 && applied <= 25, "round {round}: {out}");
+        assert_equal(&server, &all);
+        let told = server
+            .psql(
+                "shop",
+                &format!("SELECT confirmed_flush_lsn >= '{before}'::pg_lsn AND NOT active FROM pg_replication_slots"),
+            )
+            .unwrap();
+        assert_eq!(told, "t", "round {round}: the slot was told what the apply read, and is free again");
+    }
+    // Nothing new: nothing applied, at once.
+    let started = Instant::now();
+    let out = views_ok(&url, &["apply"], &dir);
+    assert!(out.contains("0 change file(s), 0 PostgreSQL transaction(s) applied"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    let explained = views_ok(&url, &["explain"], &dir);
+    assert!(explained.contains("open_orders"), "{explained}");
+}
+
+/// A start that fails after the slot was made (here: the role may replicate but not read a
+/// table) leaves no slot behind in PostgreSQL, and no snapshot or `creating` marker in the
+/// project; once the role may read it, the next start makes the slot.
+#[test]
+fn a_start_that_fails_after_making_the_slot_drops_it() {
+    let server = TestServer::start().unwrap();
+    schema(&server);
+    let dir = project("noread");
+    server
+        .psql(
+            "shop",
+            "CREATE ROLE rep LOGIN REPLICATION PASSWORD 'rep-pw';
+             CREATE PUBLICATION spillway_noread FOR TABLE customers, orders, events;
+             GRANT SELECT ON customers, events TO rep; GRANT CREATE ON SCHEMA public TO rep;",
+        )
+        .unwrap();
+    let url = format!("postgresql://rep:rep-pw@127.0.0.1:{}/shop", server.port());
+    let out = bin(&url).args(["views", "apply"]).arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("permission denied"), "{err}");
+    assert_eq!(server.psql("shop", "SELECT count(*) FROM pg_replication_slots").unwrap(), "0", "slot left behind");
+    let slot_dir = dir.join(".spillway/views/cdc/spillway_noread");
+    assert!(!slot_dir.join("creating").exists() && !slot_dir.join("snapshot").exists(), "files left behind");
+
+    server.psql("shop", "GRANT SELECT ON orders TO rep").unwrap();
+    views_ok(&url, &["apply"], &dir);
+    assert_eq!(server.psql("shop", "SELECT slot_name FROM pg_replication_slots").unwrap(), "spillway_noread");
+    assert_equal(&server, &VIEWS.map(|(v, _)| v));
+}
+
+/// While another process holds the slot, `serve` (polling every millisecond) keeps trying to
+/// start the stream, its `/status` saying `connecting`, not `live`; once the slot is free it
+/// streams, and changes made meanwhile reach the views.
+#[test]
+fn serve_says_connecting_until_it_streams() {
+    let server = TestServer::start().unwrap();
+    schema(&server);
+    let url = server.url("shop");
+    let dir = project("connecting");
+    let all: Vec<&str> = VIEWS.iter().map(|(v, _)| *v).collect();
+    views_ok(&url, &["apply"], &dir);
+    let mut holder = server
+        .tool("pg_recvlogical")
+        .args(["-d", &url, "--slot", "spillway_connecting", "--start", "-f", "/dev/null"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=spillway_connecting"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while server.psql("shop", "SELECT bool_or(active) FROM pg_replication_slots").unwrap() != "t" {
+        assert!(started.elapsed() < Duration::from_secs(30), "pg_recvlogical never took the slot");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut served = serve_polling(&dir, &url, None, "1ms");
+    let phase = |dir: &Path| -> Option<String> {
+        use std::io::{Read, Write};
+        let serving: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(".spillway/views/serve.json")).ok()?).ok()?;
+        let addr = serving["url"].as_str()?.trim_start_matches("http://").to_string();
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        write!(s, "GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let body: serde_json::Value = serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()?;
+        body["phase"].as_str().map(str::to_string)
+    };
+    let started = Instant::now();
+    while phase(&dir).as_deref() != Some("connecting") {
+        assert!(served.0.try_wait().unwrap().is_none(), "serve exited");
+        assert!(started.elapsed() < Duration::from_secs(60), "never connecting: {:?}", phase(&dir));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Held for three seconds more: still connecting, not live.
+    let (mut rng, mut next_id) = (Rng(5), 1000);
+    server.psql("shop", &workload(&mut rng, 10, &mut next_id)).unwrap();
+    for _ in 0..30 {
+        assert_eq!(phase(&dir).as_deref(), Some("connecting"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let started = Instant::now();
+    while phase(&dir).as_deref() != Some("live") {
+        assert!(started.elapsed() < Duration::from_secs(60), "never live: {:?}", phase(&dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_equal(&server, &mut served.0, &all);
+}
+
+/// Two projects whose PostgreSQL sinks have the same name (`totals`) and write different
+/// tables keep separate progress: the second, killed after logging its first change file and
+/// before publishing it, republishes it at its next start although the first has published its
+/// own transaction 1. (Keyed by the sink's name, the first's progress made the second skip it.)
+#[test]
+fn two_projects_with_the_same_sink_name_keep_separate_progress() {
+    let server = TestServer::start().unwrap();
+    server.create_db("shop").unwrap();
+    let url = server.url("shop");
+    let make = |name: &str| -> PathBuf {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("views-pg-tests").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["views", "data", "changes/notes"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("data/notes.csv"), "id,v\n1,10\n").unwrap();
+        std::fs::write(
+            dir.join("spillway.toml"),
+            format!(
+                "memory = \"256MiB\"\n\n[sources.notes]\ntype = \"csv\"\npath = \"data/notes.csv\"\nchanges = \"changes/notes\"\n\n\
+                 [sinks.totals]\nmodel = \"totals\"\ntype = \"postgres\"\nurl_env = \"SHOP_URL\"\ntable = \"{name}_totals\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("views/totals.sql"), "SELECT count(*) AS n, sum(v) AS total FROM notes\n").unwrap();
+        dir
+    };
+    let drop_change = |dir: &Path, i: u32, v: u32| {
+        std::fs::write(dir.join(format!("changes/notes/{i:04}.csv")), format!("id,v,_op\n{},{v},insert\n", 100 + i))
+            .unwrap();
+    };
+    let (alpha, beta) = (make("alpha"), make("beta"));
+    views_ok(&url, &["apply"], &alpha);
+    views_ok(&url, &["apply"], &beta);
+    drop_change(&beta, 1, 5);
+    let killed =
+        bin(&url).args(["views", "apply"]).arg(&beta).env("SPILLWAY_FAULT", "views-after-commit").output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(killed.status.signal(), Some(9), "killed at its fault point");
+    assert_eq!(server.psql("shop", "SELECT n || ',' || total FROM beta_totals").unwrap(), "1,10", "not yet published");
+    // Meanwhile the first publishes its own transaction 1.
+    drop_change(&alpha, 1, 1);
+    views_ok(&url, &["apply"], &alpha);
+    assert_eq!(server.psql("shop", "SELECT n || ',' || total FROM alpha_totals").unwrap(), "2,11");
+    let out = views_ok(&url, &["apply"], &beta);
+    assert!(out.contains("0 change file(s) applied"), "the file was logged before the kill: {out}");
+    assert_eq!(server.psql("shop", "SELECT n || ',' || total FROM beta_totals").unwrap(), "2,15", "republished");
+    assert_eq!(server.psql("shop", "SELECT n || ',' || total FROM alpha_totals").unwrap(), "2,11");
+}

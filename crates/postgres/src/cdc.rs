@@ -232,6 +232,19 @@ pub async fn slot_position(spec: &CdcSpec) -> Result<Option<u64>> {
     }
 }
 
+/// PostgreSQL's WAL position now (where the next record goes): every transaction committed
+/// before this call ends at or before it, flushed to disk or not yet (`synchronous_commit = off`).
+pub async fn current_lsn(spec: &CdcSpec) -> Result<u64> {
+    let config = spec.conn.resolve().map_err(|m| spec.fail(m))?;
+    let client = conn::connect(&config).await.map_err(|m| spec.fail(m))?;
+    let row = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(|e| spec.fail(conn::describe(&e)))?;
+    let text: String = row.get(0);
+    Lsn::parse(&text).map(|l| l.0).map_err(|e| spec.fail(format!("WAL position {text}: {}", e.0)))
+}
+
 /// The replication slots of the database whose name starts with `prefix`, with the WAL each
 /// holds back (bytes from its restart position to the current WAL position).
 pub async fn slots(conn: &ConnSpec, prefix: &str) -> std::result::Result<Vec<(String, bool, u64)>, String> {
@@ -427,6 +440,12 @@ pub enum CdcEvent {
         /// The commit's time, microseconds since 1970.
         commit_us: i64,
     },
+    /// PostgreSQL has sent every transaction that committed before `wal_end` (a keepalive
+    /// between transactions): what a catch-up waits for.
+    Position {
+        /// The server's WAL position.
+        wal_end: u64,
+    },
 }
 
 struct Pending {
@@ -444,6 +463,8 @@ pub struct CdcStream {
     broken: Vec<bool>,
     skip_before: u64,
     skipping: bool,
+    /// Between a Begin and its Commit.
+    in_txn: bool,
     pending: Option<Pending>,
     out: VecDeque<CdcEvent>,
     max_rows: usize,
@@ -478,6 +499,7 @@ impl CdcStream {
             broken: vec![false; n],
             skip_before: from,
             skipping: false,
+            in_txn: false,
             pending: None,
             out: VecDeque::new(),
             max_rows: max_rows.max(1),
@@ -565,8 +587,13 @@ impl CdcStream {
         match ev {
             ReplicationEvent::Begin { final_lsn, .. } => {
                 self.skipping = final_lsn.0 < self.skip_before;
+                self.in_txn = true;
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } if !self.in_txn => {
+                self.out.push_back(CdcEvent::Position { wal_end: wal_end.0 });
             }
             ReplicationEvent::Commit { end_lsn, commit_time_micros, .. } => {
+                self.in_txn = false;
                 if self.skipping {
                     self.skipping = false;
                     return Ok(());

@@ -97,6 +97,12 @@ impl TestServer {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// A command running client tool `name` (`pg_recvlogical`, ...) of the server's binaries.
+    pub fn tool(&self, name: &str) -> Command {
+        let exe = self.bin.join(name);
+        Command::new(if exe.exists() { exe } else { PathBuf::from(name) })
+    }
+
     /// Creates database `db`.
     pub fn create_db(&self, db: &str) -> Result<(), String> {
         self.psql("postgres", &format!("CREATE DATABASE {}", crate::quote_ident(db))).map(|_| ())

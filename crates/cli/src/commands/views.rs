@@ -159,23 +159,43 @@ fn say(line: std::fmt::Arguments) {
 pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -> Result<()> {
     let (mut views, governor) = open(settings, config, &args.dir, true).await?;
     let report = views
-        .apply(&|f| {
-            println!(
-                "applied {} ({}, {} rows) in {:.1}ms: {}",
-                f.file,
-                f.table,
-                f.rows,
-                f.us as f64 / 1000.0,
-                if f.views_changed.is_empty() {
-                    "no view changed".to_string()
-                } else {
-                    format!("changed {}", f.views_changed.join(", "))
-                }
-            )
-        })
+        .apply(
+            &|f| {
+                println!(
+                    "applied {} ({}, {} rows) in {:.1}ms: {}",
+                    f.file,
+                    f.table,
+                    f.rows,
+                    f.us as f64 / 1000.0,
+                    if f.views_changed.is_empty() {
+                        "no view changed".to_string()
+                    } else {
+                        format!("changed {}", f.views_changed.join(", "))
+                    }
+                )
+            },
+            &|t| {
+                println!(
+                    "applied PostgreSQL transaction {} ({} rows, {} part(s)) in {:.1}ms: {}",
+                    spillway_pipeline::views::cdc::lsn_text(t.end_lsn),
+                    t.rows,
+                    t.parts,
+                    t.us as f64 / 1000.0,
+                    if t.views_changed.is_empty() {
+                        "no view changed".to_string()
+                    } else {
+                        format!("changed {}", t.views_changed.join(", "))
+                    }
+                )
+            },
+        )
         .await?;
+    let from_postgres = match views.follows_postgres() {
+        true => format!(", {} PostgreSQL transaction(s)", report.transactions.len()),
+        false => String::new(),
+    };
     println!(
-        "{} change file(s) applied; started in {}ms ({} logged transaction(s) replayed); peak RSS {}",
+        "{} change file(s){from_postgres} applied; started in {}ms ({} logged transaction(s) replayed); peak RSS {}",
         report.applied.len(),
         report.populate_ms,
         report.replayed,

@@ -178,6 +178,27 @@ pub async fn open(store_dir: &Path, spec: CdcSpec, may_create: bool) -> Result<S
     }
     std::fs::create_dir_all(&snap_dir).map_err(|e| Error::io(&snap_dir, e))?;
     std::fs::write(&creating, b"").map_err(|e| Error::io(&creating, e))?;
+    match make(&dir, &spec, tables).await {
+        Ok(slot) => Ok(slot),
+        Err(e) => {
+            // Nothing left behind: a slot would make PostgreSQL keep WAL for nobody. (After a
+            // crash instead, `creating` says the slot found at the next start is ours.)
+            if let Err(d) = cdc::drop_slot(&spec).await {
+                tracing::warn!(slot = %spec.slot, "dropping the slot after a failed start: {d}");
+            }
+            let _ = std::fs::remove_dir_all(&snap_dir);
+            let _ = std::fs::remove_file(&creating);
+            Err(e)
+        }
+    }
+}
+
+/// Makes the slot and its snapshot in `dir` (marked `creating`).
+async fn make(dir: &Path, spec: &CdcSpec, tables: Vec<CdcTable>) -> Result<Slot> {
+    let spec = spec.clone();
+    let slot_file = dir.join("slot.json");
+    let creating = dir.join("creating");
+    let snap_dir = dir.join("snapshot");
     let tmp: Vec<PathBuf> = tables.iter().map(|t| snap_dir.join(format!(".{}.arrow.tmp", t.name))).collect();
     let mut writers = Vec::new();
     for (t, p) in tables.iter().zip(&tmp) {

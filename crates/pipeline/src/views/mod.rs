@@ -59,6 +59,8 @@ pub struct ApplyReport {
     pub replayed: usize,
     /// Change files applied now.
     pub applied: Vec<AppliedFile>,
+    /// PostgreSQL transactions applied now (those that committed before the apply began).
+    pub transactions: Vec<AppliedTxn>,
 }
 
 /// One change file applied.
@@ -193,7 +195,7 @@ impl Feed {
 }
 
 /// One source transaction from PostgreSQL, applied and published.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct AppliedTxn {
     /// Its end position.
     pub end_lsn: u64,
@@ -839,15 +841,25 @@ impl Views {
 
     /// Applies every pending change file, one transaction each, publishing the views' sinks
     /// after each. `progress` hears of each file as it is applied.
-    pub async fn apply(&mut self, progress: &(dyn Fn(&AppliedFile) + Sync)) -> Result<ApplyReport> {
+    pub async fn apply(
+        &mut self,
+        progress: &(dyn Fn(&AppliedFile) + Sync),
+        txn_progress: &(dyn Fn(&AppliedTxn) + Sync),
+    ) -> Result<ApplyReport> {
         self.writable()?;
-        let mut report = ApplyReport { populate_ms: self.populate_ms, replayed: self.replayed, applied: Vec::new() };
+        let mut report = ApplyReport {
+            populate_ms: self.populate_ms,
+            replayed: self.replayed,
+            applied: Vec::new(),
+            transactions: Vec::new(),
+        };
         self.publish_state().await?;
         for (table, path) in self.pending()? {
             let done = self.apply_file(&table, &path).await?;
             progress(&done);
             report.applied.push(done);
         }
+        report.transactions = self.catch_up_cdc(txn_progress).await?;
         self.write_status()?;
         Ok(report)
     }
@@ -941,6 +953,47 @@ impl Views {
         Ok(())
     }
 
+    /// Applies every PostgreSQL transaction that committed before this call, then stops the
+    /// stream: what a one-shot `views apply` does, so that it never leaves a slot behind unread.
+    /// `progress` sees each transaction. Nothing is followed: nothing is done.
+    pub async fn catch_up_cdc(&mut self, progress: &(dyn Fn(&AppliedTxn) + Sync)) -> Result<Vec<AppliedTxn>> {
+        self.writable()?;
+        let Some(feed) = self.feed.as_ref() else { return Ok(Vec::new()) };
+        let target = spillway_postgres::cdc::current_lsn(&feed.slot.spec).await?;
+        let mut done = Vec::new();
+        if target <= feed.durable {
+            return Ok(done);
+        }
+        self.start_cdc().await?;
+        loop {
+            let event = self.next_cdc().await?;
+            let reached = match &event {
+                CdcEvent::Position { wal_end } => *wal_end >= target,
+                CdcEvent::Commit { end_lsn, .. } => *end_lsn >= target,
+                _ => false,
+            };
+            if let Some(t) = self.apply_cdc(event).await? {
+                progress(&t);
+                done.push(t);
+            }
+            if reached && !self.mid_transaction() {
+                break;
+            }
+        }
+        // The stream tells the slot what is durable once a second: waited for (a while), so
+        // that PostgreSQL may recycle the WAL this read, before the stream stops.
+        if let Some(f) = self.feed.as_ref() {
+            let deadline = Instant::now() + std::time::Duration::from_secs(5);
+            while Instant::now() < deadline
+                && spillway_postgres::cdc::slot_position(&f.slot.spec).await?.is_some_and(|p| p < f.durable)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        self.stop_cdc().await;
+        Ok(done)
+    }
+
     /// The next event of the followed slot, once [`Views::start_cdc`] has started it.
     /// Cancel-safe. Pending forever when no source is followed or the stream is not started.
     pub async fn next_cdc(&mut self) -> Result<CdcEvent> {
@@ -1021,6 +1074,17 @@ impl Views {
                     return Ok(None); // no view reads it: nothing to stop
                 }
                 self.stop_readers_of(&name, &problem)?;
+                Ok(None)
+            }
+            CdcEvent::Position { wal_end } => {
+                // Between transactions, every one before `wal_end` applied: PostgreSQL may
+                // recycle the WAL before it (changes to tables nobody follows included).
+                if feed.held.is_none() && feed.changed.is_empty() && wal_end > feed.durable {
+                    feed.durable = wal_end;
+                    if let Some(s) = &feed.stream {
+                        s.ack(wal_end);
+                    }
+                }
                 Ok(None)
             }
             CdcEvent::Commit { end_lsn, commit_us } => {

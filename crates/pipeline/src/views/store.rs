@@ -126,11 +126,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// The store of the project in `project_dir` (created when missing).
+    /// The store of the project in `project_dir` (its folder is made by its writer: [`Store::lock`]).
     pub fn open(project_dir: &Path) -> Result<Store> {
-        let dir = project_dir.join(".spillway").join("views");
-        std::fs::create_dir_all(dir.join("log")).map_err(|e| Error::io(&dir, e))?;
-        Ok(Store { dir })
+        // Made by the writer (`lock`): a reader writes nothing.
+        Ok(Store { dir: project_dir.join(".spillway").join("views") })
     }
 
     fn log_path(&self, seq: u64) -> PathBuf {
@@ -140,8 +139,11 @@ impl Store {
     /// Every logged transaction's record, in order.
     pub fn applied(&self) -> Result<Vec<Applied>> {
         let log = self.dir.join("log");
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&log)
-            .map_err(|e| Error::io(&log, e))?
+        let entries = match std::fs::read_dir(&log) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()), // none yet
+            r => r.map_err(|e| Error::io(&log, e))?,
+        };
+        let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.extension().is_some_and(|x| x == "arrow")
@@ -229,6 +231,7 @@ impl Store {
     pub fn lock(&self) -> Result<WriterLock> {
         use std::io::{Read, Seek, Write};
         use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(self.dir.join("log")).map_err(|e| Error::io(&self.dir, e))?;
         let path = self.dir.join("writer.lock");
         let mut file = std::fs::OpenOptions::new()
             .read(true)
