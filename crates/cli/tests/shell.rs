@@ -339,3 +339,47 @@ fn script_explain_analyze_shows_the_grace_join_buckets_and_spills() {
     assert!(stdout.contains("spilled_bytes="), "{stdout}");
     assert!(stderr.contains("join(s) out of core") && !stderr.contains("spilled 0B"), "{stderr}");
 }
+
+/// An idle interactive shell holds one step of the machine, not its whole budget: on a machine
+/// (a ledger) the size of the shell's budget, `spillway sql` started beside it gets its lease and
+/// finishes at once, and the shell still runs a statement after it.
+#[test]
+fn pty_an_idle_shell_leaves_the_machine_to_the_processes_beside_it() {
+    let dir = scratch("pty-beside");
+    let ledger = dir.join("ledger");
+    let mut cmd = bin();
+    cmd.env("TERM", "xterm").env("SPILLWAY_LEDGER", &ledger).env("SPILLWAY_MACHINE_MEMORY", "256MiB");
+    cmd.args(["sql", "--memory", "256MiB"]);
+    let mut s = Session::spawn(cmd).unwrap();
+    s.set_expect_timeout(Some(Duration::from_secs(60)));
+    s.expect("spillway> ").unwrap();
+    let held: u64 = std::fs::read_to_string(&ledger)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(3).and_then(|b| b.parse::<u64>().ok()))
+        .sum();
+    assert!(held > 0 && held <= 16 << 20, "the idle shell holds {held} bytes of the machine");
+    let mut beside = bin()
+        .env("SPILLWAY_LEDGER", &ledger)
+        .env("SPILLWAY_MACHINE_MEMORY", "256MiB")
+        .args(["sql", "--memory", "128MiB", "SELECT 41 + 1 AS answer"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while beside.try_wait().unwrap().is_none() {
+        if started.elapsed().as_secs() > 60 {
+            let _ = beside.kill();
+            panic!("spillway sql beside an idle shell still waits after a minute");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = beside.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("42"));
+    s.send("SELECT sum(x) FROM (SELECT * FROM generate_series(1, 100000) t(x) ORDER BY x DESC);\r").unwrap();
+    s.expect(Regex(r"\b5000050000\b")).unwrap();
+    s.expect("spillway> ").unwrap();
+    leave(s);
+}

@@ -550,3 +550,54 @@ fn views_a_rewritten_snapshot_file_is_refused_at_start() {
     assert_eq!(rows(&dir.join("output/revenue_by_customer.csv")), before);
     assert_eq!(std::fs::read_dir(dir.join(".spillway/views/log")).unwrap().count(), 1, "nothing logged");
 }
+
+/// `views serve` holds from the machine what its views use, not its whole budget: on a machine
+/// (a ledger) exactly the size of serve's budget, the ledger shows serve holding one step, and a
+/// `spillway sql` started beside it gets its lease and finishes at once. (A lease of the whole
+/// budget for serve's life made every other process on the machine wait for an hour.)
+#[test]
+fn views_serve_leaves_the_machine_to_the_processes_beside_it() {
+    let dir = project("beside");
+    let ledger = dir.join("ledger");
+    let machine = |c: &mut Command| {
+        c.env("SPILLWAY_LEDGER", &ledger).env("SPILLWAY_MACHINE_MEMORY", "256MiB");
+    };
+    let _ = std::fs::remove_file(dir.join(".spillway/views/serve.json"));
+    let mut c = bin();
+    machine(&mut c);
+    c.args(["views", "serve"]).arg(&dir).args(["--listen", "127.0.0.1:0", "--poll", "100ms"]);
+    let mut served =
+        Served(Some(c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap()));
+    wait_status(&dir, &mut served, |s| s["phase"] == "live");
+    let pid = served.child().id().to_string();
+    let held: u64 = std::fs::read_to_string(&ledger)
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').next() == Some(pid.as_str()))
+        .map(|l| l.split(' ').nth(3).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(held > 0 && held <= 16 << 20, "serve holds {held} bytes of the machine");
+
+    let mut c = bin();
+    machine(&mut c);
+    let mut sql = c
+        .args(["sql", "--memory", "128MiB", "SELECT 41 + 1 AS answer"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while sql.try_wait().unwrap().is_none() {
+        if started.elapsed().as_secs() > 60 {
+            let _ = sql.kill();
+            panic!("spillway sql beside views serve still waits after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = sql.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("42"));
+    // Serve still applies changes (its lease grows as it needs).
+    drop_change(&dir, 1);
+    wait_status(&dir, &mut served, |s| s["transactions"] == 1);
+}

@@ -45,11 +45,12 @@ pub async fn serve(options: ExecutorOptions) -> Result<()> {
         step: Some(format!("ballista {}", options.id)),
         unspillable_reserve: options.unspillable_reserve,
         pressure_aware: true,
+        grow_to: None,
     });
     eprintln!(
         "{}: pool {} of a {} budget, {} task(s) at once, registering with {}",
         options.id,
-        fmt_bytes(pool.lease().bytes()),
+        fmt_bytes(pool.lease_bytes()),
         fmt_bytes(governor.budget()),
         options.vcores,
         options.scheduler

@@ -42,7 +42,7 @@ impl SessionOptions {
 /// A session whose operators reserve memory from `pool`, with DataFusion's memory settings
 /// scaled to the lease (see [`build`]).
 pub fn context(pool: Arc<LeasePool>, options: &SessionOptions) -> Result<SessionContext> {
-    let limit = pool.lease().bytes();
+    let limit = pool.max_bytes();
     build(pool, Some(limit), options)
 }
 

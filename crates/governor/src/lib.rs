@@ -48,7 +48,7 @@ pub use error::{Error, Result};
 pub use governor::Governor;
 pub use lease::{Lease, LeaseRequest, LeaseSize};
 pub use ledger::LedgerConfig;
-pub use pool::{LeasePool, PoolOptions, PoolStats, DEFAULT_UNSPILLABLE_RESERVE, SPILLED_FLOOR};
+pub use pool::{LeasePool, PoolOptions, PoolStats, DEFAULT_UNSPILLABLE_RESERVE, GROW_STEP, SPILLED_FLOOR};
 pub use pressure::{Pressure, PressureThresholds};
 pub use size::{fmt_bytes, ByteSize, MemorySpec};
 pub use timeline::{Sample, Timeline};

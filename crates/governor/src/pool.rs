@@ -30,6 +30,12 @@
 //!
 //! The pool owns its [`Lease`]: the bytes go back to the governor when the last `Arc` of the pool
 //! (held by the DataFusion session and its operators) is dropped.
+//!
+//! **Elastic leases.** A long-lived holder (`views serve`, the shell) sets
+//! [`PoolOptions::grow_to`]: its lease starts small and follows what is reserved, growing in
+//! [`GROW_STEP`]s when a reservation needs more (never waiting: growth the governor or the
+//! machine-wide ledger cannot grant now is refused, as a full fixed lease refuses) and giving
+//! back what is freed beyond two steps, so other processes get their leases beside it.
 
 use crate::lease::{Lease, Shared};
 use crate::pressure::Pressure;
@@ -37,7 +43,7 @@ use crate::size::fmt_bytes;
 use datafusion_common::{DataFusionError, Result};
 use datafusion_execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The share of each lease kept for consumers that cannot spill, unless configured.
@@ -52,13 +58,19 @@ pub struct PoolOptions {
     pub unspillable_reserve: f64,
     /// Whether to refuse spillable growth under memory pressure (default true).
     pub pressure_aware: bool,
+    /// An elastic lease: grows up to this many bytes as reservations need, and shrinks as they
+    /// free (`None`: the lease is what it was granted, for its life).
+    pub grow_to: Option<u64>,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        Self { step: None, unspillable_reserve: DEFAULT_UNSPILLABLE_RESERVE, pressure_aware: true }
+        Self { step: None, unspillable_reserve: DEFAULT_UNSPILLABLE_RESERVE, pressure_aware: true, grow_to: None }
     }
 }
+
+/// How much an elastic lease grows at a time, and keeps free beyond what is reserved.
+pub const GROW_STEP: usize = 16 << 20;
 
 /// A spillable consumer may always hold this much, even when the lease is full: it is what an
 /// operator keeps after spilling everything else (the lease can be overdrawn by this much per
@@ -80,10 +92,15 @@ pub struct PoolStats {
 
 /// A DataFusion memory pool bounded by one lease. See the [module docs](self).
 pub struct LeasePool {
-    lease: Lease,
+    lease: Mutex<Lease>,
+    shared: Arc<Shared>,
     step: String,
-    limit: usize,
-    reserve: usize,
+    /// The lease's bytes now (an elastic lease's change).
+    limit: AtomicUsize,
+    /// What an elastic lease may grow to (a fixed one: its size).
+    max: usize,
+    elastic: bool,
+    reserve_share: f64,
     pressure_aware: bool,
     state: Mutex<PoolState>,
 }
@@ -108,22 +125,68 @@ impl Lease {
     /// Turns the lease into a DataFusion memory pool that owns it.
     pub fn into_pool(self, options: PoolOptions) -> Arc<LeasePool> {
         let limit = self.bytes() as usize;
-        let reserve = (limit as f64 * options.unspillable_reserve.clamp(0.0, 1.0)) as usize;
+        let max = options.grow_to.map_or(limit, |m| (m as usize).max(limit));
         Arc::new(LeasePool {
             step: options.step.unwrap_or_else(|| self.name().to_string()),
-            limit,
-            reserve,
+            limit: AtomicUsize::new(limit),
+            max,
+            elastic: options.grow_to.is_some(),
+            reserve_share: options.unspillable_reserve.clamp(0.0, 1.0),
             pressure_aware: options.pressure_aware,
             state: Mutex::new(PoolState::default()),
-            lease: self,
+            shared: self.shared.clone(),
+            lease: Mutex::new(self),
         })
     }
 }
 
 impl LeasePool {
-    /// The lease behind the pool.
-    pub fn lease(&self) -> &Lease {
-        &self.lease
+    /// The bytes the lease holds now (an elastic lease's change as it grows and shrinks).
+    pub fn lease_bytes(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed) as u64
+    }
+
+    /// The most the lease can hold: an elastic lease's ceiling, a fixed lease's size.
+    pub fn max_bytes(&self) -> u64 {
+        self.max as u64
+    }
+
+    /// An elastic lease grows (never waiting) so that `needed` bytes fit, by whole steps and up
+    /// to its ceiling; whether they fit now.
+    fn grow_lease(&self, needed: usize) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if needed <= limit {
+            return true;
+        }
+        if !self.elastic || needed > self.max {
+            return false;
+        }
+        let want = needed.div_ceil(GROW_STEP).saturating_mul(GROW_STEP).min(self.max);
+        let mut lease = self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        if lease.try_grow((want - limit) as u64) {
+            self.limit.store(want, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// An elastic lease gives back what is free beyond two steps (keeping one).
+    fn shrink_lease(&self, used: usize) {
+        if !self.elastic {
+            return;
+        }
+        let limit = self.limit.load(Ordering::Relaxed);
+        let keep = (used + GROW_STEP).div_ceil(GROW_STEP) * GROW_STEP;
+        if limit > keep + GROW_STEP {
+            let mut lease = self.lease.lock().unwrap_or_else(|e| e.into_inner());
+            lease.shrink((limit - keep) as u64);
+            self.limit.store(keep, Ordering::Relaxed);
+        }
+    }
+
+    /// The unspillable reserve of the lease as it is now.
+    fn reserve(&self) -> usize {
+        (self.limit.load(Ordering::Relaxed) as f64 * self.reserve_share) as usize
     }
 
     /// Current counters.
@@ -150,14 +213,14 @@ impl LeasePool {
     }
 
     fn shared(&self) -> &Shared {
-        &self.lease.shared
+        &self.shared
     }
 
     /// The lease less its share of the squeeze (untracked memory beyond the headroom), but never
     /// below a quarter of the lease: below that nothing could run, and pressure levels take over.
     fn effective_limit(&self) -> usize {
         let ppm = self.shared().squeeze_ppm.load(Ordering::Relaxed).min(750_000) as u128;
-        (self.limit as u128 * (1_000_000 - ppm) / 1_000_000) as usize
+        (self.limit.load(Ordering::Relaxed) as u128 * (1_000_000 - ppm) / 1_000_000) as usize
     }
 
     fn add(&self, state: &mut PoolState, r: &MemoryReservation, n: usize) {
@@ -189,21 +252,26 @@ impl LeasePool {
             .map(|c| format!("{}{} {}", c.name, if c.can_spill { "" } else { "*" }, fmt_bytes(c.size)))
             .collect::<Vec<_>>()
             .join(", ");
+        let elastic = match self.elastic {
+            true => format!(" (elastic, up to {}: the machine could not lend more now)", fmt_bytes(self.max)),
+            false => String::new(),
+        };
+        let lease_now = self.limit.load(Ordering::Relaxed);
         let limit = self.effective_limit();
-        let squeezed = if limit < self.limit {
+        let squeezed = if limit < lease_now {
             format!(" (usable now {}: untracked memory outgrew the headroom)", fmt_bytes(limit))
         } else {
             String::new()
         };
         DataFusionError::ResourcesExhausted(format!(
             "step {step:?}: {consumer} ({kind}) asked for {add} more while holding {held}: {why}. \
-             Lease {lease}{squeezed}: {used} reserved (spillable {sp}, unspillable {un}), pressure {pressure}. \
+             Lease {lease}{elastic}{squeezed}: {used} reserved (spillable {sp}, unspillable {un}), pressure {pressure}. \
              Largest consumers (* = cannot spill): {top}",
             step = self.step,
             consumer = r.consumer().name(),
             add = fmt_bytes(additional),
             held = fmt_bytes(r.size()),
-            lease = fmt_bytes(self.limit),
+            lease = fmt_bytes(lease_now),
             used = fmt_bytes(state.spillable + state.unspillable),
             sp = fmt_bytes(state.spillable),
             un = fmt_bytes(state.unspillable),
@@ -217,14 +285,14 @@ impl std::fmt::Debug for LeasePool {
         f.debug_struct("LeasePool")
             .field("step", &self.step)
             .field("limit", &self.limit)
-            .field("reserve", &self.reserve)
+            .field("max", &self.max)
             .finish()
     }
 }
 
 impl std::fmt::Display for LeasePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "spillway lease pool of step {:?} ({})", self.step, fmt_bytes(self.limit))
+        write!(f, "spillway lease pool of step {:?} ({})", self.step, fmt_bytes(self.lease_bytes() as usize))
     }
 }
 
@@ -246,6 +314,8 @@ impl MemoryPool for LeasePool {
 
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
         let mut state = self.lock();
+        // Infallible: counted whatever happens, and covered by the lease when it can grow.
+        self.grow_lease(state.spillable + state.unspillable + additional);
         self.add(&mut state, reservation, additional);
     }
 
@@ -261,6 +331,7 @@ impl MemoryPool for LeasePool {
         }
         state.stats.reserved = (state.spillable + state.unspillable) as u64;
         self.shared().reserved.fetch_sub(shrink as u64, Ordering::Relaxed);
+        self.shrink_lease(state.spillable + state.unspillable);
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
@@ -271,6 +342,9 @@ impl MemoryPool for LeasePool {
         }
         let mut state = self.lock();
         let new_size = reservation.size() + additional;
+        // An elastic lease first grows to cover the request (if the machine lends it now);
+        // the rules below then hold against the lease as it is.
+        self.grow_lease(state.spillable + state.unspillable + additional);
         let limit = self.effective_limit();
         // RepartitionExec's reservations stand for batches in flight between partitions (a few
         // per partition pair). Refusing them makes it spill those batches to its spill pool,
@@ -288,7 +362,7 @@ impl MemoryPool for LeasePool {
             return Ok(());
         }
         if reservation.consumer().can_spill() {
-            let spill_available = limit.saturating_sub(state.unspillable.max(self.reserve));
+            let spill_available = limit.saturating_sub(state.unspillable.max(self.reserve()));
             let me = reservation.consumer().id();
             let others_active =
                 state.consumers.iter().filter(|(id, c)| **id != me && c.can_spill && c.size > 0).count();
@@ -339,7 +413,7 @@ impl MemoryPool for LeasePool {
     }
 
     fn memory_limit(&self) -> MemoryLimit {
-        MemoryLimit::Finite(self.limit)
+        MemoryLimit::Finite(self.max)
     }
 }
 
@@ -348,6 +422,6 @@ impl Drop for LeasePool {
         // Anything still reserved is returned to the governor's gauge with the pool.
         let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         let left = (state.spillable + state.unspillable) as u64;
-        self.lease.shared.reserved.fetch_sub(left, Ordering::Relaxed);
+        self.shared.reserved.fetch_sub(left, Ordering::Relaxed);
     }
 }

@@ -376,3 +376,52 @@ async fn ledger_a_lease_waits_for_another_governors_release() {
     let e = a.lease(LeaseRequest::bytes("huge", 150 * MIB)).await.unwrap_err();
     assert!(e.to_string().contains("at most 100MiB"), "{e}");
 }
+
+/// An elastic pool (`grow_to`) on a machine-wide ledger of 100MiB: its lease starts at one
+/// step and follows what is reserved, so another governor (process) gets a lease beside it;
+/// growth the machine cannot lend now is refused at once (never waits), and what is freed goes
+/// back to the ledger.
+#[tokio::test]
+async fn ledger_an_elastic_pool_holds_what_it_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger");
+    let on_ledger = |label: &str| {
+        let mut c = GovernorConfig::new(100 * MIB);
+        c.sample_interval = Duration::from_secs(3600);
+        c.headroom = 0.0;
+        c.ledger = Some(LedgerConfig { path: path.clone(), capacity: 100 * MIB, label: label.into() });
+        Governor::new(c).unwrap()
+    };
+    let held = || ledger::read_live(&path).iter().map(|h| h.bytes).sum::<u64>();
+    let (a, b) = (on_ledger("views"), on_ledger("sql"));
+    let step = GROW_STEP as u64;
+    let lease = a.lease(LeaseRequest::bytes("views", step)).await.unwrap();
+    let pool: Arc<dyn MemoryPool> = lease.into_pool(PoolOptions {
+        grow_to: Some(a.leasable()),
+        unspillable_reserve: 0.0,
+        ..PoolOptions::default()
+    });
+    assert_eq!(held(), step, "starts at one step");
+    let mut state = MemoryConsumer::new("view q1").register(&pool);
+    state.try_grow(40 * MIB as usize).unwrap();
+    assert_eq!(held(), 48 * MIB, "grown by whole steps to cover 40MiB");
+    // Another process leases 40MiB beside it at once (a fixed lease of the budget would make it
+    // wait for the views' whole life).
+    let other = tokio::time::timeout(Duration::from_secs(5), b.lease(LeaseRequest::bytes("sql", 40 * MIB)))
+        .await
+        .expect("granted at once")
+        .unwrap();
+    // 48 + 40 of 100: 20MiB more does not fit now; refused, not waited for.
+    let e = state.try_grow(20 * MIB as usize).unwrap_err();
+    assert!(e.to_string().contains("elastic, up to"), "{e}");
+    state.try_grow(4 * MIB as usize).unwrap();
+    drop(other);
+    state.try_grow(20 * MIB as usize).unwrap();
+    assert_eq!(held(), 64 * MIB);
+    // Freed: given back beyond one step kept.
+    state.shrink(60 * MIB as usize);
+    assert_eq!(held(), 32 * MIB, "4MiB reserved, rounded up with one step kept free");
+    drop(state);
+    drop(pool);
+    assert_eq!(held(), 0);
+}

@@ -68,6 +68,7 @@ async fn run_into(spec: &StepSpec, report: &mut StepReport) -> Result<(), spillw
         step: Some(spec.model.clone()),
         unspillable_reserve: spec.unspillable_reserve,
         pressure_aware: true,
+        grow_to: None,
     });
     let temp = TempSpace::open(&spec.spill_dir, spec.max_spill)?;
     let mut options = session::SessionOptions::new(spec.partitions, temp.temp_files().clone());

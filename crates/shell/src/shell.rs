@@ -280,7 +280,7 @@ impl Shell {
         };
         let lease = self.pool.as_ref().map_or(String::new(), |p| {
             let s = p.stats();
-            format!(" · lease {} reserved at most {}", fmt_bytes(p.lease().bytes()), fmt_bytes(s.peak_reserved))
+            format!(" · lease {} reserved at most {}", fmt_bytes(p.lease_bytes()), fmt_bytes(s.peak_reserved))
         });
         format!(
             "{} row{} in {:.2}s · peak resident {} (RSS {}) of {} budget{lease} · spilled {}{joins}{wrote}",

@@ -59,11 +59,18 @@ pub async fn run(settings: &Settings, config: &Config, args: SqlArgs) -> Result<
 
     let (lease_pool, stock_pool): (Option<Arc<LeasePool>>, Option<Arc<dyn MemoryPool>>) = match args.pool {
         PoolKind::Spillway => {
-            let lease = governor.lease(LeaseRequest::bytes("sql", governor.leasable()).heavy()).await?;
+            // The interactive shell may sit idle for hours between statements: its lease is
+            // elastic, holding from the machine what its statements use. Statements given on the
+            // command line, in a file or on stdin take the whole budget at once (waiting for it).
+            let interactive = matches!(input, Input::Terminal);
+            let leasable = governor.leasable();
+            let start = if interactive { (spillway_governor::GROW_STEP as u64).min(leasable) } else { leasable };
+            let lease = governor.lease(LeaseRequest::bytes("sql", start).heavy()).await?;
             let pool = lease.into_pool(PoolOptions {
                 step: Some("sql".into()),
                 unspillable_reserve: settings.unspillable_reserve,
                 pressure_aware: true,
+                grow_to: interactive.then_some(leasable),
             });
             (Some(pool), None)
         }
@@ -160,7 +167,7 @@ pub async fn run(settings: &Settings, config: &Config, args: SqlArgs) -> Result<
                 PoolKind::Unbounded => "unbounded",
             },
             budget_bytes: budget,
-            lease_bytes: lease_pool.as_ref().map_or(budget, |p| p.lease().bytes()),
+            lease_bytes: lease_pool.as_ref().map_or(budget, |p| p.lease_bytes()),
             peak_resident_bytes: governor.timeline().peak_anon(),
             peak_jemalloc_resident_bytes: governor.timeline().peak_resident(),
             peak_rss_bytes: governor.timeline().peak_rss(),

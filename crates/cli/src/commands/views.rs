@@ -14,8 +14,8 @@ use spillway_tiers::TempSpace;
 use std::io::Write;
 use std::sync::Arc;
 
-/// Opens the project's views under one lease of the whole leasable budget: their state is
-/// charged to it. `write`: as their one writer (the store's lock is taken first), else to read.
+/// Opens the project's views under one elastic lease that can grow to the whole leasable
+/// budget: their state is charged to it. `write`: as their one writer (the store's lock is taken first), else to read.
 async fn open(settings: &Settings, config: &Config, dir: &std::path::Path, write: bool) -> Result<(Views, Governor)> {
     let access = match write {
         true => Access::Write(Store::open(&Project::from_config(dir, config)?.dir)?.lock()?),
@@ -38,11 +38,16 @@ async fn open_on(
 ) -> Result<Views> {
     let project = Project::from_config(dir, config)?;
     let options = session::SessionOptions::new(settings.cores.count, temp.temp_files().clone());
-    let lease = governor.lease(LeaseRequest::bytes("views", governor.leasable()).heavy()).await?;
+    // An elastic lease: it starts at one step and follows what the views' state and work
+    // reserve, up to the whole budget, so a long-lived process holds from the machine only what
+    // it uses (other spillway processes get their leases beside it).
+    let start = (spillway_governor::GROW_STEP as u64).min(governor.leasable());
+    let lease = governor.lease(LeaseRequest::bytes("views", start).heavy()).await?;
     let pool = lease.into_pool(PoolOptions {
         step: Some("views".into()),
         unspillable_reserve: settings.unspillable_reserve,
         pressure_aware: true,
+        grow_to: Some(governor.leasable()),
     });
     let ctx = session::context(pool, &options)?;
     let generator = std::env::current_exe().map(Generator::Command).unwrap_or_default();

@@ -243,6 +243,7 @@ async fn attempt_once(
         step: Some(name.clone()),
         unspillable_reserve: sh.options.unspillable_reserve,
         pressure_aware: true,
+        grow_to: None,
     });
     let mut options = session::SessionOptions::new(partitions, sh.temp_files.clone());
     options.no_topk = no_topk;

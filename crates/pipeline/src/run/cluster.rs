@@ -51,6 +51,7 @@ pub(super) async fn run(
         step: Some(name.clone()),
         unspillable_reserve: sh.options.unspillable_reserve,
         pressure_aware: true,
+        grow_to: None,
     });
     // Here: staging inputs, placing the output. There: the model's query.
     let local = session::context(pool.clone(), &session::SessionOptions::new(plan.partitions, sh.temp_files.clone()))?;

@@ -64,6 +64,7 @@ pub(super) async fn run(
         step: Some(name.clone()),
         unspillable_reserve: sh.options.unspillable_reserve,
         pressure_aware: true,
+        grow_to: None,
     });
     let options = session::SessionOptions::new(plan.partitions, sh.temp_files.clone());
     let ctx = session::context(pool, &options)?;
