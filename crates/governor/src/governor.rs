@@ -168,6 +168,7 @@ fn sample_once(shared: &Shared) -> Sample {
     let excess = used.saturating_sub(reserved + headroom);
     let ppm = excess.saturating_mul(1_000_000).checked_div(leased).unwrap_or(0).min(1_000_000);
     shared.squeeze_ppm.store(ppm, Ordering::Relaxed);
+    shared.squeeze_bytes.store(excess, Ordering::Relaxed);
     shared.timeline.record(s);
     set_pressure(shared, level);
     s

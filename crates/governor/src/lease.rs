@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) reserved: AtomicU64,
     /// Share of each lease withheld (parts per million) while untracked memory exceeds the headroom.
     pub(crate) squeeze_ppm: AtomicU64,
+    /// The untracked memory beyond the headroom, bytes (what `squeeze_ppm` is a share of).
+    pub(crate) squeeze_bytes: AtomicU64,
     pub(crate) timeline: Timeline,
     /// The machine-wide ledger every spillway process leases from, if one is configured.
     pub(crate) ledger: Option<Ledger>,
@@ -120,6 +122,7 @@ impl Shared {
             pressure_tx,
             reserved: AtomicU64::new(0),
             squeeze_ppm: AtomicU64::new(0),
+            squeeze_bytes: AtomicU64::new(0),
             timeline: Timeline::new(),
         }
     }

@@ -152,8 +152,14 @@ impl LeasePool {
     }
 
     /// An elastic lease grows (never waiting) so that `needed` bytes fit, by whole steps and up
-    /// to its ceiling; whether they fit now.
+    /// to its ceiling; whether they fit now. It also covers the untracked memory beyond the
+    /// headroom (a fixed lease gives up a share of itself for it instead): that memory is this
+    /// process's, and the machine must not lend it to another.
     fn grow_lease(&self, needed: usize) -> bool {
+        if !self.elastic {
+            return needed <= self.limit.load(Ordering::Relaxed);
+        }
+        let needed = needed.saturating_add(self.shared().squeeze_bytes.load(Ordering::Relaxed) as usize);
         let limit = self.limit.load(Ordering::Relaxed);
         if needed <= limit {
             return true;
@@ -176,7 +182,8 @@ impl LeasePool {
             return;
         }
         let limit = self.limit.load(Ordering::Relaxed);
-        let keep = (used + GROW_STEP).div_ceil(GROW_STEP) * GROW_STEP;
+        let excess = self.shared().squeeze_bytes.load(Ordering::Relaxed) as usize;
+        let keep = (used + excess + GROW_STEP).div_ceil(GROW_STEP) * GROW_STEP;
         if limit > keep + GROW_STEP {
             let mut lease = self.lease.lock().unwrap_or_else(|e| e.into_inner());
             lease.shrink((limit - keep) as u64);
@@ -219,6 +226,13 @@ impl LeasePool {
     /// The lease less its share of the squeeze (untracked memory beyond the headroom), but never
     /// below a quarter of the lease: below that nothing could run, and pressure levels take over.
     fn effective_limit(&self) -> usize {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if self.elastic {
+            // The lease covers the untracked excess as well (`grow_lease`): less that, never
+            // below a quarter of it.
+            let excess = self.shared().squeeze_bytes.load(Ordering::Relaxed) as usize;
+            return limit.saturating_sub(excess).max(limit / 4);
+        }
         let ppm = self.shared().squeeze_ppm.load(Ordering::Relaxed).min(750_000) as u128;
         (self.limit.load(Ordering::Relaxed) as u128 * (1_000_000 - ppm) / 1_000_000) as usize
     }
