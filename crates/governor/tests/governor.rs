@@ -402,7 +402,7 @@ async fn ledger_an_elastic_pool_holds_what_it_uses() {
         ..PoolOptions::default()
     });
     assert_eq!(held(), step, "starts at one step");
-    let mut state = MemoryConsumer::new("view q1").register(&pool);
+    let state = MemoryConsumer::new("view q1").register(&pool);
     state.try_grow(40 * MIB as usize).unwrap();
     assert_eq!(held(), 48 * MIB, "grown by whole steps to cover 40MiB");
     // Another process leases 40MiB beside it at once (a fixed lease of the budget would make it
