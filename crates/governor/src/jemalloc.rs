@@ -54,3 +54,44 @@ pub fn purge_all_arenas() {
         );
     }
 }
+
+/// The bytes jemalloc hands out for a request of `n` bytes (its size class): what a box of `n`
+/// bytes really costs. `n` itself for `n == 0` or if jemalloc cannot say.
+pub fn alloc_size(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    // SAFETY: nallocx only computes a size class; it reads no memory of ours.
+    match unsafe { tikv_jemalloc_sys::nallocx(n, 0) } {
+        0 => n,
+        size => size,
+    }
+}
+
+/// The bytes `f` leaves allocated on this thread (allocated less freed while it runs), with its
+/// result: what a value it builds and returns really costs. `0` if jemalloc cannot say.
+pub fn allocated_by<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let counters = tikv_jemalloc_ctl::thread::allocatedp::read()
+        .and_then(|a| tikv_jemalloc_ctl::thread::deallocatedp::read().map(|d| (a, d)));
+    let Ok((allocated, freed)) = counters else { return (f(), 0) };
+    let before = allocated.get().wrapping_sub(freed.get());
+    let out = f();
+    let after = allocated.get().wrapping_sub(freed.get());
+    (out, after.saturating_sub(before) as usize)
+}
+
+/// Returns this thread's cached free objects to their arenas, so that `allocated` counts only
+/// live objects (jemalloc counts an object a thread freed into its cache as allocated until the
+/// cache is flushed).
+pub fn flush_thread_cache() {
+    // SAFETY: "thread.tcache.flush" takes no input and writes no output.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"thread.tcache.flush".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+    }
+}

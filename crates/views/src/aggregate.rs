@@ -23,9 +23,6 @@ use datafusion::prelude::SessionContext;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-const GROUP_OVERHEAD: usize = 64;
-const VALUE_OVERHEAD: usize = 48;
-
 /// How one aggregate is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -48,6 +45,8 @@ pub(crate) struct AggSpec {
     /// Encodes the argument's values (multiset kinds).
     values: Option<RowCodec>,
     out_type: DataType,
+    /// Bytes a fresh accumulator allocates (0 when jemalloc cannot say).
+    fresh_bytes: usize,
 }
 
 impl AggSpec {
@@ -87,7 +86,12 @@ impl AggSpec {
             }
         };
         let out_type = func.field().data_type().clone();
-        Ok(AggSpec { func, args, filter, kind, values, out_type })
+        let mut spec = AggSpec { func, args, filter, kind, values, out_type, fresh_bytes: 0 };
+        // What one fresh accumulator really allocates (DataFusion's `size()` leaves out parts of
+        // some): measured once per aggregate, charged per group.
+        let (_, bytes) = spillway_governor::jemalloc::allocated_by(|| spec.fresh());
+        spec.fresh_bytes = bytes;
+        Ok(spec)
     }
 
     fn fresh(&self) -> Result<Acc> {
@@ -124,10 +128,15 @@ pub(crate) struct AggregateOp {
 
 /// A group's bytes: its key, bookkeeping and retractable accumulators (multisets are counted in
 /// `value_bytes` as values come and go).
-fn group_size(key: &[u8], g: &Group) -> usize {
-    key.len()
-        + GROUP_OVERHEAD
-        + g.accs.iter().map(|a| if let Acc::Retractable(a) = a { a.size() } else { 0 }).sum::<usize>()
+fn group_size(key: &[u8], g: &Group, aggs: &[AggSpec]) -> usize {
+    use crate::mem::{alloc_size, boxed};
+    let accs: usize = g
+        .accs
+        .iter()
+        .zip(aggs)
+        .map(|(a, spec)| if let Acc::Retractable(a) = a { alloc_size(a.size()).max(spec.fresh_bytes) } else { 0 })
+        .sum();
+    boxed(key.len()) + boxed(g.accs.len() * std::mem::size_of::<Acc>()) + accs
 }
 
 /// The input columns one transaction's update needs, evaluated once for the whole delta.
@@ -170,7 +179,7 @@ impl AggregateOp {
         if op.groups_codec.is_none() {
             let accs = op.aggs.iter().map(|a| a.fresh()).collect::<Result<Vec<_>>>()?;
             let g = Group { rows: 0, accs };
-            op.group_bytes += group_size(&[], &g);
+            op.group_bytes += group_size(&[], &g, &op.aggs);
             op.groups.insert(Box::default(), g);
         }
         Ok(op)
@@ -197,7 +206,7 @@ impl AggregateOp {
 
     /// Kept up to date group by group: a transaction costs what it touches, not every group.
     fn own_bytes(&self) -> usize {
-        self.group_bytes + self.value_bytes
+        self.group_bytes + self.value_bytes + crate::mem::table::<(Box<[u8]>, Group)>(self.groups.capacity())
     }
 
     pub(crate) fn state_bytes(&self) -> usize {
@@ -232,7 +241,7 @@ impl AggregateOp {
     /// Adds the rows `idx` of the evaluated delta (weights `weights`) to `group`.
     fn update(&mut self, key: &[u8], idx: &[u32], weights: &[i64], ev: &Evaluated) -> Result<()> {
         let before = match self.groups.get(key) {
-            Some(g) => group_size(key, g),
+            Some(g) => group_size(key, g, &self.aggs),
             None => {
                 let accs = self.aggs.iter().map(|a| a.fresh()).collect::<Result<Vec<_>>>()?;
                 self.groups.insert(key.into(), Group { rows: 0, accs });
@@ -280,17 +289,20 @@ impl AggregateOp {
                         }
                         let v = rows.row(i as usize);
                         let w = weights[i as usize];
+                        let nodes = |n: usize| crate::mem::btree::<Box<[u8]>, i64>(n);
+                        let len = set.len();
                         match set.get_mut(v.as_ref()) {
                             Some(c) => {
                                 *c += w;
                                 if *c == 0 {
                                     set.remove(v.as_ref());
-                                    self.value_bytes -= v.as_ref().len() + VALUE_OVERHEAD;
+                                    self.value_bytes -=
+                                        crate::mem::boxed(v.as_ref().len()) + nodes(len) - nodes(len - 1);
                                 }
                             }
                             None => {
                                 set.insert(v.as_ref().into(), w);
-                                self.value_bytes += v.as_ref().len() + VALUE_OVERHEAD;
+                                self.value_bytes += crate::mem::boxed(v.as_ref().len()) + nodes(len + 1) - nodes(len);
                             }
                         }
                     }
@@ -298,7 +310,7 @@ impl AggregateOp {
                 }
             }
         }
-        self.group_bytes = self.group_bytes + group_size(key, group) - before;
+        self.group_bytes = self.group_bytes + group_size(key, group, &self.aggs) - before;
         Ok(())
     }
 
@@ -366,10 +378,10 @@ impl AggregateOp {
 
     fn drop_empty(&mut self) {
         if self.groups_codec.is_some() {
-            let bytes = &mut self.group_bytes;
+            let (bytes, aggs) = (&mut self.group_bytes, &self.aggs);
             self.groups.retain(|k, g| {
                 if g.rows == 0 {
-                    *bytes -= group_size(k, g);
+                    *bytes -= group_size(k, g, aggs);
                 }
                 g.rows != 0
             });
@@ -403,7 +415,7 @@ impl AggregateOp {
             }
             if self.groups_codec.is_some() && self.groups.get(k).is_some_and(|g| g.rows == 0) {
                 if let Some(g) = self.groups.remove(k) {
-                    self.group_bytes -= group_size(k, &g);
+                    self.group_bytes -= group_size(k, &g, &self.aggs);
                 }
             }
         }

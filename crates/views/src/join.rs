@@ -20,9 +20,6 @@ use datafusion::prelude::SessionContext;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// Per-entry bookkeeping counted on top of the row bytes (hash map slots, boxes).
-const ENTRY_OVERHEAD: usize = 48;
-
 /// One input of a join with its keyed state.
 pub(crate) struct Side {
     pub(crate) node: Node,
@@ -47,28 +44,39 @@ impl Side {
     }
 
     fn add(&mut self, key: &[u8], row: &[u8], weight: i64) {
+        use crate::mem::{boxed, table};
+        type Group = HashMap<RowBytes, i64>;
+        let outer_before = self.state.capacity();
         let group = self.state.entry(key.into()).or_insert_with(|| {
-            self.bytes += key.len() + ENTRY_OVERHEAD;
+            self.bytes += boxed(key.len());
             HashMap::new()
         });
+        let inner_before = group.capacity();
         match group.get_mut(row) {
             Some(w) => {
                 *w += weight;
                 if *w == 0 {
                     group.remove(row);
                     self.entries -= 1;
-                    self.bytes -= row.len() + ENTRY_OVERHEAD;
+                    self.bytes -= boxed(row.len());
                 }
             }
             None => {
                 group.insert(row.into(), weight);
                 self.entries += 1;
-                self.bytes += row.len() + ENTRY_OVERHEAD;
+                self.bytes += boxed(row.len());
             }
         }
+        let inner_after = group.capacity();
+        self.bytes = self.bytes + table::<(RowBytes, i64)>(inner_after) - table::<(RowBytes, i64)>(inner_before);
         if group.is_empty() {
             self.state.remove(key);
-            self.bytes -= key.len() + ENTRY_OVERHEAD;
+            self.bytes -= boxed(key.len()) + table::<(RowBytes, i64)>(inner_after);
+        }
+        let outer_after = self.state.capacity();
+        if outer_after != outer_before {
+            self.bytes =
+                self.bytes + table::<(RowBytes, Group)>(outer_after) - table::<(RowBytes, Group)>(outer_before);
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod changes;
 mod error;
 mod join;
 mod lower;
+mod mem;
 mod node;
 mod scalar;
 mod topn;

@@ -14,8 +14,6 @@ use datafusion::prelude::SessionContext;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-const ENTRY_OVERHEAD: usize = 64;
-
 /// A top-n node.
 pub(crate) struct TopNOp {
     input: Node,
@@ -75,12 +73,17 @@ impl TopNOp {
             self.skip,
             self.fetch,
             self.state.len(),
-            crate::format_bytes(self.bytes)
+            crate::format_bytes(self.own_bytes())
         )
     }
 
+    /// Its rows' boxes and the B-tree's nodes.
+    fn own_bytes(&self) -> usize {
+        self.bytes + crate::mem::btree::<(RowBytes, RowBytes), i64>(self.state.len())
+    }
+
     pub(crate) fn state_bytes(&self) -> usize {
-        self.bytes + self.input.state_bytes()
+        self.own_bytes() + self.input.state_bytes()
     }
 
     fn absorb(&mut self, z: &ZSet) -> Result<()> {
@@ -105,7 +108,7 @@ impl TopNOp {
         let rows = self.rows.encode_batch(&z.batch)?;
         for i in 0..z.len() {
             let entry = (Box::<[u8]>::from(keys.row(i).as_ref()), Box::<[u8]>::from(rows.row(i).as_ref()));
-            let size = entry.0.len() + entry.1.len() + ENTRY_OVERHEAD;
+            let size = crate::mem::boxed(entry.0.len()) + crate::mem::boxed(entry.1.len());
             match self.state.get_mut(&entry) {
                 Some(w) => {
                     *w += z.weights[i];

@@ -11,8 +11,6 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use std::collections::{BTreeSet, HashMap};
 
-const ROW_OVERHEAD: usize = 48;
-
 /// A view maintained from changes.
 pub struct View {
     name: String,
@@ -87,7 +85,7 @@ impl View {
     /// through the change path.
     pub async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
         self.root.populate(ctx).await?;
-        self.contents.clear();
+        self.contents = HashMap::new(); // its capacity too: the bytes are counted from zero
         self.contents_bytes = 0;
         self.rows = 0;
         for z in query(ctx, &self.plan, self.root.schema()).await? {
@@ -98,8 +96,10 @@ impl View {
 
     /// Adds `z` to the contents; returns the count of a row that went below zero, if one did.
     fn absorb(&mut self, z: &ZSet) -> Result<Option<i64>> {
+        use crate::mem::{boxed, table};
         let rows = self.codec.encode_batch(&z.batch)?;
         let mut negative = None;
+        let before = self.contents.capacity();
         for (i, row) in rows.iter().enumerate() {
             let w = z.weights[i];
             self.rows += w;
@@ -109,13 +109,13 @@ impl View {
                     let count = *c;
                     if count == 0 {
                         self.contents.remove(row.as_ref());
-                        self.contents_bytes -= row.as_ref().len() + ROW_OVERHEAD;
+                        self.contents_bytes -= boxed(row.as_ref().len());
                     }
                     count
                 }
                 None => {
                     self.contents.insert(row.as_ref().into(), w);
-                    self.contents_bytes += row.as_ref().len() + ROW_OVERHEAD;
+                    self.contents_bytes += boxed(row.as_ref().len());
                     w
                 }
             };
@@ -123,6 +123,9 @@ impl View {
                 negative = Some(count);
             }
         }
+        let after = self.contents.capacity();
+        self.contents_bytes =
+            self.contents_bytes + table::<(Box<[u8]>, i64)>(after) - table::<(Box<[u8]>, i64)>(before);
         Ok(negative)
     }
 

@@ -1,0 +1,81 @@
+//! The bytes each view charges for its state against what jemalloc says it allocated for it:
+//! charged bytes must be the real bytes (within 25%), or a budget kept on charges is not kept.
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use spillway_governor::jemalloc;
+use spillway_views::View;
+use std::sync::Arc;
+
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+const ROWS: i64 = 200_000;
+
+fn tables() -> SessionContext {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("s", DataType::Utf8, false),
+    ]));
+    let ids: Vec<i64> = (0..ROWS).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(ids.clone())),
+            Arc::new(Int64Array::from(ids.iter().map(|i| i % 50_000).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(ids.iter().map(|i| (i * 7919) % 1000).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(ids.iter().map(|i| format!("name-{i:08}")).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap();
+    for t in ["t", "u"] {
+        let table = MemTable::try_new(schema.clone(), vec![vec![batch.clone()]]).unwrap();
+        ctx.register_table(t, Arc::new(table)).unwrap();
+    }
+    ctx
+}
+
+fn allocated() -> u64 {
+    jemalloc::flush_thread_cache();
+    jemalloc::purge_all_arenas();
+    jemalloc::read().unwrap().allocated
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn each_views_charged_state_is_within_a_quarter_of_what_it_allocated() {
+    assert!(jemalloc::is_active());
+    let ctx = tables();
+    let shapes = [
+        ("join", "SELECT a.id, a.s, b.v FROM t a JOIN u b ON a.id = b.id"),
+        ("aggregate", "SELECT k, count(*) AS n, sum(v) AS total FROM t GROUP BY k"),
+        ("min/max", "SELECT k, min(v) AS lo, max(s) AS hi FROM t GROUP BY k"),
+        ("top-n", "SELECT id, v, s FROM t ORDER BY v DESC, id LIMIT 10"),
+        ("filter", "SELECT id, k, s FROM t WHERE v < 500"),
+        ("distinct", "SELECT DISTINCT k, v FROM t"),
+    ];
+    let mut report = Vec::new();
+    for (name, sql) in shapes {
+        let before = allocated();
+        let mut v = View::plan(&ctx, name, sql).await.unwrap();
+        v.populate(&ctx).await.unwrap();
+        let real = allocated().saturating_sub(before);
+        let charged = v.state_bytes() as u64;
+        report.push((name, charged, real, real as f64 / charged.max(1) as f64));
+        drop(v);
+    }
+    let text: Vec<String> = report
+        .iter()
+        .map(|(n, c, r, x)| {
+            format!("{n}: charged {:.1}MiB, allocated {:.1}MiB ({x:.2}x)", *c as f64 / 1048576.0, *r as f64 / 1048576.0)
+        })
+        .collect();
+    eprintln!("{}", text.join("\n"));
+    for (name, _, _, ratio) in &report {
+        assert!((0.75..=1.25).contains(ratio), "{name}: charged state is not the real state\n{}", text.join("\n"));
+    }
+}
