@@ -161,6 +161,14 @@ fn say(line: std::fmt::Arguments) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
+/// "changed a, b" or "no view changed", for a line about one transaction.
+fn changed(views: &[String]) -> String {
+    match views.is_empty() {
+        true => "no view changed".to_string(),
+        false => format!("changed {}", views.join(", ")),
+    }
+}
+
 pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -> Result<()> {
     let (mut views, governor) = open(settings, config, &args.dir, true).await?;
     let report = views
@@ -172,11 +180,7 @@ pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -
                     f.table,
                     f.rows,
                     f.us as f64 / 1000.0,
-                    if f.views_changed.is_empty() {
-                        "no view changed".to_string()
-                    } else {
-                        format!("changed {}", f.views_changed.join(", "))
-                    }
+                    changed(&f.views_changed)
                 )
             },
             &|t| {
@@ -186,11 +190,7 @@ pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -
                     t.rows,
                     t.parts,
                     t.us as f64 / 1000.0,
-                    if t.views_changed.is_empty() {
-                        "no view changed".to_string()
-                    } else {
-                        format!("changed {}", t.views_changed.join(", "))
-                    }
+                    changed(&t.views_changed)
                 )
             },
         )
