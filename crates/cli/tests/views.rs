@@ -601,3 +601,28 @@ fn views_serve_leaves_the_machine_to_the_processes_beside_it() {
     drop_change(&dir, 1);
     wait_status(&dir, &mut served, |s| s["transactions"] == 1);
 }
+
+/// A change file is read with its table's column types, not types guessed from its own values:
+/// `008` in a text key stays `008` (guessed, it became the integer 8, then the text `8`, and a
+/// delete of `007` named a row that is not there).
+#[test]
+fn views_change_files_keep_the_tables_types() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("views-tests").join("types");
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["data", "views", "changes/codes"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.join("spillway.toml"),
+        "memory = \"256MiB\"\n\n[sources.codes]\ntype = \"csv\"\npath = \"data/codes.csv\"\nchanges = \"changes/codes\"\n\n\
+         [sinks.all_codes]\nmodel = \"all_codes\"\npath = \"output/all_codes.csv\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("data/codes.csv"), "code,qty\nA01,1\n007,2\n").unwrap();
+    std::fs::write(dir.join("views/all_codes.sql"), "SELECT code, qty FROM codes ORDER BY code\n").unwrap();
+    ok(&apply(&dir, None));
+    std::fs::write(dir.join("changes/codes/0001.csv"), "qty,code,_op\n5,008,insert\n2,007,delete\n").unwrap();
+    ok(&apply(&dir, None));
+    let out = std::fs::read_to_string(dir.join("output/all_codes.csv")).unwrap();
+    assert_eq!(out, "code,qty\n008,5\nA01,1\n", "{out}");
+}

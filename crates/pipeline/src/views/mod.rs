@@ -889,8 +889,8 @@ impl Views {
         let started = Instant::now();
         let rel = self.relative(path);
         let (hash, bytes) = crate::manifest::hash_file(path).map_err(|e| Error::io(path, e))?;
-        let batches = read_change_file(path).await?;
         let schema = self.schema_of(table, path)?;
+        let batches = read_change_file(path, &schema).await?;
         let change_err = |source: ViewError| Error::Change { file: path.to_path_buf(), error: source };
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let mut parts = Vec::new();
@@ -1556,13 +1556,43 @@ async fn stage(path: &Path, batch: RecordBatch) -> Result<spillway_tiers::file::
     Ok(spillway_tiers::file::stage_stream(stream, path, &spillway_tiers::WriteOptions::default()).await?)
 }
 
-/// The rows of a change file (Parquet, CSV with a header, NDJSON or Arrow IPC).
-async fn read_change_file(path: &Path) -> Result<Vec<RecordBatch>> {
+/// The rows of a change file (Parquet, CSV with a header, NDJSON or Arrow IPC). A CSV file is
+/// read with the types of `table`'s columns as its header names them (`_op` and columns the
+/// table does not have as text, refused later by name), never inferred from its values: a text
+/// key `007` stays `007`.
+async fn read_change_file(path: &Path, table: &SchemaRef) -> Result<Vec<RecordBatch>> {
     let ctx = SessionContext::new();
     let location = path.to_string_lossy().into_owned();
-    spillway_engine::tables::register(&ctx, "change", &location).await?;
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+        let header = csv_header(path)?;
+        let fields: Vec<arrow::datatypes::Field> = header
+            .iter()
+            .map(|name| match table.field_with_name(name) {
+                Ok(f) => f.as_ref().clone().with_nullable(true),
+                Err(_) => arrow::datatypes::Field::new(name, arrow::datatypes::DataType::Utf8, true),
+            })
+            .collect();
+        let schema = arrow::datatypes::Schema::new(fields);
+        let options = datafusion::prelude::CsvReadOptions::new().has_header(true).schema(&schema);
+        ctx.register_csv("change", &location, options).await.map_err(spillway_engine::Error::from)?;
+    } else {
+        spillway_engine::tables::register(&ctx, "change", &location).await?;
+    }
     let frame = ctx.table("change").await.map_err(spillway_engine::Error::from)?;
     Ok(frame.collect().await.map_err(spillway_engine::Error::from)?)
+}
+
+/// The column names in the first line of CSV file `path` (at most 1MiB of it).
+fn csv_header(path: &Path) -> Result<Vec<String>> {
+    use std::io::{BufRead, Read};
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut line = String::new();
+    std::io::BufReader::new(f.take(1 << 20)).read_line(&mut line).map_err(|e| Error::io(path, e))?;
+    let line = line.trim_end_matches(['\r', '\n']);
+    if line.is_empty() {
+        return Err(Error::at(path, 1, "the change file has no header line"));
+    }
+    Ok(line.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect())
 }
 
 fn now_rfc3339() -> String {
