@@ -164,14 +164,16 @@ impl LeasePool {
         if needed <= limit {
             return true;
         }
-        if !self.elastic || needed > self.max {
+        // Toward what is needed, by whole steps, up to the ceiling (part of the way when the
+        // ceiling is below it: the rules of `try_grow` then decide against the lease as it is).
+        let want = needed.div_ceil(GROW_STEP).saturating_mul(GROW_STEP).min(self.max);
+        if want <= limit {
             return false;
         }
-        let want = needed.div_ceil(GROW_STEP).saturating_mul(GROW_STEP).min(self.max);
         let mut lease = self.lease.lock().unwrap_or_else(|e| e.into_inner());
         if lease.try_grow((want - limit) as u64) {
             self.limit.store(want, Ordering::Relaxed);
-            return true;
+            return needed <= want;
         }
         false
     }
