@@ -10,7 +10,8 @@
 //! transaction is, for every group it touched, −(the group's row before) +(its row after).
 
 use crate::error::{unsupported, Result};
-use crate::node::{batch_of, eval, mask, query, Deltas, Node};
+use crate::flight::{Flight, PIECE_ROWS};
+use crate::node::{batch_of, eval, mask, query, Deltas, Emit, Node};
 use crate::zset::{relax_nullability, RowCodec, ZSet};
 use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
 use arrow::compute::take;
@@ -140,6 +141,9 @@ fn group_size(key: &[u8], g: &Group, aggs: &[AggSpec]) -> usize {
 }
 
 /// The input columns one transaction's update needs, evaluated once for the whole delta.
+/// A group a transaction touched, with its output from before the transaction.
+type Touched = (Box<[u8]>, Option<Vec<ScalarValue>>);
+
 struct Evaluated {
     args: Vec<Vec<ArrayRef>>,
     passes: Vec<Option<BooleanArray>>,
@@ -388,38 +392,76 @@ impl AggregateOp {
         }
     }
 
-    pub(crate) fn step(&mut self, deltas: &Deltas) -> Result<ZSet> {
-        let z = self.input.step(deltas)?.consolidate()?;
-        if z.is_empty() {
-            return Ok(ZSet::empty(self.schema.clone()));
-        }
-        // Which groups the change touches, and their rows before.
-        let (keys, _) = self.evaluate_inputs(&z)?;
-        let mut touched: Vec<Box<[u8]>> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for k in keys {
-            if seen.insert(k.clone()) {
-                touched.push(k);
+    /// Folds every piece of the input's change into the groups, remembering each touched
+    /// group's output from before the transaction; then pushes, a piece of groups at a time,
+    /// each touched group's old output retracted and its new one inserted. The input's change
+    /// is never held whole: a join fanning out below an aggregate costs pieces, not its output.
+    pub(crate) fn step(&mut self, deltas: &Deltas, fl: &Flight, emit: &mut Emit<'_>) -> Result<()> {
+        let placeholder = Node::Constant { schema: self.input.schema() };
+        let mut input = std::mem::replace(&mut self.input, placeholder);
+        // Each touched group's output before the transaction, in the order first touched.
+        let mut touched: Vec<Touched> = Vec::new();
+        let mut seen: std::collections::HashSet<Box<[u8]>> = std::collections::HashSet::new();
+        let mut held = fl.hold(0)?;
+        let per_group = 64 + 48 * self.aggs.len();
+        let folded = input.step(deltas, fl, &mut |z| {
+            let z = z.consolidate()?;
+            if z.is_empty() {
+                return Ok(());
             }
-        }
-        let mut rows: Vec<(Box<[u8]>, Vec<ScalarValue>, i64)> = Vec::new();
-        for k in &touched {
-            if let Some(v) = self.output(k)? {
-                rows.push((k.clone(), v, -1));
+            let (keys, _) = self.evaluate_inputs(&z)?;
+            let mut growth = 0;
+            for (i, k) in keys.iter().enumerate() {
+                if seen.contains(k) {
+                    continue;
+                }
+                held.grow(2 * (crate::mem::boxed(k.len()) + per_group))?;
+                if !self.groups.contains_key(k) && z.weights[i] > 0 {
+                    growth += self.new_group_bytes(k);
+                }
+                let before = self.output(k)?;
+                seen.insert(k.clone());
+                touched.push((k.clone(), before));
             }
-        }
-        self.absorb(&z)?;
-        for k in &touched {
-            if let Some(v) = self.output(k)? {
-                rows.push((k.clone(), v, 1));
-            }
-            if self.groups_codec.is_some() && self.groups.get(k).is_some_and(|g| g.rows == 0) {
-                if let Some(g) = self.groups.remove(k) {
-                    self.group_bytes -= group_size(k, &g, &self.aggs);
+            let multisets = self.aggs.iter().filter(|a| a.kind != Kind::Retractable).count();
+            growth += multisets * 64 * z.weights.iter().filter(|w| **w > 0).count();
+            fl.grow_state(growth)?;
+            self.absorb(&z)?;
+            Ok(())
+        });
+        self.input = input;
+        folded?;
+        drop(seen);
+        for part in touched.chunks(PIECE_ROWS / 2) {
+            let bytes: usize = part.iter().map(|(k, _)| 2 * (k.len() + per_group)).sum();
+            let _piece = fl.hold(bytes)?;
+            let mut rows: Vec<(Box<[u8]>, Vec<ScalarValue>, i64)> = Vec::new();
+            for (k, before) in part {
+                if let Some(v) = before {
+                    rows.push((k.clone(), v.clone(), -1));
+                }
+                if let Some(v) = self.output(k)? {
+                    rows.push((k.clone(), v, 1));
+                }
+                if self.groups_codec.is_some() && self.groups.get(k).is_some_and(|g| g.rows == 0) {
+                    if let Some(g) = self.groups.remove(k) {
+                        self.group_bytes -= group_size(k, &g, &self.aggs);
+                    }
                 }
             }
+            let out = self.rows_to_zset(rows)?.consolidate()?;
+            if !out.is_empty() {
+                emit(out)?;
+            }
         }
-        self.rows_to_zset(rows)?.consolidate()
+        Ok(())
+    }
+
+    /// What a new group of key `key` costs: its key, its accumulators, its slot in the table.
+    fn new_group_bytes(&self, key: &[u8]) -> usize {
+        use crate::mem::boxed;
+        let fresh: usize = self.aggs.iter().map(|a| a.fresh_bytes).sum();
+        boxed(key.len()) + boxed(self.aggs.len() * std::mem::size_of::<Acc>()) + fresh + 2 * std::mem::size_of::<(Box<[u8]>, Group)>()
     }
 
     fn rows_to_zset(&self, rows: Vec<(Box<[u8]>, Vec<ScalarValue>, i64)>) -> Result<ZSet> {

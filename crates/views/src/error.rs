@@ -25,6 +25,19 @@ pub enum ViewError {
         /// The multiplicity it would have.
         count: i64,
     },
+    /// The view's lease had no room for a piece of a change in flight (refused before it was
+    /// built): the transaction stopped there.
+    #[error("view {view}: the lease has no room for {} more of changes in flight ({} held): {reason}", crate::format_bytes(*bytes), crate::format_bytes(*held))]
+    InFlight {
+        /// The view.
+        view: String,
+        /// Bytes asked for.
+        bytes: usize,
+        /// Bytes the view held in flight already.
+        held: usize,
+        /// The pool's refusal.
+        reason: String,
+    },
     /// DataFusion failed (planning, expression evaluation, population).
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),

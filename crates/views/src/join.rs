@@ -8,7 +8,8 @@
 //! are not kept, and pass straight through on the sides an outer or anti join preserves.
 
 use crate::error::{unsupported, Result};
-use crate::node::{batch_of, eval, filter_zset, mask, query, Deltas, Node};
+use crate::flight::{Flight, PIECE_ROWS};
+use crate::node::{batch_of, eval, filter_zset, mask, query, Deltas, Emit, Node};
 use crate::zset::{relax_nullability, RowBytes, RowCodec, ZSet};
 use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray};
 use arrow::compute::take;
@@ -23,21 +24,27 @@ use std::sync::Arc;
 /// One input of a join with its keyed state.
 pub(crate) struct Side {
     pub(crate) node: Node,
-    pub(crate) plan: LogicalPlan,
-    pub(crate) keys: Vec<Arc<dyn PhysicalExpr>>,
-    pub(crate) rows: RowCodec,
-    /// Rows by join key, each with its multiplicity.
-    state: HashMap<RowBytes, HashMap<RowBytes, i64>>,
-    entries: usize,
-    bytes: usize,
+    plan: LogicalPlan,
+    arr: Arranged,
 }
 
 impl Side {
     pub(crate) fn new(node: Node, plan: LogicalPlan, keys: Vec<Arc<dyn PhysicalExpr>>) -> Result<Side> {
         let rows = RowCodec::new(node.schema())?;
-        Ok(Side { node, plan, keys, rows, state: HashMap::new(), entries: 0, bytes: 0 })
+        Ok(Side { node, plan, arr: Arranged { keys, rows, state: HashMap::new(), entries: 0, bytes: 0 } })
     }
+}
 
+/// A side's rows by join key, each with its multiplicity.
+struct Arranged {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    rows: RowCodec,
+    state: HashMap<RowBytes, HashMap<RowBytes, i64>>,
+    entries: usize,
+    bytes: usize,
+}
+
+impl Arranged {
     /// The multiplicity of `row` under `key`.
     fn weight(&self, key: &[u8], row: &[u8]) -> i64 {
         self.state.get(key).and_then(|g| g.get(row)).copied().unwrap_or(0)
@@ -81,10 +88,8 @@ impl Side {
     }
 }
 
-/// A join of two inputs.
-pub(crate) struct JoinOp {
-    pub(crate) left: Side,
-    pub(crate) right: Side,
+/// What both sides of a join share: how keys are compared, the residual filter, the schemas.
+struct Spec {
     join_type: JoinType,
     null_equality: NullEquality,
     /// Key values are cast to these types on both sides before they are encoded.
@@ -93,7 +98,16 @@ pub(crate) struct JoinOp {
     filter: Option<Arc<dyn PhysicalExpr>>,
     /// The schema of left columns followed by right columns, where `filter` is evaluated.
     pair_schema: SchemaRef,
+    left_schema: SchemaRef,
+    right_schema: SchemaRef,
     schema: SchemaRef,
+}
+
+/// A join of two inputs.
+pub(crate) struct JoinOp {
+    left: Side,
+    right: Side,
+    spec: Spec,
 }
 
 /// What the rows of one touched key contribute before the join type decides.
@@ -103,6 +117,19 @@ struct Candidates {
     right: Vec<(Box<[u8]>, i64)>,
     /// (left index, right index) of every pair sharing a key.
     pairs: Vec<(u32, u32)>,
+}
+
+/// Join pairs gathered for one piece of output: one row of a change beside rows of the other
+/// side's state.
+#[derive(Default)]
+struct PairPiece<'a> {
+    /// Index into the change of each pair's changed row.
+    changed: Vec<u32>,
+    /// The other side's row of each pair.
+    other: Vec<&'a [u8]>,
+    weights: Vec<i64>,
+    /// Encoded bytes of the pairs: what the decoded piece is reserved as.
+    bytes: usize,
 }
 
 impl JoinOp {
@@ -116,31 +143,33 @@ impl JoinOp {
         schema: SchemaRef,
     ) -> Result<JoinOp> {
         let left_schema = left.node.schema();
-        let key_types = left.keys.iter().map(|k| Ok(k.data_type(&left_schema)?)).collect::<Result<Vec<_>>>()?;
+        let right_schema = right.node.schema();
+        let key_types = left.arr.keys.iter().map(|k| Ok(k.data_type(&left_schema)?)).collect::<Result<Vec<_>>>()?;
         let key_fields: Vec<Field> =
             key_types.iter().enumerate().map(|(i, t)| Field::new(format!("k{i}"), t.clone(), true)).collect();
         let keys = RowCodec::new(Arc::new(Schema::new(key_fields)))?;
         let mut fields: Vec<_> = left_schema.fields().iter().cloned().collect();
-        fields.extend(right.node.schema().fields().iter().cloned());
+        fields.extend(right_schema.fields().iter().cloned());
         let pair_schema = relax_nullability(&Arc::new(Schema::new(fields)));
         if matches!(join_type, JoinType::RightMark) {
             return Err(unsupported("Join", "a right mark join"));
         }
-        Ok(JoinOp {
-            left,
-            right,
+        let spec = Spec {
             join_type,
             null_equality,
             key_types,
             keys,
             filter,
             pair_schema,
+            left_schema,
+            right_schema,
             schema: relax_nullability(&schema),
-        })
+        };
+        Ok(JoinOp { left, right, spec })
     }
 
     pub(crate) fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        self.spec.schema.clone()
     }
 
     pub(crate) fn inputs(&self) -> Vec<&Node> {
@@ -150,25 +179,77 @@ impl JoinOp {
     pub(crate) fn describe(&self) -> String {
         format!(
             "Join {:?} on {} key(s){}: state left {} rows in {} keys, right {} rows in {} keys, {}",
-            self.join_type,
-            self.key_types.len(),
-            if self.filter.is_some() { " with a residual filter" } else { "" },
-            self.left.entries,
-            self.left.state.len(),
-            self.right.entries,
-            self.right.state.len(),
+            self.spec.join_type,
+            self.spec.key_types.len(),
+            if self.spec.filter.is_some() { " with a residual filter" } else { "" },
+            self.left.arr.entries,
+            self.left.arr.state.len(),
+            self.right.arr.entries,
+            self.right.arr.state.len(),
             crate::format_bytes(self.state_bytes())
         )
     }
 
     pub(crate) fn state_bytes(&self) -> usize {
-        self.left.bytes + self.right.bytes + self.left.node.state_bytes() + self.right.node.state_bytes()
+        self.left.arr.bytes + self.right.arr.bytes + self.left.node.state_bytes() + self.right.node.state_bytes()
+    }
+
+    pub(crate) async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
+        self.left.node.populate(ctx).await?;
+        self.right.node.populate(ctx).await?;
+        for z in query(ctx, &self.left.plan, self.left.node.schema()).await? {
+            self.spec.absorb(&mut self.left.arr, true, &z, None)?;
+        }
+        for z in query(ctx, &self.right.plan, self.right.node.schema()).await? {
+            self.spec.absorb(&mut self.right.arr, false, &z, None)?;
+        }
+        Ok(())
+    }
+
+    /// The left input's change, a piece at a time, then the right's: each piece's output is
+    /// pushed (in pieces) before the piece enters its side's state, so that the right side's
+    /// pieces meet the left state with the whole left change in it (the bilinear rule, or the
+    /// per-key rule of outer, semi, anti and mark joins, applied piece by piece).
+    pub(crate) fn step(&mut self, deltas: &Deltas, fl: &Flight, emit: &mut Emit<'_>) -> Result<()> {
+        let JoinOp { left, right, spec } = self;
+        left.node.step(deltas, fl, &mut |d| {
+            let d = d.consolidate()?;
+            spec.piece(true, &d, &mut left.arr, &right.arr, fl, emit)
+        })?;
+        right.node.step(deltas, fl, &mut |d| {
+            let d = d.consolidate()?;
+            spec.piece(false, &d, &mut right.arr, &left.arr, fl, emit)
+        })
+    }
+}
+
+impl Spec {
+    /// One piece `d` of side `is_left`'s change: its output pushed, then `d` absorbed into
+    /// `mine`; `other` is the other side's state.
+    fn piece(
+        &self,
+        is_left: bool,
+        d: &ZSet,
+        mine: &mut Arranged,
+        other: &Arranged,
+        fl: &Flight,
+        emit: &mut Emit<'_>,
+    ) -> Result<()> {
+        if d.is_empty() {
+            return Ok(());
+        }
+        match self.join_type {
+            JoinType::Inner => {
+                self.delta_pairs(is_left, d, mine, other, fl, emit)?;
+                self.absorb(mine, is_left, d, Some(fl))
+            }
+            _ => self.by_key(is_left, d, mine, other, fl, emit),
+        }
     }
 
     /// Join keys of every row of `z` (None: a NULL in the key, which matches nothing) and the
     /// rows' own encoding.
-    fn encode(&self, left: bool, z: &ZSet) -> Result<(Vec<Option<RowBytes>>, arrow::row::Rows)> {
-        let side = if left { &self.left } else { &self.right };
+    fn encode(&self, side: &Arranged, z: &ZSet) -> Result<(Vec<Option<RowBytes>>, arrow::row::Rows)> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(side.keys.len());
         for (k, t) in side.keys.iter().zip(&self.key_types) {
             let a = eval(k, &z.batch)?;
@@ -187,9 +268,19 @@ impl JoinOp {
         Ok((out, side.rows.encode_batch(&z.batch)?))
     }
 
-    fn absorb(&mut self, left: bool, z: &ZSet) -> Result<()> {
-        let (keys, rows) = self.encode(left, z)?;
-        let side = if left { &mut self.left } else { &mut self.right };
+    /// Adds `z` to `side`'s state. With `fl`, the state it may add is reserved first.
+    fn absorb(&self, side: &mut Arranged, left: bool, z: &ZSet, fl: Option<&Flight>) -> Result<()> {
+        let (keys, rows) = self.encode(side, z)?;
+        if let Some(fl) = fl {
+            use crate::mem::boxed;
+            let growth: usize = keys
+                .iter()
+                .enumerate()
+                .filter(|(i, k)| k.is_some() && z.weights[*i] > 0)
+                .map(|(i, k)| boxed(rows.row(i).as_ref().len()) + k.as_ref().map_or(0, |k| boxed(k.len())) + 64)
+                .sum();
+            fl.grow_state(growth)?;
+        }
         for (i, k) in keys.iter().enumerate() {
             if let Some(k) = k {
                 side.add(k, rows.row(i).as_ref(), z.weights[i]);
@@ -214,100 +305,115 @@ impl JoinOp {
         Ok(())
     }
 
-    pub(crate) async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
-        self.left.node.populate(ctx).await?;
-        self.right.node.populate(ctx).await?;
-        for z in query(ctx, &self.left.plan, self.left.node.schema()).await? {
-            self.absorb(true, &z)?;
-        }
-        for z in query(ctx, &self.right.plan, self.right.node.schema()).await? {
-            self.absorb(false, &z)?;
-        }
-        Ok(())
-    }
-
-    pub(crate) fn step(&mut self, deltas: &Deltas) -> Result<ZSet> {
-        let dl = self.left.node.step(deltas)?.consolidate()?;
-        let dr = self.right.node.step(deltas)?.consolidate()?;
-        if dl.is_empty() && dr.is_empty() {
-            return Ok(ZSet::empty(self.schema.clone()));
-        }
-        match self.join_type {
-            JoinType::Inner => self.step_inner(&dl, &dr),
-            _ => self.step_by_key(&dl, &dr),
-        }
-    }
-
-    fn step_inner(&mut self, dl: &ZSet, dr: &ZSet) -> Result<ZSet> {
-        let mut left_rows: Vec<Box<[u8]>> = Vec::new();
-        let mut right_rows: Vec<Box<[u8]>> = Vec::new();
-        let mut weights: Vec<i64> = Vec::new();
-        // ΔA ⋈ B
-        let (lk, lrows) = self.encode(true, dl)?;
-        for (i, k) in lk.iter().enumerate() {
-            let Some(group) = k.as_ref().and_then(|k| self.right.state.get(k)) else { continue };
-            for (r, wr) in group {
-                left_rows.push(lrows.row(i).as_ref().into());
-                right_rows.push(r.clone());
-                weights.push(dl.weights[i] * wr);
+    /// The inner join of change `d` (side `is_left`) with the other side's state, pushed in
+    /// pieces of at most [`PIECE_ROWS`] pairs, each reserved before it is decoded.
+    fn delta_pairs(
+        &self,
+        is_left: bool,
+        d: &ZSet,
+        mine: &Arranged,
+        other: &Arranged,
+        fl: &Flight,
+        emit: &mut Emit<'_>,
+    ) -> Result<()> {
+        let (keys, rows) = self.encode(mine, d)?;
+        let mut piece = PairPiece::default();
+        for (i, k) in keys.iter().enumerate() {
+            let Some(group) = k.as_ref().and_then(|k| other.state.get(k)) else { continue };
+            let row_len = rows.row(i).as_ref().len();
+            for (r, w) in group {
+                piece.changed.push(i as u32);
+                piece.other.push(r);
+                piece.weights.push(d.weights[i] * w);
+                piece.bytes += row_len + r.len() + 8;
+                if piece.weights.len() >= PIECE_ROWS {
+                    self.push_pairs(is_left, &rows, mine, other, std::mem::take(&mut piece), fl, emit)?;
+                }
             }
         }
-        self.absorb(true, dl)?;
-        // A' ⋈ ΔB
-        let (rk, rrows) = self.encode(false, dr)?;
-        for (j, k) in rk.iter().enumerate() {
-            let Some(group) = k.as_ref().and_then(|k| self.left.state.get(k)) else { continue };
-            for (l, wl) in group {
-                left_rows.push(l.clone());
-                right_rows.push(rrows.row(j).as_ref().into());
-                weights.push(wl * dr.weights[j]);
-            }
-        }
-        self.absorb(false, dr)?;
-        let pairs = self.pairs(&left_rows, &right_rows, weights)?;
-        match &self.filter {
-            Some(f) => filter_zset(&pairs, f)?.with_schema(self.schema.clone()),
-            None => pairs.with_schema(self.schema.clone()),
-        }
+        self.push_pairs(is_left, &rows, mine, other, piece, fl, emit)
     }
 
-    /// Left rows beside right rows (same length) as one Z-set of the pair schema.
-    fn pairs(&self, left: &[Box<[u8]>], right: &[Box<[u8]>], weights: Vec<i64>) -> Result<ZSet> {
-        let l = self.left.rows.decode(left.iter().map(|r| r.as_ref()))?;
-        let r = self.right.rows.decode(right.iter().map(|r| r.as_ref()))?;
+    /// Decodes one piece of pairs (its bytes reserved first), filters it, pushes it.
+    #[allow(clippy::too_many_arguments)]
+    fn push_pairs(
+        &self,
+        is_left: bool,
+        rows: &arrow::row::Rows,
+        mine: &Arranged,
+        other: &Arranged,
+        piece: PairPiece<'_>,
+        fl: &Flight,
+        emit: &mut Emit<'_>,
+    ) -> Result<()> {
+        if piece.weights.is_empty() {
+            return Ok(());
+        }
+        // Decoded columns, the batch of pairs, and the filter's copy: about twice the rows.
+        let mut held = fl.hold(piece.bytes * 2)?;
+        let changed = mine.rows.decode(piece.changed.iter().map(|&i| rows.row(i as usize).data()))?;
+        let others = other.rows.decode(piece.other.iter().copied())?;
+        let (l, r) = if is_left { (changed, others) } else { (others, changed) };
         let mut columns = l.columns().to_vec();
         columns.extend(r.columns().iter().cloned());
-        let batch = batch_of(&self.pair_schema, columns, weights.len())?;
-        ZSet::new(batch, weights).with_schema(self.pair_schema.clone())
+        let pairs = ZSet::new(batch_of(&self.pair_schema, columns, piece.weights.len())?, piece.weights)
+            .with_schema(self.pair_schema.clone())?;
+        held.cover(pairs.bytes())?;
+        let out = match &self.filter {
+            Some(f) => filter_zset(&pairs, f)?,
+            None => pairs,
+        };
+        if out.is_empty() {
+            return Ok(());
+        }
+        emit(out.with_schema(self.schema.clone())?)
     }
 
-    fn step_by_key(&mut self, dl: &ZSet, dr: &ZSet) -> Result<ZSet> {
-        let (lk, _) = self.encode(true, dl)?;
-        let (rk, _) = self.encode(false, dr)?;
+    /// Outer, semi, anti and mark joins: for every key piece `d` touches, the join's output
+    /// for it before and after `d` enters `mine`; the difference is pushed.
+    fn by_key(
+        &self,
+        is_left: bool,
+        d: &ZSet,
+        mine: &mut Arranged,
+        other: &Arranged,
+        fl: &Flight,
+        emit: &mut Emit<'_>,
+    ) -> Result<()> {
+        let (dk, _) = self.encode(mine, d)?;
         let mut touched: Vec<Box<[u8]>> = Vec::new();
-        let mut seen: HashSet<Box<[u8]>> = HashSet::new();
-        for k in lk.iter().chain(rk.iter()).flatten() {
-            if seen.insert(k.clone()) {
+        let mut seen: HashSet<&[u8]> = HashSet::new();
+        for k in dk.iter().flatten() {
+            if seen.insert(k) {
                 touched.push(k.clone());
             }
         }
-        let before = self.output_for(&touched)?;
-        self.absorb(true, dl)?;
-        self.absorb(false, dr)?;
-        let after = self.output_for(&touched)?;
+        drop(seen);
+        let before = {
+            let (l, r) = if is_left { (&*mine, other) } else { (other, &*mine) };
+            self.output_for(l, r, &touched, fl)?
+        };
+        let before_held = fl.hold(before.slice_bytes())?;
+        self.absorb(mine, is_left, d, Some(fl))?;
+        let after = {
+            let (l, r) = if is_left { (&*mine, other) } else { (other, &*mine) };
+            self.output_for(l, r, &touched, fl)?
+        };
+        let _after_held = fl.hold(after.slice_bytes())?;
         // Rows with a NULL key: unmatched by construction, kept by no state.
-        let null_left: Vec<u32> = lk.iter().enumerate().filter(|(_, k)| k.is_none()).map(|(i, _)| i as u32).collect();
-        let null_right: Vec<u32> = rk.iter().enumerate().filter(|(_, k)| k.is_none()).map(|(i, _)| i as u32).collect();
+        let nulls: Vec<u32> = dk.iter().enumerate().filter(|(_, k)| k.is_none()).map(|(i, _)| i as u32).collect();
         let mut parts = vec![after, before.negate()];
-        if !null_left.is_empty() {
-            let z = dl.take(&null_left)?;
-            parts.push(self.unmatched(true, &z.batch, z.weights)?);
+        if !nulls.is_empty() {
+            let z = d.take(&nulls)?;
+            parts.push(self.unmatched(is_left, &z.batch, z.weights)?);
         }
-        if !null_right.is_empty() {
-            let z = dr.take(&null_right)?;
-            parts.push(self.unmatched(false, &z.batch, z.weights)?);
+        let _concat_held = fl.hold(parts.iter().map(|p| p.slice_bytes()).sum::<usize>() * 2)?;
+        drop(before_held);
+        let out = ZSet::concat(self.schema.clone(), parts)?.consolidate()?;
+        if out.is_empty() {
+            return Ok(());
         }
-        ZSet::concat(self.schema.clone(), parts)?.consolidate()
+        emit(out)
     }
 
     /// What unmatched rows of one side contribute to the output: padded with NULLs (outer
@@ -318,9 +424,9 @@ impl JoinOp {
         let keep = match (self.join_type, left) {
             (Left | Full, true) | (Right | Full, false) => {
                 let (l, r): (Vec<ArrayRef>, Vec<ArrayRef>) = if left {
-                    (rows.columns().to_vec(), nulls(&self.right.node.schema(), n))
+                    (rows.columns().to_vec(), nulls(&self.right_schema, n))
                 } else {
-                    (nulls(&self.left.node.schema(), n), rows.columns().to_vec())
+                    (nulls(&self.left_schema, n), rows.columns().to_vec())
                 };
                 Some([l, r].concat())
             }
@@ -338,16 +444,24 @@ impl JoinOp {
         }
     }
 
-    /// The join's whole output for the rows under `keys`, from the current state.
-    fn output_for(&self, keys: &[Box<[u8]>]) -> Result<ZSet> {
+    /// The join's whole output for the rows under `keys`, from the states `l` and `r` (its
+    /// candidates reserved in `fl` while it is built).
+    fn output_for(&self, l: &Arranged, r: &Arranged, keys: &[Box<[u8]>], fl: &Flight) -> Result<ZSet> {
         let mut c = Candidates::default();
+        let mut bytes = 0usize;
         for k in keys {
             let l0 = c.left.len() as u32;
             let r0 = c.right.len() as u32;
-            if let Some(g) = self.left.state.get(k) {
+            let (lg, rg) = (l.state.get(k), r.state.get(k));
+            let (ln, rn) = (lg.map_or(0, |g| g.len()), rg.map_or(0, |g| g.len()));
+            let lb: usize = lg.map_or(0, |g| g.keys().map(|r| r.len() + 8).sum());
+            let rb: usize = rg.map_or(0, |g| g.keys().map(|r| r.len() + 8).sum());
+            // The pairs' decoded columns and their indices, the candidates themselves.
+            bytes += ln * rn * 8 + lb * rn.max(1) + rb * ln.max(1) + 2 * (lb + rb);
+            if let Some(g) = lg {
                 c.left.extend(g.iter().map(|(r, w)| (r.clone(), *w)));
             }
-            if let Some(g) = self.right.state.get(k) {
+            if let Some(g) = rg {
                 c.right.extend(g.iter().map(|(r, w)| (r.clone(), *w)));
             }
             for li in l0..c.left.len() as u32 {
@@ -356,8 +470,9 @@ impl JoinOp {
                 }
             }
         }
-        let lb = self.left.rows.decode(c.left.iter().map(|(r, _)| r.as_ref()))?;
-        let rb = self.right.rows.decode(c.right.iter().map(|(r, _)| r.as_ref()))?;
+        let _held = fl.hold(bytes)?;
+        let lb = l.rows.decode(c.left.iter().map(|(r, _)| r.as_ref()))?;
+        let rb = r.rows.decode(c.right.iter().map(|(r, _)| r.as_ref()))?;
         let li = arrow::array::UInt32Array::from(c.pairs.iter().map(|p| p.0).collect::<Vec<_>>());
         let ri = arrow::array::UInt32Array::from(c.pairs.iter().map(|p| p.1).collect::<Vec<_>>());
         let mut columns: Vec<ArrayRef> =

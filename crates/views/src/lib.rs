@@ -26,6 +26,7 @@
 mod aggregate;
 pub mod changes;
 mod error;
+mod flight;
 mod join;
 mod lower;
 mod mem;

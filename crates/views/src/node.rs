@@ -4,6 +4,7 @@
 
 use crate::aggregate::AggregateOp;
 use crate::error::Result;
+use crate::flight::{Flight, PIECE_ROWS};
 use crate::join::JoinOp;
 use crate::topn::TopNOp;
 use crate::zset::ZSet;
@@ -20,6 +21,18 @@ use std::sync::Arc;
 
 /// One transaction's changes, by table (or upstream view) name, each in that table's schema.
 pub type Deltas = HashMap<String, ZSet>;
+
+/// Where a node pushes its output change, a piece at a time.
+pub(crate) type Emit<'e> = dyn FnMut(ZSet) -> Result<()> + 'e;
+
+/// `z` cut into pieces of at most [`PIECE_ROWS`] rows (slices: no copy).
+pub(crate) fn pieces(z: &ZSet) -> impl Iterator<Item = ZSet> + '_ {
+    (0..z.len()).step_by(PIECE_ROWS).map(move |start| {
+        let n = PIECE_ROWS.min(z.len() - start);
+        ZSet::new(z.batch.slice(start, n), z.weights[start..start + n].to_vec())
+    })
+}
+
 
 /// A node of a view's operator graph.
 pub(crate) enum Node {
@@ -102,42 +115,58 @@ impl Node {
         }
     }
 
-    /// This node's output change for one transaction's `deltas`, updating its state (and its
-    /// inputs').
-    pub(crate) fn step(&mut self, deltas: &Deltas) -> Result<ZSet> {
+    /// Pushes this node's output change for one transaction's `deltas` to `emit`, in pieces of
+    /// at most [`PIECE_ROWS`] rows (more only where one input row fans out wider), updating its
+    /// state (and its inputs') as they pass. Each piece is reserved in `fl` before it is built.
+    pub(crate) fn step(&mut self, deltas: &Deltas, fl: &Flight, emit: &mut Emit<'_>) -> Result<()> {
         match self {
             Node::Scan { table, filters, projection, schema } => {
-                let Some(delta) = deltas.get(table) else { return Ok(ZSet::empty(schema.clone())) };
-                let mut z = delta.clone();
-                for f in filters.iter() {
-                    z = filter_zset(&z, f)?;
+                let Some(delta) = deltas.get(table.as_str()) else { return Ok(()) };
+                for z in pieces(delta) {
+                    // A filtered copy is at most the piece's size (a projection copies nothing).
+                    let _held = if filters.is_empty() { None } else { Some(fl.hold(z.slice_bytes())?) };
+                    let mut z = z;
+                    for f in filters.iter() {
+                        z = filter_zset(&z, f)?;
+                    }
+                    if z.is_empty() {
+                        continue;
+                    }
+                    let batch = match projection {
+                        Some(p) => z.batch.project(p)?,
+                        None => z.batch,
+                    };
+                    emit(ZSet::new(batch, z.weights).with_schema(schema.clone())?)?;
                 }
-                let batch = match projection {
-                    Some(p) => z.batch.project(p)?,
-                    None => z.batch,
-                };
-                ZSet::new(batch, z.weights).with_schema(schema.clone())
+                Ok(())
             }
-            Node::Constant { schema } => Ok(ZSet::empty(schema.clone())),
-            Node::Filter { input, predicate, schema } => {
-                let z = input.step(deltas)?;
-                filter_zset(&z, predicate)?.with_schema(schema.clone())
+            Node::Constant { .. } => Ok(()),
+            Node::Filter { input, predicate, schema } => input.step(deltas, fl, &mut |z| {
+                let _held = fl.hold(z.slice_bytes())?;
+                let z = filter_zset(&z, predicate)?.with_schema(schema.clone())?;
+                if z.is_empty() {
+                    return Ok(());
+                }
+                emit(z)
+            }),
+            Node::Project { input, exprs, schema } => input.step(deltas, fl, &mut |z| {
+                let mut held = fl.hold(z.slice_bytes())?;
+                let z = project(&z, exprs, schema)?;
+                held.cover(z.slice_bytes())?;
+                emit(z)
+            }),
+            Node::Rename { input, schema, .. } => {
+                input.step(deltas, fl, &mut |z| emit(z.with_schema(schema.clone())?))
             }
-            Node::Project { input, exprs, schema } => {
-                let z = input.step(deltas)?;
-                project(&z, exprs, schema)
-            }
-            Node::Rename { input, schema, .. } => input.step(deltas)?.with_schema(schema.clone()),
             Node::Union { inputs, schema } => {
-                let parts = inputs
-                    .iter_mut()
-                    .map(|i| i.step(deltas)?.with_schema(schema.clone()))
-                    .collect::<Result<Vec<_>>>()?;
-                ZSet::concat(schema.clone(), parts)
+                for i in inputs.iter_mut() {
+                    i.step(deltas, fl, &mut |z| emit(z.with_schema(schema.clone())?))?;
+                }
+                Ok(())
             }
-            Node::Join(j) => j.step(deltas),
-            Node::Aggregate(a) => a.step(deltas),
-            Node::TopN(t) => t.step(deltas),
+            Node::Join(j) => j.step(deltas, fl, emit),
+            Node::Aggregate(a) => a.step(deltas, fl, emit),
+            Node::TopN(t) => t.step(deltas, fl, emit),
         }
     }
 

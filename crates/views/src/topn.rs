@@ -4,7 +4,8 @@
 //! after it.
 
 use crate::error::Result;
-use crate::node::{eval, query, Deltas, Node};
+use crate::flight::Flight;
+use crate::node::{eval, query, Deltas, Emit, Node};
 use crate::zset::{relax_nullability, RowBytes, RowCodec, ZSet};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{Field, Schema, SchemaRef};
@@ -153,20 +154,44 @@ impl TopNOp {
         Ok(())
     }
 
-    pub(crate) fn step(&mut self, deltas: &Deltas) -> Result<ZSet> {
-        let z = self.input.step(deltas)?;
-        if z.is_empty() {
-            return Ok(ZSet::empty(self.schema.clone()));
-        }
-        let before = self.window();
-        self.absorb(&z)?;
+    /// Folds every piece of the input's change into the ordered state, then pushes the
+    /// difference of the window (`OFFSET`/`LIMIT`) before and after: at most twice its rows.
+    pub(crate) fn step(&mut self, deltas: &Deltas, fl: &Flight, emit: &mut Emit<'_>) -> Result<()> {
+        let placeholder = Node::Constant { schema: self.input.schema() };
+        let mut input = std::mem::replace(&mut self.input, placeholder);
+        let mut before: Option<HashMap<Box<[u8]>, i64>> = None;
+        let mut held = fl.hold(0)?;
+        let folded = input.step(deltas, fl, &mut |z| {
+            if z.is_empty() {
+                return Ok(());
+            }
+            if before.is_none() {
+                let window = self.window();
+                held.grow(window.keys().map(|r| crate::mem::boxed(r.len()) + 32).sum::<usize>())?;
+                before = Some(window);
+            }
+            let rows = self.rows.encode_batch(&z.batch)?;
+            let growth: usize = (0..z.len())
+                .filter(|&i| z.weights[i] > 0)
+                .map(|i| 2 * crate::mem::boxed(rows.row(i).as_ref().len()) + 64)
+                .sum();
+            fl.grow_state(growth)?;
+            self.absorb(&z)
+        });
+        self.input = input;
+        folded?;
+        let Some(before) = before else { return Ok(()) };
         let mut diff = self.window();
+        held.grow(diff.keys().map(|r| 2 * (crate::mem::boxed(r.len()) + 32)).sum::<usize>())?;
         for (row, w) in before {
             *diff.entry(row).or_default() -= w;
         }
         diff.retain(|_, w| *w != 0);
+        if diff.is_empty() {
+            return Ok(());
+        }
         let (rows, weights): (Vec<Box<[u8]>>, Vec<i64>) = diff.into_iter().unzip();
         let batch = self.rows.decode(rows.iter().map(|r| r.as_ref()))?;
-        ZSet::new(batch, weights).with_schema(self.schema.clone())
+        emit(ZSet::new(batch, weights).with_schema(self.schema.clone())?)
     }
 }

@@ -1,6 +1,7 @@
 //! A view: its SQL, its optimized plan, its operator graph and its current contents.
 
 use crate::error::{Result, ViewError};
+use crate::flight::Flight;
 use crate::lower::lower;
 use crate::node::{query, Deltas, Node};
 use crate::zset::{RowCodec, ZSet};
@@ -16,11 +17,10 @@ pub struct View {
     name: String,
     plan: LogicalPlan,
     root: Node,
-    contents: HashMap<Box<[u8]>, i64>,
-    contents_bytes: usize,
-    /// Rows held, with duplicates (kept as changes arrive).
-    rows: i64,
-    codec: RowCodec,
+    contents: Contents,
+    /// What is in flight while a transaction passes, reserved from the pool of the `ctx` the
+    /// view was planned on.
+    flight: Flight,
     tables: BTreeSet<String>,
     /// The view's `ORDER BY`, when it is the outermost operator: its contents are read in it.
     order: Vec<(std::sync::Arc<dyn datafusion::physical_plan::PhysicalExpr>, arrow::compute::SortOptions)>,
@@ -47,14 +47,13 @@ impl View {
         })?;
         let codec = RowCodec::new(root.schema())?;
         let order = crate::lower::output_order(&plan, state.execution_props())?;
+        let flight = Flight::new(name, &ctx.runtime_env().memory_pool);
         Ok(View {
             name: name.to_string(),
             plan,
             root,
-            contents: HashMap::new(),
-            rows: 0,
-            contents_bytes: 0,
-            codec,
+            contents: Contents { rows: HashMap::new(), bytes: 0, count: 0, codec },
+            flight,
             tables,
             order,
         })
@@ -85,57 +84,47 @@ impl View {
     /// through the change path.
     pub async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
         self.root.populate(ctx).await?;
-        self.contents = HashMap::new(); // its capacity too: the bytes are counted from zero
-        self.contents_bytes = 0;
-        self.rows = 0;
+        self.contents.rows = HashMap::new(); // its capacity too: the bytes are counted from zero
+        self.contents.bytes = 0;
+        self.contents.count = 0;
         for z in query(ctx, &self.plan, self.root.schema()).await? {
-            self.absorb(&z)?;
+            self.contents.absorb(&z)?;
         }
         Ok(())
     }
 
-    /// Adds `z` to the contents; returns the count of a row that went below zero, if one did.
-    fn absorb(&mut self, z: &ZSet) -> Result<Option<i64>> {
-        use crate::mem::{boxed, table};
-        let rows = self.codec.encode_batch(&z.batch)?;
-        let mut negative = None;
-        let before = self.contents.capacity();
-        for (i, row) in rows.iter().enumerate() {
-            let w = z.weights[i];
-            self.rows += w;
-            let count = match self.contents.get_mut(row.as_ref()) {
-                Some(c) => {
-                    *c += w;
-                    let count = *c;
-                    if count == 0 {
-                        self.contents.remove(row.as_ref());
-                        self.contents_bytes -= boxed(row.as_ref().len());
-                    }
-                    count
-                }
-                None => {
-                    self.contents.insert(row.as_ref().into(), w);
-                    self.contents_bytes += boxed(row.as_ref().len());
-                    w
-                }
-            };
-            if count < 0 {
-                negative = Some(count);
-            }
-        }
-        let after = self.contents.capacity();
-        self.contents_bytes =
-            self.contents_bytes + table::<(Box<[u8]>, i64)>(after) - table::<(Box<[u8]>, i64)>(before);
-        Ok(negative)
-    }
-
-    /// Applies one transaction's changes; returns the view's change (consolidated).
+    /// Applies one transaction's changes; returns the view's change (consolidated). The change
+    /// passes its operators in pieces (see [`crate::flight`]), each reserved from the pool
+    /// before it is built; the contents take each piece as it comes.
     pub fn apply(&mut self, deltas: &Deltas) -> Result<ZSet> {
         if !self.tables.iter().any(|t| deltas.contains_key(t)) {
             return Ok(ZSet::empty(self.root.schema()));
         }
-        let out = self.root.step(deltas)?.consolidate()?;
-        if let Some(c) = self.absorb(&out)? {
+        let View { root, contents, flight, .. } = self;
+        let flight = &*flight;
+        let mut parts = Vec::new();
+        let mut negative = None;
+        let mut held = flight.hold(0)?;
+        let stepped = root.step(deltas, flight, &mut |z| {
+            held.grow(z.slice_bytes())?;
+            let growth: usize = z.weights.iter().filter(|w| **w > 0).count() * 32
+                + if z.weights.iter().any(|w| *w > 0) { z.slice_bytes() } else { 0 };
+            flight.grow_state(growth)?;
+            if let Some(c) = contents.absorb(&z)? {
+                negative.get_or_insert(c);
+            }
+            parts.push(z);
+            Ok(())
+        });
+        let out = stepped.and_then(|()| {
+            // The pieces, then their concatenation and its consolidation: three times them.
+            held.grow(2 * parts.iter().map(|p| p.slice_bytes()).sum::<usize>())?;
+            ZSet::concat(root.schema(), std::mem::take(&mut parts))?.consolidate()
+        });
+        drop(held);
+        flight.end();
+        let out = out?;
+        if let Some(c) = negative {
             return Err(ViewError::BadChange {
                 table: self.tables.iter().cloned().collect::<Vec<_>>().join(", "),
                 reason: format!(
@@ -147,26 +136,31 @@ impl View {
         Ok(out)
     }
 
+    /// Bytes reserved in flight now (none between transactions).
+    pub fn in_flight(&self) -> usize {
+        self.flight.bytes()
+    }
+
     /// Number of rows (with duplicates).
     pub fn rows(&self) -> u64 {
-        self.rows.max(0) as u64
+        self.contents.count.max(0) as u64
     }
 
     /// Bytes of state: every operator's plus the contents.
     pub fn state_bytes(&self) -> usize {
-        self.root.state_bytes() + self.contents_bytes
+        self.root.state_bytes() + self.contents.bytes
     }
 
     /// The current contents, each row repeated as often as it occurs, in the view's `ORDER BY`
     /// when it has one outermost.
     pub fn contents(&self) -> Result<RecordBatch> {
-        let mut rows: Vec<&[u8]> = Vec::with_capacity(self.contents.len());
-        for (r, c) in &self.contents {
+        let mut rows: Vec<&[u8]> = Vec::with_capacity(self.contents.rows.len());
+        for (r, c) in &self.contents.rows {
             for _ in 0..*c {
                 rows.push(r.as_ref());
             }
         }
-        let batch = self.codec.decode(rows)?;
+        let batch = self.contents.codec.decode(rows)?;
         if self.order.is_empty() || batch.num_rows() < 2 {
             return Ok(batch);
         }
@@ -185,4 +179,51 @@ impl View {
         self.root.explain(0, &mut out);
         out
     }
+}
+
+/// A view's rows with their multiplicity.
+struct Contents {
+    rows: HashMap<Box<[u8]>, i64>,
+    bytes: usize,
+    /// Rows held, with duplicates (kept as changes arrive).
+    count: i64,
+    codec: RowCodec,
+}
+
+impl Contents {
+    /// Adds `z` to the contents; returns the count of a row that went below zero, if one did.
+    fn absorb(&mut self, z: &ZSet) -> Result<Option<i64>> {
+        use crate::mem::{boxed, table};
+        let rows = self.codec.encode_batch(&z.batch)?;
+        let mut negative = None;
+        let before = self.rows.capacity();
+        for (i, row) in rows.iter().enumerate() {
+            let w = z.weights[i];
+            self.count += w;
+            let count = match self.rows.get_mut(row.as_ref()) {
+                Some(c) => {
+                    *c += w;
+                    let count = *c;
+                    if count == 0 {
+                        self.rows.remove(row.as_ref());
+                        self.bytes -= boxed(row.as_ref().len());
+                    }
+                    count
+                }
+                None => {
+                    self.rows.insert(row.as_ref().into(), w);
+                    self.bytes += boxed(row.as_ref().len());
+                    w
+                }
+            };
+            if count < 0 {
+                negative = Some(count);
+            }
+        }
+        let after = self.rows.capacity();
+        self.bytes =
+            self.bytes + table::<(Box<[u8]>, i64)>(after) - table::<(Box<[u8]>, i64)>(before);
+        Ok(negative)
+    }
+
 }

@@ -149,6 +149,13 @@ impl ZSet {
         Ok(self.take(&idx)?.batch)
     }
 
+    /// Bytes of its rows alone (of a slice, its share of the buffers it points into).
+    pub fn slice_bytes(&self) -> usize {
+        let columns: usize =
+            self.batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
+        columns + self.weights.len() * 8
+    }
+
     /// Bytes of the Arrow buffers.
     pub fn bytes(&self) -> usize {
         self.batch.get_array_memory_size() + self.weights.len() * 8
