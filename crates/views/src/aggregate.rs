@@ -10,7 +10,7 @@
 //! transaction is, for every group it touched, −(the group's row before) +(its row after).
 
 use crate::error::{unsupported, Result};
-use crate::flight::{Flight, PIECE_ROWS};
+use crate::flight::Flight;
 use crate::node::{batch_of, eval, mask, query, Deltas, Emit, Node};
 use crate::zset::{relax_nullability, RowCodec, ZSet};
 use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
@@ -195,6 +195,10 @@ impl AggregateOp {
 
     pub(crate) fn input(&self) -> &Node {
         &self.input
+    }
+
+    pub(crate) fn input_mut(&mut self) -> &mut Node {
+        &mut self.input
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -432,7 +436,7 @@ impl AggregateOp {
         self.input = input;
         folded?;
         drop(seen);
-        for part in touched.chunks(PIECE_ROWS / 2) {
+        for part in touched.chunks((fl.piece_rows / 2).max(1)) {
             let bytes: usize = part.iter().map(|(k, _)| 2 * (k.len() + per_group)).sum();
             let _piece = fl.hold(bytes)?;
             let mut rows: Vec<(Box<[u8]>, Vec<ScalarValue>, i64)> = Vec::new();

@@ -22,6 +22,8 @@ pub(crate) const PIECE_ROWS: usize = 8192;
 /// A view's reservation for what is in flight.
 pub(crate) struct Flight {
     view: String,
+    /// Rows of a piece ([`PIECE_ROWS`] unless a test asks for fewer).
+    pub(crate) piece_rows: usize,
     reservation: Mutex<MemoryReservation>,
     /// Of the reservation, what stands for state the transaction grew so far (see
     /// [`Flight::grow_state`]).
@@ -32,7 +34,7 @@ impl Flight {
     /// A reservation named after `view` in `pool`.
     pub(crate) fn new(view: &str, pool: &Arc<dyn MemoryPool>) -> Flight {
         let reservation = MemoryConsumer::new(format!("view {view} (changes in flight)")).register(pool);
-        Flight { view: view.to_string(), reservation: Mutex::new(reservation), growth: Mutex::new(0) }
+        Flight { view: view.to_string(), piece_rows: PIECE_ROWS, reservation: Mutex::new(reservation), growth: Mutex::new(0) }
     }
 
     /// Reserves `bytes` of state an operator is about to add, until [`Flight::end`]: the

@@ -8,7 +8,7 @@
 //! are not kept, and pass straight through on the sides an outer or anti join preserves.
 
 use crate::error::{unsupported, Result};
-use crate::flight::{Flight, PIECE_ROWS};
+use crate::flight::Flight;
 use crate::node::{batch_of, eval, filter_zset, mask, query, Deltas, Emit, Node};
 use crate::zset::{relax_nullability, RowBytes, RowCodec, ZSet};
 use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray};
@@ -26,12 +26,15 @@ pub(crate) struct Side {
     pub(crate) node: Node,
     plan: LogicalPlan,
     arr: Arranged,
+    /// Whether its rows are kept: not when the other side never changes (an inner join's
+    /// output then changes only by this side's changes joined with the other side's state).
+    keep: bool,
 }
 
 impl Side {
     pub(crate) fn new(node: Node, plan: LogicalPlan, keys: Vec<Arc<dyn PhysicalExpr>>) -> Result<Side> {
         let rows = RowCodec::new(node.schema())?;
-        Ok(Side { node, plan, arr: Arranged { keys, rows, state: HashMap::new(), entries: 0, bytes: 0 } })
+        Ok(Side { node, plan, arr: Arranged { keys, rows, state: HashMap::new(), entries: 0, bytes: 0 }, keep: true })
     }
 }
 
@@ -177,17 +180,39 @@ impl JoinOp {
     }
 
     pub(crate) fn describe(&self) -> String {
+        let side = |s: &Side, other: &str| {
+            if s.keep {
+                format!("{} rows in {} keys", s.arr.entries, s.arr.state.len())
+            } else {
+                format!("none kept (the {other} side never changes)")
+            }
+        };
         format!(
-            "Join {:?} on {} key(s){}: state left {} rows in {} keys, right {} rows in {} keys, {}",
+            "Join {:?} on {} key(s){}: state left {}, right {}, {}",
             self.spec.join_type,
             self.spec.key_types.len(),
             if self.spec.filter.is_some() { " with a residual filter" } else { "" },
-            self.left.arr.entries,
-            self.left.arr.state.len(),
-            self.right.arr.entries,
-            self.right.arr.state.len(),
+            side(&self.left, "right"),
+            side(&self.right, "left"),
             crate::format_bytes(self.state_bytes())
         )
+    }
+
+    /// See [`Node::unchanging`]: an inner join keeps no rows of a side whose other side reads
+    /// only `tables` (or nothing at all).
+    pub(crate) fn unchanging(&mut self, tables: &std::collections::BTreeSet<String>) {
+        self.left.node.unchanging(tables);
+        self.right.node.unchanging(tables);
+        if self.spec.join_type != JoinType::Inner {
+            return;
+        }
+        let fixed = |n: &Node| {
+            let mut reads = std::collections::BTreeSet::new();
+            n.reads(&mut reads);
+            reads.is_subset(tables)
+        };
+        self.left.keep = !fixed(&self.right.node);
+        self.right.keep = !fixed(&self.left.node);
     }
 
     pub(crate) fn state_bytes(&self) -> usize {
@@ -197,11 +222,15 @@ impl JoinOp {
     pub(crate) async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
         self.left.node.populate(ctx).await?;
         self.right.node.populate(ctx).await?;
-        for z in query(ctx, &self.left.plan, self.left.node.schema()).await? {
-            self.spec.absorb(&mut self.left.arr, true, &z, None)?;
+        if self.left.keep {
+            for z in query(ctx, &self.left.plan, self.left.node.schema()).await? {
+                self.spec.absorb(&mut self.left.arr, true, &z, None)?;
+            }
         }
-        for z in query(ctx, &self.right.plan, self.right.node.schema()).await? {
-            self.spec.absorb(&mut self.right.arr, false, &z, None)?;
+        if self.right.keep {
+            for z in query(ctx, &self.right.plan, self.right.node.schema()).await? {
+                self.spec.absorb(&mut self.right.arr, false, &z, None)?;
+            }
         }
         Ok(())
     }
@@ -214,11 +243,11 @@ impl JoinOp {
         let JoinOp { left, right, spec } = self;
         left.node.step(deltas, fl, &mut |d| {
             let d = d.consolidate()?;
-            spec.piece(true, &d, &mut left.arr, &right.arr, fl, emit)
+            spec.piece(true, left.keep, &d, &mut left.arr, &right.arr, fl, emit)
         })?;
         right.node.step(deltas, fl, &mut |d| {
             let d = d.consolidate()?;
-            spec.piece(false, &d, &mut right.arr, &left.arr, fl, emit)
+            spec.piece(false, right.keep, &d, &mut right.arr, &left.arr, fl, emit)
         })
     }
 }
@@ -226,9 +255,11 @@ impl JoinOp {
 impl Spec {
     /// One piece `d` of side `is_left`'s change: its output pushed, then `d` absorbed into
     /// `mine`; `other` is the other side's state.
+    #[allow(clippy::too_many_arguments)]
     fn piece(
         &self,
         is_left: bool,
+        keep: bool,
         d: &ZSet,
         mine: &mut Arranged,
         other: &Arranged,
@@ -241,7 +272,10 @@ impl Spec {
         match self.join_type {
             JoinType::Inner => {
                 self.delta_pairs(is_left, d, mine, other, fl, emit)?;
-                self.absorb(mine, is_left, d, Some(fl))
+                if keep {
+                    self.absorb(mine, is_left, d, Some(fl))?;
+                }
+                Ok(())
             }
             _ => self.by_key(is_left, d, mine, other, fl, emit),
         }
@@ -306,7 +340,7 @@ impl Spec {
     }
 
     /// The inner join of change `d` (side `is_left`) with the other side's state, pushed in
-    /// pieces of at most [`PIECE_ROWS`] pairs, each reserved before it is decoded.
+    /// pieces of at most [`crate::flight::PIECE_ROWS`] pairs, each reserved before it is decoded.
     fn delta_pairs(
         &self,
         is_left: bool,
@@ -326,7 +360,7 @@ impl Spec {
                 piece.other.push(r);
                 piece.weights.push(d.weights[i] * w);
                 piece.bytes += row_len + r.len() + 8;
-                if piece.weights.len() >= PIECE_ROWS {
+                if piece.weights.len() >= fl.piece_rows {
                     self.push_pairs(is_left, &rows, mine, other, std::mem::take(&mut piece), fl, emit)?;
                 }
             }

@@ -4,7 +4,7 @@
 
 use crate::aggregate::AggregateOp;
 use crate::error::Result;
-use crate::flight::{Flight, PIECE_ROWS};
+use crate::flight::Flight;
 use crate::join::JoinOp;
 use crate::topn::TopNOp;
 use crate::zset::ZSet;
@@ -25,10 +25,10 @@ pub type Deltas = HashMap<String, ZSet>;
 /// Where a node pushes its output change, a piece at a time.
 pub(crate) type Emit<'e> = dyn FnMut(ZSet) -> Result<()> + 'e;
 
-/// `z` cut into pieces of at most [`PIECE_ROWS`] rows (slices: no copy).
-pub(crate) fn pieces(z: &ZSet) -> impl Iterator<Item = ZSet> + '_ {
-    (0..z.len()).step_by(PIECE_ROWS).map(move |start| {
-        let n = PIECE_ROWS.min(z.len() - start);
+/// `z` cut into pieces of at most `rows` rows (slices: no copy).
+pub(crate) fn pieces(z: &ZSet, rows: usize) -> impl Iterator<Item = ZSet> + '_ {
+    (0..z.len()).step_by(rows.max(1)).map(move |start| {
+        let n = rows.max(1).min(z.len() - start);
         ZSet::new(z.batch.slice(start, n), z.weights[start..start + n].to_vec())
     })
 }
@@ -122,7 +122,7 @@ impl Node {
         match self {
             Node::Scan { table, filters, projection, schema } => {
                 let Some(delta) = deltas.get(table.as_str()) else { return Ok(()) };
-                for z in pieces(delta) {
+                for z in pieces(delta, fl.piece_rows) {
                     // A filtered copy is at most the piece's size (a projection copies nothing).
                     let _held = if filters.is_empty() { None } else { Some(fl.hold(z.slice_bytes())?) };
                     let mut z = z;
@@ -190,6 +190,37 @@ impl Node {
                 Node::TopN(t) => t.populate(ctx).await,
             }
         })
+    }
+
+    /// The tables (and upstream views) this node and those below it read.
+    pub(crate) fn reads(&self, out: &mut std::collections::BTreeSet<String>) {
+        match self {
+            Node::Scan { table, .. } => {
+                out.insert(table.clone());
+            }
+            Node::Constant { .. } => {}
+            Node::Filter { input, .. } | Node::Project { input, .. } | Node::Rename { input, .. } => input.reads(out),
+            Node::Union { inputs, .. } => inputs.iter().for_each(|i| i.reads(out)),
+            Node::Join(j) => j.inputs().into_iter().for_each(|i| i.reads(out)),
+            Node::Aggregate(a) => a.input().reads(out),
+            Node::TopN(t) => t.input().reads(out),
+        }
+    }
+
+    /// Tells every join below and including this node which tables never change (they have
+    /// no change feed): an inner join keeps no state for the side opposite an unchanging one,
+    /// since that state would only ever meet changes that never come.
+    pub(crate) fn unchanging(&mut self, tables: &std::collections::BTreeSet<String>) {
+        match self {
+            Node::Scan { .. } | Node::Constant { .. } => {}
+            Node::Filter { input, .. } | Node::Project { input, .. } | Node::Rename { input, .. } => {
+                input.unchanging(tables)
+            }
+            Node::Union { inputs, .. } => inputs.iter_mut().for_each(|i| i.unchanging(tables)),
+            Node::Join(j) => j.unchanging(tables),
+            Node::Aggregate(a) => a.input_mut().unchanging(tables),
+            Node::TopN(t) => t.input_mut().unchanging(tables),
+        }
     }
 
     /// Bytes of state held by this node and those below it.

@@ -68,6 +68,10 @@ impl TopNOp {
         &self.input
     }
 
+    pub(crate) fn input_mut(&mut self) -> &mut Node {
+        &mut self.input
+    }
+
     pub(crate) fn describe(&self) -> String {
         format!(
             "TopN offset {} limit {}: state {} distinct rows, {}",

@@ -22,6 +22,8 @@ pub struct View {
     /// view was planned on.
     flight: Flight,
     tables: BTreeSet<String>,
+    /// Tables declared never to change ([`View::unchanging`]).
+    fixed: BTreeSet<String>,
     /// The view's `ORDER BY`, when it is the outermost operator: its contents are read in it.
     order: Vec<(std::sync::Arc<dyn datafusion::physical_plan::PhysicalExpr>, arrow::compute::SortOptions)>,
 }
@@ -55,6 +57,7 @@ impl View {
             contents: Contents { rows: HashMap::new(), bytes: 0, count: 0, codec },
             flight,
             tables,
+            fixed: BTreeSet::new(),
             order,
         })
     }
@@ -79,6 +82,15 @@ impl View {
         &self.plan
     }
 
+    /// Declares the tables (and upstream views) that never change — those without a change
+    /// feed — before [`View::populate`]: a join keeps no state for the side opposite one of
+    /// them (often the larger side: lineitem beside part). A change to one of them is then
+    /// refused by [`View::apply`].
+    pub fn unchanging(&mut self, tables: &BTreeSet<String>) {
+        self.fixed = self.tables.intersection(tables).cloned().collect();
+        self.root.unchanging(tables);
+    }
+
     /// First fill: every stateful operator's state from a batch query of its inputs on the
     /// tables as `ctx` has them now, and the contents from the view's own query. Nothing goes
     /// through the change path.
@@ -99,6 +111,12 @@ impl View {
     pub fn apply(&mut self, deltas: &Deltas) -> Result<ZSet> {
         if !self.tables.iter().any(|t| deltas.contains_key(t)) {
             return Ok(ZSet::empty(self.root.schema()));
+        }
+        if let Some(t) = self.fixed.iter().find(|t| deltas.get(t.as_str()).is_some_and(|z| !z.is_empty())) {
+            return Err(ViewError::BadChange {
+                table: t.clone(),
+                reason: format!("view {} was told {t} never changes (it has no change feed)", self.name),
+            });
         }
         let View { root, contents, flight, .. } = self;
         let flight = &*flight;
@@ -134,6 +152,12 @@ impl View {
             });
         }
         Ok(out)
+    }
+
+    /// Sets the rows of a piece (8,192 by default): small pieces make tests cross piece
+    /// boundaries inside small transactions.
+    pub fn set_piece_rows(&mut self, rows: usize) {
+        self.flight.piece_rows = rows.max(1);
     }
 
     /// Bytes reserved in flight now (none between transactions).
