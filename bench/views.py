@@ -35,7 +35,8 @@ def project(work, sf, data, memory):
     os.makedirs(os.path.join(work, "views"))
     os.makedirs(os.path.join(work, ".spillway", "data"))
     os.symlink(os.path.abspath(data), os.path.join(work, ".spillway", "data", f"tpch-sf{sf:g}"))
-    toml = [f'memory = "{memory}"', "", "[sources.tpch]", 'type = "tpch"', f"sf = {sf:g}", 'changes = "changes"', ""]
+    toml = [f'memory = "{memory}"', "", "[sources.tpch]", 'type = "tpch"', f"sf = {sf:g}", 'changes = "changes"',
+            'change_tables = ["orders", "lineitem", "customer", "partsupp"]', ""]
     for q in range(1, 23):
         sql = open(os.path.join(QUERIES, f"q{q}.sql")).read()
         if q == 11:

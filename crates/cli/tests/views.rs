@@ -626,3 +626,71 @@ fn views_change_files_keep_the_tables_types() {
     let out = std::fs::read_to_string(dir.join("output/all_codes.csv")).unwrap();
     assert_eq!(out, "code,qty\n008,5\nA01,1\n", "{out}");
 }
+
+/// Kernel peak RSS (VmHWM) of the largest child this test process has waited for.
+fn children_peak_rss() -> u64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    u.ru_maxrss as u64 * 1024
+}
+
+/// A change file of 5,000 rows on a key 1,000 rows of an unchanging table share: 5,000,000 join
+/// pairs under an aggregate. It is applied inside a 256MiB budget (kernel peak RSS within 1.15×),
+/// exactly, and the join keeps no state for the changing side.
+#[test]
+fn views_a_join_fanning_out_a_thousand_times_finishes_inside_its_budget() {
+    let dir = project("fan-out");
+    for v in ["revenue_by_customer", "top_customers"] {
+        std::fs::remove_file(dir.join(format!("views/{v}.sql"))).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("changes/events")).unwrap();
+    let mut items = String::from("k,w\n");
+    for i in 0..2_000 {
+        items.push_str(&format!("{},{}\n", if i < 1_000 { 0 } else { 1 + i % 9 }, i));
+    }
+    std::fs::write(dir.join("data/items.csv"), items).unwrap();
+    std::fs::write(dir.join("data/events.csv"), "k,v\n0,1\n3,2\n").unwrap();
+    let mut change = String::from("k,v,_op\n");
+    for i in 0..5_000 {
+        change.push_str(&format!("0,{i},insert\n"));
+    }
+    std::fs::write(dir.join("changes/events/0001.csv"), change).unwrap();
+    std::fs::write(
+        dir.join("views/per_key.sql"),
+        "SELECT i.k, count(*) AS n, sum(e.v + i.w) AS total\nFROM events e JOIN items i ON e.k = i.k\nGROUP BY i.k\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("spillway.toml"),
+        r#"memory = "256MiB"
+
+[sources.events]
+type = "csv"
+path = "data/events.csv"
+changes = "changes/events"
+
+[sources.items]
+type = "csv"
+path = "data/items.csv"
+
+[sinks.per_key]
+model = "per_key"
+path = "output/per_key.csv"
+"#,
+    )
+    .unwrap();
+    let explained = ok(&bin().args(["views", "explain"]).arg(&dir).output().unwrap());
+    assert!(explained.contains("state left none kept (the right side never changes)"), "{explained}");
+    let out = ok(&apply(&dir, None));
+    assert!(out.contains("applied changes/events/0001.csv"), "{out}");
+    let peak = children_peak_rss();
+    assert!(peak <= 256 * 1024 * 1024 * 115 / 100, "peak RSS {}MiB over 256MiB + 15%", peak >> 20);
+    // Key 0: 1,000 items × (1 + 5,000) events; sum(v) over events = 1 + (0..5000).sum().
+    let ev: i64 = 1 + (0..5_000).sum::<i64>();
+    let w0: i64 = (0..1_000).sum();
+    let total0 = ev * 1_000 + w0 * 5_001;
+    let got = rows(&dir.join("output/per_key.csv"));
+    assert!(got.contains(&format!("0,5001000,{total0}")), "{got:?}");
+    assert!(got.iter().any(|r| r.starts_with("3,")), "{got:?}");
+}

@@ -58,6 +58,9 @@ pub enum SourceDef {
         sf: f64,
         /// Folder of change files, one subfolder per table (`changes/lineitem/...`).
         changes: Option<PathBuf>,
+        /// The tables that get change files (default: all eight). The others never change:
+        /// views' joins keep no state for the side opposite them.
+        change_tables: Option<Vec<String>>,
     },
     /// A PostgreSQL table or query, read with binary COPY (filters pushed down).
     Postgres {
@@ -99,7 +102,10 @@ impl SourceDef {
             | SourceDef::Csv { changes, .. }
             | SourceDef::Json { changes, .. }
             | SourceDef::Arrow { changes, .. } => changes.clone(),
-            SourceDef::Tpch { changes, .. } => changes.as_ref().map(|c| c.join(table)),
+            SourceDef::Tpch { changes, change_tables, .. } => changes
+                .as_ref()
+                .filter(|_| change_tables.as_ref().is_none_or(|t| t.iter().any(|t| t == table)))
+                .map(|c| c.join(table)),
             SourceDef::Postgres { .. } => None,
         }
     }
@@ -546,6 +552,18 @@ impl Project {
             def.target(sink, &dir).map_err(|m| Error::at(&cfg, line, format!("[sinks.{sink}]: {m}")))?;
         }
         for (source, def) in &file.sources {
+            if let SourceDef::Tpch { change_tables: Some(tables), .. } = def {
+                if let Some(t) = tables.iter().find(|t| !TPCH_TABLES.contains(&t.as_str())) {
+                    return Err(Error::at(
+                        &cfg,
+                        section_line(text, &format!("[sources.{source}]")),
+                        format!(
+                            "[sources.{source}]: change_tables: {t:?} is not a TPC-H table ({})",
+                            TPCH_TABLES.join(", ")
+                        ),
+                    ));
+                }
+            }
             if let SourceDef::Tpch { sf, .. } = def {
                 if !(*sf > 0.0 && *sf <= 10_000.0) {
                     let line = section_line(text, &format!("[sources.{source}]"));

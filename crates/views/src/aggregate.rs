@@ -465,7 +465,10 @@ impl AggregateOp {
     fn new_group_bytes(&self, key: &[u8]) -> usize {
         use crate::mem::boxed;
         let fresh: usize = self.aggs.iter().map(|a| a.fresh_bytes).sum();
-        boxed(key.len()) + boxed(self.aggs.len() * std::mem::size_of::<Acc>()) + fresh + 2 * std::mem::size_of::<(Box<[u8]>, Group)>()
+        boxed(key.len())
+            + boxed(self.aggs.len() * std::mem::size_of::<Acc>())
+            + fresh
+            + 2 * std::mem::size_of::<(Box<[u8]>, Group)>()
     }
 
     fn rows_to_zset(&self, rows: Vec<(Box<[u8]>, Vec<ScalarValue>, i64)>) -> Result<ZSet> {

@@ -34,7 +34,12 @@ impl Flight {
     /// A reservation named after `view` in `pool`.
     pub(crate) fn new(view: &str, pool: &Arc<dyn MemoryPool>) -> Flight {
         let reservation = MemoryConsumer::new(format!("view {view} (changes in flight)")).register(pool);
-        Flight { view: view.to_string(), piece_rows: PIECE_ROWS, reservation: Mutex::new(reservation), growth: Mutex::new(0) }
+        Flight {
+            view: view.to_string(),
+            piece_rows: PIECE_ROWS,
+            reservation: Mutex::new(reservation),
+            growth: Mutex::new(0),
+        }
     }
 
     /// Reserves `bytes` of state an operator is about to add, until [`Flight::end`]: the

@@ -33,7 +33,6 @@ pub(crate) fn pieces(z: &ZSet, rows: usize) -> impl Iterator<Item = ZSet> + '_ {
     })
 }
 
-
 /// A node of a view's operator graph.
 pub(crate) enum Node {
     /// Changes of a table: its pushed-down filters, then its projection.
@@ -155,9 +154,7 @@ impl Node {
                 held.cover(z.slice_bytes())?;
                 emit(z)
             }),
-            Node::Rename { input, schema, .. } => {
-                input.step(deltas, fl, &mut |z| emit(z.with_schema(schema.clone())?))
-            }
+            Node::Rename { input, schema, .. } => input.step(deltas, fl, &mut |z| emit(z.with_schema(schema.clone())?)),
             Node::Union { inputs, schema } => {
                 for i in inputs.iter_mut() {
                     i.step(deltas, fl, &mut |z| emit(z.with_schema(schema.clone())?))?;

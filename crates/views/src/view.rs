@@ -245,9 +245,7 @@ impl Contents {
             }
         }
         let after = self.rows.capacity();
-        self.bytes =
-            self.bytes + table::<(Box<[u8]>, i64)>(after) - table::<(Box<[u8]>, i64)>(before);
+        self.bytes = self.bytes + table::<(Box<[u8]>, i64)>(after) - table::<(Box<[u8]>, i64)>(before);
         Ok(negative)
     }
-
 }

@@ -165,6 +165,9 @@ pub struct Views {
     writer: Option<WriterLock>,
     /// Open connections of the views' PostgreSQL sinks, by sink name.
     pg_sinks: BTreeMap<String, ViewSink>,
+    /// Tables (and views) that never change: sources without a change feed, and views that
+    /// read only such. Views' joins keep no state for the side opposite them.
+    unchanging: BTreeSet<String>,
 }
 
 /// A followed slot and the source transaction being applied.
@@ -446,8 +449,24 @@ impl Views {
             }),
             stopped: BTreeMap::new(),
             pg_sinks: BTreeMap::new(),
+            unchanging: BTreeSet::new(),
             writer,
         };
+        // What can change: sources with change files or a followed slot, and the views that
+        // read them (in dependency order).
+        let by_table = project.source_tables();
+        let mut changing: BTreeSet<String> = needed
+            .iter()
+            .filter(|t| followed.contains(*t) || project.sources[&by_table[*t]].changes(t).is_some())
+            .cloned()
+            .collect();
+        for name in &order {
+            let (ups, srcs) = references(project, &project.views[name], &source_tables)?;
+            if ups.iter().chain(srcs.iter()).any(|t| changing.contains(t)) {
+                changing.insert(name.clone());
+            }
+        }
+        views.unchanging = needed.iter().chain(order.iter()).filter(|t| !changing.contains(*t)).cloned().collect();
         views.stopped = views.store.read_stopped()?;
         // Parts of a source transaction whose commit never came (a crash; or, in a log written
         // before change files waited for a transaction's end, with a change file after them) are
@@ -592,6 +611,7 @@ impl Views {
         let live = match def.refresh {
             Refresh::Incremental => {
                 let mut v = View::plan(&self.ctx, &name, &def.sql).await.map_err(err)?;
+                v.unchanging(&self.unchanging);
                 v.populate(&self.ctx).await.map_err(err)?;
                 Live::Incremental(Box::new(v))
             }
@@ -900,7 +920,11 @@ impl Views {
                 None => changes::unkeyed(table, b, &schema).map_err(change_err)?,
             });
         }
-        let z = ZSet::concat(spillway_views::relax_nullability(&schema), parts).map_err(change_err)?;
+        // Consolidated: a row the file deletes and inserts again (in either order) is no change,
+        // wherever the engine's pieces fall.
+        let z = ZSet::concat(spillway_views::relax_nullability(&schema), parts)
+            .and_then(|z| z.consolidate())
+            .map_err(change_err)?;
         self.charge_table(table, Some(&rel))?;
         let changed = self.transaction(table, z.clone(), &rel).await?;
         let applied =
