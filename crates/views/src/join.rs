@@ -34,7 +34,8 @@ pub(crate) struct Side {
 impl Side {
     pub(crate) fn new(node: Node, plan: LogicalPlan, keys: Vec<Arc<dyn PhysicalExpr>>) -> Result<Side> {
         let rows = RowCodec::new(node.schema())?;
-        Ok(Side { node, plan, arr: Arranged { keys, rows, state: HashMap::new(), entries: 0, bytes: 0 }, keep: true })
+        let arr = Arranged { keys, rows, state: HashMap::new(), entries: 0, bytes: 0, counts: false };
+        Ok(Side { node, plan, arr, keep: true })
     }
 }
 
@@ -45,6 +46,21 @@ struct Arranged {
     state: HashMap<RowBytes, HashMap<RowBytes, i64>>,
     entries: usize,
     bytes: usize,
+    /// Only how many rows each key has (one empty row per key, weighted by the count): the
+    /// side a semi, anti or mark join tests for a match, with no residual filter to evaluate
+    /// on its rows.
+    counts: bool,
+}
+
+impl Arranged {
+    /// What `row` is kept as: itself, or nothing but its key's count.
+    fn kept<'r>(&self, row: &'r [u8]) -> &'r [u8] {
+        if self.counts {
+            &[]
+        } else {
+            row
+        }
+    }
 }
 
 impl Arranged {
@@ -157,6 +173,14 @@ impl JoinOp {
         if matches!(join_type, JoinType::RightMark) {
             return Err(unsupported("Join", "a right mark join"));
         }
+        let (mut left, mut right) = (left, right);
+        if filter.is_none() {
+            match join_type {
+                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => right.arr.counts = true,
+                JoinType::RightSemi | JoinType::RightAnti => left.arr.counts = true,
+                _ => {}
+            }
+        }
         let spec = Spec {
             join_type,
             null_equality,
@@ -181,7 +205,9 @@ impl JoinOp {
 
     pub(crate) fn describe(&self) -> String {
         let side = |s: &Side, other: &str| {
-            if s.keep {
+            if s.keep && s.arr.counts {
+                format!("a count per key ({} keys)", s.arr.state.len())
+            } else if s.keep {
                 format!("{} rows in {} keys", s.arr.entries, s.arr.state.len())
             } else {
                 format!("none kept (the {other} side never changes)")
@@ -311,13 +337,16 @@ impl Spec {
                 .iter()
                 .enumerate()
                 .filter(|(i, k)| k.is_some() && z.weights[*i] > 0)
-                .map(|(i, k)| boxed(rows.row(i).as_ref().len()) + k.as_ref().map_or(0, |k| boxed(k.len())) + 64)
+                .map(|(i, k)| {
+                    boxed(side.kept(rows.row(i).data()).len()) + k.as_ref().map_or(0, |k| boxed(k.len())) + 64
+                })
                 .sum();
             fl.grow_state(growth)?;
         }
         for (i, k) in keys.iter().enumerate() {
             if let Some(k) = k {
-                side.add(k, rows.row(i).as_ref(), z.weights[i]);
+                let row = side.kept(rows.row(i).data());
+                side.add(k, row, z.weights[i]);
             }
         }
         // Once the whole change is in (a row may be retracted before it is inserted again),
@@ -326,7 +355,7 @@ impl Spec {
             let Some(k) = k else { continue };
             let row = rows.row(i);
             if z.weights[i] < 0 {
-                let count = side.weight(k, row.as_ref());
+                let count = side.weight(k, side.kept(row.data()));
                 if count < 0 {
                     return Err(crate::ViewError::AbsentRowDeleted {
                         operator: format!("the join's {} input", if left { "left" } else { "right" }),
@@ -505,18 +534,39 @@ impl Spec {
             }
         }
         let _held = fl.hold(bytes)?;
-        let lb = l.rows.decode(c.left.iter().map(|(r, _)| r.as_ref()))?;
-        let rb = r.rows.decode(c.right.iter().map(|(r, _)| r.as_ref()))?;
-        let li = arrow::array::UInt32Array::from(c.pairs.iter().map(|p| p.0).collect::<Vec<_>>());
-        let ri = arrow::array::UInt32Array::from(c.pairs.iter().map(|p| p.1).collect::<Vec<_>>());
-        let mut columns: Vec<ArrayRef> =
-            lb.columns().iter().map(|a| take(a, &li, None)).collect::<std::result::Result<_, _>>()?;
-        columns.extend(rb.columns().iter().map(|a| take(a, &ri, None)).collect::<std::result::Result<Vec<_>, _>>()?);
+        // A side kept as counts has no rows to decode; without a filter or an output of pairs
+        // (semi, anti and mark joins), no pair is built either.
+        let decode = |a: &Arranged, rows: &[(Box<[u8]>, i64)]| -> Result<Option<arrow::array::RecordBatch>> {
+            if a.counts {
+                return Ok(None);
+            }
+            Ok(Some(a.rows.decode(rows.iter().map(|(r, _)| r.as_ref()))?))
+        };
+        let lb = decode(l, &c.left)?;
+        let rb = decode(r, &c.right)?;
         let weights: Vec<i64> = c.pairs.iter().map(|(l, r)| c.left[*l as usize].1 * c.right[*r as usize].1).collect();
-        let pairs = ZSet::new(batch_of(&self.pair_schema, columns, weights.len())?, weights);
-        let pass: Vec<bool> = match &self.filter {
-            Some(f) if !pairs.is_empty() => mask(f, &pairs.batch)?.values().iter().collect(),
-            _ => vec![true; pairs.len()],
+        let pairs = match (&lb, &rb) {
+            (Some(lb), Some(rb))
+                if self.filter.is_some()
+                    || matches!(
+                        self.join_type,
+                        JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+                    ) =>
+            {
+                let li = arrow::array::UInt32Array::from(c.pairs.iter().map(|p| p.0).collect::<Vec<_>>());
+                let ri = arrow::array::UInt32Array::from(c.pairs.iter().map(|p| p.1).collect::<Vec<_>>());
+                let mut columns: Vec<ArrayRef> =
+                    lb.columns().iter().map(|a| take(a, &li, None)).collect::<std::result::Result<_, _>>()?;
+                columns.extend(
+                    rb.columns().iter().map(|a| take(a, &ri, None)).collect::<std::result::Result<Vec<_>, _>>()?,
+                );
+                Some(ZSet::new(batch_of(&self.pair_schema, columns, weights.len())?, weights))
+            }
+            _ => None,
+        };
+        let pass: Vec<bool> = match (&self.filter, &pairs) {
+            (Some(f), Some(p)) if !p.is_empty() => mask(f, &p.batch)?.values().iter().collect(),
+            _ => vec![true; c.pairs.len()],
         };
         let mut left_matched = vec![false; c.left.len()];
         let mut right_matched = vec![false; c.right.len()];
@@ -532,26 +582,34 @@ impl Spec {
             |m: bool| -> Vec<u32> { (0..c.left.len() as u32).filter(|i| left_matched[*i as usize] == m).collect() };
         let right_where =
             |m: bool| -> Vec<u32> { (0..c.right.len() as u32).filter(|i| right_matched[*i as usize] == m).collect() };
-        let lz = ZSet::new(lb.clone(), c.left.iter().map(|(_, w)| *w).collect());
-        let rz = ZSet::new(rb.clone(), c.right.iter().map(|(_, w)| *w).collect());
+        let rows_of = |b: &Option<arrow::array::RecordBatch>, c: &[(Box<[u8]>, i64)]| -> Result<ZSet> {
+            let b = b.clone().ok_or_else(|| unsupported("Join", "an output of the side kept as counts"))?;
+            Ok(ZSet::new(b, c.iter().map(|(_, w)| *w).collect()))
+        };
         let mut parts = Vec::new();
         match self.join_type {
             Inner | Left | Right | Full => {
+                let pairs = pairs.ok_or_else(|| unsupported("Join", "pairs of a side kept as counts"))?;
                 parts.push(pairs.take(&passing)?.with_schema(self.schema.clone())?);
                 if matches!(self.join_type, Left | Full) {
-                    let z = lz.take(&left_where(false))?;
+                    let z = rows_of(&lb, &c.left)?.take(&left_where(false))?;
                     parts.push(self.unmatched(true, &z.batch, z.weights)?);
                 }
                 if matches!(self.join_type, Right | Full) {
-                    let z = rz.take(&right_where(false))?;
+                    let z = rows_of(&rb, &c.right)?.take(&right_where(false))?;
                     parts.push(self.unmatched(false, &z.batch, z.weights)?);
                 }
             }
-            LeftSemi => parts.push(lz.take(&left_where(true))?.with_schema(self.schema.clone())?),
-            RightSemi => parts.push(rz.take(&right_where(true))?.with_schema(self.schema.clone())?),
-            LeftAnti => parts.push(lz.take(&left_where(false))?.with_schema(self.schema.clone())?),
-            RightAnti => parts.push(rz.take(&right_where(false))?.with_schema(self.schema.clone())?),
+            LeftSemi => parts.push(rows_of(&lb, &c.left)?.take(&left_where(true))?.with_schema(self.schema.clone())?),
+            RightSemi => {
+                parts.push(rows_of(&rb, &c.right)?.take(&right_where(true))?.with_schema(self.schema.clone())?)
+            }
+            LeftAnti => parts.push(rows_of(&lb, &c.left)?.take(&left_where(false))?.with_schema(self.schema.clone())?),
+            RightAnti => {
+                parts.push(rows_of(&rb, &c.right)?.take(&right_where(false))?.with_schema(self.schema.clone())?)
+            }
             LeftMark => {
+                let lz = rows_of(&lb, &c.left)?;
                 let mut columns = lz.batch.columns().to_vec();
                 columns.push(Arc::new(BooleanArray::from(left_matched.clone())));
                 parts.push(

@@ -57,6 +57,7 @@ async fn each_views_charged_state_is_within_a_quarter_of_what_it_allocated() {
         ("top-n", "SELECT id, v, s FROM t ORDER BY v DESC, id LIMIT 10"),
         ("filter", "SELECT id, k, s FROM t WHERE v < 500"),
         ("distinct", "SELECT DISTINCT k, v FROM t"),
+        ("anti (a count per key of u)", "SELECT id, s FROM t WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.k = t.id)"),
     ];
     let mut report = Vec::new();
     for (name, sql) in shapes {
