@@ -11,11 +11,13 @@
 //!   scalar.rs     uncorrelated scalar subqueries ──▶ joins with their one row
 //!   lower.rs      LogicalPlan ──▶ Node graph, or Unsupported { operator, reason }
 //!   node.rs       Node; stateless operators: scan of changes, filter, project, rename, union
-//!   join.rs       JoinOp: inner (bilinear), outer/semi/anti/mark (per touched key) joins
+//!   join.rs       JoinOp: inner (bilinear), outer/semi/anti/mark (per touched key) joins;
+//!                 no state beside an unchanging side, counts per key for semi/anti/mark
 //!   aggregate.rs  AggregateOp: count/sum/avg (DataFusion's retractable accumulators),
 //!                 min/max/count(DISTINCT) (per-group multisets), DISTINCT, HAVING above it
 //!   topn.rs       TopNOp: ORDER BY ... LIMIT n OFFSET m
 //!   view.rs       View: plan, populate, apply a transaction, contents, explain
+//!   flight.rs     pieces of a transaction in flight, reserved from the pool before they exist
 //!   zset.rs       ZSet and RowCodec (rows as arrow-row bytes: how state is keyed)
 //!   changes.rs    change rows with `_op` (insert/delete/upsert) ──▶ Z-sets; KeyedTable
 //! ```

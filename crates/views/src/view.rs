@@ -128,8 +128,8 @@ impl View {
             let growth: usize = z.weights.iter().filter(|w| **w > 0).count() * 32
                 + if z.weights.iter().any(|w| *w > 0) { z.slice_bytes() } else { 0 };
             flight.grow_state(growth)?;
-            if let Some(c) = contents.absorb(&z)? {
-                negative.get_or_insert(c);
+            if let Some(found) = contents.absorb(&z)? {
+                negative.get_or_insert(found);
             }
             parts.push(z);
             Ok(())
@@ -142,14 +142,8 @@ impl View {
         drop(held);
         flight.end();
         let out = out?;
-        if let Some(c) = negative {
-            return Err(ViewError::BadChange {
-                table: self.tables.iter().cloned().collect::<Vec<_>>().join(", "),
-                reason: format!(
-                    "view {} would hold a row {} time(s): a change deleted rows that were not there",
-                    self.name, c
-                ),
-            });
+        if let Some((row, count)) = negative {
+            return Err(ViewError::AbsentRowDeleted { operator: format!("view {}", self.name), row, count });
         }
         Ok(out)
     }
@@ -215,8 +209,8 @@ struct Contents {
 }
 
 impl Contents {
-    /// Adds `z` to the contents; returns the count of a row that went below zero, if one did.
-    fn absorb(&mut self, z: &ZSet) -> Result<Option<i64>> {
+    /// Adds `z` to the contents; returns a row that went below zero and its count, if one did.
+    fn absorb(&mut self, z: &ZSet) -> Result<Option<(String, i64)>> {
         use crate::mem::{boxed, table};
         let rows = self.codec.encode_batch(&z.batch)?;
         let mut negative = None;
@@ -240,8 +234,8 @@ impl Contents {
                     w
                 }
             };
-            if count < 0 {
-                negative = Some(count);
+            if count < 0 && negative.is_none() {
+                negative = Some((self.codec.describe(row.as_ref()), count));
             }
         }
         let after = self.rows.capacity();

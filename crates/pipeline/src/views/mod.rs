@@ -713,7 +713,9 @@ impl Views {
                         continue;
                     }
                     v.apply(&deltas).map_err(|e| match e {
-                        e @ (ViewError::BadChange { .. } | ViewError::AbsentRowDeleted { .. }) => change_err(e),
+                        e @ (ViewError::BadChange { .. }
+                        | ViewError::AbsentRowDeleted { .. }
+                        | ViewError::InFlight { .. }) => change_err(e),
                         e => view_err(e),
                     })?
                 }
