@@ -115,7 +115,8 @@ impl Node {
     }
 
     /// Pushes this node's output change for one transaction's `deltas` to `emit`, in pieces of
-    /// at most [`PIECE_ROWS`] rows (more only where one input row fans out wider), updating its
+    /// at most [`crate::flight::PIECE_ROWS`] rows (more only for one hot key of an outer, semi
+    /// or anti join, whose output is computed whole), updating its
     /// state (and its inputs') as they pass. Each piece is reserved in `fl` before it is built.
     pub(crate) fn step(&mut self, deltas: &Deltas, fl: &Flight, emit: &mut Emit<'_>) -> Result<()> {
         match self {
