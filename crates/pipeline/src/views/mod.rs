@@ -498,6 +498,19 @@ impl Views {
             tracing::info!(view = %name, ms = t.elapsed().as_millis() as u64, state_bytes = state, "view populated");
             populated(i + 1, order.len());
         }
+        // Every view is populated: the copies of their contents registered for the views that
+        // read them (which plan and populate against them, and only then) are dropped; each
+        // name stays registered, empty, with its schema. Recomputed views read the live
+        // contents, not these.
+        for name in &order {
+            let schema = views.live.get(name).map(|l| match l {
+                Live::Incremental(v) => v.schema(),
+                Live::Recompute(r) => r.rows.schema(),
+            });
+            if let Some(schema) = schema {
+                views.register_view(name, RecordBatch::new_empty(schema))?;
+            }
+        }
         // Rebuild the state of what was applied before: the log, in order.
         let mut parts: BTreeMap<String, Vec<ZSet>> = BTreeMap::new();
         for a in views.applied.clone() {
@@ -678,7 +691,8 @@ impl Views {
         Err(over_lease(&name, want, sizes, e, &pool, file))
     }
 
-    /// (Re-)registers a view's contents as a table, for the views that read it.
+    /// (Re-)registers a view's contents as a table, for the views that read it to be planned
+    /// and populated.
     fn register_view(&self, name: &str, contents: RecordBatch) -> Result<()> {
         let schema = contents.schema();
         let table = MemTable::try_new(schema, vec![vec![contents]]).map_err(spillway_engine::Error::from)?;
@@ -753,34 +767,14 @@ impl Views {
                 counts.change_rows += out.len() as u64;
             }
             self.charge(&name, Some(file))?;
-            let live = &self.live[&name];
             if out.is_empty() {
                 continue;
-            }
-            let contents = match live {
-                Live::Incremental(v) => {
-                    // Downstream views plan against the table only at population; keep it current
-                    // for views recomputed from this one.
-                    if self.needs_contents(&name) {
-                        Some(v.contents().map_err(view_err)?)
-                    } else {
-                        None
-                    }
-                }
-                Live::Recompute(r) => Some(r.rows.clone()),
-            };
-            if let Some(c) = contents {
-                self.register_view(&name, c)?;
             }
             self.last_change.insert(name.clone(), file.to_string());
             deltas.insert(name.clone(), out.clone());
             changed.insert(name, out);
         }
         Ok(changed)
-    }
-
-    fn needs_contents(&self, view: &str) -> bool {
-        self.live.values().any(|l| matches!(l, Live::Recompute(r) if r.tables.contains(view)))
     }
 
     /// The change files not applied yet, in name order, with the table each changes. A file
