@@ -1602,17 +1602,18 @@ async fn read_change_file(path: &Path, table: &SchemaRef) -> Result<Vec<RecordBa
     Ok(frame.collect().await.map_err(spillway_engine::Error::from)?)
 }
 
-/// The column names in the first line of CSV file `path` (at most 1MiB of it).
+/// The column names in the header line of CSV file `path`, as the CSV reader parses them
+/// (quoted names included); no row is read.
 fn csv_header(path: &Path) -> Result<Vec<String>> {
-    use std::io::{BufRead, Read};
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut line = String::new();
-    std::io::BufReader::new(f.take(1 << 20)).read_line(&mut line).map_err(|e| Error::io(path, e))?;
-    let line = line.trim_end_matches(['\r', '\n']);
-    if line.is_empty() {
+    let (schema, _) = arrow::csv::reader::Format::default()
+        .with_header(true)
+        .infer_schema(std::io::BufReader::new(f), Some(0))
+        .map_err(|e| Error::at(path, 1, format!("the change file's header line: {e}")))?;
+    if schema.fields().is_empty() {
         return Err(Error::at(path, 1, "the change file has no header line"));
     }
-    Ok(line.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect())
+    Ok(schema.fields().iter().map(|f| f.name().clone()).collect())
 }
 
 fn now_rfc3339() -> String {
