@@ -358,6 +358,11 @@ impl AggregateOp {
 
     fn absorb(&mut self, z: &ZSet) -> Result<Vec<Box<[u8]>>> {
         let (keys, ev) = self.evaluate_inputs(z)?;
+        self.absorb_evaluated(keys, &ev, &z.weights)
+    }
+
+    /// [`AggregateOp::absorb`] of rows whose group keys and arguments are evaluated already.
+    fn absorb_evaluated(&mut self, keys: Vec<Box<[u8]>>, ev: &Evaluated, weights: &[i64]) -> Result<Vec<Box<[u8]>>> {
         let mut order: Vec<Box<[u8]>> = Vec::new();
         let mut by_key: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
         for (i, k) in keys.into_iter().enumerate() {
@@ -370,7 +375,7 @@ impl AggregateOp {
             }
         }
         for k in &order {
-            self.update(k, &by_key[k], &z.weights, &ev)?;
+            self.update(k, &by_key[k], weights, ev)?;
         }
         Ok(order)
     }
@@ -413,7 +418,7 @@ impl AggregateOp {
             if z.is_empty() {
                 return Ok(());
             }
-            let (keys, _) = self.evaluate_inputs(&z)?;
+            let (keys, ev) = self.evaluate_inputs(&z)?;
             let mut growth = 0;
             for (i, k) in keys.iter().enumerate() {
                 if seen.contains(k) {
@@ -430,7 +435,7 @@ impl AggregateOp {
             let multisets = self.aggs.iter().filter(|a| a.kind != Kind::Retractable).count();
             growth += multisets * 64 * z.weights.iter().filter(|w| **w > 0).count();
             fl.grow_state(growth)?;
-            self.absorb(&z)?;
+            self.absorb_evaluated(keys, &ev, &z.weights)?;
             Ok(())
         });
         self.input = input;
