@@ -1,14 +1,21 @@
 //! Grouped and ungrouped aggregates, and `DISTINCT` (an aggregate without aggregate functions):
-//! per group, the number of input rows and one accumulator per aggregate.
+//! per group, the number of input rows and the state of one accumulator per aggregate.
 //!
 //! `count`, `sum` and `avg` use DataFusion's own retractable accumulators (the ones its sliding
 //! windows use: `update_batch` for inserts, `retract_batch` for deletes), so results have exactly
-//! DataFusion's types and rounding. `min`, `max` and `count(DISTINCT)` keep a multiset of the
-//! group's values (ordered by their row encoding, so the first is the minimum): a delete can
-//! remove the current minimum, and the next one must be known. A group exists while its row
-//! count is above zero; an ungrouped aggregate always has its one row. The output change of a
-//! transaction is, for every group it touched, −(the group's row before) +(its row after).
+//! DataFusion's types and rounding. Between pieces a group is not a live accumulator but its
+//! state (`Accumulator::state`, e.g. a sum and a count) encoded as one row of an
+//! [`Arrangement`] under the group's key, weighted by the group's row count: a piece loads the
+//! groups it touches (decoded in one batch, merged into fresh accumulators), updates them and
+//! stores them back (encoded in one batch). `min`, `max` and `count(DISTINCT)` keep a multiset of
+//! the group's values in one ordered map for the operator, keyed by (group, aggregate, value) so
+//! that a group's values are one range whose first is the minimum: a delete can remove the
+//! current minimum, and the next one must be known. A group exists while its row count is above
+//! zero; an ungrouped aggregate always has its one row (fresh accumulators when it has no rows).
+//! The output change of a transaction is, for every group it touched, −(the group's row
+//! before) +(its row after).
 
+use crate::arrange::Arrangement;
 use crate::error::{unsupported, Result};
 use crate::flight::Flight;
 use crate::node::{batch_of, eval, mask, query, Deltas, Emit, Node};
@@ -46,8 +53,6 @@ pub(crate) struct AggSpec {
     /// Encodes the argument's values (multiset kinds).
     values: Option<RowCodec>,
     out_type: DataType,
-    /// Bytes a fresh accumulator allocates (0 when jemalloc cannot say).
-    fresh_bytes: usize,
 }
 
 impl AggSpec {
@@ -87,30 +92,24 @@ impl AggSpec {
             }
         };
         let out_type = func.field().data_type().clone();
-        let mut spec = AggSpec { func, args, filter, kind, values, out_type, fresh_bytes: 0 };
-        // What one fresh accumulator really allocates (DataFusion's `size()` leaves out parts of
-        // some): measured once per aggregate, charged per group.
-        let (_, bytes) = spillway_governor::jemalloc::allocated_by(|| spec.fresh());
-        spec.fresh_bytes = bytes;
-        Ok(spec)
+        Ok(AggSpec { func, args, filter, kind, values, out_type })
     }
 
-    fn fresh(&self) -> Result<Acc> {
+    /// A fresh accumulator of a retractable aggregate (None: a multiset aggregate, whose
+    /// values live in the operator's `values`).
+    fn fresh(&self) -> Result<Option<Box<dyn Accumulator>>> {
         Ok(match self.kind {
-            Kind::Retractable => Acc::Retractable(self.func.create_sliding_accumulator()?),
-            _ => Acc::Multiset(BTreeMap::new()),
+            Kind::Retractable => Some(self.func.create_sliding_accumulator()?),
+            _ => None,
         })
     }
 }
 
-enum Acc {
-    Retractable(Box<dyn Accumulator>),
-    Multiset(BTreeMap<Box<[u8]>, i64>),
-}
-
-struct Group {
+/// A group while a piece updates or reads it: its row count and its retractable accumulators,
+/// rebuilt from their packed states.
+struct Live {
     rows: i64,
-    accs: Vec<Acc>,
+    accs: Vec<Option<Box<dyn Accumulator>>>,
 }
 
 /// An aggregate node.
@@ -120,24 +119,32 @@ pub(crate) struct AggregateOp {
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     groups_codec: Option<RowCodec>,
     aggs: Vec<AggSpec>,
-    groups: HashMap<Box<[u8]>, Group>,
+    /// Each group's key with one row: its retractable accumulators' states (DataFusion's
+    /// `Accumulator::state`, encoded by `states`), weighted by the group's row count. A group
+    /// whose count reaches 0 is gone (an ungrouped aggregate's one row is then fresh).
+    groups: Arrangement,
+    /// Encodes the accumulators' states (None: no retractable aggregate).
+    states: Option<RowCodec>,
+    /// Each aggregate's columns in `states` (empty for multiset aggregates).
+    state_cols: Vec<std::ops::Range<usize>>,
+    /// The encoded states of fresh accumulators: what a new group's row is about.
+    fresh_state: usize,
+    /// The multiset aggregates' values: (group, aggregate, value) ([`value_key`]) → weight.
+    values: BTreeMap<Box<[u8]>, i64>,
+    /// The boxes of `values`' keys, by their size class.
     value_bytes: usize,
-    /// Bytes of the groups' keys, bookkeeping and accumulators ([`group_size`]).
-    group_bytes: usize,
     schema: SchemaRef,
 }
 
-/// A group's bytes: its key, bookkeeping and retractable accumulators (multisets are counted in
-/// `value_bytes` as values come and go).
-fn group_size(key: &[u8], g: &Group, aggs: &[AggSpec]) -> usize {
-    use crate::mem::{alloc_size, boxed};
-    let accs: usize = g
-        .accs
-        .iter()
-        .zip(aggs)
-        .map(|(a, spec)| if let Acc::Retractable(a) = a { alloc_size(a.size()).max(spec.fresh_bytes) } else { 0 })
-        .sum();
-    boxed(key.len()) + boxed(g.accs.len() * std::mem::size_of::<Acc>()) + accs
+/// A multiset value's key: the group's key (length first), the aggregate, the value's own row
+/// bytes; a group's values of one aggregate are one range, ordered as the values are.
+fn value_key(group: &[u8], agg: usize, value: &[u8]) -> Box<[u8]> {
+    let mut k = Vec::with_capacity(6 + group.len() + value.len());
+    k.extend_from_slice(&(group.len() as u32).to_be_bytes());
+    k.extend_from_slice(group);
+    k.extend_from_slice(&(agg as u16).to_be_bytes());
+    k.extend_from_slice(value);
+    k.into_boxed_slice()
 }
 
 /// The input columns one transaction's update needs, evaluated once for the whole delta.
@@ -169,23 +176,34 @@ impl AggregateOp {
                 .collect::<Result<Vec<_>>>()?;
             Some(RowCodec::new(Arc::new(Schema::new(fields)))?)
         };
+        // The states' columns, from what fresh accumulators say their state is.
+        let (mut fields, mut state_cols) = (Vec::new(), Vec::new());
+        for (a, spec) in aggs.iter().enumerate() {
+            let start = fields.len();
+            if let Some(mut acc) = spec.fresh()? {
+                for (j, v) in acc.state()?.iter().enumerate() {
+                    fields.push(Field::new(format!("a{a}s{j}"), v.data_type(), true));
+                }
+            }
+            state_cols.push(start..fields.len());
+        }
+        let states = (!fields.is_empty()).then(|| RowCodec::new(Arc::new(Schema::new(fields)))).transpose()?;
         let mut op = AggregateOp {
             input,
             plan,
             group_exprs,
             groups_codec,
             aggs,
-            groups: HashMap::new(),
+            groups: Arrangement::new(),
+            states,
+            state_cols,
+            fresh_state: 0,
+            values: BTreeMap::new(),
             value_bytes: 0,
-            group_bytes: 0,
             schema: relax_nullability(&schema),
         };
-        if op.groups_codec.is_none() {
-            let accs = op.aggs.iter().map(|a| a.fresh()).collect::<Result<Vec<_>>>()?;
-            let g = Group { rows: 0, accs };
-            op.group_bytes += group_size(&[], &g, &op.aggs);
-            op.groups.insert(Box::default(), g);
-        }
+        let mut fresh = vec![op.fresh()?];
+        op.fresh_state = op.encode_states(&mut fresh)?.map_or(0, |rows| rows.row(0).data().len());
         Ok(op)
     }
 
@@ -214,7 +232,7 @@ impl AggregateOp {
 
     /// Kept up to date group by group: a transaction costs what it touches, not every group.
     fn own_bytes(&self) -> usize {
-        self.group_bytes + self.value_bytes + crate::mem::table::<(Box<[u8]>, Group)>(self.groups.capacity())
+        self.groups.bytes() + self.value_bytes + crate::mem::btree::<Box<[u8]>, i64>(self.values.len())
     }
 
     pub(crate) fn state_bytes(&self) -> usize {
@@ -246,30 +264,92 @@ impl AggregateOp {
         Ok((keys, ev))
     }
 
-    /// Adds the rows `idx` of the evaluated delta (weights `weights`) to `group`.
-    fn update(&mut self, key: &[u8], idx: &[u32], weights: &[i64], ev: &Evaluated) -> Result<()> {
-        let before = match self.groups.get(key) {
-            Some(g) => group_size(key, g, &self.aggs),
-            None => {
-                let accs = self.aggs.iter().map(|a| a.fresh()).collect::<Result<Vec<_>>>()?;
-                self.groups.insert(key.into(), Group { rows: 0, accs });
-                0
+    /// A group with no rows: fresh accumulators.
+    fn fresh(&self) -> Result<Live> {
+        Ok(Live { rows: 0, accs: self.aggs.iter().map(|a| a.fresh()).collect::<Result<Vec<_>>>()? })
+    }
+
+    /// The groups `keys` as they are, their accumulators rebuilt from their states (decoded
+    /// in one batch, merged into fresh accumulators).
+    fn load(&self, keys: &[Box<[u8]>]) -> Result<Vec<Live>> {
+        let found: Vec<Option<(&[u8], i64)>> = keys.iter().map(|k| self.groups.get(k).next()).collect();
+        let decoded = match &self.states {
+            Some(codec) if found.iter().any(Option::is_some) => {
+                Some(codec.decode(found.iter().flatten().map(|(r, _)| *r))?)
             }
+            _ => None,
         };
-        let group = self.groups.get_mut(key).expect("group was just inserted");
-        group.rows += idx.iter().map(|&i| weights[i as usize]).sum::<i64>();
-        if group.rows < 0 {
+        let mut lives = Vec::with_capacity(keys.len());
+        let mut j = 0;
+        for f in &found {
+            let mut live = self.fresh()?;
+            if let Some((_, rows)) = f {
+                live.rows = *rows;
+                if let Some(b) = &decoded {
+                    for (acc, cols) in live.accs.iter_mut().zip(&self.state_cols) {
+                        if let Some(acc) = acc {
+                            let state: Vec<ArrayRef> =
+                                b.columns()[cols.clone()].iter().map(|c| c.slice(j, 1)).collect();
+                            acc.merge_batch(&state)?;
+                        }
+                    }
+                }
+                j += 1;
+            }
+            lives.push(live);
+        }
+        Ok(lives)
+    }
+
+    /// The accumulators' states of `lives`, encoded in one batch (None: nothing to encode).
+    fn encode_states(&self, lives: &mut [Live]) -> Result<Option<arrow::row::Rows>> {
+        let Some(codec) = &self.states else { return Ok(None) };
+        if lives.is_empty() {
+            return Ok(None);
+        }
+        let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(lives.len()); codec.schema().fields().len()];
+        for live in lives.iter_mut() {
+            for (acc, cols) in live.accs.iter_mut().zip(&self.state_cols) {
+                if let Some(acc) = acc {
+                    for (c, v) in cols.clone().zip(acc.state()?) {
+                        columns[c].push(v);
+                    }
+                }
+            }
+        }
+        let arrays = columns.into_iter().map(ScalarValue::iter_to_array).collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Some(codec.encode(&cast_all(arrays, codec.schema())?)?))
+    }
+
+    /// Writes `lives` back as the groups `keys` (a group of no rows is removed).
+    fn store(&mut self, keys: &[Box<[u8]>], lives: &mut [Live]) -> Result<()> {
+        let encoded = self.encode_states(lives)?;
+        for (i, k) in keys.iter().enumerate() {
+            let old = self.groups.get(k).next().map(|(r, w)| (Box::<[u8]>::from(r), w));
+            if let Some((r, w)) = old {
+                self.groups.add(k, &r, -w);
+            }
+            let row: &[u8] = encoded.as_ref().map_or(&[], |e| e.row(i).data());
+            self.groups.add(k, row, lives[i].rows);
+        }
+        Ok(())
+    }
+
+    /// Adds the rows `idx` of the evaluated delta (weights `weights`) to the group `key`.
+    fn update(&mut self, key: &[u8], live: &mut Live, idx: &[u32], weights: &[i64], ev: &Evaluated) -> Result<()> {
+        live.rows += idx.iter().map(|&i| weights[i as usize]).sum::<i64>();
+        if live.rows < 0 {
             let row = self.groups_codec.as_ref().map_or_else(|| "()".to_string(), |c| c.describe(key));
             return Err(crate::ViewError::AbsentRowDeleted {
                 operator: "the aggregate's group".into(),
                 row,
-                count: group.rows,
+                count: live.rows,
             });
         }
-        for (a, spec) in self.aggs.iter().enumerate() {
+        for a in 0..self.aggs.len() {
             let passes = |i: u32| ev.passes[a].as_ref().is_none_or(|p| p.value(i as usize));
-            match &mut group.accs[a] {
-                Acc::Retractable(acc) => {
+            match &mut live.accs[a] {
+                Some(acc) => {
                     let (mut ins, mut del) = (Vec::new(), Vec::new());
                     for &i in idx {
                         if !passes(i) {
@@ -288,72 +368,77 @@ impl AggregateOp {
                         acc.retract_batch(&take_all(&ev.args[a], &del)?)?;
                     }
                 }
-                Acc::Multiset(set) => {
+                None => {
                     let rows = ev.values[a].as_ref().expect("multiset aggregates encode their values");
                     let arg = &ev.args[a][0];
                     for &i in idx {
                         if !passes(i) || arg.is_null(i as usize) {
                             continue;
                         }
-                        let v = rows.row(i as usize);
+                        let k = value_key(key, a, rows.row(i as usize).data());
                         let w = weights[i as usize];
-                        let nodes = |n: usize| crate::mem::btree::<Box<[u8]>, i64>(n);
-                        let len = set.len();
-                        match set.get_mut(v.as_ref()) {
+                        match self.values.get_mut(&k) {
                             Some(c) => {
                                 *c += w;
                                 if *c == 0 {
-                                    set.remove(v.as_ref());
-                                    self.value_bytes -=
-                                        crate::mem::boxed(v.as_ref().len()) + nodes(len) - nodes(len - 1);
+                                    self.values.remove(&k);
+                                    self.value_bytes -= crate::mem::boxed(k.len());
                                 }
                             }
                             None => {
-                                set.insert(v.as_ref().into(), w);
-                                self.value_bytes += crate::mem::boxed(v.as_ref().len()) + nodes(len + 1) - nodes(len);
+                                self.value_bytes += crate::mem::boxed(k.len());
+                                self.values.insert(k, w);
                             }
                         }
                     }
-                    let _ = spec;
                 }
             }
         }
-        self.group_bytes = self.group_bytes + group_size(key, group, &self.aggs) - before;
         Ok(())
     }
 
-    /// The aggregate values of a group (None: the group has no rows and is not the one row of
-    /// an ungrouped aggregate).
-    fn output(&mut self, key: &[u8]) -> Result<Option<Vec<ScalarValue>>> {
+    /// The aggregate values of the groups `keys` (None: a group with no rows, unless it is the
+    /// one row of an ungrouped aggregate).
+    fn outputs(&self, keys: &[Box<[u8]>]) -> Result<Vec<Option<Vec<ScalarValue>>>> {
         let ungrouped = self.groups_codec.is_none();
-        let Some(group) = self.groups.get_mut(key) else { return Ok(None) };
-        if group.rows <= 0 && !ungrouped {
-            return Ok(None);
-        }
-        let mut out = Vec::with_capacity(self.aggs.len());
-        for (spec, acc) in self.aggs.iter().zip(group.accs.iter_mut()) {
-            let v = match acc {
-                Acc::Retractable(acc) => acc.evaluate()?,
-                Acc::Multiset(set) => {
-                    let codec = spec.values.as_ref().expect("multiset aggregates encode their values");
-                    let pick = match spec.kind {
-                        Kind::Min => set.keys().next(),
-                        Kind::Max => set.keys().next_back(),
-                        _ => None,
-                    };
-                    match (spec.kind, pick) {
-                        (Kind::CountDistinct, _) => ScalarValue::Int64(Some(set.len() as i64)),
-                        (_, Some(bytes)) => {
-                            let b = codec.decode([bytes.as_ref()])?;
-                            ScalarValue::try_from_array(b.column(0), 0)?
+        let mut lives = self.load(keys)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, live) in keys.iter().zip(&mut lives) {
+            if live.rows <= 0 && !ungrouped {
+                out.push(None);
+                continue;
+            }
+            let mut row = Vec::with_capacity(self.aggs.len());
+            for (a, (spec, acc)) in self.aggs.iter().zip(live.accs.iter_mut()).enumerate() {
+                let v = match acc {
+                    Some(acc) => acc.evaluate()?,
+                    None => {
+                        let codec = spec.values.as_ref().expect("multiset aggregates encode their values");
+                        let (from, to) = (value_key(key, a, &[]), value_key(key, a + 1, &[]));
+                        let mut range = self.values.range::<[u8], _>((
+                            std::ops::Bound::Included(&from[..]),
+                            std::ops::Bound::Excluded(&to[..]),
+                        ));
+                        let pick = match spec.kind {
+                            Kind::Min => range.next(),
+                            Kind::Max => range.next_back(),
+                            _ => None,
+                        };
+                        match (spec.kind, pick) {
+                            (Kind::CountDistinct, _) => ScalarValue::Int64(Some(range.count() as i64)),
+                            (_, Some((bytes, _))) => {
+                                let b = codec.decode([&bytes[from.len()..]])?;
+                                ScalarValue::try_from_array(b.column(0), 0)?
+                            }
+                            (_, None) => ScalarValue::try_from(&spec.out_type)?,
                         }
-                        (_, None) => ScalarValue::try_from(&spec.out_type)?,
                     }
-                }
-            };
-            out.push(v);
+                };
+                row.push(v);
+            }
+            out.push(Some(row));
         }
-        Ok(Some(out))
+        Ok(out)
     }
 
     fn absorb(&mut self, z: &ZSet) -> Result<Vec<Box<[u8]>>> {
@@ -361,7 +446,8 @@ impl AggregateOp {
         self.absorb_evaluated(keys, &ev, &z.weights)
     }
 
-    /// [`AggregateOp::absorb`] of rows whose group keys and arguments are evaluated already.
+    /// [`AggregateOp::absorb`] of rows whose group keys and arguments are evaluated already:
+    /// the groups they touch are loaded, updated and stored back in one batch each way.
     fn absorb_evaluated(&mut self, keys: Vec<Box<[u8]>>, ev: &Evaluated, weights: &[i64]) -> Result<Vec<Box<[u8]>>> {
         let mut order: Vec<Box<[u8]>> = Vec::new();
         let mut by_key: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
@@ -374,9 +460,11 @@ impl AggregateOp {
                 }
             }
         }
-        for k in &order {
-            self.update(k, &by_key[k], weights, ev)?;
+        let mut lives = self.load(&order)?;
+        for (k, live) in order.iter().zip(lives.iter_mut()) {
+            self.update(k, live, &by_key[k], weights, ev)?;
         }
+        self.store(&order, &mut lives)?;
         Ok(order)
     }
 
@@ -385,20 +473,7 @@ impl AggregateOp {
         for z in query(ctx, &self.plan, self.input.schema()).await? {
             self.absorb(&z)?;
         }
-        self.drop_empty();
         Ok(())
-    }
-
-    fn drop_empty(&mut self) {
-        if self.groups_codec.is_some() {
-            let (bytes, aggs) = (&mut self.group_bytes, &self.aggs);
-            self.groups.retain(|k, g| {
-                if g.rows == 0 {
-                    *bytes -= group_size(k, g, aggs);
-                }
-                g.rows != 0
-            });
-        }
     }
 
     /// Folds every piece of the input's change into the groups, remembering each touched
@@ -419,22 +494,27 @@ impl AggregateOp {
                 return Ok(());
             }
             let (keys, ev) = self.evaluate_inputs(&z)?;
-            let mut growth = 0;
+            let mut first: Vec<Box<[u8]>> = Vec::new();
+            let (mut new_groups, mut new_bytes, mut new_values) = (0, 0, 0);
             for (i, k) in keys.iter().enumerate() {
+                if z.weights[i] > 0 {
+                    new_values += self.aggs.iter().filter(|a| a.kind != Kind::Retractable).count() * (k.len() + 64);
+                }
                 if seen.contains(k) {
                     continue;
                 }
                 held.grow(2 * (crate::mem::boxed(k.len()) + per_group))?;
-                if !self.groups.contains_key(k) && z.weights[i] > 0 {
-                    growth += self.new_group_bytes(k);
+                if z.weights[i] > 0 && !self.groups.contains_key(k) {
+                    new_groups += 1;
+                    new_bytes += k.len() + self.fresh_state;
                 }
-                let before = self.output(k)?;
                 seen.insert(k.clone());
+                first.push(k.clone());
+            }
+            fl.grow_state(self.groups.growth(new_groups, new_bytes) + new_values)?;
+            for (k, before) in first.iter().zip(self.outputs(&first)?) {
                 touched.push((k.clone(), before));
             }
-            let multisets = self.aggs.iter().filter(|a| a.kind != Kind::Retractable).count();
-            growth += multisets * 64 * z.weights.iter().filter(|w| **w > 0).count();
-            fl.grow_state(growth)?;
             self.absorb_evaluated(keys, &ev, &z.weights)?;
             Ok(())
         });
@@ -444,18 +524,14 @@ impl AggregateOp {
         for part in touched.chunks((fl.piece_rows / 2).max(1)) {
             let bytes: usize = part.iter().map(|(k, _)| 2 * (k.len() + per_group)).sum();
             let _piece = fl.hold(bytes)?;
+            let keys: Vec<Box<[u8]>> = part.iter().map(|(k, _)| k.clone()).collect();
             let mut rows: Vec<(Box<[u8]>, Vec<ScalarValue>, i64)> = Vec::new();
-            for (k, before) in part {
+            for ((k, before), after) in part.iter().zip(self.outputs(&keys)?) {
                 if let Some(v) = before {
                     rows.push((k.clone(), v.clone(), -1));
                 }
-                if let Some(v) = self.output(k)? {
+                if let Some(v) = after {
                     rows.push((k.clone(), v, 1));
-                }
-                if self.groups_codec.is_some() && self.groups.get(k).is_some_and(|g| g.rows == 0) {
-                    if let Some(g) = self.groups.remove(k) {
-                        self.group_bytes -= group_size(k, &g, &self.aggs);
-                    }
                 }
             }
             let out = self.rows_to_zset(rows)?.consolidate()?;
@@ -464,16 +540,6 @@ impl AggregateOp {
             }
         }
         Ok(())
-    }
-
-    /// What a new group of key `key` costs: its key, its accumulators, its slot in the table.
-    fn new_group_bytes(&self, key: &[u8]) -> usize {
-        use crate::mem::boxed;
-        let fresh: usize = self.aggs.iter().map(|a| a.fresh_bytes).sum();
-        boxed(key.len())
-            + boxed(self.aggs.len() * std::mem::size_of::<Acc>())
-            + fresh
-            + 2 * std::mem::size_of::<(Box<[u8]>, Group)>()
     }
 
     fn rows_to_zset(&self, rows: Vec<(Box<[u8]>, Vec<ScalarValue>, i64)>) -> Result<ZSet> {

@@ -9,11 +9,11 @@
 //! A keyed table keeps every current row by key (counted in [`KeyedTable::bytes`]): that is
 //! what lets a delete say only the key.
 
+use crate::arrange::Arrangement;
 use crate::error::{Result, ViewError};
 use crate::zset::{RowCodec, ZSet};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
-use std::collections::HashMap;
 
 /// The operation column of a change file.
 pub const OP_COLUMN: &str = "_op";
@@ -99,8 +99,8 @@ pub struct KeyedTable {
     key: Vec<usize>,
     keys: RowCodec,
     rows: RowCodec,
-    by_key: HashMap<Box<[u8]>, Box<[u8]>>,
-    bytes: usize,
+    /// Each key's one row (weight 1).
+    by_key: Arrangement,
 }
 
 impl KeyedTable {
@@ -117,12 +117,12 @@ impl KeyedTable {
             .collect::<Result<Vec<_>>>()?;
         let keys = RowCodec::new(std::sync::Arc::new(schema.project(&idx)?))?;
         let rows = RowCodec::new(schema.clone())?;
-        Ok(KeyedTable { name: name.to_string(), schema, key: idx, keys, rows, by_key: HashMap::new(), bytes: 0 })
+        Ok(KeyedTable { name: name.to_string(), schema, key: idx, keys, rows, by_key: Arrangement::new() })
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.by_key.bytes()
     }
 
     /// Rows held.
@@ -141,12 +141,11 @@ impl KeyedTable {
         let keys = self.keys.encode(&self.key.iter().map(|&i| z.batch.column(i).clone()).collect::<Vec<_>>())?;
         let rows = self.rows.encode_batch(&z.batch)?;
         for i in 0..z.len() {
-            let k: Box<[u8]> = keys.row(i).as_ref().into();
-            let r: Box<[u8]> = rows.row(i).as_ref().into();
-            self.bytes += k.len() + r.len() + 64;
-            if self.by_key.insert(k, r).is_some() {
+            let k = keys.row(i);
+            if self.by_key.contains_key(k.as_ref()) {
                 return Err(self.key_error(&z.batch, i, "appears twice in the table"));
             }
+            self.by_key.add(k.as_ref(), rows.row(i).as_ref(), 1);
         }
         Ok(())
     }
@@ -168,29 +167,26 @@ impl KeyedTable {
         let mut out_rows: Vec<Box<[u8]>> = Vec::new();
         let mut weights: Vec<i64> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
-            let k: Box<[u8]> = keys.row(i).as_ref().into();
-            let r: Box<[u8]> = rows.row(i).as_ref().into();
+            let k = keys.row(i);
+            let r = rows.row(i);
             let old = match op {
-                Op::Insert if self.by_key.contains_key(&k) => {
+                Op::Insert if self.by_key.contains_key(k.as_ref()) => {
                     return Err(self.key_error(&rows_batch, i, "is inserted but exists (use upsert)"))
                 }
                 Op::Delete => Some(
-                    self.by_key
-                        .remove(&k)
+                    self.take(k.as_ref())
                         .ok_or_else(|| self.key_error(&rows_batch, i, "is deleted but does not exist"))?,
                 ),
-                Op::Insert | Op::Upsert => self.by_key.remove(&k),
+                Op::Insert | Op::Upsert => self.take(k.as_ref()),
             };
             if let Some(old) = old {
-                self.bytes -= k.len() + old.len() + 64;
                 out_rows.push(old);
                 weights.push(-1);
             }
             if matches!(op, Op::Insert | Op::Upsert) {
-                self.bytes += k.len() + r.len() + 64;
-                out_rows.push(r.clone());
+                out_rows.push(r.as_ref().into());
                 weights.push(1);
-                self.by_key.insert(k, r);
+                self.by_key.add(k.as_ref(), r.as_ref(), 1);
             }
         }
         let batch = self.rows.decode(out_rows.iter().map(|r| r.as_ref()))?;
@@ -199,9 +195,8 @@ impl KeyedTable {
 
     /// Empties the table (a TRUNCATE): the Z-set retracting every row it held.
     pub fn truncate(&mut self) -> Result<ZSet> {
-        let rows: Vec<Box<[u8]>> = self.by_key.drain().map(|(_, r)| r).collect();
-        self.bytes = 0;
-        let batch = self.rows.decode(rows.iter().map(|r| r.as_ref()))?;
+        let batch = self.rows.decode(self.by_key.iter().map(|(_, r, _)| r))?;
+        self.by_key.clear();
         let n = batch.num_rows();
         ZSet::new(batch, vec![-1; n]).with_schema(self.schema.clone())
     }
@@ -215,19 +210,19 @@ impl KeyedTable {
         let mut order: Vec<usize> = (0..z.len()).collect();
         order.sort_by_key(|&i| z.weights[i]); // retractions first
         for i in order {
-            let k: Box<[u8]> = keys.row(i).as_ref().into();
-            if z.weights[i] < 0 {
-                if let Some(old) = self.by_key.remove(&k) {
-                    self.bytes -= k.len() + old.len() + 64;
-                }
-            } else {
-                let r: Box<[u8]> = rows.row(i).as_ref().into();
-                self.bytes += k.len() + r.len() + 64;
-                if let Some(old) = self.by_key.insert(k.clone(), r) {
-                    self.bytes -= k.len() + old.len() + 64;
-                }
+            let k = keys.row(i);
+            self.take(k.as_ref());
+            if z.weights[i] > 0 {
+                self.by_key.add(k.as_ref(), rows.row(i).as_ref(), 1);
             }
         }
         Ok(())
+    }
+
+    /// Removes the row under `key`; the row it was.
+    fn take(&mut self, key: &[u8]) -> Option<Box<[u8]>> {
+        let (row, w) = self.by_key.get(key).next().map(|(r, w)| (Box::<[u8]>::from(r), w))?;
+        self.by_key.add(key, &row, -w);
+        Some(row)
     }
 }

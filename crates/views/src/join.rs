@@ -7,6 +7,7 @@
 //! key is NULL never match (unless the join says NULL equals NULL, as `INTERSECT` does): they
 //! are not kept, and pass straight through on the sides an outer or anti join preserves.
 
+use crate::arrange::Arrangement;
 use crate::error::{unsupported, Result};
 use crate::flight::Flight;
 use crate::node::{batch_of, eval, filter_zset, mask, query, Deltas, Emit, Node};
@@ -18,7 +19,7 @@ use datafusion::common::{JoinType, NullEquality};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// One input of a join with its keyed state.
@@ -34,7 +35,7 @@ pub(crate) struct Side {
 impl Side {
     pub(crate) fn new(node: Node, plan: LogicalPlan, keys: Vec<Arc<dyn PhysicalExpr>>) -> Result<Side> {
         let rows = RowCodec::new(node.schema())?;
-        let arr = Arranged { keys, rows, state: HashMap::new(), entries: 0, bytes: 0, counts: false };
+        let arr = Arranged { keys, rows, state: Arrangement::new(), counts: false };
         Ok(Side { node, plan, arr, keep: true })
     }
 }
@@ -43,9 +44,7 @@ impl Side {
 struct Arranged {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     rows: RowCodec,
-    state: HashMap<RowBytes, HashMap<RowBytes, i64>>,
-    entries: usize,
-    bytes: usize,
+    state: Arrangement,
     /// Only how many rows each key has (one empty row per key, weighted by the count): the
     /// side a semi, anti or mark join tests for a match, with no residual filter to evaluate
     /// on its rows.
@@ -59,50 +58,6 @@ impl Arranged {
             &[]
         } else {
             row
-        }
-    }
-}
-
-impl Arranged {
-    /// The multiplicity of `row` under `key`.
-    fn weight(&self, key: &[u8], row: &[u8]) -> i64 {
-        self.state.get(key).and_then(|g| g.get(row)).copied().unwrap_or(0)
-    }
-
-    fn add(&mut self, key: &[u8], row: &[u8], weight: i64) {
-        use crate::mem::{boxed, table};
-        type Group = HashMap<RowBytes, i64>;
-        let outer_before = self.state.capacity();
-        let group = self.state.entry(key.into()).or_insert_with(|| {
-            self.bytes += boxed(key.len());
-            HashMap::new()
-        });
-        let inner_before = group.capacity();
-        match group.get_mut(row) {
-            Some(w) => {
-                *w += weight;
-                if *w == 0 {
-                    group.remove(row);
-                    self.entries -= 1;
-                    self.bytes -= boxed(row.len());
-                }
-            }
-            None => {
-                group.insert(row.into(), weight);
-                self.entries += 1;
-                self.bytes += boxed(row.len());
-            }
-        }
-        let inner_after = group.capacity();
-        self.bytes = self.bytes + table::<(RowBytes, i64)>(inner_after) - table::<(RowBytes, i64)>(inner_before);
-        if group.is_empty() {
-            self.state.remove(key);
-            self.bytes -= boxed(key.len()) + table::<(RowBytes, i64)>(inner_after);
-        }
-        let outer_after = self.state.capacity();
-        if outer_after != outer_before {
-            self.bytes =
-                self.bytes + table::<(RowBytes, Group)>(outer_after) - table::<(RowBytes, Group)>(outer_before);
         }
     }
 }
@@ -131,9 +86,9 @@ pub(crate) struct JoinOp {
 
 /// What the rows of one touched key contribute before the join type decides.
 #[derive(Default)]
-struct Candidates {
-    left: Vec<(Box<[u8]>, i64)>,
-    right: Vec<(Box<[u8]>, i64)>,
+struct Candidates<'a> {
+    left: Vec<(&'a [u8], i64)>,
+    right: Vec<(&'a [u8], i64)>,
     /// (left index, right index) of every pair sharing a key.
     pairs: Vec<(u32, u32)>,
 }
@@ -206,9 +161,9 @@ impl JoinOp {
     pub(crate) fn describe(&self) -> String {
         let side = |s: &Side, other: &str| {
             if s.keep && s.arr.counts {
-                format!("a count per key ({} keys)", s.arr.state.len())
+                format!("a count per key ({} keys)", s.arr.state.keys())
             } else if s.keep {
-                format!("{} rows in {} keys", s.arr.entries, s.arr.state.len())
+                format!("{} rows in {} keys", s.arr.state.len(), s.arr.state.keys())
             } else {
                 format!("none kept (the {other} side never changes)")
             }
@@ -242,7 +197,10 @@ impl JoinOp {
     }
 
     pub(crate) fn state_bytes(&self) -> usize {
-        self.left.arr.bytes + self.right.arr.bytes + self.left.node.state_bytes() + self.right.node.state_bytes()
+        self.left.arr.state.bytes()
+            + self.right.arr.state.bytes()
+            + self.left.node.state_bytes()
+            + self.right.node.state_bytes()
     }
 
     pub(crate) async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
@@ -332,21 +290,19 @@ impl Spec {
     fn absorb(&self, side: &mut Arranged, left: bool, z: &ZSet, fl: Option<&Flight>) -> Result<()> {
         let (keys, rows) = self.encode(side, z)?;
         if let Some(fl) = fl {
-            use crate::mem::boxed;
-            let growth: usize = keys
-                .iter()
-                .enumerate()
-                .filter(|(i, k)| k.is_some() && z.weights[*i] > 0)
-                .map(|(i, k)| {
-                    boxed(side.kept(rows.row(i).data()).len()) + k.as_ref().map_or(0, |k| boxed(k.len())) + 64
-                })
-                .sum();
-            fl.grow_state(growth)?;
+            let (mut n, mut bytes) = (0, 0);
+            for (i, k) in keys.iter().enumerate() {
+                if let (Some(k), true) = (k, z.weights[i] > 0) {
+                    n += 1;
+                    bytes += k.len() + side.kept(rows.row(i).data()).len();
+                }
+            }
+            fl.grow_state(side.state.growth(n, bytes))?;
         }
         for (i, k) in keys.iter().enumerate() {
             if let Some(k) = k {
                 let row = side.kept(rows.row(i).data());
-                side.add(k, row, z.weights[i]);
+                side.state.add(k, row, z.weights[i]);
             }
         }
         // Once the whole change is in (a row may be retracted before it is inserted again),
@@ -355,7 +311,7 @@ impl Spec {
             let Some(k) = k else { continue };
             let row = rows.row(i);
             if z.weights[i] < 0 {
-                let count = side.weight(k, side.kept(row.data()));
+                let count = side.state.weight(k, side.kept(row.data()));
                 if count < 0 {
                     return Err(crate::ViewError::AbsentRowDeleted {
                         operator: format!("the join's {} input", if left { "left" } else { "right" }),
@@ -382,9 +338,9 @@ impl Spec {
         let (keys, rows) = self.encode(mine, d)?;
         let mut piece = PairPiece::default();
         for (i, k) in keys.iter().enumerate() {
-            let Some(group) = k.as_ref().and_then(|k| other.state.get(k)) else { continue };
+            let Some(k) = k else { continue };
             let row_len = rows.row(i).as_ref().len();
-            for (r, w) in group {
+            for (r, w) in other.state.get(k) {
                 piece.changed.push(i as u32);
                 piece.other.push(r);
                 piece.weights.push(d.weights[i] * w);
@@ -515,18 +471,13 @@ impl Spec {
         for k in keys {
             let l0 = c.left.len() as u32;
             let r0 = c.right.len() as u32;
-            let (lg, rg) = (l.state.get(k), r.state.get(k));
-            let (ln, rn) = (lg.map_or(0, |g| g.len()), rg.map_or(0, |g| g.len()));
-            let lb: usize = lg.map_or(0, |g| g.keys().map(|r| r.len() + 8).sum());
-            let rb: usize = rg.map_or(0, |g| g.keys().map(|r| r.len() + 8).sum());
+            c.left.extend(l.state.get(k));
+            c.right.extend(r.state.get(k));
+            let (ln, rn) = (c.left.len() - l0 as usize, c.right.len() - r0 as usize);
+            let lb: usize = c.left[l0 as usize..].iter().map(|(r, _)| r.len() + 8).sum();
+            let rb: usize = c.right[r0 as usize..].iter().map(|(r, _)| r.len() + 8).sum();
             // The pairs' decoded columns and their indices, the candidates themselves.
             bytes += ln * rn * 8 + lb * rn.max(1) + rb * ln.max(1) + 2 * (lb + rb);
-            if let Some(g) = lg {
-                c.left.extend(g.iter().map(|(r, w)| (r.clone(), *w)));
-            }
-            if let Some(g) = rg {
-                c.right.extend(g.iter().map(|(r, w)| (r.clone(), *w)));
-            }
             for li in l0..c.left.len() as u32 {
                 for ri in r0..c.right.len() as u32 {
                     c.pairs.push((li, ri));
@@ -536,11 +487,11 @@ impl Spec {
         let _held = fl.hold(bytes)?;
         // A side kept as counts has no rows to decode; without a filter or an output of pairs
         // (semi, anti and mark joins), no pair is built either.
-        let decode = |a: &Arranged, rows: &[(Box<[u8]>, i64)]| -> Result<Option<arrow::array::RecordBatch>> {
+        let decode = |a: &Arranged, rows: &[(&[u8], i64)]| -> Result<Option<arrow::array::RecordBatch>> {
             if a.counts {
                 return Ok(None);
             }
-            Ok(Some(a.rows.decode(rows.iter().map(|(r, _)| r.as_ref()))?))
+            Ok(Some(a.rows.decode(rows.iter().map(|(r, _)| *r))?))
         };
         let lb = decode(l, &c.left)?;
         let rb = decode(r, &c.right)?;
@@ -582,7 +533,7 @@ impl Spec {
             |m: bool| -> Vec<u32> { (0..c.left.len() as u32).filter(|i| left_matched[*i as usize] == m).collect() };
         let right_where =
             |m: bool| -> Vec<u32> { (0..c.right.len() as u32).filter(|i| right_matched[*i as usize] == m).collect() };
-        let rows_of = |b: &Option<arrow::array::RecordBatch>, c: &[(Box<[u8]>, i64)]| -> Result<ZSet> {
+        let rows_of = |b: &Option<arrow::array::RecordBatch>, c: &[(&[u8], i64)]| -> Result<ZSet> {
             let b = b.clone().ok_or_else(|| unsupported("Join", "an output of the side kept as counts"))?;
             Ok(ZSet::new(b, c.iter().map(|(_, w)| *w).collect()))
         };

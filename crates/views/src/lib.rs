@@ -11,10 +11,12 @@
 //!   scalar.rs     uncorrelated scalar subqueries ──▶ joins with their one row
 //!   lower.rs      LogicalPlan ──▶ Node graph, or Unsupported { operator, reason }
 //!   node.rs       Node; stateless operators: scan of changes, filter, project, rename, union
+//!   arrange.rs    Arrangement: rows by key with multiplicities, packed (an arena, two tables)
 //!   join.rs       JoinOp: inner (bilinear), outer/semi/anti/mark (per touched key) joins;
 //!                 no state beside an unchanging side, counts per key for semi/anti/mark
-//!   aggregate.rs  AggregateOp: count/sum/avg (DataFusion's retractable accumulators),
-//!                 min/max/count(DISTINCT) (per-group multisets), DISTINCT, HAVING above it
+//!   aggregate.rs  AggregateOp: count/sum/avg (DataFusion's retractable accumulators, their
+//!                 states packed in an arrangement), min/max/count(DISTINCT) (one ordered map
+//!                 of values per operator), DISTINCT, HAVING above it
 //!   topn.rs       TopNOp: ORDER BY ... LIMIT n OFFSET m
 //!   view.rs       View: plan, populate, apply a transaction, contents, explain
 //!   flight.rs     pieces of a transaction in flight, reserved from the pool before they exist
@@ -26,6 +28,7 @@
 //! into [`Deltas`] and publishes what [`View::apply`] returns.
 
 mod aggregate;
+mod arrange;
 pub mod changes;
 mod error;
 mod flight;
@@ -38,6 +41,7 @@ mod topn;
 mod view;
 mod zset;
 
+pub use arrange::{Arrangement, Group};
 pub use error::{Result, ViewError};
 pub use node::Deltas;
 pub use view::View;

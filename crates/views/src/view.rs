@@ -1,5 +1,6 @@
 //! A view: its SQL, its optimized plan, its operator graph and its current contents.
 
+use crate::arrange::Arrangement;
 use crate::error::{Result, ViewError};
 use crate::flight::Flight;
 use crate::lower::lower;
@@ -10,7 +11,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 /// A view maintained from changes.
 pub struct View {
@@ -54,7 +55,7 @@ impl View {
             name: name.to_string(),
             plan,
             root,
-            contents: Contents { rows: HashMap::new(), bytes: 0, count: 0, codec },
+            contents: Contents { rows: Arrangement::new(), count: 0, codec },
             flight,
             tables,
             fixed: BTreeSet::new(),
@@ -96,8 +97,7 @@ impl View {
     /// through the change path.
     pub async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
         self.root.populate(ctx).await?;
-        self.contents.rows = HashMap::new(); // its capacity too: the bytes are counted from zero
-        self.contents.bytes = 0;
+        self.contents.rows.clear();
         self.contents.count = 0;
         for z in query(ctx, &self.plan, self.root.schema()).await? {
             self.contents.absorb(&z)?;
@@ -125,9 +125,8 @@ impl View {
         let mut held = flight.hold(0)?;
         let stepped = root.step(deltas, flight, &mut |z| {
             held.grow(z.slice_bytes())?;
-            let growth: usize = z.weights.iter().filter(|w| **w > 0).count() * 32
-                + if z.weights.iter().any(|w| *w > 0) { z.slice_bytes() } else { 0 };
-            flight.grow_state(growth)?;
+            let added = z.weights.iter().filter(|w| **w > 0).count();
+            flight.grow_state(contents.rows.growth(added, if added > 0 { z.slice_bytes() } else { 0 }))?;
             if let Some(found) = contents.absorb(&z)? {
                 negative.get_or_insert(found);
             }
@@ -166,16 +165,16 @@ impl View {
 
     /// Bytes of state: every operator's plus the contents.
     pub fn state_bytes(&self) -> usize {
-        self.root.state_bytes() + self.contents.bytes
+        self.root.state_bytes() + self.contents.rows.bytes()
     }
 
     /// The current contents, each row repeated as often as it occurs, in the view's `ORDER BY`
     /// when it has one outermost.
     pub fn contents(&self) -> Result<RecordBatch> {
         let mut rows: Vec<&[u8]> = Vec::with_capacity(self.contents.rows.len());
-        for (r, c) in &self.contents.rows {
-            for _ in 0..*c {
-                rows.push(r.as_ref());
+        for (_, r, c) in self.contents.rows.iter() {
+            for _ in 0..c {
+                rows.push(r);
             }
         }
         let batch = self.contents.codec.decode(rows)?;
@@ -199,10 +198,9 @@ impl View {
     }
 }
 
-/// A view's rows with their multiplicity.
+/// A view's rows with their multiplicity (an arrangement with one empty key).
 struct Contents {
-    rows: HashMap<Box<[u8]>, i64>,
-    bytes: usize,
+    rows: Arrangement,
     /// Rows held, with duplicates (kept as changes arrive).
     count: i64,
     codec: RowCodec,
@@ -211,35 +209,19 @@ struct Contents {
 impl Contents {
     /// Adds `z` to the contents; returns a row that went below zero and its count, if one did.
     fn absorb(&mut self, z: &ZSet) -> Result<Option<(String, i64)>> {
-        use crate::mem::{boxed, table};
         let rows = self.codec.encode_batch(&z.batch)?;
         let mut negative = None;
-        let before = self.rows.capacity();
         for (i, row) in rows.iter().enumerate() {
             let w = z.weights[i];
             self.count += w;
-            let count = match self.rows.get_mut(row.as_ref()) {
-                Some(c) => {
-                    *c += w;
-                    let count = *c;
-                    if count == 0 {
-                        self.rows.remove(row.as_ref());
-                        self.bytes -= boxed(row.as_ref().len());
-                    }
-                    count
+            self.rows.add(&[], row.as_ref(), w);
+            if w < 0 && negative.is_none() {
+                let count = self.rows.weight(&[], row.as_ref());
+                if count < 0 {
+                    negative = Some((self.codec.describe(row.as_ref()), count));
                 }
-                None => {
-                    self.rows.insert(row.as_ref().into(), w);
-                    self.bytes += boxed(row.as_ref().len());
-                    w
-                }
-            };
-            if count < 0 && negative.is_none() {
-                negative = Some((self.codec.describe(row.as_ref()), count));
             }
         }
-        let after = self.rows.capacity();
-        self.bytes = self.bytes + table::<(Box<[u8]>, i64)>(after) - table::<(Box<[u8]>, i64)>(before);
         Ok(negative)
     }
 }

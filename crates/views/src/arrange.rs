@@ -1,0 +1,461 @@
+//! [`Arrangement`]: rows by key, each with its multiplicity, packed so that the bytes it charges
+//! are the bytes it holds.
+//!
+//! ```text
+//!   arena    [key|row][key|row][key|row] ...   chunks of 256KiB, append-only, compacted
+//!   entries  {at, klen, rlen, weight, prev, next}   32 bytes each, in segments of 8,192
+//!   by_key   hash(key)      ──▶ first entry of the key's chain (prev/next link its rows)
+//!   by_row   hash(key, row) ──▶ the entry (an update finds its row without walking the chain)
+//! ```
+//!
+//! A row costs its key and row bytes, 32 bytes of entry and about 6–11 bytes in each table (4
+//! bytes and a control byte per bucket), with no allocation of its own: against a nested map
+//! of boxed rows (a box per row and per key, a hash table per key: ~270 bytes for a 40-byte row)
+//! it holds about a third. Growth is in fixed steps (a chunk, a segment), so no doubling copy
+//! of the whole state ever exists; only the two tables grow by doubling, and
+//! [`Arrangement::growth`] says what the next additions may allocate, tables included, so that a
+//! caller reserves it before adding. Deleted rows leave dead bytes in the arena; once they
+//! outweigh the live ones the arena is rewritten ([`Arrangement::compact`]).
+
+use crate::mem::{alloc_size, table};
+use hashbrown::HashTable;
+
+/// Entries per segment of the entry vector.
+const SEG: usize = 8192;
+/// Bytes per arena chunk (a larger row gets a chunk of its own size).
+const CHUNK: usize = 256 << 10;
+/// No entry (the end of a chain or of the free list).
+const NIL: u32 = u32::MAX;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    /// Chunk index (high 32 bits) and offset in it (low 32 bits) of `key ++ row`.
+    at: u64,
+    klen: u32,
+    rlen: u32,
+    /// The multiplicity; 0 marks a free slot (then `next` links the free list).
+    weight: i64,
+    prev: u32,
+    next: u32,
+}
+
+/// The arena and the entries, apart from the tables so that a table's rehash can read them.
+#[derive(Default)]
+struct Store {
+    chunks: Vec<Vec<u8>>,
+    segs: Vec<Vec<Entry>>,
+    /// Arena bytes written (live and dead).
+    used: usize,
+}
+
+impl Store {
+    fn entry(&self, i: u32) -> &Entry {
+        &self.segs[i as usize / SEG][i as usize % SEG]
+    }
+
+    fn entry_mut(&mut self, i: u32) -> &mut Entry {
+        &mut self.segs[i as usize / SEG][i as usize % SEG]
+    }
+
+    fn bytes_of(&self, e: &Entry) -> &[u8] {
+        let (c, o) = ((e.at >> 32) as usize, (e.at & 0xffff_ffff) as usize);
+        &self.chunks[c][o..o + e.klen as usize + e.rlen as usize]
+    }
+
+    fn key(&self, i: u32) -> &[u8] {
+        let e = self.entry(i);
+        &self.bytes_of(e)[..e.klen as usize]
+    }
+
+    fn row(&self, i: u32) -> &[u8] {
+        let e = self.entry(i);
+        &self.bytes_of(e)[e.klen as usize..]
+    }
+
+    /// Copies `key ++ row` to the arena; where it starts.
+    fn put(&mut self, key: &[u8], row: &[u8]) -> u64 {
+        let n = key.len() + row.len();
+        let fits = self.chunks.last().is_some_and(|c| c.capacity() - c.len() >= n);
+        if !fits {
+            self.chunks.push(Vec::with_capacity(n.max(CHUNK)));
+        }
+        let c = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[c];
+        let at = ((c as u64) << 32) | chunk.len() as u64;
+        chunk.extend_from_slice(key);
+        chunk.extend_from_slice(row);
+        self.used += n;
+        at
+    }
+}
+
+/// Rows by key with their multiplicities. See the [module docs](self).
+pub struct Arrangement {
+    store: Store,
+    /// The free list's head and length.
+    free: u32,
+    free_len: usize,
+    slots: u32,
+    by_key: HashTable<u32>,
+    by_row: HashTable<u32>,
+    len: usize,
+    /// Arena bytes of live entries (the rest of the arena is dead).
+    live: usize,
+    seed: u64,
+}
+
+impl Default for Arrangement {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Arrangement {
+    /// An empty arrangement.
+    pub fn new() -> Self {
+        Arrangement {
+            store: Store::default(),
+            free: NIL,
+            free_len: 0,
+            slots: 0,
+            by_key: HashTable::new(),
+            by_row: HashTable::new(),
+            len: 0,
+            live: 0,
+            seed: seed(),
+        }
+    }
+
+    /// Rows held (distinct `(key, row)` with a weight other than 0).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Distinct keys held.
+    pub fn keys(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// The bytes allocated for it: the arena's chunks, the entry segments, the two tables.
+    pub fn bytes(&self) -> usize {
+        let chunks: usize = self.store.chunks.iter().map(|c| alloc_size(c.capacity())).sum();
+        chunks
+            + self.store.segs.len() * alloc_size(SEG * std::mem::size_of::<Entry>())
+            + alloc_size(self.store.segs.capacity() * 24 + self.store.chunks.capacity() * 24)
+            + table::<u32>(self.by_key.capacity())
+            + table::<u32>(self.by_row.capacity())
+    }
+
+    /// At most what adding `rows` new rows of `bytes` key and row bytes in all may allocate,
+    /// while it happens (a table that doubles holds its old buckets until the new ones are
+    /// filled) — what a caller reserves before adding them.
+    pub fn growth(&self, rows: usize, bytes: usize) -> usize {
+        if rows == 0 {
+            return 0;
+        }
+        let tables = |t: &HashTable<u32>, n: usize| {
+            if t.len() + n <= t.capacity() {
+                0
+            } else {
+                table::<u32>((t.len() + n).max(t.capacity() * 2))
+            }
+        };
+        // New chunks past the tail's free bytes; new segments past the free slots.
+        let tail = self.store.chunks.last().map_or(0, |c| c.capacity() - c.len());
+        let arena = if bytes <= tail { 0 } else { (bytes - tail).div_ceil(CHUNK) * CHUNK + CHUNK };
+        let room = self.free_len + (self.store.segs.len() * SEG - self.slots as usize);
+        let segs = rows.saturating_sub(room).div_ceil(SEG) * alloc_size(SEG * std::mem::size_of::<Entry>());
+        arena + segs + tables(&self.by_row, rows) + tables(&self.by_key, rows)
+    }
+
+    /// The multiplicity of `row` under `key` (0 when absent).
+    pub fn weight(&self, key: &[u8], row: &[u8]) -> i64 {
+        let h = self.row_hash(key, row);
+        let s = &self.store;
+        self.by_row.find(h, |&i| s.key(i) == key && s.row(i) == row).map_or(0, |&i| s.entry(i).weight)
+    }
+
+    /// The rows under `key` with their multiplicities.
+    pub fn get<'a>(&'a self, key: &[u8]) -> Group<'a> {
+        let s = &self.store;
+        let head = self.by_key.find(self.key_hash(key), |&i| s.key(i) == key).copied().unwrap_or(NIL);
+        Group { store: s, next: head }
+    }
+
+    /// Whether `key` has rows.
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.get(key).next != NIL
+    }
+
+    /// Every `(key, row, weight)`, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], i64)> + '_ {
+        let s = &self.store;
+        (0..self.slots).filter(move |&i| s.entry(i).weight != 0).map(move |i| (s.key(i), s.row(i), s.entry(i).weight))
+    }
+
+    /// Adds `weight` to `row` under `key` (a row whose weight reaches 0 is removed).
+    pub fn add(&mut self, key: &[u8], row: &[u8], weight: i64) {
+        if weight == 0 {
+            return;
+        }
+        let hr = self.row_hash(key, row);
+        let found = {
+            let s = &self.store;
+            self.by_row.find(hr, |&i| s.key(i) == key && s.row(i) == row).copied()
+        };
+        match found {
+            Some(i) => {
+                let e = self.store.entry_mut(i);
+                e.weight += weight;
+                if e.weight == 0 {
+                    self.remove(i, key, hr);
+                }
+            }
+            None => self.insert(key, row, weight, hr),
+        }
+    }
+
+    fn insert(&mut self, key: &[u8], row: &[u8], weight: i64, hr: u64) {
+        let at = self.store.put(key, row);
+        let i = if self.free != NIL {
+            let i = self.free;
+            self.free = self.store.entry(i).next;
+            self.free_len -= 1;
+            i
+        } else {
+            let i = self.slots;
+            if i as usize / SEG == self.store.segs.len() {
+                self.store.segs.push(Vec::with_capacity(SEG));
+            }
+            self.store.segs[i as usize / SEG].push(Entry { at: 0, klen: 0, rlen: 0, weight: 0, prev: NIL, next: NIL });
+            self.slots += 1;
+            i
+        };
+        *self.store.entry_mut(i) =
+            Entry { at, klen: key.len() as u32, rlen: row.len() as u32, weight, prev: NIL, next: NIL };
+        // Into its key's chain, right after the head (or as the head of a new key).
+        let hk = self.key_hash(key);
+        let Arrangement { store, by_key, by_row, seed, .. } = self;
+        match by_key.find(hk, |&j| store.key(j) == key).copied() {
+            Some(head) => {
+                let after = store.entry(head).next;
+                store.entry_mut(i).prev = head;
+                store.entry_mut(i).next = after;
+                store.entry_mut(head).next = i;
+                if after != NIL {
+                    store.entry_mut(after).prev = i;
+                }
+            }
+            None => {
+                by_key.insert_unique(hk, i, |&j| hash(*seed, store.key(j)));
+            }
+        }
+        by_row.insert_unique(hr, i, |&j| hash(hash(*seed, store.key(j)), store.row(j)));
+        self.len += 1;
+        self.live += key.len() + row.len();
+    }
+
+    fn remove(&mut self, i: u32, key: &[u8], hr: u64) {
+        let hk = self.key_hash(key);
+        let Entry { prev, next, klen, rlen, .. } = *self.store.entry(i);
+        let Arrangement { store, by_key, by_row, .. } = self;
+        if prev == NIL {
+            // The key's head: the next row becomes the head, or the key goes.
+            match by_key.find_entry(hk, |&j| j == i) {
+                Ok(head) if next != NIL => *head.into_mut() = next,
+                Ok(head) => {
+                    head.remove();
+                }
+                Err(_) => debug_assert!(false, "a chain's head is in by_key"),
+            }
+        } else {
+            store.entry_mut(prev).next = next;
+        }
+        if next != NIL {
+            store.entry_mut(next).prev = prev;
+        }
+        if let Ok(e) = by_row.find_entry(hr, |&j| j == i) {
+            e.remove();
+        }
+        *store.entry_mut(i) = Entry { at: 0, klen: 0, rlen: 0, weight: 0, prev: NIL, next: self.free };
+        self.free = i;
+        self.free_len += 1;
+        self.len -= 1;
+        self.live -= (klen + rlen) as usize;
+        if self.dead() > self.live.max(CHUNK) {
+            self.compact();
+        }
+    }
+
+    /// Arena bytes of removed rows.
+    fn dead(&self) -> usize {
+        self.store.used - self.live
+    }
+
+    /// Rewrites the arena with only the live rows (at most the live bytes exist twice meanwhile,
+    /// which is less than the dead bytes it frees).
+    pub fn compact(&mut self) {
+        let mut fresh = Store::default();
+        for i in 0..self.slots {
+            if self.store.entry(i).weight == 0 {
+                continue;
+            }
+            let at = fresh.put(self.store.key(i), self.store.row(i));
+            self.store.entry_mut(i).at = at;
+        }
+        self.store.chunks = fresh.chunks;
+        self.store.used = fresh.used;
+    }
+
+    /// Removes everything.
+    pub fn clear(&mut self) {
+        *self = Arrangement { seed: self.seed, ..Arrangement::new() };
+    }
+
+    fn key_hash(&self, key: &[u8]) -> u64 {
+        hash(self.seed, key)
+    }
+
+    fn row_hash(&self, key: &[u8], row: &[u8]) -> u64 {
+        hash(hash(self.seed, key), row)
+    }
+}
+
+/// The rows under one key: `(row, weight)`.
+pub struct Group<'a> {
+    store: &'a Store,
+    next: u32,
+}
+
+impl<'a> Iterator for Group<'a> {
+    type Item = (&'a [u8], i64);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next == NIL {
+            return None;
+        }
+        let i = self.next;
+        let e = self.store.entry(i);
+        self.next = e.next;
+        Some((self.store.row(i), e.weight))
+    }
+}
+
+/// A per-process random seed, so that rows chosen to collide on one machine do not on another.
+fn seed() -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64))
+}
+
+/// A fast hash of `bytes` (8 bytes per multiply, then a full avalanche): hashbrown takes its
+/// bucket from the low bits and its tag from the top 7.
+fn hash(seed: u64, bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(K).rotate_left(31);
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut b = [0u8; 8];
+        b[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(K).rotate_left(31);
+    }
+    h ^= h >> 31;
+    h = h.wrapping_mul(0x7fb5_d329_728e_a185);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x81da_def4_bc2d_d44d);
+    h ^ (h >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Random adds and removals against a map of maps: every weight, group and count agrees,
+    /// through chains whose head is removed and through compactions.
+    #[test]
+    fn arrangement_agrees_with_a_map_of_maps() {
+        let mut a = Arrangement::new();
+        let mut model: HashMap<Vec<u8>, HashMap<Vec<u8>, i64>> = HashMap::new();
+        let mut x: u64 = 42;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for step in 0..200_000 {
+            let key = format!("k{}", rnd(300)).into_bytes();
+            let row = vec![b'r'; rnd(40) as usize];
+            let w = [1, 1, 2, -1, -1, -2][rnd(6) as usize];
+            a.add(&key, &row, w);
+            let g = model.entry(key.clone()).or_default();
+            *g.entry(row.clone()).or_default() += w;
+            g.retain(|_, w| *w != 0);
+            if g.is_empty() {
+                model.remove(&key);
+            }
+            if step % 20_000 == 0 {
+                // Everything removed from one key in a row: its chain empties from the head.
+                let k = format!("k{}", rnd(300)).into_bytes();
+                if let Some(g) = model.remove(&k) {
+                    for (r, w) in g {
+                        a.add(&k, &r, -w);
+                    }
+                }
+            }
+        }
+        assert_eq!(a.keys(), model.len());
+        assert_eq!(a.len(), model.values().map(|g| g.len()).sum::<usize>());
+        for (k, g) in &model {
+            let got: HashMap<Vec<u8>, i64> = a.get(k).map(|(r, w)| (r.to_vec(), w)).collect();
+            assert_eq!(&got, g);
+            for (r, w) in g {
+                assert_eq!(a.weight(k, r), *w);
+            }
+        }
+        assert_eq!(a.iter().count(), a.len());
+        assert!(a.dead() <= a.live.max(CHUNK), "compaction keeps dead bytes below live ones");
+        assert_eq!(a.weight(b"absent", b""), 0);
+        assert!(!a.contains_key(b"absent"));
+    }
+
+    /// What [`Arrangement::growth`] says a batch may add covers what it adds, batch after batch,
+    /// and a batch of nothing adds nothing.
+    #[test]
+    fn growth_covers_what_a_batch_adds() {
+        let mut a = Arrangement::new();
+        assert_eq!(a.growth(0, 0), 0);
+        for batch in 0..300u64 {
+            let rows = 1 + (batch * 7919) % 20_000;
+            let bytes = rows as usize * 24;
+            let said = a.growth(rows as usize, bytes);
+            let before = a.bytes();
+            for i in 0..rows {
+                a.add(&(batch * 100_000 + i).to_le_bytes(), &[7u8; 16], 1);
+            }
+            assert!(a.bytes() - before <= said, "batch {batch}: {} added, {said} said", a.bytes() - before);
+        }
+    }
+
+    /// A million small rows cost about their bytes plus 50, not a box and a table each.
+    #[test]
+    fn a_row_costs_its_bytes_and_about_fifty() {
+        let mut a = Arrangement::new();
+        for i in 0..1_000_000u64 {
+            a.add(&(i / 4).to_le_bytes(), &i.to_be_bytes(), 1);
+        }
+        let per_row = a.bytes() as f64 / 1e6;
+        assert!((16.0 + 32.0..16.0 + 60.0).contains(&per_row), "{per_row:.1} bytes per row");
+    }
+}
