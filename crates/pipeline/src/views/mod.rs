@@ -44,7 +44,7 @@ use datafusion::prelude::SessionContext;
 use spillway_postgres::cdc::{CdcEvent, CdcStream, Identity};
 use spillway_postgres::view_sink::{self, Publication, ViewSink};
 use spillway_views::changes::{self, KeyedTable};
-use spillway_views::{Deltas, RowCodec, View, ViewError, ZSet};
+use spillway_views::{Arrangement, Deltas, RowCodec, View, ViewError, ZSet};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,7 +96,8 @@ struct Recomputed {
     sql: String,
     tables: BTreeSet<String>,
     codec: RowCodec,
-    contents: HashMap<Box<[u8]>, i64>,
+    /// Its rows with their multiplicity (one empty key).
+    contents: Arrangement,
     rows: RecordBatch,
 }
 
@@ -109,7 +110,8 @@ enum Live {
 struct Current {
     codec: RowCodec,
     schema: SchemaRef,
-    rows: HashMap<Box<[u8]>, i64>,
+    /// Its rows with their multiplicity (one empty key).
+    rows: Arrangement,
 }
 
 impl Current {
@@ -117,20 +119,29 @@ impl Current {
         let z = z.clone().with_schema(self.schema.clone())?;
         let rows = self.codec.encode_batch(&z.batch)?;
         for (i, r) in rows.iter().enumerate() {
-            let c = self.rows.entry(r.as_ref().into()).or_default();
-            *c += z.weights[i];
-            if *c <= 0 {
-                self.rows.remove(r.as_ref());
+            self.rows.add(&[], r.as_ref(), z.weights[i]);
+            let c = self.rows.weight(&[], r.as_ref());
+            if c < 0 {
+                self.rows.add(&[], r.as_ref(), -c);
             }
         }
         Ok(())
     }
 
-    fn batch(&self) -> std::result::Result<RecordBatch, ViewError> {
-        let rows: Vec<&[u8]> =
-            self.rows.iter().flat_map(|(r, c)| std::iter::repeat_n(r.as_ref(), *c as usize)).collect();
-        self.codec.decode(rows)
+    /// What applying `z` may allocate (reserved before it is applied).
+    fn growth(&self, z: &ZSet) -> usize {
+        let added = z.weights.iter().filter(|w| **w > 0).count();
+        self.rows.growth(added, if added > 0 { z.slice_bytes() } else { 0 })
     }
+
+    fn batch(&self) -> std::result::Result<RecordBatch, ViewError> {
+        self.codec.decode(rows_of(&self.rows))
+    }
+}
+
+/// Every row of a keyless arrangement, repeated as often as it is held.
+fn rows_of(a: &Arrangement) -> Vec<&[u8]> {
+    a.iter().flat_map(|(_, r, c)| std::iter::repeat_n(r, c.max(0) as usize)).collect()
 }
 
 /// The live views of a project.
@@ -518,7 +529,7 @@ impl Views {
             let z = views.store.read(a.seq, &schema)?;
             if let Some(k) = views.keyed.get_mut(&a.table) {
                 k.absorb(&z).map_err(|source| Error::Change { file: a.file.clone().into(), error: source })?;
-                views.charge_table(&a.table, Some(&a.file))?;
+                views.charge_table(&a.table, Some(&a.file), 0)?;
             }
             let changed = views.transaction(&a.table, z, &a.file).await?;
             for (v, z) in changed {
@@ -597,17 +608,21 @@ impl Views {
                     k.load(b).map_err(|source| Error::Change { file: file.clone(), error: source })?;
                 }
                 self.keyed.insert(t.clone(), k);
-                self.charge_table(t, None)?;
+                self.charge_table(t, None, 0)?;
             }
             if keep_current {
                 let codec = RowCodec::new(schema.clone())
                     .map_err(|source| Error::Change { file: file.clone(), error: source })?;
-                let mut c = Current { codec, schema: schema.clone(), rows: HashMap::new() };
+                self.current.insert(t.clone(), Current { codec, schema: schema.clone(), rows: Arrangement::new() });
                 for b in batches {
-                    c.apply(&ZSet::uniform(b, 1))
-                        .map_err(|source| Error::Change { file: file.clone(), error: source })?;
+                    let z = ZSet::uniform(b, 1);
+                    let c = self.current.get_mut(t).expect("just inserted");
+                    let ahead = c.growth(&z);
+                    self.charge_table(t, None, ahead)?;
+                    let c = self.current.get_mut(t).expect("just inserted");
+                    c.apply(&z).map_err(|source| Error::Change { file: file.clone(), error: source })?;
                 }
-                self.current.insert(t.clone(), c);
+                self.charge_table(t, None, 0)?;
             }
         }
         Ok(())
@@ -638,7 +653,7 @@ impl Views {
                     sql: def.sql.clone(),
                     tables: ups.into_iter().chain(srcs).collect(),
                     codec,
-                    contents: HashMap::new(),
+                    contents: Arrangement::new(),
                     rows: RecordBatch::new_empty(schema),
                 };
                 r.replace(batches).map_err(err)?;
@@ -671,17 +686,22 @@ impl Views {
         Err(over_lease(name, want, sizes, e, &self.ctx.runtime_env().memory_pool, file))
     }
 
-    /// Resizes the reservation of keyed table `table`'s rows (what lets a delete or an update
-    /// name only the key) to what it holds; growth is asked of the pool like a view's state.
-    fn charge_table(&mut self, table: &str, file: Option<&str>) -> Result<()> {
-        let Some(k) = self.keyed.get(table) else { return Ok(()) };
-        let want = k.bytes();
+    /// Resizes the reservation of the rows kept of table `table` (by key, so that a delete or an
+    /// update may name only the key; whole, for views recomputed from it) to what they hold
+    /// plus `ahead` (what is about to be added); growth is asked of the pool like a view's state.
+    fn charge_table(&mut self, table: &str, file: Option<&str>, ahead: usize) -> Result<()> {
+        let (keyed, current) = (self.keyed.get(table), self.current.get(table));
+        if keyed.is_none() && current.is_none() {
+            return Ok(());
+        }
+        let want = keyed.map_or(0, |k| k.bytes()) + current.map_or(0, |c| c.rows.bytes()) + ahead;
+        let what = if keyed.is_some() { "rows by key" } else { "current rows, for recomputed views" };
         let name = format!("table {table}");
         let pool = self.ctx.runtime_env().memory_pool.clone();
         let res = self
             .reservations
             .entry(name.clone())
-            .or_insert_with(|| MemoryConsumer::new(format!("{name} (rows by key)")).register(&pool));
+            .or_insert_with(|| MemoryConsumer::new(format!("{name} ({what})")).register(&pool));
         if want <= res.size() {
             res.resize(want);
             return Ok(());
@@ -705,8 +725,12 @@ impl Views {
     /// their change.
     async fn transaction(&mut self, table: &str, z: ZSet, file: &str) -> Result<BTreeMap<String, ZSet>> {
         let change_err = |source: ViewError| Error::Change { file: file.into(), error: source };
-        if let Some(c) = self.current.get_mut(table) {
-            c.apply(&z).map_err(change_err)?;
+        if let Some(ahead) = self.current.get(table).map(|c| c.growth(&z)) {
+            self.charge_table(table, Some(file), ahead)?;
+            if let Some(c) = self.current.get_mut(table) {
+                c.apply(&z).map_err(change_err)?;
+            }
+            self.charge_table(table, Some(file), 0)?;
         }
         let mut deltas = Deltas::new();
         deltas.insert(table.to_string(), z);
@@ -921,7 +945,7 @@ impl Views {
         let z = ZSet::concat(spillway_views::relax_nullability(&schema), parts)
             .and_then(|z| z.consolidate())
             .map_err(change_err)?;
-        self.charge_table(table, Some(&rel))?;
+        self.charge_table(table, Some(&rel), 0)?;
         let changed = self.transaction(table, z.clone(), &rel).await?;
         let applied =
             Applied { seq: self.last_seq() + 1, table: table.to_string(), file: rel.clone(), bytes, hash, cdc: None };
@@ -1057,6 +1081,7 @@ impl Views {
                 self.charge_table(
                     &name,
                     Some(&format!("postgres:{}", self.feed.as_ref().map_or("", |f| f.slot.spec.slot.as_str()))),
+                    0,
                 )?;
                 self.hold(name, z).await?;
                 Ok(None)
@@ -1468,22 +1493,30 @@ impl Recomputed {
     /// Replaces the contents with `batches`; returns the change.
     fn replace(&mut self, batches: Vec<RecordBatch>) -> std::result::Result<ZSet, ViewError> {
         let schema = self.codec.schema().clone();
-        let mut next: HashMap<Box<[u8]>, i64> = HashMap::new();
+        let mut next = Arrangement::new();
         for b in &batches {
             let z = ZSet::uniform(b.clone(), 1).with_schema(schema.clone())?;
             for r in self.codec.encode_batch(&z.batch)?.iter() {
-                *next.entry(r.as_ref().into()).or_default() += 1;
+                next.add(&[], r.as_ref(), 1);
             }
         }
-        let mut diff: HashMap<Box<[u8]>, i64> = next.clone();
-        for (r, c) in &self.contents {
-            *diff.entry(r.clone()).or_default() -= c;
+        // The change: what is new less what was (each row's difference of multiplicity).
+        let (mut rows, mut weights): (Vec<&[u8]>, Vec<i64>) = (Vec::new(), Vec::new());
+        for (_, r, c) in next.iter() {
+            let d = c - self.contents.weight(&[], r);
+            if d != 0 {
+                rows.push(r);
+                weights.push(d);
+            }
         }
-        diff.retain(|_, c| *c != 0);
-        let (rows, weights): (Vec<Box<[u8]>>, Vec<i64>) = diff.into_iter().unzip();
-        let out = ZSet::new(self.codec.decode(rows.iter().map(|r| r.as_ref()))?, weights);
-        let all: Vec<&[u8]> = next.iter().flat_map(|(r, c)| std::iter::repeat_n(r.as_ref(), *c as usize)).collect();
-        self.rows = self.codec.decode(all)?;
+        for (_, r, c) in self.contents.iter() {
+            if next.weight(&[], r) == 0 {
+                rows.push(r);
+                weights.push(-c);
+            }
+        }
+        let out = ZSet::new(self.codec.decode(rows)?, weights);
+        self.rows = self.codec.decode(rows_of(&next))?;
         self.contents = next;
         Ok(out)
     }
@@ -1559,7 +1592,7 @@ fn merge(parts: BTreeMap<String, Vec<ZSet>>) -> std::result::Result<BTreeMap<Str
 fn state_bytes(live: &Live) -> usize {
     match live {
         Live::Incremental(v) => v.state_bytes(),
-        Live::Recompute(r) => r.rows.get_array_memory_size() + r.contents.keys().map(|k| k.len() + 48).sum::<usize>(),
+        Live::Recompute(r) => r.rows.get_array_memory_size() + r.contents.bytes(),
     }
 }
 
