@@ -8,7 +8,8 @@
 //!
 //! ```text
 //!   start     reserve the merge memory first (SpillingSortMerge[p], cannot spill): enough for
-//!             a two-way merge of runs whose batches are `B` bytes (B from the lease)
+//!             a two-way merge of runs whose batches are `B` bytes (B from the lease); when
+//!             other partitions hold the lease, wait (up to 30s) for them to give it back
 //!   input     each batch sorted on arrival (and cut to `fetch` rows), its keys converted to
 //!             rows, both charged to SpillingSort[p] (spillable)
 //!   refused   merge what is buffered into a sorted run on disk, in batches of about B bytes;
@@ -51,6 +52,9 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+/// How long a sort waits for its first merge memory before it fails.
+const MERGE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// DataFusion's `SortExec`, run by spillway's external sort. See the module docs.
 #[derive(Debug)]
@@ -288,9 +292,18 @@ impl Sorter {
     }
 
     async fn run(mut self, mut input: SendableRecordBatchStream) -> Result<BoxStream<'static, Result<RecordBatch>>> {
-        // The merge's memory comes first: everything after it can spill.
+        // The merge's memory comes first: everything after it can spill. When the lease is full
+        // now (another partition's buffer, the channels of a repartition that started before
+        // this partition did), it waits for them to finish and give memory back — for a while,
+        // then fails as it would have at once.
         let first = 2 * self.per_input(self.batch_bytes) + self.batch_bytes;
-        self.merge_res.try_grow(first).map_err(|e| self.context(e, "reserving its merge memory"))?;
+        let started = std::time::Instant::now();
+        while let Err(e) = self.merge_res.try_grow(first) {
+            if started.elapsed() >= MERGE_WAIT {
+                return Err(self.context(e, "reserving its merge memory"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         self.merge_start = first;
         while let Some(batch) = input.next().await {
             self.insert(batch?).await?;

@@ -516,6 +516,7 @@ impl AggregateOp {
                 touched.push((k.clone(), before));
             }
             self.absorb_evaluated(keys, &ev, &z.weights)?;
+            self.groups.compact_if(|n| fl.hold(n).ok());
             Ok(())
         });
         self.input = input;

@@ -15,7 +15,8 @@
 //! of the whole state ever exists; only the two tables grow by doubling, and
 //! [`Arrangement::growth`] says what the next additions may allocate, tables included, so that a
 //! caller reserves it before adding. Deleted rows leave dead bytes in the arena; once they
-//! outweigh the live ones the arena is rewritten ([`Arrangement::compact`]).
+//! outweigh the live ones the arena may be rewritten ([`Arrangement::compact_if`]), when the
+//! copy it holds meanwhile can be reserved.
 
 use crate::mem::{alloc_size, table};
 use hashbrown::HashTable;
@@ -287,9 +288,6 @@ impl Arrangement {
         self.free_len += 1;
         self.len -= 1;
         self.live -= (klen + rlen) as usize;
-        if self.dead() > self.live.max(CHUNK) {
-            self.compact();
-        }
     }
 
     /// Arena bytes of removed rows.
@@ -297,9 +295,24 @@ impl Arrangement {
         self.store.used - self.live
     }
 
-    /// Rewrites the arena with only the live rows (at most the live bytes exist twice meanwhile,
-    /// which is less than the dead bytes it frees).
-    pub fn compact(&mut self) {
+    /// Whether the arena is worth rewriting (its dead bytes outweigh the live ones), and what
+    /// the rewrite holds meanwhile: the live bytes, copied before the old chunks go.
+    pub fn compaction(&self) -> Option<usize> {
+        (self.dead() > self.live.max(CHUNK)).then_some(self.live + CHUNK)
+    }
+
+    /// Rewrites the arena when [`Arrangement::compaction`] says so and `reserve` grants what the
+    /// rewrite holds meanwhile (its guard is held until the old chunks are freed); otherwise
+    /// leaves it as it is, dead bytes and all (still charged), for a later try.
+    pub fn compact_if<G>(&mut self, reserve: impl FnOnce(usize) -> Option<G>) {
+        let Some(need) = self.compaction() else { return };
+        let Some(guard) = reserve(need) else { return };
+        self.compact();
+        drop(guard);
+    }
+
+    /// Rewrites the arena with only the live rows.
+    fn compact(&mut self) {
         let mut fresh = Store::default();
         for i in 0..self.slots {
             if self.store.entry(i).weight == 0 {
@@ -406,6 +419,9 @@ mod tests {
                 model.remove(&key);
             }
             if step % 20_000 == 0 {
+                if step % 40_000 == 0 {
+                    a.compact_if(|n| Some(n));
+                }
                 // Everything removed from one key in a row: its chain empties from the head.
                 let k = format!("k{}", rnd(300)).into_bytes();
                 if let Some(g) = model.remove(&k) {
@@ -425,9 +441,34 @@ mod tests {
             }
         }
         assert_eq!(a.iter().count(), a.len());
-        assert!(a.dead() <= a.live.max(CHUNK), "compaction keeps dead bytes below live ones");
         assert_eq!(a.weight(b"absent", b""), 0);
         assert!(!a.contains_key(b"absent"));
+    }
+
+    /// Deletes leave dead bytes; the arena is rewritten only when the copy is granted, and
+    /// keeps every live row as it was.
+    #[test]
+    fn a_mostly_dead_arena_is_rewritten_only_when_granted() {
+        let mut a = Arrangement::new();
+        for i in 0..10_000u32 {
+            a.add(&(i % 100).to_le_bytes(), &[i as u8; 100], 1);
+            a.add(&(i % 100).to_le_bytes(), &i.to_le_bytes(), 1);
+        }
+        for i in 0..10_000u32 {
+            a.add(&(i % 100).to_le_bytes(), &[i as u8; 100], -1);
+        }
+        let need = a.compaction().expect("most of the arena is dead");
+        assert!(need < a.store.used / 2, "the copy is the live bytes, not the arena");
+        let arena = a.store.used;
+        a.compact_if(|_| None::<()>);
+        assert_eq!(a.store.used, arena, "no rewrite without the reservation");
+        a.compact_if(|n| Some(n));
+        assert_eq!(a.store.used, a.live);
+        assert!(a.compaction().is_none());
+        assert_eq!(a.len(), 10_000);
+        for i in 0..10_000u32 {
+            assert_eq!(a.weight(&(i % 100).to_le_bytes(), &i.to_le_bytes()), 1);
+        }
     }
 
     /// What [`Arrangement::growth`] says a batch may add covers what it adds, batch after batch,

@@ -219,6 +219,12 @@ impl KeyedTable {
         Ok(())
     }
 
+    /// Rewrites the rows' arena once deletes left it mostly dead, when `reserve` grants what the
+    /// rewrite holds meanwhile (see [`Arrangement::compact_if`]).
+    pub fn compact_if<G>(&mut self, reserve: impl FnOnce(usize) -> Option<G>) {
+        self.by_key.compact_if(reserve)
+    }
+
     /// Removes the row under `key`; the row it was.
     fn take(&mut self, key: &[u8]) -> Option<Box<[u8]>> {
         let (row, w) = self.by_key.get(key).next().map(|(r, w)| (Box::<[u8]>::from(r), w))?;

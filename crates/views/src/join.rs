@@ -305,6 +305,7 @@ impl Spec {
                 side.state.add(k, row, z.weights[i]);
             }
         }
+        side.state.compact_if(|n| fl.and_then(|fl| fl.hold(n).ok()));
         // Once the whole change is in (a row may be retracted before it is inserted again),
         // no row may be held a negative number of times.
         for (i, k) in keys.iter().enumerate() {

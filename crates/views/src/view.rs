@@ -130,6 +130,7 @@ impl View {
             if let Some(found) = contents.absorb(&z)? {
                 negative.get_or_insert(found);
             }
+            contents.rows.compact_if(|n| flight.hold(n).ok());
             parts.push(z);
             Ok(())
         });

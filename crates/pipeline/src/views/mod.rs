@@ -711,6 +711,23 @@ impl Views {
         Err(over_lease(&name, want, sizes, e, &pool, file))
     }
 
+    /// Rewrites the arenas of the rows kept of `table` once deletes left them mostly dead, when
+    /// the lease can hold the copy meanwhile (a reservation of its own, given back after);
+    /// otherwise they stay as they are, still charged, for a later try.
+    fn tidy_table(&mut self, table: &str) {
+        let pool = self.ctx.runtime_env().memory_pool.clone();
+        let reserve = |n: usize| {
+            let mut r = MemoryConsumer::new(format!("table {table} (rewriting its rows)")).register(&pool);
+            r.try_grow(n).ok().map(|()| r)
+        };
+        if let Some(k) = self.keyed.get_mut(table) {
+            k.compact_if(reserve);
+        }
+        if let Some(c) = self.current.get_mut(table) {
+            c.rows.compact_if(reserve);
+        }
+    }
+
     /// (Re-)registers a view's contents as a table, for the views that read it to be planned
     /// and populated.
     fn register_view(&self, name: &str, contents: RecordBatch) -> Result<()> {
@@ -730,6 +747,7 @@ impl Views {
             if let Some(c) = self.current.get_mut(table) {
                 c.apply(&z).map_err(change_err)?;
             }
+            self.tidy_table(table);
             self.charge_table(table, Some(file), 0)?;
         }
         let mut deltas = Deltas::new();
@@ -945,6 +963,7 @@ impl Views {
         let z = ZSet::concat(spillway_views::relax_nullability(&schema), parts)
             .and_then(|z| z.consolidate())
             .map_err(change_err)?;
+        self.tidy_table(table);
         self.charge_table(table, Some(&rel), 0)?;
         let changed = self.transaction(table, z.clone(), &rel).await?;
         let applied =
@@ -1078,6 +1097,7 @@ impl Views {
                     Some(k) => k.apply(&batch).map_err(change_err)?,
                     None => changes::unkeyed(&name, &batch, &schema).map_err(change_err)?,
                 };
+                self.tidy_table(&name);
                 self.charge_table(
                     &name,
                     Some(&format!("postgres:{}", self.feed.as_ref().map_or("", |f| f.slot.spec.slot.as_str()))),
