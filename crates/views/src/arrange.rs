@@ -420,7 +420,7 @@ mod tests {
             }
             if step % 20_000 == 0 {
                 if step % 40_000 == 0 {
-                    a.compact_if(|n| Some(n));
+                    a.compact_if(Some);
                 }
                 // Everything removed from one key in a row: its chain empties from the head.
                 let k = format!("k{}", rnd(300)).into_bytes();
@@ -462,7 +462,7 @@ mod tests {
         let arena = a.store.used;
         a.compact_if(|_| None::<()>);
         assert_eq!(a.store.used, arena, "no rewrite without the reservation");
-        a.compact_if(|n| Some(n));
+        a.compact_if(Some);
         assert_eq!(a.store.used, a.live);
         assert!(a.compaction().is_none());
         assert_eq!(a.len(), 10_000);

@@ -717,7 +717,7 @@ impl Views {
     fn tidy_table(&mut self, table: &str) {
         let pool = self.ctx.runtime_env().memory_pool.clone();
         let reserve = |n: usize| {
-            let mut r = MemoryConsumer::new(format!("table {table} (rewriting its rows)")).register(&pool);
+            let r = MemoryConsumer::new(format!("table {table} (rewriting its rows)")).register(&pool);
             r.try_grow(n).ok().map(|()| r)
         };
         if let Some(k) = self.keyed.get_mut(table) {
