@@ -455,6 +455,52 @@ path = "output/per_customer.csv"
     }
 }
 
+/// The rows a recomputed view's table keeps (what the view is recomputed from after each change)
+/// are charged to the views' lease like any state: too many for it, and `views apply` fails naming
+/// them, publishing nothing.
+#[test]
+fn views_recomputed_from_a_table_charge_the_rows_they_keep() {
+    let dir = project("recompute-over-budget");
+    let mut csv = String::from("id,customer,amount\n");
+    for i in 0..400_000 {
+        csv.push_str(&format!("{i},c{},{}\n", i % 50, i % 97));
+    }
+    std::fs::write(dir.join("data/orders.csv"), csv).unwrap();
+    for v in ["revenue_by_customer", "top_customers"] {
+        std::fs::remove_file(dir.join(format!("views/{v}.sql"))).unwrap();
+    }
+    std::fs::write(
+        dir.join("views/ranked.sql"),
+        "-- spillway: refresh=recompute\nSELECT customer, rank() OVER (ORDER BY sum(amount)) AS r\nFROM orders GROUP BY customer\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("spillway.toml"),
+        r#"memory = "32MiB"
+
+[sources.orders]
+type = "csv"
+path = "data/orders.csv"
+changes = "changes/orders"
+
+[sinks.ranked]
+model = "ranked"
+path = "output/ranked.csv"
+"#,
+    )
+    .unwrap();
+    let o = apply(&dir, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("view table orders: its state (")
+            && err.contains("current rows, for recomputed views")
+            && err.contains("does not fit in the views' lease"),
+        "{err}"
+    );
+    assert!(!dir.join("output/ranked.csv").exists(), "a sink was published");
+}
+
 /// One writer per views store: beside a running `serve`, a `views apply` and a second `serve`
 /// are refused at once, naming the holder, and write nothing; `explain` and `status` only read.
 #[test]
