@@ -402,38 +402,36 @@ fn views_serve_killed_after_a_commit_loses_and_duplicates_nothing_on_restart() {
     assert!(leftovers(&dir).is_empty(), "left behind {:?}", leftovers(&dir));
 }
 
-#[test]
-fn views_whose_state_outgrows_the_lease_fail_naming_what_grew_instead_of_growing_past_the_budget() {
-    let dir = project("state-over-budget");
+/// A project whose `orders` has `rows` rows (`customers` distinct customers) and one view,
+/// `view` (its SQL), in a 32MiB budget; `key` is the source's `key` line (or none).
+fn large_orders_project(name: &str, rows: u64, customers: u64, key: &str, view: &str, sql: &str) -> PathBuf {
+    let dir = project(name);
     let mut csv = String::from("id,customer,amount\n");
-    for i in 0..300_000 {
-        csv.push_str(&format!("{i},c{},{}\n", i % 50_000, i % 97));
+    for i in 0..rows {
+        csv.push_str(&format!("{i},c{},{}\n", i % customers, i % 97));
     }
     std::fs::write(dir.join("data/orders.csv"), csv).unwrap();
     for v in ["revenue_by_customer", "top_customers"] {
         std::fs::remove_file(dir.join(format!("views/{v}.sql"))).unwrap();
     }
-    std::fs::write(
-        dir.join("views/per_customer.sql"),
+    std::fs::write(dir.join(format!("views/{view}.sql")), sql).unwrap();
+    let toml = format!(
+        "memory = \"32MiB\"\n\n[sources.orders]\ntype = \"csv\"\npath = \"data/orders.csv\"\n{key}\nchanges = \"changes/orders\"\n\n[sinks.{view}]\nmodel = \"{view}\"\npath = \"output/{view}.csv\"\n"
+    );
+    std::fs::write(dir.join("spillway.toml"), toml).unwrap();
+    dir
+}
+
+#[test]
+fn views_whose_state_outgrows_the_lease_fail_naming_what_grew_instead_of_growing_past_the_budget() {
+    let dir = large_orders_project(
+        "state-over-budget",
+        300_000,
+        50_000,
+        r#"key = ["id"]"#,
+        "per_customer",
         "SELECT customer, sum(amount) AS total FROM orders GROUP BY customer\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("spillway.toml"),
-        r#"memory = "32MiB"
-
-[sources.orders]
-type = "csv"
-path = "data/orders.csv"
-key = ["id"]
-changes = "changes/orders"
-
-[sinks.per_customer]
-model = "per_customer"
-path = "output/per_customer.csv"
-"#,
-    )
-    .unwrap();
+    );
     for cmd in ["apply", "serve"] {
         let mut c = bin();
         c.args(["views", cmd]).arg(&dir);
@@ -460,36 +458,15 @@ path = "output/per_customer.csv"
 /// them, publishing nothing.
 #[test]
 fn views_recomputed_from_a_table_charge_the_rows_they_keep() {
-    let dir = project("recompute-over-budget");
     // About 65MiB of kept rows against a lease of at most 27MiB: refused whatever else holds it.
-    let mut csv = String::from("id,customer,amount\n");
-    for i in 0..1_000_000 {
-        csv.push_str(&format!("{i},c{},{}\n", i % 50, i % 97));
-    }
-    std::fs::write(dir.join("data/orders.csv"), csv).unwrap();
-    for v in ["revenue_by_customer", "top_customers"] {
-        std::fs::remove_file(dir.join(format!("views/{v}.sql"))).unwrap();
-    }
-    std::fs::write(
-        dir.join("views/ranked.sql"),
+    let dir = large_orders_project(
+        "recompute-over-budget",
+        1_000_000,
+        50,
+        "",
+        "ranked",
         "-- spillway: refresh=recompute\nSELECT customer, rank() OVER (ORDER BY sum(amount)) AS r\nFROM orders GROUP BY customer\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("spillway.toml"),
-        r#"memory = "32MiB"
-
-[sources.orders]
-type = "csv"
-path = "data/orders.csv"
-changes = "changes/orders"
-
-[sinks.ranked]
-model = "ranked"
-path = "output/ranked.csv"
-"#,
-    )
-    .unwrap();
+    );
     let o = apply(&dir, None);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
