@@ -470,7 +470,8 @@ impl AggregateOp {
 
     pub(crate) async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
         self.input.populate(ctx).await?;
-        for z in query(ctx, &self.plan, self.input.schema()).await? {
+        let mut input = query(ctx, &self.plan, self.input.schema()).await?;
+        while let Some(z) = futures::TryStreamExt::try_next(&mut input).await? {
             self.absorb(&z)?;
         }
         Ok(())

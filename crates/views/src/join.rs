@@ -1,15 +1,28 @@
-//! Joins: keyed state of both inputs (each side's rows, by join key, with their multiplicity).
+//! Joins: keyed state of their inputs (each side's rows, by join key, with their multiplicity),
+//! only where it is needed.
 //!
 //! An inner join applies the bilinear rule Δ(A⋈B) = ΔA⋈B + A'⋈ΔB (A' = A + ΔA), which is
-//! ΔA⋈B + A⋈ΔB + ΔA⋈ΔB. Outer, semi, anti and mark joins depend on whether a row has a match,
-//! which is not linear: for every key a transaction touches, the join's output for that key is
-//! computed before and after the change, and the difference is the output change. Rows whose
-//! key is NULL never match (unless the join says NULL equals NULL, as `INTERSECT` does): they
-//! are not kept, and pass straight through on the sides an outer or anti join preserves.
+//! ΔA⋈B + A⋈ΔB + ΔA⋈ΔB. A left outer, semi, anti or mark join is linear in its left side too
+//! (each left row's output depends only on the right rows under its key), so a left change is
+//! joined with the right state alone; a right change is not linear (it decides whether left rows
+//! have a match): for every key it touches, the join's output for that key is computed before
+//! and after it, from the left rows under the key, and the difference is the output change. The
+//! mirror holds for right joins; a full join is computed before and after for both sides. Rows
+//! whose key is NULL never match (unless the join says NULL equals NULL, as `INTERSECT` does):
+//! they are not kept, and pass straight through on the sides an outer or anti join preserves.
+//!
+//! **Which rows are kept.** A side's rows are read only when the other side changes; so a side
+//! opposite one that never changes keeps nothing (the tested side of a semi, anti, mark or outer
+//! join, and both sides of a full join, are always kept, since their own changes are computed
+//! before and after). A side whose input is an inner join on the same key (through filters,
+//! projections and renames) keeps nothing either: its rows under a key are **derived** when they
+//! are read, from that join's two kept sides under the key (`A(k) ⋈ B(k)`, its filter, then the
+//! operators between), as a delta join would. A left-deep chain or a semi join over a join on
+//! one key thus stores its inputs once, not again as the join's output.
 
 use crate::arrange::Arrangement;
 use crate::error::{unsupported, Result};
-use crate::flight::Flight;
+use crate::flight::{Flight, Held};
 use crate::node::{batch_of, eval, filter_zset, mask, query, Deltas, Emit, Node};
 use crate::zset::{relax_nullability, RowBytes, RowCodec, ZSet};
 use arrow::array::{new_null_array, Array, ArrayRef, BooleanArray};
@@ -27,16 +40,110 @@ pub(crate) struct Side {
     pub(crate) node: Node,
     plan: LogicalPlan,
     arr: Arranged,
-    /// Whether its rows are kept: not when the other side never changes (an inner join's
-    /// output then changes only by this side's changes joined with the other side's state).
+    /// Whether its rows are read: not when the other side never changes (and this side's own
+    /// changes are linear), since only the other side's changes read them.
     keep: bool,
+    /// Whether its rows, read, are derived from the inner join below on the same key instead
+    /// of kept here (see the module's doc).
+    derive: bool,
 }
 
 impl Side {
     pub(crate) fn new(node: Node, plan: LogicalPlan, keys: Vec<Arc<dyn PhysicalExpr>>) -> Result<Side> {
         let rows = RowCodec::new(node.schema())?;
         let arr = Arranged { keys, rows, state: Arrangement::new(), counts: false };
-        Ok(Side { node, plan, arr, keep: true })
+        Ok(Side { node, plan, arr, keep: true, derive: false })
+    }
+
+    /// Whether its rows are held in its own arrangement.
+    fn stores(&self) -> bool {
+        self.keep && !self.derive
+    }
+}
+
+/// The column each of `keys` reads, when every one is a plain column.
+fn key_columns(keys: &[Arc<dyn PhysicalExpr>]) -> Option<Vec<usize>> {
+    keys.iter().map(|k| k.downcast_ref::<datafusion::physical_expr::expressions::Column>().map(|c| c.index())).collect()
+}
+
+/// The side of a join type whose changes are linear, each row's output depending only on the
+/// other side's rows under its key (`None`: both sides, for an inner join; neither, for a full
+/// join, is told apart by the caller).
+fn linear_side(join_type: JoinType) -> Option<bool> {
+    use JoinType::*;
+    match join_type {
+        Left | LeftSemi | LeftAnti | LeftMark => Some(true),
+        Right | RightSemi | RightAnti | RightMark => Some(false),
+        Inner | Full => None,
+    }
+}
+
+/// One side's rows as a join reads them: its own arrangement, or rows listed for the keys at
+/// hand (a change's rows, or rows derived from the inner join below).
+enum Probe<'a> {
+    State(&'a Arranged),
+    Listed(&'a Arranged, Listed),
+}
+
+/// Rows (encoded with a side's codec) grouped by key.
+struct Listed {
+    rows: arrow::row::Rows,
+    by_key: std::collections::HashMap<Box<[u8]>, Vec<(u32, i64)>>,
+    /// The keys, in the order first seen.
+    keys: Vec<Box<[u8]>>,
+}
+
+impl Listed {
+    /// Row `i` of `rows` under `keys[i]` with `weights[i]` (rows with no key left out).
+    fn new(keys: Vec<Option<RowBytes>>, rows: arrow::row::Rows, weights: &[i64]) -> Listed {
+        let mut by_key: std::collections::HashMap<Box<[u8]>, Vec<(u32, i64)>> = Default::default();
+        let mut order = Vec::new();
+        for (i, k) in keys.into_iter().enumerate() {
+            let Some(k) = k else { continue };
+            by_key
+                .entry(k)
+                .or_insert_with_key(|k| {
+                    order.push(k.clone());
+                    Vec::new()
+                })
+                .push((i as u32, weights[i]));
+        }
+        Listed { rows, by_key, keys: order }
+    }
+}
+
+impl<'a> Probe<'a> {
+    fn arranged(&self) -> &'a Arranged {
+        match self {
+            Probe::State(a) | Probe::Listed(a, _) => a,
+        }
+    }
+
+    /// The rows under `key` with their weights.
+    fn get<'p>(&'p self, key: &[u8]) -> Matches<'p> {
+        match self {
+            Probe::State(a) => Matches::State(a.state.get(key)),
+            Probe::Listed(_, l) => match l.by_key.get(key) {
+                Some(v) => Matches::Listed(v.iter(), &l.rows),
+                None => Matches::Listed([].iter(), &l.rows),
+            },
+        }
+    }
+}
+
+/// The rows of a [`Probe`] under one key.
+enum Matches<'p> {
+    State(crate::arrange::Group<'p>),
+    Listed(std::slice::Iter<'p, (u32, i64)>, &'p arrow::row::Rows),
+}
+
+impl<'p> Iterator for Matches<'p> {
+    type Item = (&'p [u8], i64);
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Matches::State(g) => g.next(),
+            Matches::Listed(it, rows) => it.next().map(|&(i, w)| (rows.row(i as usize).data(), w)),
+        }
     }
 }
 
@@ -160,7 +267,9 @@ impl JoinOp {
 
     pub(crate) fn describe(&self) -> String {
         let side = |s: &Side, other: &str| {
-            if s.keep && s.arr.counts {
+            if s.keep && s.derive {
+                "none kept (derived from the inner join below on the same key)".to_string()
+            } else if s.keep && s.arr.counts {
                 format!("a count per key ({} keys)", s.arr.state.keys())
             } else if s.keep {
                 format!("{} rows in {} keys", s.arr.state.len(), s.arr.state.keys())
@@ -179,21 +288,84 @@ impl JoinOp {
         )
     }
 
-    /// See [`Node::unchanging`]: an inner join keeps no rows of a side whose other side reads
-    /// only `tables` (or nothing at all).
+    /// See [`Node::unchanging`]: decides which sides keep their rows (see the module's doc):
+    /// a side opposite one that reads only `tables` (or nothing at all) keeps none, and a side
+    /// whose rows can be derived from the inner join below keeps none either.
     pub(crate) fn unchanging(&mut self, tables: &std::collections::BTreeSet<String>) {
         self.left.node.unchanging(tables);
         self.right.node.unchanging(tables);
-        if self.spec.join_type != JoinType::Inner {
-            return;
-        }
-        let fixed = |n: &Node| {
+        let changes = |n: &Node| {
             let mut reads = std::collections::BTreeSet::new();
             n.reads(&mut reads);
-            reads.is_subset(tables)
+            !reads.is_subset(tables)
         };
-        self.left.keep = !fixed(&self.right.node);
-        self.right.keep = !fixed(&self.left.node);
+        let (lc, rc) = (changes(&self.left.node), changes(&self.right.node));
+        let jt = self.spec.join_type;
+        (self.left.keep, self.right.keep) = match (jt, linear_side(jt)) {
+            (JoinType::Inner, _) => (rc, lc),
+            (_, Some(true)) => (rc, true),
+            (_, Some(false)) => (true, lc),
+            _ => (true, true),
+        };
+        let key_types = &self.spec.key_types;
+        // A side the join reads only under keys of the other side's changes, never before and
+        // after its own: an inner join's sides, a linear side.
+        let derivable = |s: &Side, left: bool| {
+            s.keep
+                && (jt == JoinType::Inner || linear_side(jt) == Some(left))
+                && key_columns(&s.arr.keys).is_some_and(|cols| s.node.derivable(&cols, key_types))
+        };
+        self.left.derive = derivable(&self.left, true);
+        self.right.derive = derivable(&self.right, false);
+    }
+
+    /// Whether this join's output rows whose columns `cols` equal a key (encoded as
+    /// `key_types`) can be derived from its state: an inner join keeping both sides, whose
+    /// join key those columns are, in order.
+    pub(crate) fn derivable(&self, cols: &[usize], key_types: &[DataType]) -> bool {
+        let (Some(lk), Some(rk)) = (key_columns(&self.left.arr.keys), key_columns(&self.right.arr.keys)) else {
+            return false;
+        };
+        let nl = self.spec.left_schema.fields().len();
+        self.spec.join_type == JoinType::Inner
+            && self.left.stores()
+            && self.right.stores()
+            && !cols.is_empty()
+            && key_types == self.spec.key_types.as_slice()
+            && cols.len() == lk.len()
+            && cols.iter().enumerate().all(|(i, &c)| c == lk[i] || c == nl + rk[i])
+    }
+
+    /// This join's current output rows under `keys` (join keys), derived from both sides'
+    /// state: `A(k) ⋈ B(k)` for each key, through its filter. Their bytes are reserved in
+    /// `held` before they are built.
+    pub(crate) fn derive(&self, keys: &[Box<[u8]>], held: &mut Held<'_>) -> Result<ZSet> {
+        let (mut ls, mut rs, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+        let mut bytes = 0usize;
+        for k in keys {
+            let left: Vec<(&[u8], i64)> = self.left.arr.state.get(k).collect();
+            for (r, rw) in self.right.arr.state.get(k) {
+                for &(l, lw) in &left {
+                    ls.push(l);
+                    rs.push(r);
+                    weights.push(lw * rw);
+                    bytes += l.len() + r.len() + 24;
+                }
+            }
+        }
+        // The pairs' references, their decoded columns and the filter's copy.
+        held.grow(2 * bytes)?;
+        let l = self.left.arr.rows.decode(ls)?;
+        let r = self.right.arr.rows.decode(rs)?;
+        let mut columns = l.columns().to_vec();
+        columns.extend(r.columns().iter().cloned());
+        let pairs = ZSet::new(batch_of(&self.spec.pair_schema, columns, weights.len())?, weights)
+            .with_schema(self.spec.pair_schema.clone())?;
+        let out = match &self.spec.filter {
+            Some(f) => filter_zset(&pairs, f)?,
+            None => pairs,
+        };
+        out.with_schema(self.spec.schema.clone())
     }
 
     pub(crate) fn state_bytes(&self) -> usize {
@@ -206,14 +378,13 @@ impl JoinOp {
     pub(crate) async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
         self.left.node.populate(ctx).await?;
         self.right.node.populate(ctx).await?;
-        if self.left.keep {
-            for z in query(ctx, &self.left.plan, self.left.node.schema()).await? {
-                self.spec.absorb(&mut self.left.arr, true, &z, None)?;
+        for (side, left) in [(&mut self.left, true), (&mut self.right, false)] {
+            if !side.stores() {
+                continue;
             }
-        }
-        if self.right.keep {
-            for z in query(ctx, &self.right.plan, self.right.node.schema()).await? {
-                self.spec.absorb(&mut self.right.arr, false, &z, None)?;
+            let mut input = query(ctx, &side.plan, side.node.schema()).await?;
+            while let Some(z) = futures::TryStreamExt::try_next(&mut input).await? {
+                self.spec.absorb(&mut side.arr, left, &z, None)?;
             }
         }
         Ok(())
@@ -222,31 +393,35 @@ impl JoinOp {
     /// The left input's change, a piece at a time, then the right's: each piece's output is
     /// pushed (in pieces) before the piece enters its side's state, so that the right side's
     /// pieces meet the left state with the whole left change in it (the bilinear rule, or the
-    /// per-key rule of outer, semi, anti and mark joins, applied piece by piece).
+    /// per-key rule of outer, semi, anti and mark joins, applied piece by piece). A side
+    /// derived from the join below reads that join when it is complete: the right side's
+    /// before the right input steps, the left side's once the left input has stepped.
     pub(crate) fn step(&mut self, deltas: &Deltas, fl: &Flight, emit: &mut Emit<'_>) -> Result<()> {
         let JoinOp { left, right, spec } = self;
+        let stores = left.stores();
         left.node.step(deltas, fl, &mut |d| {
             let d = d.consolidate()?;
-            spec.piece(true, left.keep, &d, &mut left.arr, &right.arr, fl, emit)
+            spec.piece(true, stores, &d, &mut left.arr, right, fl, emit)
         })?;
+        let stores = right.stores();
         right.node.step(deltas, fl, &mut |d| {
             let d = d.consolidate()?;
-            spec.piece(false, right.keep, &d, &mut right.arr, &left.arr, fl, emit)
+            spec.piece(false, stores, &d, &mut right.arr, left, fl, emit)
         })
     }
 }
 
 impl Spec {
     /// One piece `d` of side `is_left`'s change: its output pushed, then `d` absorbed into
-    /// `mine`; `other` is the other side's state.
+    /// `mine` when that side `stores` its rows; `other` is the other side.
     #[allow(clippy::too_many_arguments)]
     fn piece(
         &self,
         is_left: bool,
-        keep: bool,
+        stores: bool,
         d: &ZSet,
         mine: &mut Arranged,
-        other: &Arranged,
+        other: &Side,
         fl: &Flight,
         emit: &mut Emit<'_>,
     ) -> Result<()> {
@@ -254,15 +429,28 @@ impl Spec {
             return Ok(());
         }
         match self.join_type {
-            JoinType::Inner => {
-                self.delta_pairs(is_left, d, mine, other, fl, emit)?;
-                if keep {
-                    self.absorb(mine, is_left, d, Some(fl))?;
-                }
-                Ok(())
-            }
-            _ => self.by_key(is_left, d, mine, other, fl, emit),
+            JoinType::Inner => self.delta_pairs(is_left, d, mine, other, fl, emit)?,
+            t if linear_side(t) == Some(is_left) => self.linear(is_left, d, mine, other, fl, emit)?,
+            // The tested side of a semi, anti, mark or outer join, or a full join's: kept.
+            _ => return self.by_key(is_left, d, mine, other, fl, emit),
         }
+        if stores {
+            self.absorb(mine, is_left, d, Some(fl))?;
+        }
+        Ok(())
+    }
+
+    /// How the join reads `side` under `keys`: its arrangement, or, derived, its rows under
+    /// them built from the join below (reserved in `held`).
+    fn probe<'s>(&self, side: &'s Side, keys: &[Box<[u8]>], held: &mut Held<'_>) -> Result<Probe<'s>> {
+        if !side.derive {
+            return Ok(Probe::State(&side.arr));
+        }
+        let z = side.node.derive(keys, held)?;
+        // Their encoding, its keys and the lists by key.
+        held.grow(2 * z.slice_bytes() + 64 * z.len())?;
+        let (zk, rows) = self.encode(&side.arr, &z)?;
+        Ok(Probe::Listed(&side.arr, Listed::new(zk, rows, &z.weights)))
     }
 
     /// Join keys of every row of `z` (None: a NULL in the key, which matches nothing) and the
@@ -325,33 +513,35 @@ impl Spec {
         Ok(())
     }
 
-    /// The inner join of change `d` (side `is_left`) with the other side's state, pushed in
+    /// The inner join of change `d` (side `is_left`) with the other side's rows, pushed in
     /// pieces of at most [`crate::flight::PIECE_ROWS`] pairs, each reserved before it is decoded.
     fn delta_pairs(
         &self,
         is_left: bool,
         d: &ZSet,
         mine: &Arranged,
-        other: &Arranged,
+        other: &Side,
         fl: &Flight,
         emit: &mut Emit<'_>,
     ) -> Result<()> {
         let (keys, rows) = self.encode(mine, d)?;
+        let mut held = fl.hold(0)?;
+        let other = self.probe(other, &distinct(&keys), &mut held)?;
         let mut piece = PairPiece::default();
         for (i, k) in keys.iter().enumerate() {
             let Some(k) = k else { continue };
             let row_len = rows.row(i).as_ref().len();
-            for (r, w) in other.state.get(k) {
+            for (r, w) in other.get(k) {
                 piece.changed.push(i as u32);
                 piece.other.push(r);
                 piece.weights.push(d.weights[i] * w);
                 piece.bytes += row_len + r.len() + 8;
                 if piece.weights.len() >= fl.piece_rows {
-                    self.push_pairs(is_left, &rows, mine, other, std::mem::take(&mut piece), fl, emit)?;
+                    self.push_pairs(is_left, &rows, mine, other.arranged(), std::mem::take(&mut piece), fl, emit)?;
                 }
             }
         }
-        self.push_pairs(is_left, &rows, mine, other, piece, fl, emit)
+        self.push_pairs(is_left, &rows, mine, other.arranged(), piece, fl, emit)
     }
 
     /// Decodes one piece of pairs (its bytes reserved first), filters it, pushes it.
@@ -389,35 +579,85 @@ impl Spec {
         emit(out.with_schema(self.schema.clone())?)
     }
 
-    /// Outer, semi, anti and mark joins: for every key piece `d` touches, the join's output
-    /// for it before and after `d` enters `mine`; the difference is pushed.
+    /// A change `d` of the linear side (a left join's left side, ...): each of its rows'
+    /// output from the other side's rows under its key, pushed a group of keys at a time (at
+    /// most about [`crate::flight::PIECE_ROWS`] candidate pairs each).
+    fn linear(
+        &self,
+        is_left: bool,
+        d: &ZSet,
+        mine: &Arranged,
+        other: &Side,
+        fl: &Flight,
+        emit: &mut Emit<'_>,
+    ) -> Result<()> {
+        let (dk, rows) = self.encode(mine, d)?;
+        let nulls: Vec<u32> = dk.iter().enumerate().filter(|(_, k)| k.is_none()).map(|(i, _)| i as u32).collect();
+        let mut held = fl.hold(rows.size() + 64 * d.len())?;
+        let mut listed = Listed::new(dk, rows, &d.weights);
+        let other = self.probe(other, &listed.keys, &mut held)?;
+        let keys = std::mem::take(&mut listed.keys);
+        let mine = Probe::Listed(mine, listed);
+        let (mut start, mut pairs) = (0, 0usize);
+        for (i, k) in keys.iter().enumerate() {
+            pairs += mine.get(k).count() * other.get(k).count().max(1);
+            if pairs >= fl.piece_rows || i + 1 == keys.len() {
+                let group = &keys[start..=i];
+                let out = if is_left {
+                    self.output_for(&mine, &other, group, fl)?
+                } else {
+                    self.output_for(&other, &mine, group, fl)?
+                };
+                if !out.is_empty() {
+                    emit(out)?;
+                }
+                (start, pairs) = (i + 1, 0);
+            }
+        }
+        // Rows with a NULL key: unmatched by construction.
+        if !nulls.is_empty() {
+            let z = d.take(&nulls)?;
+            let out = self.unmatched(is_left, &z.batch, z.weights)?;
+            if !out.is_empty() {
+                emit(out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The tested side of a semi, anti, mark or outer join, or either side of a full join:
+    /// for every key piece `d` touches, the join's output for it before and after `d` enters
+    /// `mine`; the difference is pushed.
     fn by_key(
         &self,
         is_left: bool,
         d: &ZSet,
         mine: &mut Arranged,
-        other: &Arranged,
+        other: &Side,
         fl: &Flight,
         emit: &mut Emit<'_>,
     ) -> Result<()> {
         let (dk, _) = self.encode(mine, d)?;
-        let mut touched: Vec<Box<[u8]>> = Vec::new();
-        let mut seen: HashSet<&[u8]> = HashSet::new();
-        for k in dk.iter().flatten() {
-            if seen.insert(k) {
-                touched.push(k.clone());
-            }
-        }
-        drop(seen);
+        let touched = distinct(&dk);
+        let mut other_held = fl.hold(0)?;
+        let other = self.probe(other, &touched, &mut other_held)?;
         let before = {
-            let (l, r) = if is_left { (&*mine, other) } else { (other, &*mine) };
-            self.output_for(l, r, &touched, fl)?
+            let mine = Probe::State(&*mine);
+            if is_left {
+                self.output_for(&mine, &other, &touched, fl)?
+            } else {
+                self.output_for(&other, &mine, &touched, fl)?
+            }
         };
         let before_held = fl.hold(before.slice_bytes())?;
         self.absorb(mine, is_left, d, Some(fl))?;
         let after = {
-            let (l, r) = if is_left { (&*mine, other) } else { (other, &*mine) };
-            self.output_for(l, r, &touched, fl)?
+            let mine = Probe::State(&*mine);
+            if is_left {
+                self.output_for(&mine, &other, &touched, fl)?
+            } else {
+                self.output_for(&other, &mine, &touched, fl)?
+            }
         };
         let _after_held = fl.hold(after.slice_bytes())?;
         // Rows with a NULL key: unmatched by construction, kept by no state.
@@ -464,16 +704,16 @@ impl Spec {
         }
     }
 
-    /// The join's whole output for the rows under `keys`, from the states `l` and `r` (its
-    /// candidates reserved in `fl` while it is built).
-    fn output_for(&self, l: &Arranged, r: &Arranged, keys: &[Box<[u8]>], fl: &Flight) -> Result<ZSet> {
+    /// The join's whole output for the rows under `keys`, from the rows `l` and `r` read
+    /// under them (its candidates reserved in `fl` while it is built).
+    fn output_for(&self, l: &Probe<'_>, r: &Probe<'_>, keys: &[Box<[u8]>], fl: &Flight) -> Result<ZSet> {
         let mut c = Candidates::default();
         let mut bytes = 0usize;
         for k in keys {
             let l0 = c.left.len() as u32;
             let r0 = c.right.len() as u32;
-            c.left.extend(l.state.get(k));
-            c.right.extend(r.state.get(k));
+            c.left.extend(l.get(k));
+            c.right.extend(r.get(k));
             let (ln, rn) = (c.left.len() - l0 as usize, c.right.len() - r0 as usize);
             let lb: usize = c.left[l0 as usize..].iter().map(|(r, _)| r.len() + 8).sum();
             let rb: usize = c.right[r0 as usize..].iter().map(|(r, _)| r.len() + 8).sum();
@@ -488,7 +728,8 @@ impl Spec {
         let _held = fl.hold(bytes)?;
         // A side kept as counts has no rows to decode; without a filter or an output of pairs
         // (semi, anti and mark joins), no pair is built either.
-        let decode = |a: &Arranged, rows: &[(&[u8], i64)]| -> Result<Option<arrow::array::RecordBatch>> {
+        let decode = |a: &Probe<'_>, rows: &[(&[u8], i64)]| -> Result<Option<arrow::array::RecordBatch>> {
+            let a = a.arranged();
             if a.counts {
                 return Ok(None);
             }
@@ -573,6 +814,18 @@ impl Spec {
         }
         ZSet::concat(self.schema.clone(), parts)
     }
+}
+
+/// The distinct keys of `keys` (NULL keys left out), in the order first seen.
+fn distinct(keys: &[Option<RowBytes>]) -> Vec<Box<[u8]>> {
+    let mut seen: HashSet<&[u8]> = HashSet::new();
+    let mut out = Vec::new();
+    for k in keys.iter().flatten() {
+        if seen.insert(k) {
+            out.push(k.clone());
+        }
+    }
+    out
 }
 
 fn nulls(schema: &SchemaRef, n: usize) -> Vec<ArrayRef> {

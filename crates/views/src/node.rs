@@ -16,6 +16,7 @@ use datafusion::physical_plan::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 use futures::future::BoxFuture;
 use futures::TryStreamExt;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -82,20 +83,20 @@ pub(crate) fn filter_zset(z: &ZSet, predicate: &Arc<dyn PhysicalExpr>) -> Result
     Ok(ZSet::new(batch, weights))
 }
 
-/// Runs `plan` as a DataFusion batch query and returns its rows, each with weight +1.
-pub(crate) fn query(
+/// Runs `plan` as a DataFusion batch query and streams its rows, each with weight +1, a batch at
+/// a time: a population absorbs each batch before the next is read, so that no input is held
+/// whole beside the state it builds.
+pub(crate) async fn query(
     ctx: &SessionContext,
     plan: &LogicalPlan,
     schema: SchemaRef,
-) -> BoxFuture<'static, Result<Vec<ZSet>>> {
-    let ctx = ctx.clone();
-    let plan = plan.clone();
-    Box::pin(async move {
-        let frame = ctx.execute_logical_plan(plan).await?;
-        let stream = frame.execute_stream().await?;
-        let batches: Vec<RecordBatch> = stream.try_collect().await?;
-        batches.into_iter().map(|b| ZSet::uniform(b, 1).with_schema(schema.clone())).collect()
-    })
+) -> Result<futures::stream::BoxStream<'static, Result<ZSet>>> {
+    let frame = ctx.execute_logical_plan(plan.clone()).await?;
+    let stream = frame.execute_stream().await?;
+    Ok(Box::pin(stream.map_err(crate::ViewError::from).and_then(move |b| {
+        let z = ZSet::uniform(b, 1).with_schema(schema.clone());
+        futures::future::ready(z)
+    })))
 }
 
 impl Node {
@@ -218,6 +219,46 @@ impl Node {
             Node::Join(j) => j.unchanging(tables),
             Node::Aggregate(a) => a.input_mut().unchanging(tables),
             Node::TopN(t) => t.input_mut().unchanging(tables),
+        }
+    }
+
+    /// Whether this node's output rows whose columns `cols` equal a key (encoded as
+    /// `key_types`) can be derived from the state of an inner join below on that key (through
+    /// filters, projections of plain columns and renames), so that a join above need not keep
+    /// them again (see [`crate::join`]).
+    pub(crate) fn derivable(&self, cols: &[usize], key_types: &[arrow::datatypes::DataType]) -> bool {
+        use datafusion::physical_expr::expressions::Column;
+        match self {
+            Node::Filter { input, .. } | Node::Rename { input, .. } => input.derivable(cols, key_types),
+            Node::Project { input, exprs, .. } => {
+                let below: Option<Vec<usize>> = cols
+                    .iter()
+                    .map(|&c| exprs.get(c).and_then(|e| e.downcast_ref::<Column>()).map(|c| c.index()))
+                    .collect();
+                below.is_some_and(|b| input.derivable(b.as_slice(), key_types))
+            }
+            Node::Join(j) => j.derivable(cols, key_types),
+            _ => false,
+        }
+    }
+
+    /// This node's current output rows under `keys`, derived from the inner join below (see
+    /// [`Node::derivable`]), each operator's copy reserved in `held` before it is made.
+    pub(crate) fn derive(&self, keys: &[Box<[u8]>], held: &mut crate::flight::Held<'_>) -> Result<ZSet> {
+        match self {
+            Node::Filter { input, predicate, schema } => {
+                let z = input.derive(keys, held)?;
+                held.grow(z.slice_bytes())?;
+                filter_zset(&z, predicate)?.with_schema(schema.clone())
+            }
+            Node::Project { input, exprs, schema } => {
+                let z = input.derive(keys, held)?;
+                held.grow(z.slice_bytes())?;
+                project(&z, exprs, schema)
+            }
+            Node::Rename { input, schema, .. } => input.derive(keys, held)?.with_schema(schema.clone()),
+            Node::Join(j) => j.derive(keys, held),
+            _ => Err(crate::error::unsupported("Join", "rows derived from an operator that is not an inner join")),
         }
     }
 

@@ -40,7 +40,9 @@ impl View {
         if crate::scalar::has_scalar_subquery(&plan) {
             plan = state.optimize(&crate::scalar::join_scalar_subqueries(plan)?)?;
         }
-        let root = lower(&plan, state.execution_props())?;
+        let mut root = lower(&plan, state.execution_props())?;
+        // Every join decides which sides it keeps (all tables may change until told otherwise).
+        root.unchanging(&BTreeSet::new());
         let mut tables = BTreeSet::new();
         plan.apply(|p| {
             if let LogicalPlan::TableScan(s) = p {
@@ -99,7 +101,8 @@ impl View {
         self.root.populate(ctx).await?;
         self.contents.rows.clear();
         self.contents.count = 0;
-        for z in query(ctx, &self.plan, self.root.schema()).await? {
+        let mut input = query(ctx, &self.plan, self.root.schema()).await?;
+        while let Some(z) = futures::TryStreamExt::try_next(&mut input).await? {
             self.contents.absorb(&z)?;
         }
         Ok(())

@@ -137,6 +137,12 @@ const VIEWS: &[&str] = &[
     "SELECT count(*) AS n FROM t2",
     "SELECT count(*) AS n FROM t1 JOIN t2 ON t1.a = t2.a",
     "SELECT t1.b, t2.c FROM t1 CROSS JOIN t2 WHERE t1.b + t2.c = 7",
+    // joins over an inner join on the same key: their side of it is derived, not kept
+    "SELECT t1.a, t1.b, t2.c FROM t1 JOIN t2 ON t1.a = t2.a WHERE t1.a IN (SELECT c FROM t2 WHERE s <> 'a')",
+    "SELECT t1.a, t2.c FROM t1 JOIN t2 ON t1.a = t2.a WHERE NOT EXISTS (SELECT 1 FROM t2 x WHERE x.a = t1.a AND x.c > t1.b)",
+    "SELECT t1.a, t2.c, x.s FROM t1 JOIN t2 ON t1.a = t2.a LEFT JOIN t2 x ON t1.a = x.a AND x.c > 3",
+    "SELECT t1.a, t2.c, x.b FROM t1 JOIN t2 ON t1.a = t2.a AND t1.b < t2.c JOIN t1 x ON t2.a = x.a",
+    "SELECT x.s, j.a, j.c FROM t2 x RIGHT JOIN (SELECT t1.a, t2.c FROM t1 JOIN t2 ON t1.a = t2.a WHERE t1.b > 1) j ON x.a = j.a",
     // set operations
     "SELECT a, s FROM t1 UNION ALL SELECT c, s FROM t2",
     "SELECT a, s FROM t1 UNION SELECT c, s FROM t2",
@@ -181,6 +187,12 @@ async fn run_seed(seed: u64, piece_rows: Option<usize>, fixed: Option<&str>) {
     let anti = views.iter().find(|(sql, _)| sql.contains("NOT EXISTS (SELECT 1 FROM t2 WHERE t2.a = t1.a)"));
     let anti = anti.map(|(_, v)| v.explain().join("\n")).unwrap_or_default();
     assert!(anti.contains("right a count per key"), "{anti}");
+    // Each of the views above reads the inner join below it under the same key.
+    let explained: Vec<String> = views.iter().flat_map(|(_, v)| v.explain()).collect();
+    let derived = explained.iter().filter(|l| l.contains("derived from the inner join below")).count();
+    if fixed.is_none() {
+        assert_eq!(derived, 5, "joins over an inner join on their key derive that side: {explained:#?}");
+    }
     if fixed.is_some() {
         let explained: Vec<String> = views.iter().flat_map(|(_, v)| v.explain()).collect();
         assert!(
