@@ -24,6 +24,7 @@ use arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::logical_expr::{Accumulator, LogicalPlan};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::PhysicalExpr;
@@ -471,8 +472,16 @@ impl AggregateOp {
     pub(crate) async fn populate(&mut self, ctx: &SessionContext) -> Result<()> {
         self.input.populate(ctx).await?;
         let mut input = query(ctx, &self.plan, self.input.schema()).await?;
+        // Each batch rewrites the groups it touches, leaving their old bytes dead in the arena:
+        // it is rewritten as it goes, when the pool grants the copy of its live bytes.
+        let pool = ctx.runtime_env().memory_pool.clone();
+        let rewrite = MemoryConsumer::new("view population (an aggregate's groups rewritten)").register(&pool);
         while let Some(z) = futures::TryStreamExt::try_next(&mut input).await? {
             self.absorb(&z)?;
+            self.groups.compact_if(|n| {
+                let r = rewrite.new_empty();
+                r.try_grow(n).ok().map(|()| r)
+            });
         }
         Ok(())
     }

@@ -80,3 +80,34 @@ async fn each_views_charged_state_is_within_a_quarter_of_what_it_allocated() {
         assert!((0.75..=1.25).contains(ratio), "{name}: charged state is not the real state\n{}", text.join("\n"));
     }
 }
+
+/// An aggregate populated from many batches that each touch every group writes each group's
+/// state again per batch, leaving the old bytes dead in its arena; the arena is rewritten as the
+/// population goes, so the state ends near its live size, not one copy per batch.
+#[tokio::test(flavor = "current_thread")]
+async fn an_aggregate_populated_batch_by_batch_holds_about_its_live_groups() {
+    let schema =
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Int64, false)]));
+    let (groups, batches) = (10_000i64, 40);
+    let batch = |b: i64| {
+        let k: Vec<i64> = (0..groups).collect();
+        let v: Vec<i64> = k.iter().map(|k| k * 31 + b).collect();
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(k)), Arc::new(Int64Array::from(v))])
+            .unwrap()
+    };
+    let all: Vec<RecordBatch> = (0..batches).map(batch).collect();
+    let sql = "SELECT k, count(*) AS n, sum(v) AS total FROM t GROUP BY k";
+    let mut state = Vec::new();
+    // One row per group (nothing rewritten: the live size), then every group in every batch.
+    for parts in [vec![batch(0)], all] {
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let table = MemTable::try_new(schema.clone(), vec![parts]).unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        let mut v = View::plan(&ctx, "per_k", sql).await.unwrap();
+        v.populate(&ctx).await.unwrap();
+        state.push(v.state_bytes());
+    }
+    let (one, many) = (state[0], state[1]);
+    eprintln!("one row per group: {one} bytes; {batches} rows per group in {batches} batches: {many} bytes");
+    assert!(many <= one * 2, "populated from {batches} batches it holds {many} bytes, its live groups {one}");
+}
