@@ -591,9 +591,10 @@ impl Spec {
         fl: &Flight,
         emit: &mut Emit<'_>,
     ) -> Result<()> {
+        // The change's encoding, its keys and the lists by key.
+        let mut held = fl.hold(2 * d.slice_bytes() + 64 * d.len())?;
         let (dk, rows) = self.encode(mine, d)?;
         let nulls: Vec<u32> = dk.iter().enumerate().filter(|(_, k)| k.is_none()).map(|(i, _)| i as u32).collect();
-        let mut held = fl.hold(rows.size() + 64 * d.len())?;
         let mut listed = Listed::new(dk, rows, &d.weights);
         let other = self.probe(other, &listed.keys, &mut held)?;
         let keys = std::mem::take(&mut listed.keys);
