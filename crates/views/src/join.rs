@@ -526,7 +526,8 @@ impl Spec {
     ) -> Result<()> {
         let (keys, rows) = self.encode(mine, d)?;
         let mut held = fl.hold(0)?;
-        let other = self.probe(other, &distinct(&keys), &mut held)?;
+        let touched = if other.derive { distinct(&keys) } else { Vec::new() };
+        let other = self.probe(other, &touched, &mut held)?;
         let mut piece = PairPiece::default();
         for (i, k) in keys.iter().enumerate() {
             let Some(k) = k else { continue };
