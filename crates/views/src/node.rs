@@ -207,8 +207,9 @@ impl Node {
     }
 
     /// Tells every join below and including this node which tables never change (they have
-    /// no change feed): an inner join keeps no state for the side opposite an unchanging one,
-    /// since that state would only ever meet changes that never come.
+    /// no change feed), and lets each decide which sides it keeps: none opposite an unchanging
+    /// side (that state would only ever meet changes that never come), none where the inner
+    /// join below holds the rows under the same key (see [`crate::join`]).
     pub(crate) fn unchanging(&mut self, tables: &std::collections::BTreeSet<String>) {
         match self {
             Node::Scan { .. } | Node::Constant { .. } => {}
