@@ -443,14 +443,20 @@ fn views_whose_state_outgrows_the_lease_fail_naming_what_grew_instead_of_growing
         assert_eq!(o.status.code(), Some(1), "{cmd}: {err}");
         // The source's rows kept by key (what lets a delete name only the key) are charged
         // before any view's state, and are what does not fit here.
-        assert!(
-            err.contains("view table orders: its state (")
-                && err.contains("rows by key")
-                && err.contains("does not fit in the views' lease"),
-            "{cmd}: {err}"
-        );
+        assert_table_refused(&err, "rows by key", cmd);
         assert!(!dir.join("output/per_customer.csv").exists(), "{cmd}: a sink was published");
     }
+}
+
+/// `err` says the rows table `orders` keeps (`what`: by key, for recomputed views) do not fit
+/// in the views' lease.
+fn assert_table_refused(err: &str, what: &str, cmd: &str) {
+    assert!(
+        err.contains("view table orders: its state (")
+            && err.contains(what)
+            && err.contains("does not fit in the views' lease"),
+        "{cmd}: {err}"
+    );
 }
 
 /// The rows a recomputed view's table keeps (what the view is recomputed from after each change)
@@ -470,12 +476,7 @@ fn views_recomputed_from_a_table_charge_the_rows_they_keep() {
     let o = apply(&dir, None);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("view table orders: its state (")
-            && err.contains("current rows, for recomputed views")
-            && err.contains("does not fit in the views' lease"),
-        "{err}"
-    );
+    assert_table_refused(&err, "current rows, for recomputed views", "apply");
     assert!(!dir.join("output/ranked.csv").exists(), "a sink was published");
 }
 

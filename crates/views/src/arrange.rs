@@ -199,6 +199,12 @@ impl Arrangement {
         (0..self.slots).filter(move |&i| s.entry(i).weight != 0).map(move |i| (s.key(i), s.row(i), s.entry(i).weight))
     }
 
+    /// Every row, repeated as often as it is held (a row held a negative number of times, not
+    /// at all), in no particular order: the multiset it stands for.
+    pub fn rows(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.iter().flat_map(|(_, r, c)| std::iter::repeat_n(r, c.max(0) as usize))
+    }
+
     /// Adds `weight` to `row` under `key` (a row whose weight reaches 0 is removed).
     pub fn add(&mut self, key: &[u8], row: &[u8], weight: i64) {
         if weight == 0 {

@@ -175,13 +175,7 @@ impl View {
     /// The current contents, each row repeated as often as it occurs, in the view's `ORDER BY`
     /// when it has one outermost.
     pub fn contents(&self) -> Result<RecordBatch> {
-        let mut rows: Vec<&[u8]> = Vec::with_capacity(self.contents.rows.len());
-        for (_, r, c) in self.contents.rows.iter() {
-            for _ in 0..c {
-                rows.push(r);
-            }
-        }
-        let batch = self.contents.codec.decode(rows)?;
+        let batch = self.contents.codec.decode(self.contents.rows.rows())?;
         if self.order.is_empty() || batch.num_rows() < 2 {
             return Ok(batch);
         }

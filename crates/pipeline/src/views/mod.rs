@@ -135,13 +135,8 @@ impl Current {
     }
 
     fn batch(&self) -> std::result::Result<RecordBatch, ViewError> {
-        self.codec.decode(rows_of(&self.rows))
+        self.codec.decode(self.rows.rows())
     }
-}
-
-/// Every row of a keyless arrangement, repeated as often as it is held.
-fn rows_of(a: &Arrangement) -> Vec<&[u8]> {
-    a.iter().flat_map(|(_, r, c)| std::iter::repeat_n(r, c.max(0) as usize)).collect()
 }
 
 /// The live views of a project.
@@ -1540,7 +1535,7 @@ impl Recomputed {
             }
         }
         let out = ZSet::new(self.codec.decode(rows)?, weights);
-        self.rows = self.codec.decode(rows_of(&next))?;
+        self.rows = self.codec.decode(next.rows())?;
         self.contents = next;
         Ok(out)
     }
