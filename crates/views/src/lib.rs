@@ -30,6 +30,7 @@
 mod aggregate;
 mod arrange;
 pub mod changes;
+mod compact;
 mod error;
 mod flight;
 mod join;

@@ -230,20 +230,10 @@ impl RowCodec {
 
     /// One row's bytes as `(column=value, ...)`, for error messages.
     pub fn describe(&self, row: &[u8]) -> String {
-        let Ok(batch) = self.decode([row]) else { return "(a row)".into() };
-        let options = arrow::util::display::FormatOptions::default().with_null("NULL");
-        let values: Vec<String> = batch
-            .schema()
-            .fields()
-            .iter()
-            .zip(batch.columns())
-            .map(|(f, c)| {
-                let v = arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options)
-                    .map_or_else(|_| "?".to_string(), |fmt| fmt.value(0).to_string());
-                format!("{}={v}", f.name())
-            })
-            .collect();
-        format!("({})", values.join(", "))
+        match self.decode([row]) {
+            Ok(batch) => describe_row(&batch),
+            Err(_) => "(a row)".into(),
+        }
     }
 
     /// Decodes row bytes (from [`RowCodec::encode`] of this codec) into a batch.
@@ -258,4 +248,21 @@ impl RowCodec {
         let options = RecordBatchOptions::new().with_row_count(Some(n));
         Ok(RecordBatch::try_new_with_options(relax_nullability(&self.schema), columns, &options)?)
     }
+}
+
+/// The first row of `batch` as `(column=value, ...)`, for error messages.
+pub(crate) fn describe_row(batch: &RecordBatch) -> String {
+    let options = arrow::util::display::FormatOptions::default().with_null("NULL");
+    let values: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| {
+            let v = arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options)
+                .map_or_else(|_| "?".to_string(), |fmt| fmt.value(0).to_string());
+            format!("{}={v}", f.name())
+        })
+        .collect();
+    format!("({})", values.join(", "))
 }
