@@ -16,6 +16,7 @@
 //! before) +(its row after).
 
 use crate::arrange::Arrangement;
+use crate::compact::{Encoded, StateCodec};
 use crate::error::{unsupported, Result};
 use crate::flight::Flight;
 use crate::node::{batch_of, eval, mask, query, Deltas, Emit, Node};
@@ -118,14 +119,14 @@ pub(crate) struct AggregateOp {
     input: Node,
     plan: LogicalPlan,
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
-    groups_codec: Option<RowCodec>,
+    groups_codec: Option<StateCodec>,
     aggs: Vec<AggSpec>,
     /// Each group's key with one row: its retractable accumulators' states (DataFusion's
     /// `Accumulator::state`, encoded by `states`), weighted by the group's row count. A group
     /// whose count reaches 0 is gone (an ungrouped aggregate's one row is then fresh).
     groups: Arrangement,
     /// Encodes the accumulators' states (None: no retractable aggregate).
-    states: Option<RowCodec>,
+    states: Option<StateCodec>,
     /// Each aggregate's columns in `states` (empty for multiset aggregates).
     state_cols: Vec<std::ops::Range<usize>>,
     /// The encoded states of fresh accumulators: what a new group's row is about.
@@ -175,7 +176,7 @@ impl AggregateOp {
                 .enumerate()
                 .map(|(i, e)| Ok(Field::new(format!("g{i}"), e.data_type(&input_schema)?, true)))
                 .collect::<Result<Vec<_>>>()?;
-            Some(RowCodec::new(Arc::new(Schema::new(fields)))?)
+            Some(StateCodec::new(Arc::new(Schema::new(fields)))?)
         };
         // The states' columns, from what fresh accumulators say their state is.
         let (mut fields, mut state_cols) = (Vec::new(), Vec::new());
@@ -188,7 +189,7 @@ impl AggregateOp {
             }
             state_cols.push(start..fields.len());
         }
-        let states = (!fields.is_empty()).then(|| RowCodec::new(Arc::new(Schema::new(fields)))).transpose()?;
+        let states = (!fields.is_empty()).then(|| StateCodec::new(Arc::new(Schema::new(fields)))).transpose()?;
         let mut op = AggregateOp {
             input,
             plan,
@@ -204,7 +205,7 @@ impl AggregateOp {
             schema: relax_nullability(&schema),
         };
         let mut fresh = vec![op.fresh()?];
-        op.fresh_state = op.encode_states(&mut fresh)?.map_or(0, |rows| rows.row(0).data().len());
+        op.fresh_state = op.encode_states(&mut fresh)?.map_or(0, |rows| rows.row(0).len());
         Ok(op)
     }
 
@@ -247,7 +248,7 @@ impl AggregateOp {
                 let columns = self.group_exprs.iter().map(|e| eval(e, &z.batch)).collect::<Result<Vec<_>>>()?;
                 let columns = cast_all(columns, codec.schema())?;
                 let rows = codec.encode(&columns)?;
-                rows.iter().map(|r| Box::<[u8]>::from(r.as_ref())).collect()
+                (0..z.len()).map(|i| Box::<[u8]>::from(rows.row(i))).collect()
             }
         };
         let mut ev = Evaluated { args: Vec::new(), passes: Vec::new(), values: Vec::new() };
@@ -303,7 +304,7 @@ impl AggregateOp {
     }
 
     /// The accumulators' states of `lives`, encoded in one batch (None: nothing to encode).
-    fn encode_states(&self, lives: &mut [Live]) -> Result<Option<arrow::row::Rows>> {
+    fn encode_states(&self, lives: &mut [Live]) -> Result<Option<Encoded>> {
         let Some(codec) = &self.states else { return Ok(None) };
         if lives.is_empty() {
             return Ok(None);
@@ -330,7 +331,7 @@ impl AggregateOp {
             if let Some((r, w)) = old {
                 self.groups.add(k, &r, -w);
             }
-            let row: &[u8] = encoded.as_ref().map_or(&[], |e| e.row(i).data());
+            let row: &[u8] = encoded.as_ref().map_or(&[], |e| e.row(i));
             self.groups.add(k, row, lives[i].rows);
         }
         Ok(())

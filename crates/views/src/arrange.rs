@@ -548,6 +548,6 @@ mod tests {
         }
         let per_row = a.bytes() as f64 / 1e6;
         // 16 bytes of data, 2 of lengths, a 24-byte entry, about 13 in the two tables.
-        assert!((16.0 + 26.0..16.0 + 45.0).contains(&per_row), "{per_row:.1} bytes per row");
+        assert!((16.0 + 26.0..16.0 + 42.0).contains(&per_row), "{per_row:.1} bytes per row");
     }
 }

@@ -109,6 +109,22 @@ impl StateCodec {
         }
     }
 
+    /// The schema of the rows.
+    pub(crate) fn schema(&self) -> &SchemaRef {
+        match self {
+            StateCodec::Compact { schema, .. } => schema,
+            StateCodec::Row(codec) => codec.schema(),
+        }
+    }
+
+    /// One row's bytes as `(column=value, ...)`, for error messages.
+    pub(crate) fn describe(&self, row: &[u8]) -> String {
+        match self.decode([row]) {
+            Ok(batch) => crate::zset::describe_row(&batch),
+            Err(_) => "(a row)".into(),
+        }
+    }
+
     /// Rows encoded by this codec, as a batch of its schema (every column nullable).
     pub(crate) fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<RecordBatch> {
         let (schema, kinds) = match self {

@@ -12,6 +12,7 @@
 //!   lower.rs      LogicalPlan ──▶ Node graph, or Unsupported { operator, reason }
 //!   node.rs       Node; stateless operators: scan of changes, filter, project, rename, union
 //!   arrange.rs    Arrangement: rows by key with multiplicities, packed (an arena, two tables)
+//!   compact.rs    StateCodec: rows as compact bytes compared for equality (what state keeps)
 //!   join.rs       JoinOp: inner (bilinear), outer/semi/anti/mark (per touched key) joins;
 //!                 no state beside an unchanging side, counts per key for semi/anti/mark
 //!   aggregate.rs  AggregateOp: count/sum/avg (DataFusion's retractable accumulators, their
@@ -20,7 +21,7 @@
 //!   topn.rs       TopNOp: ORDER BY ... LIMIT n OFFSET m
 //!   view.rs       View: plan, populate, apply a transaction, contents, explain
 //!   flight.rs     pieces of a transaction in flight, reserved from the pool before they exist
-//!   zset.rs       ZSet and RowCodec (rows as arrow-row bytes: how state is keyed)
+//!   zset.rs       ZSet and RowCodec (rows as arrow-row bytes: where order matters)
 //!   changes.rs    change rows with `_op` (insert/delete/upsert) ──▶ Z-sets; KeyedTable
 //! ```
 //!
