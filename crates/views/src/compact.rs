@@ -109,6 +109,23 @@ impl StateCodec {
         }
     }
 
+    /// At most the bytes a row of `encoded` bytes takes once decoded into arrays: its bytes
+    /// plus each column's fixed width, offset and validity (a compact varint of 1 byte becomes
+    /// 8 or 16, a NULL of no bytes a whole slot). What a join reserves before decoding rows.
+    pub(crate) fn decoded_bound(&self, encoded: usize) -> usize {
+        let fixed: usize = self
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match kind(f.data_type()) {
+                Some(Kind::Int(w) | Kind::Raw(w)) => w + 1,
+                Some(Kind::Bytes { .. }) => 9,
+                _ => 1,
+            })
+            .sum();
+        encoded + fixed
+    }
+
     /// The schema of the rows.
     pub(crate) fn schema(&self) -> &SchemaRef {
         match self {
@@ -346,6 +363,40 @@ mod tests {
                 assert_eq!(i == j, rows.row(i) == rows.row(j));
             }
         }
+    }
+
+    /// Compact rows decode to more bytes than they take (a 1-byte varint becomes an 8-byte
+    /// slot): [`StateCodec::decoded_bound`], what a join reserves before decoding, covers the
+    /// arrays decoded, where the encoded length alone falls short.
+    #[test]
+    fn the_decoded_bound_covers_the_decoded_arrays() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("d", DataType::Decimal128(15, 2), true),
+            Field::new("day", DataType::Date32, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let n = 50_000;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter((0..n).map(|i| (i % 7 != 0).then_some(i % 50)))),
+            Arc::new(
+                Decimal128Array::from_iter((0..n).map(|i| Some(i as i128 % 100)))
+                    .with_precision_and_scale(15, 2)
+                    .unwrap(),
+            ),
+            Arc::new(Date32Array::from_iter((0..n).map(|i| Some((i % 3) as i32)))),
+            Arc::new(StringArray::from_iter((0..n).map(|i| (i % 5 != 0).then(|| "ab".repeat(i as usize % 4))))),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+        let codec = StateCodec::new(schema).unwrap();
+        let rows = codec.encode_batch(&batch).unwrap();
+        let decoded = codec.decode((0..n as usize).map(|i| rows.row(i))).unwrap();
+        let real: usize = decoded.columns().iter().map(|c| c.get_buffer_memory_size()).sum();
+        let encoded: usize = (0..n as usize).map(|i| rows.row(i).len()).sum();
+        let bound: usize = (0..n as usize).map(|i| codec.decoded_bound(rows.row(i).len())).sum();
+        assert!(encoded < real, "the encoded length alone would undercount: {encoded} vs {real}");
+        assert!(bound >= real, "bound {bound} below the decoded {real} bytes");
+        assert!(bound < 2 * real, "bound {bound} far above the decoded {real} bytes");
     }
 
     /// A type outside the compact form (a list) keeps the whole schema on `arrow-row`.

@@ -228,6 +228,11 @@ impl SideRows {
         Ok(arrow::array::RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?)
     }
 
+    /// At most the bytes a row (`key` and `row` bytes long) takes decoded, key columns included.
+    fn decoded_bound(&self, key: usize, row: usize) -> usize {
+        self.codec.decoded_bound(row) + self.keys.as_ref().map_or(0, |(k, _)| k.decoded_bound(key))
+    }
+
     /// One row, `(column=value, ...)`, for error messages.
     fn describe(&self, key: &[u8], row: &[u8]) -> String {
         match self.decode([(key, row)]) {
@@ -300,7 +305,7 @@ struct PairPiece<'a> {
     /// The other side's row of each pair.
     other: Vec<&'a [u8]>,
     weights: Vec<i64>,
-    /// Encoded bytes of the pairs: what the decoded piece is reserved as.
+    /// Decoded bytes of the pairs, at most: what the decoded piece is reserved as.
     bytes: usize,
 }
 
@@ -434,6 +439,7 @@ impl JoinOp {
     pub(crate) fn derive(&self, keys: &[Box<[u8]>], held: &mut Held<'_>) -> Result<ZSet> {
         let (mut ls, mut rs, mut weights) = (Vec::new(), Vec::new(), Vec::new());
         let mut bytes = 0usize;
+        let (lr, rr) = (&self.left.arr.rows, &self.right.arr.rows);
         for k in keys {
             let left: Vec<(&[u8], i64)> = self.left.arr.state.get(k).collect();
             for (r, rw) in self.right.arr.state.get(k) {
@@ -441,7 +447,7 @@ impl JoinOp {
                     ls.push((&k[..], l));
                     rs.push((&k[..], r));
                     weights.push(lw * rw);
-                    bytes += l.len() + r.len() + 24;
+                    bytes += lr.decoded_bound(k.len(), l.len()) + rr.decoded_bound(k.len(), r.len()) + 24;
                 }
             }
         }
@@ -621,14 +627,15 @@ impl Spec {
         let touched = if other.derive { distinct(&keys) } else { Vec::new() };
         let other = self.probe(other, &touched, &mut held)?;
         let mut piece = PairPiece::default();
+        let others = &other.arranged().rows;
         for (i, k) in keys.iter().enumerate() {
             let Some(k) = k else { continue };
-            let row_len = rows.row(i).as_ref().len();
+            let row_len = mine.rows.decoded_bound(k.len(), rows.row(i).len());
             for (r, w) in other.get(k) {
                 piece.changed.push(i as u32);
                 piece.other.push(r);
                 piece.weights.push(d.weights[i] * w);
-                piece.bytes += row_len + r.len() + 8;
+                piece.bytes += row_len + others.decoded_bound(k.len(), r.len()) + 8;
                 if piece.weights.len() >= fl.piece_rows {
                     self.push_pairs(
                         is_left,
@@ -819,8 +826,9 @@ impl Spec {
             c.left.extend(l.get(k).map(|(row, w)| (&k[..], row, w)));
             c.right.extend(r.get(k).map(|(row, w)| (&k[..], row, w)));
             let (ln, rn) = (c.left.len() - l0 as usize, c.right.len() - r0 as usize);
-            let lb: usize = c.left[l0 as usize..].iter().map(|(k, r, _)| k.len() + r.len() + 8).sum();
-            let rb: usize = c.right[r0 as usize..].iter().map(|(k, r, _)| k.len() + r.len() + 8).sum();
+            let (la, ra) = (&l.arranged().rows, &r.arranged().rows);
+            let lb: usize = c.left[l0 as usize..].iter().map(|(k, r, _)| la.decoded_bound(k.len(), r.len()) + 8).sum();
+            let rb: usize = c.right[r0 as usize..].iter().map(|(k, r, _)| ra.decoded_bound(k.len(), r.len()) + 8).sum();
             // The pairs' decoded columns and their indices, the candidates themselves.
             bytes += ln * rn * 8 + lb * rn.max(1) + rb * ln.max(1) + 2 * (lb + rb);
             for li in l0..c.left.len() as u32 {
