@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 /// How one column's values are written.
 #[derive(Clone, Copy)]
-pub(crate) enum Kind {
+enum Kind {
     /// A two's-complement integer of this many bytes, as a zigzag varint.
     Int(usize),
     /// This many bytes as they are.
@@ -63,7 +63,13 @@ fn kind(t: &DataType) -> Option<Kind> {
 
 /// Rows of one schema to and from the bytes state keeps: compact where every column's type
 /// allows it, `arrow-row` otherwise. See the [module docs](self).
-pub(crate) enum StateCodec {
+pub(crate) struct StateCodec {
+    form: Form,
+    /// What decoding adds to a row's encoded bytes, at most (see [`StateCodec::decoded_bound`]).
+    slots: usize,
+}
+
+enum Form {
     Compact { schema: SchemaRef, kinds: Vec<Kind> },
     Row(RowCodec),
 }
@@ -86,35 +92,7 @@ impl Encoded {
 
 impl StateCodec {
     pub(crate) fn new(schema: SchemaRef) -> Result<StateCodec> {
-        let kinds: Option<Vec<Kind>> = schema.fields().iter().map(|f| kind(f.data_type())).collect();
-        Ok(match kinds {
-            Some(kinds) => StateCodec::Compact { schema, kinds },
-            None => StateCodec::Row(RowCodec::new(schema)?),
-        })
-    }
-
-    /// Every row of `batch` (whose columns are this codec's).
-    pub(crate) fn encode_batch(&self, batch: &RecordBatch) -> Result<Encoded> {
-        match self {
-            StateCodec::Row(codec) => Ok(Encoded::Row(codec.encode_batch(batch)?)),
-            StateCodec::Compact { kinds, .. } => Ok(encode(kinds, batch.columns(), batch.num_rows())),
-        }
-    }
-
-    /// Every row of `columns` (one per field, at least one).
-    pub(crate) fn encode(&self, columns: &[ArrayRef]) -> Result<Encoded> {
-        match self {
-            StateCodec::Row(codec) => Ok(Encoded::Row(codec.encode(columns)?)),
-            StateCodec::Compact { kinds, .. } => Ok(encode(kinds, columns, columns.first().map_or(0, |c| c.len()))),
-        }
-    }
-
-    /// At most the bytes a row of `encoded` bytes takes once decoded into arrays: its bytes
-    /// plus each column's fixed width, offset and validity (a compact varint of 1 byte becomes
-    /// 8 or 16, a NULL of no bytes a whole slot). What a join reserves before decoding rows.
-    pub(crate) fn decoded_bound(&self, encoded: usize) -> usize {
-        let fixed: usize = self
-            .schema()
+        let slots = schema
             .fields()
             .iter()
             .map(|f| match kind(f.data_type()) {
@@ -123,14 +101,42 @@ impl StateCodec {
                 _ => 1,
             })
             .sum();
-        encoded + fixed
+        let kinds: Option<Vec<Kind>> = schema.fields().iter().map(|f| kind(f.data_type())).collect();
+        let form = match kinds {
+            Some(kinds) => Form::Compact { schema, kinds },
+            None => Form::Row(RowCodec::new(schema)?),
+        };
+        Ok(StateCodec { form, slots })
+    }
+
+    /// Every row of `batch` (whose columns are this codec's).
+    pub(crate) fn encode_batch(&self, batch: &RecordBatch) -> Result<Encoded> {
+        match &self.form {
+            Form::Row(codec) => Ok(Encoded::Row(codec.encode_batch(batch)?)),
+            Form::Compact { kinds, .. } => Ok(encode(kinds, batch.columns(), batch.num_rows())),
+        }
+    }
+
+    /// Every row of `columns` (one per field, at least one).
+    pub(crate) fn encode(&self, columns: &[ArrayRef]) -> Result<Encoded> {
+        match &self.form {
+            Form::Row(codec) => Ok(Encoded::Row(codec.encode(columns)?)),
+            Form::Compact { kinds, .. } => Ok(encode(kinds, columns, columns.first().map_or(0, |c| c.len()))),
+        }
+    }
+
+    /// At most the bytes a row of `encoded` bytes takes once decoded into arrays: its bytes
+    /// plus each column's fixed width, offset and validity (a compact varint of 1 byte becomes
+    /// 8 or 16, a NULL of no bytes a whole slot). What a join reserves before decoding rows.
+    pub(crate) fn decoded_bound(&self, encoded: usize) -> usize {
+        encoded + self.slots
     }
 
     /// The schema of the rows.
     pub(crate) fn schema(&self) -> &SchemaRef {
-        match self {
-            StateCodec::Compact { schema, .. } => schema,
-            StateCodec::Row(codec) => codec.schema(),
+        match &self.form {
+            Form::Compact { schema, .. } => schema,
+            Form::Row(codec) => codec.schema(),
         }
     }
 
@@ -144,9 +150,9 @@ impl StateCodec {
 
     /// Rows encoded by this codec, as a batch of its schema (every column nullable).
     pub(crate) fn decode<'a>(&self, rows: impl IntoIterator<Item = &'a [u8]>) -> Result<RecordBatch> {
-        let (schema, kinds) = match self {
-            StateCodec::Row(codec) => return codec.decode(rows),
-            StateCodec::Compact { schema, kinds } => (schema, kinds),
+        let (schema, kinds) = match &self.form {
+            Form::Row(codec) => return codec.decode(rows),
+            Form::Compact { schema, kinds } => (schema, kinds),
         };
         let mask = kinds.len().div_ceil(8);
         let mut cols: Vec<Column> = kinds
@@ -343,7 +349,7 @@ mod tests {
         ];
         let batch = RecordBatch::try_new(schema.clone(), columns).unwrap().slice(1, 4);
         let codec = StateCodec::new(schema.clone()).unwrap();
-        assert!(matches!(codec, StateCodec::Compact { .. }));
+        assert!(matches!(codec.form, Form::Compact { .. }));
         let rows = codec.encode_batch(&batch).unwrap();
         let back = codec.decode((0..4).map(|i| rows.row(i))).unwrap();
         for (a, b) in back.columns().iter().zip(batch.columns()) {
@@ -407,6 +413,6 @@ mod tests {
             Field::new("a", DataType::Int32, true),
             Field::new("l", DataType::List(item), true),
         ]));
-        assert!(matches!(StateCodec::new(schema).unwrap(), StateCodec::Row(_)));
+        assert!(matches!(StateCodec::new(schema).unwrap().form, Form::Row(_)));
     }
 }
