@@ -10,8 +10,9 @@
 //! what lets a delete say only the key.
 
 use crate::arrange::Arrangement;
+use crate::compact::StateCodec;
 use crate::error::{Result, ViewError};
-use crate::zset::{RowCodec, ZSet};
+use crate::zset::ZSet;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 
@@ -97,8 +98,8 @@ pub struct KeyedTable {
     name: String,
     schema: SchemaRef,
     key: Vec<usize>,
-    keys: RowCodec,
-    rows: RowCodec,
+    keys: StateCodec,
+    rows: StateCodec,
     /// Each key's one row (weight 1).
     by_key: Arrangement,
 }
@@ -115,8 +116,8 @@ impl KeyedTable {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let keys = RowCodec::new(std::sync::Arc::new(schema.project(&idx)?))?;
-        let rows = RowCodec::new(schema.clone())?;
+        let keys = StateCodec::new(std::sync::Arc::new(schema.project(&idx)?))?;
+        let rows = StateCodec::new(schema.clone())?;
         Ok(KeyedTable { name: name.to_string(), schema, key: idx, keys, rows, by_key: Arrangement::new() })
     }
 
@@ -142,10 +143,10 @@ impl KeyedTable {
         let rows = self.rows.encode_batch(&z.batch)?;
         for i in 0..z.len() {
             let k = keys.row(i);
-            if self.by_key.contains_key(k.as_ref()) {
+            if self.by_key.contains_key(k) {
                 return Err(self.key_error(&z.batch, i, "appears twice in the table"));
             }
-            self.by_key.add(k.as_ref(), rows.row(i).as_ref(), 1);
+            self.by_key.add(k, rows.row(i), 1);
         }
         Ok(())
     }
@@ -170,23 +171,22 @@ impl KeyedTable {
             let k = keys.row(i);
             let r = rows.row(i);
             let old = match op {
-                Op::Insert if self.by_key.contains_key(k.as_ref()) => {
+                Op::Insert if self.by_key.contains_key(k) => {
                     return Err(self.key_error(&rows_batch, i, "is inserted but exists (use upsert)"))
                 }
-                Op::Delete => Some(
-                    self.take(k.as_ref())
-                        .ok_or_else(|| self.key_error(&rows_batch, i, "is deleted but does not exist"))?,
-                ),
-                Op::Insert | Op::Upsert => self.take(k.as_ref()),
+                Op::Delete => {
+                    Some(self.take(k).ok_or_else(|| self.key_error(&rows_batch, i, "is deleted but does not exist"))?)
+                }
+                Op::Insert | Op::Upsert => self.take(k),
             };
             if let Some(old) = old {
                 out_rows.push(old);
                 weights.push(-1);
             }
             if matches!(op, Op::Insert | Op::Upsert) {
-                out_rows.push(r.as_ref().into());
+                out_rows.push(r.into());
                 weights.push(1);
-                self.by_key.add(k.as_ref(), r.as_ref(), 1);
+                self.by_key.add(k, r, 1);
             }
         }
         let batch = self.rows.decode(out_rows.iter().map(|r| r.as_ref()))?;
@@ -211,9 +211,9 @@ impl KeyedTable {
         order.sort_by_key(|&i| z.weights[i]); // retractions first
         for i in order {
             let k = keys.row(i);
-            self.take(k.as_ref());
+            self.take(k);
             if z.weights[i] > 0 {
-                self.by_key.add(k.as_ref(), rows.row(i).as_ref(), 1);
+                self.by_key.add(k, rows.row(i), 1);
             }
         }
         Ok(())

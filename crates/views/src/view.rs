@@ -1,11 +1,12 @@
 //! A view: its SQL, its optimized plan, its operator graph and its current contents.
 
 use crate::arrange::Arrangement;
+use crate::compact::StateCodec;
 use crate::error::{Result, ViewError};
 use crate::flight::Flight;
 use crate::lower::lower;
 use crate::node::{query, Deltas, Node};
-use crate::zset::{RowCodec, ZSet};
+use crate::zset::ZSet;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNode;
@@ -50,7 +51,7 @@ impl View {
             }
             Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
         })?;
-        let codec = RowCodec::new(root.schema())?;
+        let codec = StateCodec::new(root.schema())?;
         let order = crate::lower::output_order(&plan, state.execution_props())?;
         let flight = Flight::new(name, &ctx.runtime_env().memory_pool);
         Ok(View {
@@ -201,7 +202,7 @@ struct Contents {
     rows: Arrangement,
     /// Rows held, with duplicates (kept as changes arrive).
     count: i64,
-    codec: RowCodec,
+    codec: StateCodec,
 }
 
 impl Contents {
@@ -209,14 +210,14 @@ impl Contents {
     fn absorb(&mut self, z: &ZSet) -> Result<Option<(String, i64)>> {
         let rows = self.codec.encode_batch(&z.batch)?;
         let mut negative = None;
-        for (i, row) in rows.iter().enumerate() {
-            let w = z.weights[i];
+        for (i, &w) in z.weights.iter().enumerate() {
+            let row = rows.row(i);
             self.count += w;
-            self.rows.add(&[], row.as_ref(), w);
+            self.rows.add(&[], row, w);
             if w < 0 && negative.is_none() {
-                let count = self.rows.weight(&[], row.as_ref());
+                let count = self.rows.weight(&[], row);
                 if count < 0 {
-                    negative = Some((self.codec.describe(row.as_ref()), count));
+                    negative = Some((self.codec.describe(row), count));
                 }
             }
         }
