@@ -2,8 +2,10 @@
 //! are the bytes it holds.
 //!
 //! ```text
-//!   arena    [klen rlen|key|row][klen rlen|key|row] ...   chunks of 256KiB, append-only, compacted
-//!   entries  {at, weight, prev, next}   24 bytes each, in segments of 8,192
+//!   arena    [klen rlen|key|row][klen rlen|key|row] ...   chunks of 4KiB doubling to 256KiB,
+//!                                                           append-only, compacted
+//!   entries  {at, weight, prev, next}   24 bytes each, in segments of 8,192 (the first
+//!                                       growing from 64)
 //!   by_key   hash(key)      ──▶ first entry of the key's chain (prev/next link its rows)
 //!   by_row   hash(key, row) ──▶ the entry (an update finds its row without walking the chain)
 //! ```
@@ -12,7 +14,8 @@
 //! bytes of entry and about 6–11 bytes in each table (4 bytes and a control byte per bucket),
 //! with no allocation of its own: against a nested map
 //! of boxed rows (a box per row and per key, a hash table per key: ~270 bytes for a 40-byte row)
-//! it holds about a third. Growth is in fixed steps (a chunk, a segment), so no doubling copy
+//! it holds about a third. A small arrangement stays small: its first chunk and segment start at
+//! a few KiB (a thousand views of a few rows each must not cost a chunk and a segment apiece). Growth is in fixed steps (a chunk, a segment), so no doubling copy
 //! of the whole state ever exists; only the two tables grow by doubling, and
 //! [`Arrangement::growth`] says what the next additions may allocate, tables included, so that a
 //! caller reserves it before adding. Deleted rows leave dead bytes in the arena; once they
@@ -24,8 +27,12 @@ use hashbrown::HashTable;
 
 /// Entries per segment of the entry vector.
 const SEG: usize = 8192;
-/// Bytes per arena chunk (a larger row gets a chunk of its own size).
+/// Bytes per arena chunk, at most (a larger row gets a chunk of its own size).
 const CHUNK: usize = 256 << 10;
+/// Bytes of the first arena chunk; each next one doubles, up to [`CHUNK`].
+const FIRST_CHUNK: usize = 4 << 10;
+/// Entries the first segment starts with; it doubles up to [`SEG`].
+const FIRST_SEG: usize = 64;
 /// No entry (the end of a chain or of the free list).
 const NIL: u32 = u32::MAX;
 
@@ -85,7 +92,8 @@ impl Store {
         let n = h + key.len() + row.len();
         let fits = self.chunks.last().is_some_and(|c| c.capacity() - c.len() >= n);
         if !fits {
-            self.chunks.push(Vec::with_capacity(n.max(CHUNK)));
+            let next = self.chunks.last().map_or(FIRST_CHUNK, |c| (c.capacity() * 2).clamp(FIRST_CHUNK, CHUNK));
+            self.chunks.push(Vec::with_capacity(n.max(next)));
         }
         let c = self.chunks.len() - 1;
         let chunk = &mut self.chunks[c];
@@ -188,8 +196,9 @@ impl Arrangement {
     /// The bytes allocated for it: the arena's chunks, the entry segments, the two tables.
     pub fn bytes(&self) -> usize {
         let chunks: usize = self.store.chunks.iter().map(|c| alloc_size(c.capacity())).sum();
+        let segs: usize = self.store.segs.iter().map(|s| alloc_size(s.capacity() * std::mem::size_of::<Entry>())).sum();
         chunks
-            + self.store.segs.len() * alloc_size(SEG * std::mem::size_of::<Entry>())
+            + segs
             + alloc_size(self.store.segs.capacity() * 24 + self.store.chunks.capacity() * 24)
             + table::<u32>(self.by_key.capacity())
             + table::<u32>(self.by_row.capacity())
@@ -213,8 +222,24 @@ impl Arrangement {
         let tail = self.store.chunks.last().map_or(0, |c| c.capacity() - c.len());
         let bytes = record_max(bytes) + (rows - 1) * 2 * VARINT_MAX;
         let arena = if bytes <= tail { 0 } else { (bytes - tail).div_ceil(CHUNK) * CHUNK + CHUNK };
-        let room = self.free_len + (self.store.segs.len() * SEG - self.slots as usize);
-        let segs = rows.saturating_sub(room).div_ceil(SEG) * alloc_size(SEG * std::mem::size_of::<Entry>());
+        let entry = std::mem::size_of::<Entry>();
+        let capacity: usize = self.store.segs.iter().map(|s| s.capacity()).sum();
+        let mut need = rows.saturating_sub(self.free_len + (capacity - self.slots as usize));
+        // The first segment doubles up to SEG entries (each new buffer counted whole), then
+        // whole segments follow.
+        let mut segs = 0;
+        let mut cap = match &self.store.segs[..] {
+            [] => 0,
+            [first] => first.capacity(),
+            _ => SEG,
+        };
+        while need > 0 && cap < SEG {
+            let grown = if cap == 0 { FIRST_SEG } else { (cap * 2).min(SEG) };
+            segs += alloc_size(grown * entry);
+            need = need.saturating_sub(grown - cap);
+            cap = grown;
+        }
+        segs += need.div_ceil(SEG) * alloc_size(SEG * entry);
         arena + segs + tables(&self.by_row, rows) + tables(&self.by_key, rows)
     }
 
@@ -281,7 +306,8 @@ impl Arrangement {
         } else {
             let i = self.slots;
             if i as usize / SEG == self.store.segs.len() {
-                self.store.segs.push(Vec::with_capacity(SEG));
+                let first = self.store.segs.is_empty();
+                self.store.segs.push(Vec::with_capacity(if first { FIRST_SEG } else { SEG }));
             }
             self.store.segs[i as usize / SEG].push(Entry { at: 0, weight: 0, prev: NIL, next: NIL });
             self.slots += 1;
@@ -537,6 +563,17 @@ mod tests {
             }
             assert!(a.bytes() - before <= said, "batch {batch}: {} added, {said} said", a.bytes() - before);
         }
+    }
+
+    /// A few rows cost a few KiB, not a whole chunk and segment: a thousand small views stay
+    /// small.
+    #[test]
+    fn a_few_rows_cost_a_few_kib() {
+        let mut a = Arrangement::new();
+        for i in 0..10u64 {
+            a.add(&i.to_le_bytes(), &[1u8; 16], 1);
+        }
+        assert!(a.bytes() < 8 << 10, "{} bytes for 10 rows", a.bytes());
     }
 
     /// A million small rows cost about their bytes plus 40, not a box and a table each.
