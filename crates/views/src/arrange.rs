@@ -135,10 +135,14 @@ fn varint(bytes: &[u8]) -> (usize, usize) {
     }
 }
 
-/// The bytes the record of a key and row of `len` bytes in all takes, at most: their bytes and
-/// two lengths (what [`Arrangement::growth`] counts per row).
-const fn record_max(len: usize) -> usize {
-    len + 2 * VARINT_MAX
+/// The bytes `n` takes as a varint.
+const fn varint_len(n: usize) -> usize {
+    let bits = usize::BITS - n.leading_zeros();
+    if bits == 0 {
+        1
+    } else {
+        bits.div_ceil(7) as usize
+    }
 }
 
 /// Rows by key with their multiplicities. See the [module docs](self).
@@ -218,10 +222,23 @@ impl Arrangement {
                 table::<u32>((t.len() + n).max(t.capacity() * 2))
             }
         };
-        // New chunks past the tail's free bytes; new segments past the free slots.
+        // New chunks past the tail's free bytes, in the sizes `put` allocates them (doubling up
+        // to CHUNK), and one more for the tails records leave unused; new segments past the
+        // free slots. No length exceeds `bytes`, so none takes more varint bytes than it.
         let tail = self.store.chunks.last().map_or(0, |c| c.capacity() - c.len());
-        let bytes = record_max(bytes) + (rows - 1) * 2 * VARINT_MAX;
-        let arena = if bytes <= tail { 0 } else { (bytes - tail).div_ceil(CHUNK) * CHUNK + CHUNK };
+        let bytes = bytes + rows * 2 * varint_len(bytes);
+        let mut arena = 0;
+        if bytes > tail {
+            let mut next =
+                self.store.chunks.last().map_or(FIRST_CHUNK, |c| (c.capacity() * 2).clamp(FIRST_CHUNK, CHUNK));
+            let mut covered = 0;
+            while covered < bytes - tail {
+                arena += next;
+                covered += next;
+                next = (next * 2).min(CHUNK);
+            }
+            arena += next;
+        }
         let entry = std::mem::size_of::<Entry>();
         let capacity: usize = self.store.segs.iter().map(|s| s.capacity()).sum();
         let mut need = rows.saturating_sub(self.free_len + (capacity - self.slots as usize));
@@ -574,6 +591,13 @@ mod tests {
             a.add(&i.to_le_bytes(), &[1u8; 16], 1);
         }
         assert!(a.bytes() < 8 << 10, "{} bytes for 10 rows", a.bytes());
+        // And what adding them is reserved as is as small (not a whole chunk ahead).
+        let said = Arrangement::new().growth(10, 10 * 24);
+        assert!(said < 16 << 10, "{said} bytes said for 10 rows");
+        for n in [0, 1, 127, 128, 16_383, 16_384, usize::MAX] {
+            let mut out = [0u8; 2 * VARINT_MAX];
+            assert_eq!(put_varint(&mut out, n), varint_len(n), "{n}");
+        }
     }
 
     /// A million small rows cost about their bytes plus 40, not a box and a table each.
