@@ -499,6 +499,9 @@ impl AggregateOp {
         let mut seen: std::collections::HashSet<Box<[u8]>> = std::collections::HashSet::new();
         let mut held = fl.hold(0)?;
         let per_group = 64 + 48 * self.aggs.len();
+        // What a group's states may take once updated (a sum's varint grows with it); a state
+        // of unbounded width is taken at its fresh size.
+        let state_max = self.states.as_ref().and_then(|c| c.max_row_len()).unwrap_or(0).max(self.fresh_state);
         let folded = input.step(deltas, fl, &mut |z| {
             let z = z.consolidate()?;
             if z.is_empty() {
@@ -507,21 +510,30 @@ impl AggregateOp {
             let (keys, ev) = self.evaluate_inputs(&z)?;
             let mut first: Vec<Box<[u8]>> = Vec::new();
             let (mut new_groups, mut new_bytes, mut new_values) = (0, 0, 0);
+            // Every group the piece touches is written again (a new record in the arena, the
+            // old one left dead), its states perhaps longer than before.
+            let mut in_piece: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
             for (i, k) in keys.iter().enumerate() {
                 if z.weights[i] > 0 {
                     new_values += self.aggs.iter().filter(|a| a.kind != Kind::Retractable).count() * (k.len() + 64);
+                }
+                if self.groups.contains_key(k) {
+                    if in_piece.insert(k) {
+                        // Its record again, lengths included.
+                        new_bytes += k.len() + state_max + 10;
+                    }
+                } else if z.weights[i] > 0 && in_piece.insert(k) {
+                    new_groups += 1;
+                    new_bytes += k.len() + state_max;
                 }
                 if seen.contains(k) {
                     continue;
                 }
                 held.grow(2 * (crate::mem::boxed(k.len()) + per_group))?;
-                if z.weights[i] > 0 && !self.groups.contains_key(k) {
-                    new_groups += 1;
-                    new_bytes += k.len() + self.fresh_state;
-                }
                 seen.insert(k.clone());
                 first.push(k.clone());
             }
+            drop(in_piece);
             fl.grow_state(self.groups.growth(new_groups, new_bytes) + new_values)?;
             for (k, before) in first.iter().zip(self.outputs(&first)?) {
                 touched.push((k.clone(), before));

@@ -132,6 +132,24 @@ impl StateCodec {
         encoded + self.slots
     }
 
+    /// The most bytes any row takes encoded, when every column has a bounded width (None with
+    /// strings, binaries or `arrow-row`): what a row rewritten with new values may grow to.
+    pub(crate) fn max_row_len(&self) -> Option<usize> {
+        let Form::Compact { kinds, .. } = &self.form else { return None };
+        let values = kinds
+            .iter()
+            .map(|k| match *k {
+                // A zigzag of 8w bits, 7 bits a byte.
+                Kind::Int(w) => Some((8 * w).div_ceil(7)),
+                Kind::Raw(w) => Some(w),
+                Kind::Bool => Some(1),
+                Kind::Null => Some(0),
+                Kind::Bytes { .. } => None,
+            })
+            .sum::<Option<usize>>()?;
+        Some(kinds.len().div_ceil(8) + values)
+    }
+
     /// The schema of the rows.
     pub(crate) fn schema(&self) -> &SchemaRef {
         match &self.form {
@@ -401,6 +419,20 @@ mod tests {
         let encoded: usize = (0..n as usize).map(|i| rows.row(i).len()).sum();
         let bound: usize = (0..n as usize).map(|i| codec.decoded_bound(rows.row(i).len())).sum();
         assert!(encoded < real, "the encoded length alone would undercount: {encoded} vs {real}");
+        // No row is longer than the most a row of bounded widths may take.
+        let fixed = StateCodec::new(Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("d", DataType::Decimal128(38, 0), true),
+        ])))
+        .unwrap();
+        let extremes: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![i64::MIN, i64::MAX, -1])),
+            Arc::new(Decimal128Array::from(vec![i128::MIN, i128::MAX, 0]).with_precision_and_scale(38, 0).unwrap()),
+        ];
+        let max = fixed.max_row_len().unwrap();
+        let e = fixed.encode(&extremes).unwrap();
+        assert!((0..3).all(|i| e.row(i).len() <= max) && e.row(0).len() == max, "max {max}");
+        assert_eq!(codec.max_row_len(), None, "a string has no bound");
         assert!(bound >= real, "bound {bound} below the decoded {real} bytes");
         assert!(bound < 2 * real, "bound {bound} far above the decoded {real} bytes");
     }

@@ -1,7 +1,7 @@
 //! A view: its SQL, its optimized plan, its operator graph and its current contents.
 
 use crate::arrange::Arrangement;
-use crate::compact::StateCodec;
+use crate::compact::{Encoded, StateCodec};
 use crate::error::{Result, ViewError};
 use crate::flight::Flight;
 use crate::lower::lower;
@@ -104,7 +104,8 @@ impl View {
         self.contents.count = 0;
         let mut input = query(ctx, &self.plan, self.root.schema()).await?;
         while let Some(z) = futures::TryStreamExt::try_next(&mut input).await? {
-            self.contents.absorb(&z)?;
+            let rows = self.contents.codec.encode_batch(&z.batch)?;
+            self.contents.absorb(&rows, &z.weights);
         }
         Ok(())
     }
@@ -129,9 +130,12 @@ impl View {
         let mut held = flight.hold(0)?;
         let stepped = root.step(deltas, flight, &mut |z| {
             held.grow(z.slice_bytes())?;
-            let added = z.weights.iter().filter(|w| **w > 0).count();
-            flight.grow_state(contents.rows.growth(added, if added > 0 { z.slice_bytes() } else { 0 }))?;
-            if let Some(found) = contents.absorb(&z)? {
+            // Encoded first, so that the state it adds is reserved by its real bytes.
+            let rows = contents.codec.encode_batch(&z.batch)?;
+            let (added, bytes) =
+                (0..z.len()).filter(|&i| z.weights[i] > 0).fold((0, 0), |(n, b), i| (n + 1, b + rows.row(i).len()));
+            flight.grow_state(contents.rows.growth(added, bytes))?;
+            if let Some(found) = contents.absorb(&rows, &z.weights) {
                 negative.get_or_insert(found);
             }
             contents.rows.compact_if(|n| flight.hold(n).ok());
@@ -206,11 +210,11 @@ struct Contents {
 }
 
 impl Contents {
-    /// Adds `z` to the contents; returns a row that went below zero and its count, if one did.
-    fn absorb(&mut self, z: &ZSet) -> Result<Option<(String, i64)>> {
-        let rows = self.codec.encode_batch(&z.batch)?;
+    /// Adds `rows` (encoded by its codec) with `weights` to the contents; returns a row that
+    /// went below zero and its count, if one did.
+    fn absorb(&mut self, rows: &Encoded, weights: &[i64]) -> Option<(String, i64)> {
         let mut negative = None;
-        for (i, &w) in z.weights.iter().enumerate() {
+        for (i, &w) in weights.iter().enumerate() {
             let row = rows.row(i);
             self.count += w;
             self.rows.add(&[], row, w);
@@ -221,6 +225,6 @@ impl Contents {
                 }
             }
         }
-        Ok(negative)
+        negative
     }
 }
