@@ -721,3 +721,99 @@ path = "output/per_key.csv"
     assert!(got.contains(&format!("0,5001000,{total0}")), "{got:?}");
     assert!(got.iter().any(|r| r.starts_with("3,")), "{got:?}");
 }
+
+/// Every file under `dir` (none when it does not exist).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A change file that rewrites every row of a 200,000-row table (200,000 deletes and 200,000
+/// inserts) inside a 32MiB budget: the table's change and the change of a view passing every
+/// row are each larger than what the lease has beside the views' state, so they go to the temp
+/// space, are consolidated there and published from there. The views stay exact, the changelog
+/// holds the whole change, no temp file is left, and a restart replays the logged transaction
+/// (a piece at a time) and applies the next one. (Before, the transaction was held whole in
+/// memory and refused: "the lease has no room for ... more of changes in flight".)
+#[test]
+fn views_a_transaction_larger_than_the_lease_completes_through_the_temp_space() {
+    let dir = project("larger-than-lease");
+    for v in ["revenue_by_customer", "top_customers"] {
+        std::fs::remove_file(dir.join(format!("views/{v}.sql"))).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("changes/t")).unwrap();
+    let n = 200_000;
+    let mut data = String::from("k,g,v\n");
+    let mut change = String::from("k,g,v,_op\n");
+    for k in 0..n {
+        data.push_str(&format!("{k},{},{}\n", k % 100, k % 1000));
+        change.push_str(&format!("{k},{},{},delete\n", k % 100, k % 1000));
+        change.push_str(&format!("{k},{},{},insert\n", k % 100, k % 1000 + 1));
+    }
+    std::fs::write(dir.join("data/t.csv"), data).unwrap();
+    std::fs::write(dir.join("changes/t/0001.csv"), change).unwrap();
+    std::fs::write(dir.join("views/moved.sql"), "SELECT k, v FROM t WHERE v >= 0\n").unwrap();
+    std::fs::write(dir.join("views/per_g.sql"), "SELECT g, count(*) AS n, sum(v) AS total FROM t GROUP BY g\n")
+        .unwrap();
+    std::fs::write(
+        dir.join("spillway.toml"),
+        r#"memory = "32MiB"
+
+[sources.t]
+type = "csv"
+path = "data/t.csv"
+changes = "changes/t"
+
+[sinks.moved]
+model = "moved"
+path = "output/moved.csv"
+
+[sinks.moved_log]
+model = "moved"
+path = "output/log/moved.csv"
+changelog = true
+
+[sinks.per_g]
+model = "per_g"
+path = "output/per_g.csv"
+"#,
+    )
+    .unwrap();
+    let spill = dir.join("spill");
+    let apply_in =
+        |dir: &Path| ok(&bin().arg("--spill-dir").arg(&spill).args(["views", "apply"]).arg(dir).output().unwrap());
+    let out = apply_in(&dir);
+    assert!(out.contains("applied changes/t/0001.csv (t, 400000 rows)"), "{out}");
+    assert!(out.contains("spilled to the temp space"), "nothing spilled: {out}");
+    assert_eq!(files_under(&spill), Vec::<PathBuf>::new(), "temp files left");
+    assert_eq!(leftovers(&dir), Vec::<String>::new());
+    let moved = rows(&dir.join("output/moved.csv"));
+    assert_eq!(moved.len(), n as usize);
+    let total: i64 = moved.iter().map(|r| r.split(',').nth(1).unwrap().parse::<i64>().unwrap()).sum();
+    let expected: i64 = (0..n).map(|k| k % 1000 + 1).sum();
+    assert_eq!(total, expected);
+    // The changelog: every old row retracted, every new one inserted, consolidated.
+    let log = rows(&dir.join("output/log/moved.00000001.csv"));
+    assert_eq!(log.len(), 2 * n as usize);
+    assert_eq!(log.iter().filter(|r| r.ends_with(",-1")).count(), n as usize, "{:?}", &log[..3]);
+    let per_g = rows(&dir.join("output/per_g.csv"));
+    assert_eq!(per_g.len(), 100);
+    let g0: i64 = (0..n).filter(|k| k % 100 == 0).map(|k| k % 1000 + 1).sum();
+    assert!(per_g.contains(&format!("0,{},{g0}", n / 100)), "{:?}", &per_g[..3]);
+    // A restart replays the logged transaction within the same budget, then applies the next.
+    std::fs::write(dir.join("changes/t/0002.csv"), "k,g,v,_op\n0,0,1,delete\n").unwrap();
+    let out = apply_in(&dir);
+    assert!(out.contains("applied changes/t/0002.csv"), "{out}");
+    let per_g = rows(&dir.join("output/per_g.csv"));
+    assert!(per_g.contains(&format!("0,{},{}", n / 100 - 1, g0 - 1)), "{:?}", &per_g[..3]);
+    assert_eq!(rows(&dir.join("output/moved.csv")).len(), n as usize - 1);
+    assert_eq!(files_under(&spill), Vec::<PathBuf>::new(), "temp files left");
+}

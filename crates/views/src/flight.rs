@@ -65,9 +65,34 @@ impl Flight {
         Ok(held)
     }
 
+    /// A reservation of its own on the same pool, under the view's name, for what the caller
+    /// keeps of the view's change (given back when dropped).
+    pub(crate) fn collector(&self) -> Collector {
+        let reservation = self.reservation.lock().unwrap_or_else(|p| p.into_inner()).new_empty();
+        Collector { view: self.view.clone(), reservation }
+    }
+
     /// Bytes reserved now.
     pub(crate) fn bytes(&self) -> usize {
         self.reservation.lock().map(|r| r.size()).unwrap_or(0)
+    }
+}
+
+/// What the caller of [`crate::View::apply`] keeps of the view's change, reserved.
+pub(crate) struct Collector {
+    view: String,
+    reservation: MemoryReservation,
+}
+
+impl Collector {
+    /// Reserves `more` bytes as well.
+    pub(crate) fn grow(&mut self, more: usize) -> Result<()> {
+        self.reservation.try_grow(more).map_err(|e| ViewError::InFlight {
+            view: self.view.clone(),
+            bytes: more,
+            held: self.reservation.size(),
+            reason: e.to_string(),
+        })
     }
 }
 

@@ -21,12 +21,14 @@
 //!   topn.rs       TopNOp: ORDER BY ... LIMIT n OFFSET m
 //!   view.rs       View: plan, populate, apply a transaction, contents, explain
 //!   flight.rs     pieces of a transaction in flight, reserved from the pool before they exist
+//!   spool.rs      Spool/Change: a transaction's change kept until its commit, spilled to the
+//!                 temp space when the pool refuses it, consolidated on disk by DataFusion
 //!   zset.rs       ZSet and RowCodec (rows as arrow-row bytes: where order matters)
 //!   changes.rs    change rows with `_op` (insert/delete/upsert) ──▶ Z-sets; KeyedTable
 //! ```
 //!
 //! This crate knows nothing of projects, files or sinks: `spillway-pipeline` reads change files
-//! into [`Deltas`] and publishes what [`View::apply`] returns.
+//! into [`Deltas`], collects what [`View::apply_each`] emits in a [`Spool`] and publishes it.
 
 mod aggregate;
 mod arrange;
@@ -39,6 +41,7 @@ mod lower;
 mod mem;
 mod node;
 mod scalar;
+mod spool;
 mod topn;
 mod view;
 mod zset;
@@ -46,6 +49,7 @@ mod zset;
 pub use arrange::{Arrangement, Group};
 pub use error::{Result, ViewError};
 pub use node::Deltas;
+pub use spool::{from_weighted, with_weights, Change, Spool, WEIGHT_COLUMN};
 pub use view::View;
 pub use zset::{relax_nullability, RowBytes, RowCodec, ZSet};
 

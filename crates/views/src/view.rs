@@ -110,12 +110,33 @@ impl View {
         Ok(())
     }
 
-    /// Applies one transaction's changes; returns the view's change (consolidated). The change
-    /// passes its operators in pieces (see [`crate::flight`]), each reserved from the pool
-    /// before it is built; the contents take each piece as it comes.
+    /// Applies one transaction's changes; returns the view's change (consolidated), collected
+    /// in memory (reserved in flight). [`View::apply_each`] hands it over a piece at a time.
     pub fn apply(&mut self, deltas: &Deltas) -> Result<ZSet> {
+        let schema = self.root.schema();
+        let mut parts = Vec::new();
+        // The pieces kept, each reserved as it comes; then their concatenation and its
+        // consolidation: three times them.
+        let mut kept = self.flight.collector();
+        self.apply_each(deltas, &mut |z| {
+            kept.grow(z.slice_bytes())?;
+            parts.push(z);
+            Ok(())
+        })?;
+        kept.grow(2 * parts.iter().map(|p| p.slice_bytes()).sum::<usize>())?;
+        ZSet::concat(schema, parts)?.consolidate()
+    }
+
+    /// Applies one transaction's changes and hands the view's change to `emit` a piece at a
+    /// time (not consolidated: the same row may come in two pieces). The change passes its
+    /// operators in pieces (see [`crate::flight`]), each reserved from the pool before it is
+    /// built; the contents take each piece as it comes. The view's changes to one input may
+    /// be applied in several calls (a transaction read back from disk a batch at a time), and
+    /// its inputs one at a time: the operators keep their own inputs, so any split of a
+    /// transaction gives the same state and the same sum of changes.
+    pub fn apply_each(&mut self, deltas: &Deltas, emit: &mut dyn FnMut(ZSet) -> Result<()>) -> Result<()> {
         if !self.tables.iter().any(|t| deltas.contains_key(t)) {
-            return Ok(ZSet::empty(self.root.schema()));
+            return Ok(());
         }
         if let Some(t) = self.fixed.iter().find(|t| deltas.get(t.as_str()).is_some_and(|z| !z.is_empty())) {
             return Err(ViewError::BadChange {
@@ -125,11 +146,8 @@ impl View {
         }
         let View { root, contents, flight, .. } = self;
         let flight = &*flight;
-        let mut parts = Vec::new();
         let mut negative = None;
-        let mut held = flight.hold(0)?;
         let stepped = root.step(deltas, flight, &mut |z| {
-            held.grow(z.slice_bytes())?;
             // Encoded first, so that the state it adds is reserved by its real bytes.
             let rows = contents.codec.encode_batch(&z.batch)?;
             let (added, bytes) =
@@ -139,21 +157,14 @@ impl View {
                 negative.get_or_insert(found);
             }
             contents.rows.compact_if(|n| flight.hold(n).ok());
-            parts.push(z);
-            Ok(())
+            emit(z)
         });
-        let out = stepped.and_then(|()| {
-            // The pieces, then their concatenation and its consolidation: three times them.
-            held.grow(2 * parts.iter().map(|p| p.slice_bytes()).sum::<usize>())?;
-            ZSet::concat(root.schema(), std::mem::take(&mut parts))?.consolidate()
-        });
-        drop(held);
         flight.end();
-        let out = out?;
+        stepped?;
         if let Some((row, count)) = negative {
             return Err(ViewError::AbsentRowDeleted { operator: format!("view {}", self.name), row, count });
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Sets the rows of a piece (8,192 by default): small pieces make tests cross piece

@@ -174,8 +174,12 @@ pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -
     let report = views
         .apply(
             &|f| {
+                let spilled = match f.spilled {
+                    0 => String::new(),
+                    b => format!("; {} of its changes spilled to the temp space", spillway_governor::fmt_bytes(b)),
+                };
                 println!(
-                    "applied {} ({}, {} rows) in {:.1}ms: {}",
+                    "applied {} ({}, {} rows) in {:.1}ms: {}{spilled}",
                     f.file,
                     f.table,
                     f.rows,

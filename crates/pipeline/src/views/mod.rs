@@ -41,10 +41,11 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
 use spillway_postgres::cdc::{CdcEvent, CdcStream, Identity};
 use spillway_postgres::view_sink::{self, Publication, ViewSink};
 use spillway_views::changes::{self, KeyedTable};
-use spillway_views::{Arrangement, Deltas, RowCodec, View, ViewError, ZSet};
+use spillway_views::{Arrangement, Change, Deltas, RowCodec, Spool, View, ViewError, ZSet};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,6 +79,9 @@ pub struct AppliedFile {
     pub us: u64,
     /// Time each view it reached took to absorb it, microseconds.
     pub view_us: BTreeMap<String, u64>,
+    /// Bytes of its changes (the table's, the views') that went to the temp space because the
+    /// lease had no room for them (0: all held in memory).
+    pub spilled: u64,
 }
 
 /// Which sinks [`Views::publish`] writes.
@@ -185,8 +189,8 @@ struct Feed {
     /// The transaction's latest part, applied at the next event (so that its last part is
     /// logged as the commit).
     held: Option<(String, ZSet)>,
-    /// What the transaction's parts changed so far, per view.
-    changed: BTreeMap<String, Vec<ZSet>>,
+    /// What the transaction's parts changed so far, per view (spilled when the lease refuses it).
+    changed: BTreeMap<String, Spool>,
     rows: u64,
     started: Option<Instant>,
 }
@@ -521,18 +525,23 @@ impl Views {
                 views.register_view(name, RecordBatch::new_empty(schema))?;
             }
         }
-        // Rebuild the state of what was applied before: the log, in order.
-        let mut parts: BTreeMap<String, Vec<ZSet>> = BTreeMap::new();
+        // Rebuild the state of what was applied before: the log, in order, each entry a batch
+        // at a time as it was written (each batch part of a consolidated change: applied one
+        // after another, they give what the whole gave); each view's change in a spool, for
+        // the changelog files a crash may have left unwritten.
+        let rt = views.ctx.runtime_env();
+        let mut spools: BTreeMap<String, Spool> = BTreeMap::new();
         for a in views.applied.clone() {
             let schema = views.schema_of(&a.table, Path::new(&a.file))?;
-            let z = views.store.read(a.seq, &schema)?;
-            if let Some(k) = views.keyed.get_mut(&a.table) {
-                k.absorb(&z).map_err(|source| Error::Change { file: a.file.clone().into(), error: source })?;
-                views.charge_table(&a.table, Some(&a.file), 0)?;
-            }
-            let changed = views.transaction(&a.table, z, &a.file).await?;
-            for (v, z) in changed {
-                parts.entry(v).or_default().push(z);
+            let change_err = |source: ViewError| Error::Change { file: a.file.clone().into(), error: source };
+            for z in views.store.pieces(a.seq, &schema)? {
+                let z = z?;
+                if let Some(k) = views.keyed.get_mut(&a.table) {
+                    k.absorb(&z).map_err(change_err)?;
+                    views.charge_table(&a.table, Some(&a.file), 0)?;
+                }
+                let changed = views.transaction(&a.table, &Change::memory(z), &a.file).await?;
+                keep(&mut spools, changed, &rt).await.map_err(change_err)?;
             }
             if let Some(end) = a.cdc.as_ref().map(|c| c.end_lsn) {
                 match end {
@@ -546,8 +555,7 @@ impl Views {
             }
             // A crash between the commit and the publication leaves this transaction's
             // changelog files unwritten: write those that are missing.
-            let changed = merge(std::mem::take(&mut parts))
-                .map_err(|source| Error::Change { file: a.file.clone().into(), error: source })?;
+            let changed = finish_all(std::mem::take(&mut spools)).await.map_err(change_err)?;
             if views.writer.is_some() {
                 views.publish(&changed, Publish::Changelogs, a.seq).await?;
             }
@@ -739,19 +747,24 @@ impl Views {
 
     /// One transaction through every view in order; returns the views that changed, with
     /// their change.
-    async fn transaction(&mut self, table: &str, z: ZSet, file: &str) -> Result<BTreeMap<String, ZSet>> {
+    async fn transaction(&mut self, table: &str, change: &Change, file: &str) -> Result<BTreeMap<String, Change>> {
         let change_err = |source: ViewError| Error::Change { file: file.into(), error: source };
-        if let Some(ahead) = self.current.get(table).map(|c| c.growth(&z)) {
-            self.charge_table(table, Some(file), ahead)?;
-            if let Some(c) = self.current.get_mut(table) {
-                c.apply(&z).map_err(change_err)?;
+        let rt = self.ctx.runtime_env();
+        if self.current.contains_key(table) {
+            let mut pieces = change.stream(&rt).map_err(change_err)?;
+            while let Some(z) = pieces.try_next().await.map_err(change_err)? {
+                let ahead = self.current.get(table).map_or(0, |c| c.growth(&z));
+                self.charge_table(table, Some(file), ahead)?;
+                if let Some(c) = self.current.get_mut(table) {
+                    c.apply(&z).map_err(change_err)?;
+                }
             }
             self.tidy_table(table);
             self.charge_table(table, Some(file), 0)?;
         }
-        let mut deltas = Deltas::new();
-        deltas.insert(table.to_string(), z);
-        let mut changed = BTreeMap::new();
+        // Each view's change, kept until the commit (spilled when the lease refuses it); the
+        // views that read a view take its change a piece at a time.
+        let mut changed: BTreeMap<String, Change> = BTreeMap::new();
         self.view_us.clear();
         for name in self.order.clone() {
             if self.stopped.contains_key(&name) {
@@ -764,18 +777,47 @@ impl Views {
             let live = self.live.get_mut(&name).expect("every view is live");
             let out = match live {
                 Live::Incremental(v) => {
-                    if !v.tables().iter().any(|t| deltas.contains_key(t)) {
+                    let inputs: Vec<(String, &Change)> = v
+                        .tables()
+                        .iter()
+                        .filter_map(|t| if t == table { Some(change) } else { changed.get(t) }.map(|c| (t.clone(), c)))
+                        .collect();
+                    if inputs.is_empty() {
                         continue;
                     }
-                    v.apply(&deltas).map_err(|e| match e {
-                        e @ (ViewError::BadChange { .. }
-                        | ViewError::AbsentRowDeleted { .. }
-                        | ViewError::InFlight { .. }) => change_err(e),
-                        e => view_err(e),
-                    })?
+                    let mut spool = Spool::new(format!("view {name} (its change)"), v.schema(), &rt);
+                    let reservation = self.reservations.get_mut(&name);
+                    let mut refused = false;
+                    'inputs: for (t, input) in inputs {
+                        let mut pieces = input.stream(&rt).map_err(change_err)?;
+                        while let Some(z) = pieces.try_next().await.map_err(change_err)? {
+                            // The state the pieces before this one added is the view's from now
+                            // on: its reservation follows (a refusal is reported below, by name).
+                            if let Some(res) = &reservation {
+                                if res.try_resize(v.state_bytes()).is_err() {
+                                    refused = true;
+                                    break 'inputs;
+                                }
+                            }
+                            let mut deltas = Deltas::new();
+                            deltas.insert(t.clone(), z);
+                            v.apply_each(&deltas, &mut |out| spool.push(out)).map_err(|e| match e {
+                                e @ (ViewError::BadChange { .. }
+                                | ViewError::AbsentRowDeleted { .. }
+                                | ViewError::InFlight { .. }) => change_err(e),
+                                e => view_err(e),
+                            })?;
+                        }
+                    }
+                    if refused {
+                        return Err(self.charge(&name, Some(file)).err().unwrap_or_else(|| {
+                            Error::Usage(format!("view {name}: its state did not fit in the views' lease"))
+                        }));
+                    }
+                    spool.finish().await.map_err(view_err)?
                 }
                 Live::Recompute(r) => {
-                    if !r.tables.iter().any(|t| deltas.contains_key(t)) {
+                    if !r.tables.iter().any(|t| t == table || changed.contains_key(t)) {
                         continue;
                     }
                     let sql = r.sql.clone();
@@ -796,7 +838,7 @@ impl Views {
                     let batches = ctx.sql(&sql).await.map_err(|e| view_err(e.into()))?;
                     let batches = batches.collect().await.map_err(|e| view_err(e.into()))?;
                     let Some(Live::Recompute(r)) = self.live.get_mut(&name) else { unreachable!("a recomputed view") };
-                    r.replace(batches).map_err(view_err)?
+                    Change::memory(r.replace(batches).map_err(view_err)?)
                 }
             };
             let us = view_started.elapsed().as_micros() as u64;
@@ -805,17 +847,28 @@ impl Views {
             counts.busy_us += us;
             if !out.is_empty() {
                 counts.transactions += 1;
-                counts.change_rows += out.len() as u64;
+                counts.change_rows += out.rows();
             }
             self.charge(&name, Some(file))?;
             if out.is_empty() {
                 continue;
             }
             self.last_change.insert(name.clone(), file.to_string());
-            deltas.insert(name.clone(), out.clone());
             changed.insert(name, out);
         }
         Ok(changed)
+    }
+
+    /// Writes log entry `applied` with the rows of `change` (a piece at a time) and renames it
+    /// into place: the transaction's commit point.
+    async fn log(&self, applied: &Applied, change: &Change) -> Result<()> {
+        let change_err = |source: ViewError| Error::Change { file: PathBuf::from(&applied.file), error: source };
+        let mut entry = self.store.begin(applied, &change.schema())?;
+        let mut pieces = change.stream(&self.ctx.runtime_env()).map_err(change_err)?;
+        while let Some(z) = pieces.try_next().await.map_err(change_err)? {
+            entry.write(&z)?;
+        }
+        entry.commit()
     }
 
     /// The change files not applied yet, in name order, with the table each changes. A file
@@ -947,27 +1000,33 @@ impl Views {
         let rel = self.relative(path);
         let (hash, bytes) = crate::manifest::hash_file(path).map_err(|e| Error::io(path, e))?;
         let schema = self.schema_of(table, path)?;
-        let batches = read_change_file(path, &schema).await?;
         let change_err = |source: ViewError| Error::Change { file: path.to_path_buf(), error: source };
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let mut parts = Vec::new();
-        for b in &batches {
-            parts.push(match self.keyed.get_mut(table) {
-                Some(k) => k.apply(b).map_err(change_err)?,
-                None => changes::unkeyed(table, b, &schema).map_err(change_err)?,
-            });
+        // Read a batch at a time into a spool: kept in memory while the lease grants it, in the
+        // temp space beyond; consolidated once read (a row the file deletes and inserts again,
+        // in either order, is no change, wherever the engine's pieces fall).
+        let rt = self.ctx.runtime_env();
+        let mut spool = Spool::new(format!("table {table} (the change in {rel})"), schema.clone(), &rt);
+        let mut batches = read_change_file(&self.ctx, path, &schema).await?;
+        let mut rows = 0u64;
+        while let Some(b) =
+            batches.try_next().await.map_err(|e| Error::at(path, 1, format!("reading the change file: {e}")))?
+        {
+            rows += b.num_rows() as u64;
+            let z = match self.keyed.get_mut(table) {
+                Some(k) => k.apply(&b).map_err(change_err)?,
+                None => changes::unkeyed(table, &b, &schema).map_err(change_err)?,
+            };
+            spool.push(z).map_err(change_err)?;
+            self.charge_table(table, Some(&rel), 0)?;
         }
-        // Consolidated: a row the file deletes and inserts again (in either order) is no change,
-        // wherever the engine's pieces fall.
-        let z = ZSet::concat(spillway_views::relax_nullability(&schema), parts)
-            .and_then(|z| z.consolidate())
-            .map_err(change_err)?;
+        drop(batches);
+        let change = spool.finish().await.map_err(change_err)?;
         self.tidy_table(table);
         self.charge_table(table, Some(&rel), 0)?;
-        let changed = self.transaction(table, z.clone(), &rel).await?;
+        let changed = self.transaction(table, &change, &rel).await?;
         let applied =
             Applied { seq: self.last_seq() + 1, table: table.to_string(), file: rel.clone(), bytes, hash, cdc: None };
-        self.store.append(&applied, &z)?;
+        self.log(&applied, &change).await?;
         spillway_faults::point("views-after-commit");
         self.applied_index.insert(rel.clone(), self.applied.len());
         self.checked.insert(rel.clone());
@@ -981,6 +1040,7 @@ impl Views {
             views_changed: changed.keys().cloned().collect(),
             us: started.elapsed().as_micros() as u64,
             view_us: self.view_us.clone(),
+            spilled: change.spilled_bytes() + changed.values().map(Change::spilled_bytes).sum::<u64>(),
         })
     }
 
@@ -1176,10 +1236,10 @@ impl Views {
                 }
                 self.flush_held(Some(end_lsn)).await?;
                 let feed = self.feed.as_mut().expect("feed");
-                let changed = merge(std::mem::take(&mut feed.changed)).map_err(|source| Error::Change {
-                    file: PathBuf::from(format!("postgres:{}", feed.slot.spec.slot)),
-                    error: source,
-                })?;
+                let file = PathBuf::from(format!("postgres:{}", feed.slot.spec.slot));
+                let changed = finish_all(std::mem::take(&mut feed.changed))
+                    .await
+                    .map_err(|source| Error::Change { file, error: source })?;
                 let rows = std::mem::take(&mut feed.rows);
                 let started = feed.started.take().unwrap_or_else(Instant::now);
                 let seq = self.last_seq();
@@ -1244,7 +1304,8 @@ impl Views {
         let slot = feed.slot.spec.slot.clone();
         let seq = self.last_seq() + 1;
         let file = format!("postgres:{slot}:{seq:08}");
-        let changed = self.transaction(&table, z.clone(), &file).await?;
+        let change = Change::memory(z);
+        let changed = self.transaction(&table, &change, &file).await?;
         let applied = Applied {
             seq,
             table: table.clone(),
@@ -1253,28 +1314,20 @@ impl Views {
             hash: String::new(),
             cdc: Some(CdcMark { slot, end_lsn }),
         };
-        self.store.append(&applied, &z)?;
+        self.log(&applied, &change).await?;
         match end_lsn {
             Some(_) => spillway_faults::point("views-after-commit"),
             None => spillway_faults::point("views-cdc-after-part"),
         }
         self.applied_index.insert(file.clone(), self.applied.len());
         self.applied.push(applied);
-        // Each view's change so far, consolidated part by part: an aggregate's change stays as
-        // small as its groups, however many parts the transaction has.
+        // Each view's change so far, in a spool per view (consolidated as it doubles, so an
+        // aggregate's change stays as small as its groups however many parts the transaction has).
+        let rt = self.ctx.runtime_env();
         let feed = self.feed.as_mut().expect("feed");
-        for (v, z) in changed {
-            let parts = feed.changed.entry(v).or_default();
-            parts.push(z);
-            if parts.len() > 1 {
-                let schema = parts[0].schema();
-                let merged = ZSet::concat(schema, std::mem::take(parts))
-                    .and_then(|z| z.consolidate())
-                    .map_err(|source| Error::Change { file: PathBuf::from(&file), error: source })?;
-                parts.push(merged);
-            }
-        }
-        Ok(())
+        keep(&mut feed.changed, changed, &rt)
+            .await
+            .map_err(|source| Error::Change { file: PathBuf::from(&file), error: source })
     }
 
     /// Stops every view that reads `table` (directly or through other views): its columns
@@ -1300,7 +1353,7 @@ impl Views {
 
     /// Publishes sinks together: contents sinks get the whole view, changelog sinks transaction
     /// `seq`'s change (a changelog file already written is left as it is).
-    async fn publish(&mut self, changed: &BTreeMap<String, ZSet>, what: Publish, seq: u64) -> Result<()> {
+    async fn publish(&mut self, changed: &BTreeMap<String, Change>, what: Publish, seq: u64) -> Result<()> {
         let all = what == Publish::AllContents;
         let mut staged = Vec::new();
         for def in self.project.sinks.values() {
@@ -1316,31 +1369,33 @@ impl Views {
                 line: 1,
                 error: source,
             };
-            let batch = if def.changelog.unwrap_or(false) {
+            let rows = if def.changelog.unwrap_or(false) {
                 if what == Publish::AllContents {
                     continue;
                 }
-                let Some(z) = changed.get(&def.model) else { continue };
+                let Some(change) = changed.get(&def.model) else { continue };
                 let file = changelog_path(&path, seq);
                 if file.exists() {
                     continue;
                 }
-                let b = store::with_weights(z).map_err(|e| view_err(e.into()))?;
-                Some((file, b))
+                // Written a piece at a time (a change spooled to disk is never read whole).
+                Some((file, change.weighted_stream(&self.ctx.runtime_env()).map_err(view_err)?))
             } else if what != Publish::Changelogs && (all || changed.contains_key(&def.model)) {
                 let b = match live {
                     Live::Incremental(v) => v.contents().map_err(view_err)?,
                     Live::Recompute(r) => r.rows.clone(),
                 };
-                Some((path, b))
+                let stream = RecordBatchStreamAdapter::new(b.schema(), futures::stream::iter(vec![Ok(b)]));
+                Some((path, Box::pin(stream) as datafusion::execution::SendableRecordBatchStream))
             } else {
                 None
             };
-            let Some((file, batch)) = batch else { continue };
+            let Some((file, rows)) = rows else { continue };
             if let Some(dir) = file.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             }
-            staged.push(stage(&file, batch).await?);
+            staged
+                .push(spillway_tiers::file::stage_stream(rows, &file, &spillway_tiers::WriteOptions::default()).await?);
         }
         for s in staged {
             s.publish()?;
@@ -1354,7 +1409,7 @@ impl Views {
     /// The views' PostgreSQL sinks: each its own PostgreSQL transaction that records `seq` with
     /// the rows. `all`: every sink that does not hold transaction `seq` yet gets its whole view
     /// (after population, or after a crash between the log's commit and the sink's).
-    async fn publish_postgres(&mut self, changed: &BTreeMap<String, ZSet>, all: bool, seq: u64) -> Result<()> {
+    async fn publish_postgres(&mut self, changed: &BTreeMap<String, Change>, all: bool, seq: u64) -> Result<()> {
         let sinks: Vec<(String, String, spillway_postgres::SinkSpec)> = self
             .project
             .sinks
@@ -1391,8 +1446,10 @@ impl Views {
             };
             let result = match (change, &whole) {
                 (_, Some(whole)) => sink.publish(seq, Publication::Whole(whole)).await,
-                (Some(z), None) => {
-                    let (retracted, inserted) = split_by_sign(z).map_err(view_err)?;
+                (Some(change), None) => {
+                    // Sent as one PostgreSQL statement pair: a change spooled to disk is read whole here.
+                    let z = change.collect(&self.ctx.runtime_env()).await.map_err(view_err)?;
+                    let (retracted, inserted) = split_by_sign(&z).map_err(view_err)?;
                     sink.publish(seq, Publication::Change { retracted: &retracted, inserted: &inserted }).await
                 }
                 (None, None) => unreachable!("a change, or the whole view"),
@@ -1591,18 +1648,35 @@ fn split_by_sign(z: &ZSet) -> std::result::Result<(RecordBatch, RecordBatch), Vi
     Ok((take(&neg)?, take(&pos)?))
 }
 
-/// Each view's parts as one consolidated change (views whose parts cancel out are left out).
-fn merge(parts: BTreeMap<String, Vec<ZSet>>) -> std::result::Result<BTreeMap<String, ZSet>, ViewError> {
-    let mut out = BTreeMap::new();
-    for (view, mut zs) in parts {
-        let z = if zs.len() == 1 {
-            zs.pop().expect("one part")
-        } else {
-            let schema = zs[0].schema();
-            ZSet::concat(schema, zs)?.consolidate()?
+/// Adds each view's `changed` to its spool in `spools` (one per view, made on first use).
+async fn keep(
+    spools: &mut BTreeMap<String, Spool>,
+    changed: BTreeMap<String, Change>,
+    rt: &Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> std::result::Result<(), ViewError> {
+    for (v, change) in changed {
+        let spool = match spools.entry(v) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let what = format!("view {} (its change)", e.key());
+                e.insert(Spool::new(what, change.schema(), rt))
+            }
         };
-        if !z.is_empty() {
-            out.insert(view, z);
+        let mut pieces = change.stream(rt)?;
+        while let Some(z) = pieces.try_next().await? {
+            spool.push(z)?;
+        }
+    }
+    Ok(())
+}
+
+/// Each view's spooled change, consolidated (views whose parts cancel out are left out).
+async fn finish_all(spools: BTreeMap<String, Spool>) -> std::result::Result<BTreeMap<String, Change>, ViewError> {
+    let mut out = BTreeMap::new();
+    for (view, spool) in spools {
+        let change = spool.finish().await?;
+        if !change.is_empty() {
+            out.insert(view, change);
         }
     }
     Ok(out)
@@ -1622,18 +1696,18 @@ pub fn changelog_path(path: &Path, seq: u64) -> PathBuf {
     path.with_file_name(format!("{stem}.{seq:08}.{ext}"))
 }
 
-async fn stage(path: &Path, batch: RecordBatch) -> Result<spillway_tiers::file::Staged> {
-    let schema = batch.schema();
-    let stream = Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::iter(vec![Ok(batch)])));
-    Ok(spillway_tiers::file::stage_stream(stream, path, &spillway_tiers::WriteOptions::default()).await?)
-}
-
-/// The rows of a change file (Parquet, CSV with a header, NDJSON or Arrow IPC). A CSV file is
+/// The rows of a change file (Parquet, CSV with a header, NDJSON or Arrow IPC), a batch at a
+/// time. A CSV file is
 /// read with the types of `table`'s columns as its header names them (`_op` and columns the
 /// table does not have as text, refused later by name), never inferred from its values: a text
 /// key `007` stays `007`.
-async fn read_change_file(path: &Path, table: &SchemaRef) -> Result<Vec<RecordBatch>> {
-    let ctx = SessionContext::new();
+async fn read_change_file(
+    views: &SessionContext,
+    path: &Path,
+    table: &SchemaRef,
+) -> Result<datafusion::execution::SendableRecordBatchStream> {
+    // A catalog of its own, on the views' settings and runtime (their pool and temp space).
+    let ctx = SessionContext::new_with_config_rt(views.copied_config(), views.runtime_env());
     let location = path.to_string_lossy().into_owned();
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
         let header = csv_header(path)?;
@@ -1651,7 +1725,7 @@ async fn read_change_file(path: &Path, table: &SchemaRef) -> Result<Vec<RecordBa
         spillway_engine::tables::register(&ctx, "change", &location).await?;
     }
     let frame = ctx.table("change").await.map_err(spillway_engine::Error::from)?;
-    Ok(frame.collect().await.map_err(spillway_engine::Error::from)?)
+    Ok(frame.execute_stream().await.map_err(spillway_engine::Error::from)?)
 }
 
 /// The column names in the header line of CSV file `path`, as the CSV reader parses them

@@ -4,7 +4,8 @@
 //!   log/00000001.arrow   one per applied change file, in order: the transaction as the engine
 //!                        applied it (the table's rows and `_weight`, deletes by key resolved to
 //!                        the rows they removed), with the change file's name, size and hash in
-//!                        its metadata. Written whole and synced before any sink is published:
+//!                        its metadata. Written a piece at a time, synced and renamed into place
+//!                        before any sink is published:
 //!                        the commit point. A file is applied once, because its name is here.
 //!   status.json          per view: rows, state bytes, the last change applied (for `status`)
 //!   serve.json           while `views serve` runs: its pid and the address of /status
@@ -21,7 +22,6 @@
 //! deleted after it was applied is not needed again).
 
 use crate::error::{Error, Result};
-use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use spillway_views::ZSet;
@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The weight column of logged transactions and of changelog sinks.
-pub const WEIGHT_COLUMN: &str = "_weight";
+pub use spillway_views::WEIGHT_COLUMN;
 
 /// A change file as the log records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,40 +162,41 @@ impl Store {
         Ok(out)
     }
 
-    /// The transaction logged as `seq`, in `schema` (the table's).
+    /// The transaction logged as `seq`, in `schema` (the table's), whole.
     pub fn read(&self, seq: u64, schema: &SchemaRef) -> Result<ZSet> {
-        let p = self.log_path(seq);
-        let f = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
-        let reader = arrow::ipc::reader::FileReader::try_new(f, None).map_err(|e| corrupt(&p, e))?;
-        let mut parts = Vec::new();
-        for b in reader {
-            let b = b.map_err(|e| corrupt(&p, e))?;
-            let w = b.num_columns() - 1;
-            let weights =
-                b.column(w).as_any().downcast_ref::<Int64Array>().ok_or_else(|| corrupt(&p, "no _weight column"))?;
-            let weights: Vec<i64> = weights.values().to_vec();
-            let rows = b.project(&(0..w).collect::<Vec<_>>()).map_err(|e| corrupt(&p, e))?;
-            parts.push(ZSet::new(rows, weights).with_schema(schema.clone()).map_err(|e| corrupt(&p, e))?);
-        }
-        ZSet::concat(spillway_views::relax_nullability(schema), parts).map_err(|e| corrupt(&p, e))
+        let parts = self.pieces(seq, schema)?.collect::<Result<Vec<_>>>()?;
+        ZSet::concat(spillway_views::relax_nullability(schema), parts).map_err(|e| corrupt(&self.log_path(seq), e))
     }
 
-    /// Logs transaction `applied` (its rows `z`) durably: the commit point.
-    pub fn append(&self, applied: &Applied, z: &ZSet) -> Result<()> {
-        let p = self.log_path(applied.seq);
-        let batch = with_weights(z).map_err(|e| corrupt(&p, e))?;
+    /// The transaction logged as `seq`, in `schema` (the table's), a batch at a time as it was
+    /// written.
+    pub fn pieces(&self, seq: u64, schema: &SchemaRef) -> Result<impl Iterator<Item = Result<ZSet>> + use<>> {
+        let p = self.log_path(seq);
+        let f = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
+        let reader =
+            arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(f), None).map_err(|e| corrupt(&p, e))?;
+        let schema = schema.clone();
+        Ok(reader.map(move |b| {
+            let b = b.map_err(|e| corrupt(&p, e))?;
+            spillway_views::from_weighted(&b, &schema).map_err(|e| corrupt(&p, e))
+        }))
+    }
+
+    /// Starts log entry `applied` for rows of `rows`: written a piece at a time beside its
+    /// place, it becomes the commit point at [`LogEntry::commit`].
+    pub fn begin(&self, applied: &Applied, rows: &SchemaRef) -> Result<LogEntry> {
+        let path = self.log_path(applied.seq);
+        let mut fields: Vec<Field> =
+            spillway_views::relax_nullability(rows).fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(WEIGHT_COLUMN, DataType::Int64, false));
         let mut meta = HashMap::new();
         meta.insert("spillway.applied".to_string(), serde_json::to_string(applied).unwrap_or_default());
-        let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
-        let batch = batch.with_schema(schema.clone()).map_err(|e| corrupt(&p, e))?;
-        let mut bytes = Vec::new();
-        {
-            let mut w = arrow::ipc::writer::FileWriter::try_new(&mut bytes, &schema).map_err(|e| corrupt(&p, e))?;
-            w.write(&batch).map_err(|e| corrupt(&p, e))?;
-            w.finish().map_err(|e| corrupt(&p, e))?;
-        }
-        spillway_tiers::durable::replace_synced(&p, &bytes)?;
-        Ok(())
+        let schema = Arc::new(Schema::new(fields).with_metadata(meta));
+        let tmp = spillway_tiers::staging::staging_path(&path);
+        let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let writer = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(f), &schema)
+            .map_err(|e| corrupt(&path, e))?;
+        Ok(LogEntry { path, tmp, schema, writer: Some(writer), rows: 0 })
     }
 
     /// Removes log entry `seq` (a part of a source transaction whose commit never came).
@@ -381,13 +382,46 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>> {
     }
 }
 
-/// The rows of `z` with a `_weight` column.
-pub fn with_weights(z: &ZSet) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
-    let mut fields: Vec<Field> = z.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(WEIGHT_COLUMN, DataType::Int64, false));
-    let mut columns: Vec<ArrayRef> = z.batch.columns().to_vec();
-    columns.push(Arc::new(Int64Array::from(z.weights.clone())));
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+/// A log entry being written ([`Store::begin`]); removed unless committed.
+pub struct LogEntry {
+    path: PathBuf,
+    tmp: PathBuf,
+    schema: SchemaRef,
+    writer: Option<arrow::ipc::writer::FileWriter<std::io::BufWriter<std::fs::File>>>,
+    rows: u64,
+}
+
+impl LogEntry {
+    /// Appends `z`'s rows with their weights.
+    pub fn write(&mut self, z: &ZSet) -> Result<()> {
+        let Some(w) = self.writer.as_mut() else { return Ok(()) };
+        let batch = spillway_views::with_weights(z)
+            .and_then(|b| b.with_schema(self.schema.clone()))
+            .map_err(|e| corrupt(&self.path, e))?;
+        w.write(&batch).map_err(|e| corrupt(&self.path, e))?;
+        self.rows += z.len() as u64;
+        Ok(())
+    }
+
+    /// Finishes the entry, syncs it and renames it into place: the commit point.
+    pub fn commit(mut self) -> Result<()> {
+        let Some(mut w) = self.writer.take() else { return Ok(()) };
+        w.finish().map_err(|e| corrupt(&self.path, e))?;
+        let f = w.into_inner().map_err(|e| corrupt(&self.path, e))?;
+        let f = f.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        drop(f);
+        spillway_tiers::durable::rename_synced(&self.tmp, &self.path)?;
+        Ok(())
+    }
+}
+
+impl Drop for LogEntry {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 fn corrupt(p: &Path, e: impl std::fmt::Display) -> Error {
