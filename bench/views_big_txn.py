@@ -53,7 +53,7 @@ def spillway(binary, d, memory):
     wall = time.time() - t
     out = {"engine": "spillway", "binary": binary, "status": "ok" if p.returncode == 0 else "failed",
            "wall_s": round(wall, 2), **peak_of(p.stderr)}
-    m = re.search(r"applied changes/t/0001.csv .* in ([0-9.]+)ms.*?(?:; ([0-9.]+\w+) of its changes spilled)?$",
+    m = re.search(r"applied changes/t/0001.csv .* in ([0-9.]+)ms[^;\n]*(?:; ([0-9.]+\w+) of its changes spilled)?",
                   p.stdout, re.M)
     if m:
         out["transaction_ms"] = float(m.group(1))

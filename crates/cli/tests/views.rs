@@ -741,8 +741,10 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// row are each larger than what the lease has beside the views' state, so they go to the temp
 /// space, are consolidated there and published from there. The views stay exact, the changelog
 /// holds the whole change, no temp file is left, and a restart replays the logged transaction
-/// (a piece at a time) and applies the next one. (Before, the transaction was held whole in
-/// memory and refused: "the lease has no room for ... more of changes in flight".)
+/// (a piece at a time) and applies the next one. Killed while the changes sit in the temp space,
+/// nothing is committed or published, and the next start sweeps the files and applies the
+/// transaction once. (Before, the transaction was held whole in memory and refused: "the lease
+/// has no room for ... more of changes in flight".)
 #[test]
 fn views_a_transaction_larger_than_the_lease_completes_through_the_temp_space() {
     let dir = project("larger-than-lease");
@@ -788,18 +790,35 @@ path = "output/per_g.csv"
     )
     .unwrap();
     let spill = dir.join("spill");
-    let apply_in =
-        |dir: &Path| ok(&bin().arg("--spill-dir").arg(&spill).args(["views", "apply"]).arg(dir).output().unwrap());
+    let run = |fault: Option<&str>| {
+        let mut c = bin();
+        c.arg("--spill-dir").arg(&spill).args(["views", "apply"]).arg(&dir);
+        if let Some(f) = fault {
+            c.env("SPILLWAY_FAULT", f);
+        }
+        c.output().unwrap()
+    };
+    let old_total: i64 = (0..n).map(|k| k % 1000).sum();
+    let moved_total = |dir: &Path| -> i64 {
+        rows(&dir.join("output/moved.csv")).iter().map(|r| r.split(',').nth(1).unwrap().parse::<i64>().unwrap()).sum()
+    };
+    // Killed (SIGKILL) while the table's change, then a view's, sit spilled in the temp space:
+    // the files are there, nothing is committed or published; the next start sweeps them.
+    for fault in ["views-change-spilled", "views-view-change-spilled"] {
+        let o = run(Some(fault));
+        assert_eq!(o.status.code(), None, "{fault}: not killed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(!files_under(&spill).is_empty(), "{fault}: nothing was spilled before the kill");
+        assert_eq!(moved_total(&dir), old_total, "{fault}: published before its commit");
+        assert!(!dir.join(".spillway/views/log/00000001.arrow").exists(), "{fault}: committed");
+    }
+    let apply_in = |_: &Path| ok(&run(None));
     let out = apply_in(&dir);
     assert!(out.contains("applied changes/t/0001.csv (t, 400000 rows)"), "{out}");
     assert!(out.contains("spilled to the temp space"), "nothing spilled: {out}");
     assert_eq!(files_under(&spill), Vec::<PathBuf>::new(), "temp files left");
     assert_eq!(leftovers(&dir), Vec::<String>::new());
-    let moved = rows(&dir.join("output/moved.csv"));
-    assert_eq!(moved.len(), n as usize);
-    let total: i64 = moved.iter().map(|r| r.split(',').nth(1).unwrap().parse::<i64>().unwrap()).sum();
-    let expected: i64 = (0..n).map(|k| k % 1000 + 1).sum();
-    assert_eq!(total, expected);
+    assert_eq!(rows(&dir.join("output/moved.csv")).len(), n as usize);
+    assert_eq!(moved_total(&dir), old_total + n as i64);
     // The changelog: every old row retracted, every new one inserted, consolidated.
     let log = rows(&dir.join("output/log/moved.00000001.csv"));
     assert_eq!(log.len(), 2 * n as usize);

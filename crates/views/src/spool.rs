@@ -22,7 +22,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::writer::StreamWriter;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::Column;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::SpillWriter;
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
@@ -161,7 +161,8 @@ impl Spool {
         if let Some(disk) = &mut self.disk {
             return disk.write(&z);
         }
-        if self.reservation.try_grow(z.slice_bytes()).is_err() {
+        let bytes = z.slice_bytes();
+        if self.reservation.size() + bytes > self.in_memory_cap() || self.reservation.try_grow(bytes).is_err() {
             self.spill()?;
             return self.disk.as_mut().expect("spilled").write(&z);
         }
@@ -173,12 +174,22 @@ impl Spool {
         Ok(())
     }
 
+    /// The most a spool keeps in memory: an eighth of the most the pool may hold. A transaction
+    /// has several spools at once (the table's, each view's) and the views' state grows beside
+    /// them; a change is cheap to write out and read back, state is not.
+    fn in_memory_cap(&self) -> usize {
+        match self.runtime.memory_pool.memory_limit() {
+            MemoryLimit::Finite(n) => n / 8,
+            MemoryLimit::Infinite | MemoryLimit::Unknown => usize::MAX,
+        }
+    }
+
     /// Every piece kept in memory merged into one consolidated piece, when the pool grants the
     /// copy; otherwise they go to disk.
     fn consolidate_in_memory(&mut self) -> Result<()> {
         let bytes: usize = self.parts.iter().map(|p| p.slice_bytes()).sum();
         // The concatenation and the consolidated copy, beside the pieces.
-        if self.reservation.try_grow(2 * bytes).is_err() {
+        if 3 * bytes > self.in_memory_cap() || self.reservation.try_grow(2 * bytes).is_err() {
             return self.spill();
         }
         let z = ZSet::concat(self.schema.clone(), std::mem::take(&mut self.parts))?.consolidate()?;
@@ -201,6 +212,9 @@ impl Spool {
         self.rows = 0;
         self.reservation.free();
         self.disk = Some(disk);
+        // What the pieces took goes back to the system now, not when jemalloc's pages decay:
+        // kept, it would count as untracked memory beside the lease.
+        spillway_governor::jemalloc::purge_all_arenas();
         Ok(())
     }
 
@@ -392,6 +406,9 @@ async fn consolidate_on_disk(raw: &Change, runtime: &Arc<RuntimeEnv>, what: &str
     while let Some(b) = batches.try_next().await? {
         out.write(&from_weighted(&b, &raw.schema)?)?;
     }
+    drop(batches);
+    // The aggregate's tables go back to the system (see [`Spool::spill`]).
+    spillway_governor::jemalloc::purge_all_arenas();
     out.finish(raw.schema.clone())
 }
 

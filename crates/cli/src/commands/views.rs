@@ -16,7 +16,14 @@ use std::sync::Arc;
 
 /// Opens the project's views under one elastic lease that can grow to the whole leasable
 /// budget: their state is charged to it. `write`: as their one writer (the store's lock is taken first), else to read.
-async fn open(settings: &Settings, config: &Config, dir: &std::path::Path, write: bool) -> Result<(Views, Governor)> {
+/// The temp space (this process's run folder, where spooled changes go) lives as long as the
+/// caller keeps it: dropped, the run folder and its marker are removed.
+async fn open(
+    settings: &Settings,
+    config: &Config,
+    dir: &std::path::Path,
+    write: bool,
+) -> Result<(Views, Governor, TempSpace)> {
     let access = match write {
         true => Access::Write(Store::open(&Project::from_config(dir, config)?.dir)?.lock()?),
         false => Access::Read,
@@ -24,7 +31,7 @@ async fn open(settings: &Settings, config: &Config, dir: &std::path::Path, write
     let governor = Governor::new(settings.governor.clone())?;
     let temp = TempSpace::open(&settings.spill_dir, settings.max_spill)?;
     let views = open_on(settings, config, dir, &governor, &temp, access, &|_, _| {}).await?;
-    Ok((views, governor))
+    Ok((views, governor, temp))
 }
 
 async fn open_on(
@@ -170,7 +177,7 @@ fn changed(views: &[String]) -> String {
 }
 
 pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -> Result<()> {
-    let (mut views, governor) = open(settings, config, &args.dir, true).await?;
+    let (mut views, governor, _temp) = open(settings, config, &args.dir, true).await?;
     let report = views
         .apply(
             &|f| {
@@ -218,7 +225,7 @@ pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -
 }
 
 pub async fn explain(settings: &Settings, config: &Config, args: ViewsExplainArgs) -> Result<()> {
-    let (views, _governor) = open(settings, config, &args.dir, false).await?;
+    let (views, _governor, _temp) = open(settings, config, &args.dir, false).await?;
     for line in views.explain(args.view.as_deref())? {
         println!("{line}");
     }

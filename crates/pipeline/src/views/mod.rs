@@ -814,7 +814,11 @@ impl Views {
                             Error::Usage(format!("view {name}: its state did not fit in the views' lease"))
                         }));
                     }
-                    spool.finish().await.map_err(view_err)?
+                    let out = spool.finish().await.map_err(view_err)?;
+                    if out.on_disk() {
+                        spillway_faults::point("views-view-change-spilled");
+                    }
+                    out
                 }
                 Live::Recompute(r) => {
                     if !r.tables.iter().any(|t| t == table || changed.contains_key(t)) {
@@ -1021,6 +1025,9 @@ impl Views {
         }
         drop(batches);
         let change = spool.finish().await.map_err(change_err)?;
+        if change.on_disk() {
+            spillway_faults::point("views-change-spilled");
+        }
         self.tidy_table(table);
         self.charge_table(table, Some(&rel), 0)?;
         let changed = self.transaction(table, &change, &rel).await?;
