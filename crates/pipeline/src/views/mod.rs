@@ -787,15 +787,16 @@ impl Views {
                     }
                     let mut spool = Spool::new(format!("view {name} (its change)"), v.schema(), &rt);
                     let reservation = self.reservations.get_mut(&name);
-                    let mut refused = false;
+                    let mut refused = None;
                     'inputs: for (t, input) in inputs {
                         let mut pieces = input.stream(&rt).map_err(change_err)?;
                         while let Some(z) = pieces.try_next().await.map_err(change_err)? {
                             // The state the pieces before this one added is the view's from now
                             // on: its reservation follows (a refusal is reported below, by name).
                             if let Some(res) = &reservation {
-                                if res.try_resize(v.state_bytes()).is_err() {
-                                    refused = true;
+                                let want = v.state_bytes();
+                                if let Err(e) = res.try_resize(want) {
+                                    refused = Some((want, e));
                                     break 'inputs;
                                 }
                             }
@@ -809,10 +810,10 @@ impl Views {
                             })?;
                         }
                     }
-                    if refused {
-                        return Err(self.charge(&name, Some(file)).err().unwrap_or_else(|| {
-                            Error::Usage(format!("view {name}: its state did not fit in the views' lease"))
-                        }));
+                    if let Some((want, e)) = refused {
+                        let sizes = self.live.iter().map(|(n, l)| (state_bytes(l) as u64, n.as_str())).collect();
+                        let pool = self.ctx.runtime_env().memory_pool.clone();
+                        return Err(over_lease(&name, want, sizes, e, &pool, Some(file)));
                     }
                     let out = spool.finish().await.map_err(view_err)?;
                     if out.on_disk() {
@@ -1704,17 +1705,19 @@ pub fn changelog_path(path: &Path, seq: u64) -> PathBuf {
 }
 
 /// The rows of a change file (Parquet, CSV with a header, NDJSON or Arrow IPC), a batch at a
-/// time. A CSV file is
-/// read with the types of `table`'s columns as its header names them (`_op` and columns the
-/// table does not have as text, refused later by name), never inferred from its values: a text
-/// key `007` stays `007`.
+/// time, in the file's order (one partition: a large file split into ranges read side by side
+/// would interleave an insert and a later upsert of the same key). A CSV file is read with the
+/// types of `table`'s columns as its header names them (`_op` and columns the table does not
+/// have as text, refused later by name), never inferred from its values: a text key `007` stays
+/// `007`.
 async fn read_change_file(
     views: &SessionContext,
     path: &Path,
     table: &SchemaRef,
 ) -> Result<datafusion::execution::SendableRecordBatchStream> {
     // A catalog of its own, on the views' settings and runtime (their pool and temp space).
-    let ctx = SessionContext::new_with_config_rt(views.copied_config(), views.runtime_env());
+    let config = views.copied_config().with_target_partitions(1);
+    let ctx = SessionContext::new_with_config_rt(config, views.runtime_env());
     let location = path.to_string_lossy().into_owned();
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
         let header = csv_header(path)?;
