@@ -818,7 +818,7 @@ path = "output/per_g.csv"
     assert_eq!(files_under(&spill), Vec::<PathBuf>::new(), "temp files left");
     assert_eq!(leftovers(&dir), Vec::<String>::new());
     assert_eq!(rows(&dir.join("output/moved.csv")).len(), n as usize);
-    assert_eq!(moved_total(&dir), old_total + n as i64);
+    assert_eq!(moved_total(&dir), old_total + n);
     // The changelog: every old row retracted, every new one inserted, consolidated.
     let log = rows(&dir.join("output/log/moved.00000001.csv"));
     assert_eq!(log.len(), 2 * n as usize);
