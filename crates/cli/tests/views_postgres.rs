@@ -463,6 +463,31 @@ fn a_change_file_never_lands_between_the_parts_of_a_postgres_transaction() {
     }
 }
 
+/// A PostgreSQL transaction larger than what the views' lease holds beside their state (an
+/// UPDATE of 300,000 orders: 600,000 change rows in parts) inside a 64MiB budget: each view's
+/// change over the parts goes to the temp space, is consolidated there at the commit, and every
+/// view equals PostgreSQL's answer. (Before, the parts' changes were held in memory, uncounted.)
+#[test]
+fn a_postgres_transaction_larger_than_the_lease_goes_through_the_temp_space() {
+    let server = TestServer::start().unwrap();
+    schema(&server);
+    server
+        .psql("shop", "INSERT INTO orders SELECT 1000 + i, 1 + i % 25, i % 100, 'O', DATE '2024-08-01' FROM generate_series(1, 300000) i")
+        .unwrap();
+    let url = server.url("shop");
+    let dir = project("larger-than-lease");
+    let toml = std::fs::read_to_string(dir.join("spillway.toml")).unwrap();
+    std::fs::write(dir.join("spillway.toml"), toml.replace("memory = \"256MiB\"", "memory = \"64MiB\"")).unwrap();
+    let all: Vec<&str> = VIEWS.iter().map(|(v, _)| *v).collect();
+    views_ok(&url, &["apply"], &dir);
+    assert_equal(&server, &all);
+    server.psql("shop", "UPDATE orders SET amount = amount + 1 WHERE id > 1000").unwrap();
+    let out = views_ok(&url, &["apply"], &dir);
+    let line = out.lines().find(|l| l.starts_with("applied PostgreSQL transaction")).unwrap_or_default();
+    assert!(line.contains("(300000 rows") && line.contains("spilled to the temp space"), "{out}");
+    assert_equal(&server, &all);
+}
+
 #[test]
 fn a_followed_table_without_key_or_replica_identity_is_refused_at_plan() {
     let server = TestServer::start().unwrap();

@@ -176,15 +176,20 @@ fn changed(views: &[String]) -> String {
     }
 }
 
+/// `; 21.4MiB of its changes spilled to the temp space` when some did, else nothing.
+fn spilled_text(bytes: u64) -> String {
+    match bytes {
+        0 => String::new(),
+        b => format!("; {} of its changes spilled to the temp space", fmt_bytes(b)),
+    }
+}
+
 pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -> Result<()> {
     let (mut views, governor, _temp) = open(settings, config, &args.dir, true).await?;
     let report = views
         .apply(
             &|f| {
-                let spilled = match f.spilled {
-                    0 => String::new(),
-                    b => format!("; {} of its changes spilled to the temp space", spillway_governor::fmt_bytes(b)),
-                };
+                let spilled = spilled_text(f.spilled);
                 println!(
                     "applied {} ({}, {} rows) in {:.1}ms: {}{spilled}",
                     f.file,
@@ -196,12 +201,13 @@ pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -
             },
             &|t| {
                 println!(
-                    "applied PostgreSQL transaction {} ({} rows, {} part(s)) in {:.1}ms: {}",
+                    "applied PostgreSQL transaction {} ({} rows, {} part(s)) in {:.1}ms: {}{}",
                     spillway_pipeline::views::cdc::lsn_text(t.end_lsn),
                     t.rows,
                     t.parts,
                     t.us as f64 / 1000.0,
-                    changed(&t.views_changed)
+                    changed(&t.views_changed),
+                    spilled_text(t.spilled)
                 )
             },
         )

@@ -222,6 +222,9 @@ pub struct AppliedTxn {
     pub views_changed: Vec<String>,
     /// From its first change read to its sinks published, microseconds.
     pub us: u64,
+    /// Bytes of the views' changes over its parts that went to the temp space (0: all held in
+    /// memory).
+    pub spilled: u64,
 }
 
 /// What has reached one view since the process started.
@@ -1266,6 +1269,7 @@ impl Views {
                     parts: (self.applied.len() - parts_before) as u64,
                     views_changed: changed.keys().cloned().collect(),
                     us: started.elapsed().as_micros() as u64,
+                    spilled: changed.values().map(Change::spilled_bytes).sum(),
                 }))
             }
         }
