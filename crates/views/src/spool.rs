@@ -124,7 +124,11 @@ impl Written {
         self.ipc.finish()?;
         let mut out = self.ipc.into_inner()?.into_inner().map_err(|e| ViewError::Arrow(e.into_error().into()))?;
         out.finish()?;
-        Ok(Change { schema, body: Body::Disk { file: self.file, rows: self.rows, largest: self.largest } })
+        Ok(Change {
+            schema,
+            body: Body::Disk { file: self.file, rows: self.rows, largest: self.largest },
+            consolidated: true,
+        })
     }
 }
 
@@ -225,19 +229,38 @@ impl Spool {
         if self.disk.is_none() {
             if self.parts.len() == 1 && self.rows == self.consolidated {
                 let z = self.parts.pop().expect("one part");
-                return Ok(Change { schema: self.schema, body: Body::Memory { z, _charge: Some(self.reservation) } });
+                return Ok(Change {
+                    schema: self.schema,
+                    body: Body::Memory { z, _charge: Some(self.reservation) },
+                    consolidated: true,
+                });
             }
             if self.parts.is_empty() {
                 return Ok(Change::empty(self.schema));
             }
             self.consolidate_in_memory()?;
             if let Some(z) = self.parts.pop() {
-                return Ok(Change { schema: self.schema, body: Body::Memory { z, _charge: Some(self.reservation) } });
+                return Ok(Change {
+                    schema: self.schema,
+                    body: Body::Memory { z, _charge: Some(self.reservation) },
+                    consolidated: true,
+                });
             }
         }
         let disk = self.disk.take().expect("spilled");
         let raw = disk.finish(self.schema.clone())?;
-        consolidate_on_disk(&raw, &self.runtime, &self.what).await
+        match consolidate_on_disk(&raw, &self.runtime, &self.what).await {
+            // The aggregate's merge of its own spills cannot spill again, and the lease may
+            // refuse it even a few hundred KiB under pressure: the change is then kept as
+            // written (the rows in the order the views made them, a row possibly retracted and
+            // inserted again), which every consumer sums the same way.
+            Err(ViewError::DataFusion(e))
+                if matches!(e.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_)) =>
+            {
+                Ok(Change { consolidated: false, ..raw })
+            }
+            r => r,
+        }
     }
 }
 
@@ -246,6 +269,8 @@ impl Spool {
 pub struct Change {
     schema: SchemaRef,
     body: Body,
+    /// False for a change on disk whose consolidation the lease could not hold.
+    consolidated: bool,
 }
 
 enum Body {
@@ -270,7 +295,7 @@ impl std::fmt::Debug for Change {
 impl Change {
     /// `z` as a change held in memory (its bytes charged by whoever made it).
     pub fn memory(z: ZSet) -> Change {
-        Change { schema: relax_nullability(&z.schema()), body: Body::Memory { z, _charge: None } }
+        Change { schema: relax_nullability(&z.schema()), body: Body::Memory { z, _charge: None }, consolidated: true }
     }
 
     /// No rows.
@@ -302,6 +327,12 @@ impl Change {
             Body::Memory { .. } => 0,
             Body::Disk { file, .. } => file.size().unwrap_or(0),
         }
+    }
+
+    /// Whether equal rows were merged (false only for a change on disk whose consolidation the
+    /// lease could not hold: see [`Spool::finish`]).
+    pub fn consolidated(&self) -> bool {
+        self.consolidated
     }
 
     /// Whether it is held in a file.
