@@ -9,6 +9,7 @@
 //!
 //! ```text
 //!   scalar.rs     uncorrelated scalar subqueries ──▶ joins with their one row
+//!   reorder.rs    inner joins reordered for state: unchanging relations joined first
 //!   lower.rs      LogicalPlan ──▶ Node graph, or Unsupported { operator, reason }
 //!   node.rs       Node; stateless operators: scan of changes, filter, project, rename, union
 //!   arrange.rs    Arrangement: rows by key with multiplicities, packed (an arena, two tables)
@@ -40,6 +41,7 @@ mod join;
 mod lower;
 mod mem;
 mod node;
+mod reorder;
 mod scalar;
 mod spool;
 mod topn;

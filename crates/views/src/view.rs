@@ -26,6 +26,8 @@ pub struct View {
     tables: BTreeSet<String>,
     /// Tables declared never to change ([`View::unchanging`]).
     fixed: BTreeSet<String>,
+    /// What its expressions were planned with (lowering again after [`View::unchanging`]).
+    props: datafusion::execution::context::ExecutionProps,
     /// The view's `ORDER BY`, when it is the outermost operator: its contents are read in it.
     order: Vec<(std::sync::Arc<dyn datafusion::physical_plan::PhysicalExpr>, arrow::compute::SortOptions)>,
 }
@@ -62,6 +64,7 @@ impl View {
             flight,
             tables,
             fixed: BTreeSet::new(),
+            props: state.execution_props().clone(),
             order,
         })
     }
@@ -88,11 +91,17 @@ impl View {
 
     /// Declares the tables (and upstream views) that never change — those without a change
     /// feed — before [`View::populate`]: a join keeps no state for the side opposite one of
-    /// them (often the larger side: lineitem beside part). A change to one of them is then
-    /// refused by [`View::apply`].
-    pub fn unchanging(&mut self, tables: &BTreeSet<String>) {
+    /// them (often the larger side: lineitem beside part), and inner joins are reordered so
+    /// that they are joined first (see `reorder.rs`). A change to one of them is then refused
+    /// by [`View::apply`].
+    pub fn unchanging(&mut self, tables: &BTreeSet<String>) -> Result<()> {
         self.fixed = self.tables.intersection(tables).cloned().collect();
+        if let Some(plan) = crate::reorder::reorder(&self.plan, &self.fixed)? {
+            self.root = lower(&plan, &self.props)?;
+            self.plan = plan;
+        }
         self.root.unchanging(tables);
+        Ok(())
     }
 
     /// First fill: every stateful operator's state from a batch query of its inputs on the

@@ -72,7 +72,7 @@ async fn the_22_tpch_queries_as_views_equal_recomputing_them_after_every_batch()
             let sql = spillway_engine::tpch::query(q, SF).unwrap();
             let mut v = View::plan(&ctx, &format!("q{q}"), &sql).await.unwrap_or_else(|e| panic!("Q{q}: {e}"));
             if told {
-                v.unchanging(&unchanging);
+                v.unchanging(&unchanging).unwrap();
             }
             v.populate(&ctx).await.unwrap_or_else(|e| panic!("Q{q}: {e}"));
             *(if told { &mut lean } else { &mut full }) += v.state_bytes();

@@ -649,7 +649,7 @@ impl Views {
         let live = match def.refresh {
             Refresh::Incremental => {
                 let mut v = View::plan(&self.ctx, &name, &def.sql).await.map_err(err)?;
-                v.unchanging(&self.unchanging);
+                v.unchanging(&self.unchanging).map_err(err)?;
                 v.populate(&self.ctx).await.map_err(err)?;
                 Live::Incremental(Box::new(v))
             }
