@@ -7,8 +7,10 @@
 //! goes to an Arrow IPC file in the temp space (the disk manager of the runtime, so spillway's
 //! temp-space quota and its sweep of abandoned run folders) and every later piece is appended to
 //! it. [`Spool::finish`] consolidates it (equal rows merged, weights summed, zeros dropped): in
-//! memory when the copy fits, otherwise with DataFusion's aggregate over the file, which spills
-//! under the same pool, into a second file. The result, a [`Change`], is read back a piece at a
+//! memory when the copy fits, otherwise from the file into a second one, a piece at a time:
+//! split by a hash of the row into files small enough to merge in memory, a piece the pool
+//! still refuses split again (so a consolidation cannot be refused into failure; before, it was
+//! DataFusion's aggregate, whose merge of its own spills cannot spill again). The result, a [`Change`], is read back a piece at a
 //! time, each piece reserved while it is read ([`Change::stream`]).
 //!
 //! So a transaction larger than the lease completes: what it holds in memory at once is a few
@@ -20,18 +22,13 @@ use crate::zset::{relax_nullability, ZSet};
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::writer::StreamWriter;
-use datafusion::catalog::streaming::StreamingTable;
-use datafusion::common::Column;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::SpillWriter;
-use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
-use datafusion::logical_expr::{col, lit, Expr};
+use datafusion::execution::{SendableRecordBatchStream, SpillFile};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, SpillMetrics};
 use datafusion::physical_plan::spill::SpillManager;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use std::io::BufWriter;
 use std::sync::Arc;
@@ -100,14 +97,24 @@ struct Written {
     rows: u64,
     /// The largest batch written, in memory (what reading one back takes).
     largest: usize,
+    /// What its batches took in memory, all together.
+    bytes: usize,
 }
+
+/// The write buffer of a spool's file, and of each file a consolidation splits a change into.
+const WRITE_BUFFER: usize = 64 << 10;
+const SPLIT_BUFFER: usize = 16 << 10;
 
 impl Written {
     fn create(runtime: &Arc<RuntimeEnv>, schema: &SchemaRef, what: &str) -> Result<Written> {
+        Written::with_buffer(runtime, schema, what, WRITE_BUFFER)
+    }
+
+    fn with_buffer(runtime: &Arc<RuntimeEnv>, schema: &SchemaRef, what: &str, buffer: usize) -> Result<Written> {
         let file = runtime.disk_manager.create_tmp_file(what)?;
-        let out = BufWriter::with_capacity(64 << 10, file.open_writer()?);
+        let out = BufWriter::with_capacity(buffer, file.open_writer()?);
         let ipc = StreamWriter::try_new(out, &weighted(schema))?;
-        Ok(Written { file, ipc, rows: 0, largest: 0 })
+        Ok(Written { file, ipc, rows: 0, largest: 0, bytes: 0 })
     }
 
     fn write(&mut self, z: &ZSet) -> Result<()> {
@@ -116,6 +123,7 @@ impl Written {
         }
         self.ipc.write(&with_weights(z)?)?;
         self.largest = self.largest.max(z.slice_bytes());
+        self.bytes += z.slice_bytes();
         self.rows += z.len() as u64;
         Ok(())
     }
@@ -126,8 +134,7 @@ impl Written {
         out.finish()?;
         Ok(Change {
             schema,
-            body: Body::Disk { file: self.file, rows: self.rows, largest: self.largest },
-            consolidated: true,
+            body: Body::Disk { file: self.file, rows: self.rows, largest: self.largest, bytes: self.bytes },
         })
     }
 }
@@ -223,44 +230,24 @@ impl Spool {
     }
 
     /// The change, consolidated: in memory when it was kept there and the pool grants the copy
-    /// consolidation makes; otherwise consolidated from its file by DataFusion's aggregate into
-    /// a new file.
+    /// consolidation makes; otherwise from its file into a new one (see `consolidate_on_disk`).
     pub async fn finish(mut self) -> Result<Change> {
         if self.disk.is_none() {
             if self.parts.len() == 1 && self.rows == self.consolidated {
                 let z = self.parts.pop().expect("one part");
-                return Ok(Change {
-                    schema: self.schema,
-                    body: Body::Memory { z, _charge: Some(self.reservation) },
-                    consolidated: true,
-                });
+                return Ok(Change { schema: self.schema, body: Body::Memory { z, _charge: Some(self.reservation) } });
             }
             if self.parts.is_empty() {
                 return Ok(Change::empty(self.schema));
             }
             self.consolidate_in_memory()?;
             if let Some(z) = self.parts.pop() {
-                return Ok(Change {
-                    schema: self.schema,
-                    body: Body::Memory { z, _charge: Some(self.reservation) },
-                    consolidated: true,
-                });
+                return Ok(Change { schema: self.schema, body: Body::Memory { z, _charge: Some(self.reservation) } });
             }
         }
         let disk = self.disk.take().expect("spilled");
         let raw = disk.finish(self.schema.clone())?;
-        match consolidate_on_disk(&raw, &self.runtime, &self.what).await {
-            // The aggregate's merge of its own spills cannot spill again, and the lease may
-            // refuse it even a few hundred KiB under pressure: the change is then kept as
-            // written (the rows in the order the views made them, a row possibly retracted and
-            // inserted again), which every consumer sums the same way.
-            Err(ViewError::DataFusion(e))
-                if matches!(e.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_)) =>
-            {
-                Ok(Change { consolidated: false, ..raw })
-            }
-            r => r,
-        }
+        consolidate_on_disk(raw, &self.runtime, &self.what, self.in_memory_cap()).await
     }
 }
 
@@ -269,8 +256,6 @@ impl Spool {
 pub struct Change {
     schema: SchemaRef,
     body: Body,
-    /// False for a change on disk whose consolidation the lease could not hold.
-    consolidated: bool,
 }
 
 enum Body {
@@ -283,6 +268,8 @@ enum Body {
         file: Arc<dyn SpillFile>,
         rows: u64,
         largest: usize,
+        /// What its batches take in memory, all together.
+        bytes: usize,
     },
 }
 
@@ -295,7 +282,7 @@ impl std::fmt::Debug for Change {
 impl Change {
     /// `z` as a change held in memory (its bytes charged by whoever made it).
     pub fn memory(z: ZSet) -> Change {
-        Change { schema: relax_nullability(&z.schema()), body: Body::Memory { z, _charge: None }, consolidated: true }
+        Change { schema: relax_nullability(&z.schema()), body: Body::Memory { z, _charge: None } }
     }
 
     /// No rows.
@@ -329,10 +316,12 @@ impl Change {
         }
     }
 
-    /// Whether equal rows were merged (false only for a change on disk whose consolidation the
-    /// lease could not hold: see [`Spool::finish`]).
-    pub fn consolidated(&self) -> bool {
-        self.consolidated
+    /// What its rows take in memory, all together (what reading it whole would take).
+    fn bytes(&self) -> usize {
+        match &self.body {
+            Body::Memory { z, .. } => z.slice_bytes(),
+            Body::Disk { bytes, .. } => *bytes,
+        }
     }
 
     /// Whether it is held in a file.
@@ -344,12 +333,22 @@ impl Change {
     /// batch of the file, read one at a time, with room for the largest of them reserved from
     /// `runtime`'s pool while the stream lives (refused: an error before anything is read).
     pub fn stream(&self, runtime: &Arc<RuntimeEnv>) -> Result<BoxStream<'static, Result<ZSet>>> {
+        self.pieces(runtime, false)
+    }
+
+    /// [`Change::stream`]; `force`: its room taken whatever the pool says (a consolidation's
+    /// reads, which must not fail: two batches).
+    fn pieces(&self, runtime: &Arc<RuntimeEnv>, force: bool) -> Result<BoxStream<'static, Result<ZSet>>> {
         match &self.body {
             Body::Memory { z, .. } => Ok(futures::stream::iter([Ok(z.clone())]).boxed()),
             Body::Disk { file, largest, .. } => {
                 let reservation = MemoryConsumer::new("a spooled change, read back").register(&runtime.memory_pool);
                 // The batch read ahead and the one in use.
-                reservation.try_grow(2 * largest)?;
+                if force {
+                    reservation.grow(2 * largest);
+                } else {
+                    reservation.try_grow(2 * largest)?;
+                }
                 let batches = spill_manager(runtime, &self.schema).read_spill_as_stream(file.clone(), None)?;
                 let schema = self.schema.clone();
                 Ok(batches
@@ -383,64 +382,142 @@ impl Change {
     }
 }
 
-/// A spooled file as a table DataFusion can scan (once per execution).
-struct SpooledPartition {
-    file: Arc<dyn SpillFile>,
-    schema: SchemaRef,
-    runtime: Arc<RuntimeEnv>,
-}
+/// How many files a change that is too large to consolidate in memory is split into at a time
+/// (at most: fewer when fewer give pieces that fit).
+const FANOUT: usize = 16;
+/// Splits after which a piece is merged in memory whatever the pool says (16⁶ pieces: a piece
+/// that still does not fit is rows that hash alike, which merge as they are read).
+const MAX_SPLITS: u32 = 6;
 
-impl std::fmt::Debug for SpooledPartition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SpooledPartition({:?})", self.file.path())
-    }
-}
-
-impl PartitionStream for SpooledPartition {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let manager = SpillManager::new(
-            self.runtime.clone(),
-            SpillMetrics::new(&ExecutionPlanMetricsSet::new(), 0),
-            self.schema.clone(),
-        )
-        .with_batch_read_buffer_capacity(1);
-        match manager.read_spill_as_stream(self.file.clone(), None) {
-            Ok(s) => s,
-            Err(e) => {
-                Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::once(async { Err(e) })))
+/// `raw` (on disk, not consolidated) consolidated a piece at a time into a new file: when its
+/// rows may not fit in memory (`cap`: three times them, for the rows, their encoding and the
+/// merged copy), they are split by a hash of the whole row into files that do, and each file is
+/// merged in memory, reserved as it is read; a piece the pool still refuses is split again with
+/// another hash. Equal rows always land in the same piece, so the pieces' merges are the
+/// change's. Nothing here can be refused into failure: a refusal splits.
+async fn consolidate_on_disk(raw: Change, runtime: &Arc<RuntimeEnv>, what: &str, cap: usize) -> Result<Change> {
+    let schema = raw.schema.clone();
+    let mut reservation =
+        MemoryConsumer::new(format!("{what} (consolidating)")).with_can_spill(true).register(&runtime.memory_pool);
+    let mut out = Written::create(runtime, &schema, what)?;
+    let mut work: Vec<(Change, u32)> = vec![(raw, 0)];
+    while let Some((piece, splits)) = work.pop() {
+        if piece.is_empty() {
+            continue;
+        }
+        let fits = piece.bytes().saturating_mul(3) <= cap;
+        // A batch's worth, or a piece split as far as it goes, is merged whatever the pool says:
+        // splitting it further would not hold less (reading takes two batches).
+        let least = piece.rows() <= PIECE_ROWS as u64 || splits >= MAX_SPLITS;
+        if fits || least {
+            if let Some(z) = merge(&piece, runtime, &mut reservation, least).await? {
+                for at in (0..z.len()).step_by(PIECE_ROWS) {
+                    let len = PIECE_ROWS.min(z.len() - at);
+                    out.write(&ZSet::new(z.batch.slice(at, len), z.weights[at..at + len].to_vec()))?;
+                }
+                reservation.free();
+                continue;
             }
+        }
+        let n = piece.bytes().saturating_mul(3).div_ceil(cap.max(1)).clamp(2, FANOUT);
+        for part in split(&piece, runtime, &mut reservation, what, n).await? {
+            work.push((part, splits + 1));
+        }
+    }
+    drop(reservation);
+    // What the merges took goes back to the system (see [`Spool::spill`]).
+    spillway_governor::jemalloc::purge_all_arenas();
+    out.finish(schema)
+}
+
+/// Reserves `bytes` more: asked for (`false` when refused), or taken whatever the pool says.
+fn reserve(reservation: &mut MemoryReservation, bytes: usize, force: bool) -> bool {
+    if force {
+        reservation.grow(bytes);
+        true
+    } else {
+        reservation.try_grow(bytes).is_ok()
+    }
+}
+
+/// `piece` read a batch at a time and merged in memory (each batch reserved before it is kept,
+/// the merge's copy before it is made, merging whenever the rows kept have doubled), or `None`
+/// when the pool refuses (what was reserved is given back).
+async fn merge(
+    piece: &Change,
+    runtime: &Arc<RuntimeEnv>,
+    reservation: &mut MemoryReservation,
+    force: bool,
+) -> Result<Option<ZSet>> {
+    let schema = piece.schema.clone();
+    // Room for two batches read, taken whatever the pool says (see [`split`]).
+    let mut batches = piece.pieces(runtime, true)?;
+    let (mut parts, mut rows, mut merged) = (Vec::new(), 0usize, 0usize);
+    loop {
+        let next = batches.try_next().await?;
+        let last = next.is_none();
+        if let Some(z) = next {
+            if !reserve(reservation, z.slice_bytes(), force) {
+                reservation.free();
+                return Ok(None);
+            }
+            rows += z.len();
+            parts.push(z);
+        }
+        if parts.len() > 1 && (last || rows >= 2 * merged.max(PIECE_ROWS)) || (last && rows != merged) {
+            let bytes: usize = parts.iter().map(|p| p.slice_bytes()).sum();
+            if !reserve(reservation, 2 * bytes, force) {
+                reservation.free();
+                return Ok(None);
+            }
+            let z = ZSet::concat(schema.clone(), std::mem::take(&mut parts))?.consolidate()?;
+            (rows, merged) = (z.len(), z.len());
+            reservation.resize(z.bytes());
+            parts.push(z);
+        }
+        if last {
+            return Ok(Some(parts.pop().unwrap_or_else(|| ZSet::empty(schema))));
         }
     }
 }
 
-/// `raw` (a change on disk, not consolidated) consolidated by DataFusion: grouped by every
-/// column, weights summed, zero sums dropped, written to a new file. The aggregate reserves
-/// from the runtime's pool and spills to its disk manager like any batch query.
-async fn consolidate_on_disk(raw: &Change, runtime: &Arc<RuntimeEnv>, what: &str) -> Result<Change> {
-    let Body::Disk { file, .. } = &raw.body else { return Ok(Change::memory(raw.collect(runtime).await?)) };
-    let schema = weighted(&raw.schema);
-    let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime.clone());
-    let partition = SpooledPartition { file: file.clone(), schema: schema.clone(), runtime: runtime.clone() };
-    let table = StreamingTable::try_new(schema.clone(), vec![Arc::new(partition)])?;
-    let groups: Vec<Expr> =
-        raw.schema.fields().iter().map(|f| Expr::Column(Column::new_unqualified(f.name().clone()))).collect();
-    let weight = || Expr::Column(Column::new_unqualified(WEIGHT_COLUMN));
-    let sum = datafusion::functions_aggregate::expr_fn::sum(weight()).alias(WEIGHT_COLUMN);
-    let frame =
-        ctx.read_table(Arc::new(table))?.aggregate(groups, vec![sum])?.filter(col(WEIGHT_COLUMN).not_eq(lit(0i64)))?;
-    let mut batches = frame.execute_stream().await?;
-    let mut out = Written::create(runtime, &raw.schema, what)?;
-    while let Some(b) = batches.try_next().await? {
-        out.write(&from_weighted(&b, &raw.schema)?)?;
+/// `piece`'s rows in `n` files of the temp space by a hash of the whole row (a new hash at each
+/// split). What a batch takes while it is cut is reserved whatever the pool says: it is a few
+/// batches, the least any consolidation needs.
+async fn split(
+    piece: &Change,
+    runtime: &Arc<RuntimeEnv>,
+    reservation: &mut MemoryReservation,
+    what: &str,
+    n: usize,
+) -> Result<Vec<Change>> {
+    use std::hash::BuildHasher;
+    let hash = std::collections::hash_map::RandomState::new();
+    let codec = crate::zset::RowCodec::new(piece.schema.clone())?;
+    let mut files =
+        (0..n).map(|_| Written::with_buffer(runtime, &piece.schema, what, SPLIT_BUFFER)).collect::<Result<Vec<_>>>()?;
+    reservation.grow(n * SPLIT_BUFFER);
+    let mut batches = piece.pieces(runtime, true)?;
+    while let Some(z) = batches.try_next().await? {
+        // Its encoding and its rows again, cut.
+        let held = 2 * z.slice_bytes();
+        reservation.grow(held);
+        let encoded = codec.encode_batch(&z.batch)?;
+        let mut to: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for (i, row) in encoded.iter().enumerate() {
+            to[(hash.hash_one(row.as_ref()) % n as u64) as usize].push(i as u32);
+        }
+        drop(encoded);
+        for (file, rows) in files.iter_mut().zip(&to) {
+            if !rows.is_empty() {
+                file.write(&z.take(rows)?)?;
+            }
+        }
+        reservation.shrink(held);
     }
-    drop(batches);
-    // The aggregate's tables go back to the system (see [`Spool::spill`]).
-    spillway_governor::jemalloc::purge_all_arenas();
-    out.finish(raw.schema.clone())
+    let parts = files.into_iter().map(|f| f.finish(piece.schema.clone())).collect::<Result<Vec<_>>>();
+    reservation.free();
+    parts
 }
 
 #[cfg(test)]
@@ -513,8 +590,8 @@ mod tests {
         out
     }
 
-    /// In a pool far smaller than the change, the spool goes to disk and DataFusion's aggregate
-    /// consolidates it; the result is what consolidating in memory gives, it is read back
+    /// In a pool far smaller than the change, the spool goes to disk and is consolidated from
+    /// there, split into pieces that fit (and pieces of those); the result is what consolidating in memory gives, it is read back
     /// within the pool, and its files are gone once it is dropped.
     #[tokio::test]
     async fn a_change_larger_than_the_pool_is_spilled_and_consolidated_on_disk() {
@@ -543,6 +620,27 @@ mod tests {
         assert!(!files().is_empty(), "the change is in the temp space");
         drop(change);
         assert_eq!(files(), Vec::<std::path::PathBuf>::new(), "its file is removed with it");
+    }
+
+    /// A pool that refuses nearly everything: the spool goes to disk at once, and its
+    /// consolidation splits the file until each piece is a batch's worth, merged within the
+    /// little it takes; the rows are the same, nothing stays reserved, no file is left.
+    #[tokio::test]
+    async fn a_consolidation_the_pool_refuses_splits_until_it_completes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(64 << 10));
+        let rt = runtime(pool.clone(), dir.path());
+        let mut spool = Spool::new("view v (its change)", schema(), &rt);
+        push_all(&mut spool).await;
+        assert!(spool.spilled());
+        let change = spool.finish().await.expect("a refused consolidation splits, it does not fail");
+        assert!(change.on_disk());
+        assert_eq!(pool.reserved(), 0, "nothing held once it is consolidated");
+        let big = runtime(Arc::new(GreedyMemoryPool::new(1 << 30)), dir.path());
+        assert_eq!(rows(&change, &big).await, expected());
+        assert_eq!(walk(dir.path()).len(), 1, "the pieces' files are gone, the change's stays");
+        drop(change);
+        assert!(walk(dir.path()).is_empty());
     }
 
     /// With room, the same pushes stay in memory and consolidate to the same rows.

@@ -822,7 +822,6 @@ impl Views {
                     if out.on_disk() {
                         spillway_faults::point("views-view-change-spilled");
                     }
-                    warn_unconsolidated(&format!("view {name}"), &out);
                     out
                 }
                 Live::Recompute(r) => {
@@ -1033,7 +1032,6 @@ impl Views {
         if change.on_disk() {
             spillway_faults::point("views-change-spilled");
         }
-        warn_unconsolidated(&format!("table {table} ({rel})"), &change);
         self.tidy_table(table);
         self.charge_table(table, Some(&rel), 0)?;
         let changed = self.transaction(table, &change, &rel).await?;
@@ -1689,24 +1687,11 @@ async fn finish_all(spools: BTreeMap<String, Spool>) -> std::result::Result<BTre
     let mut out = BTreeMap::new();
     for (view, spool) in spools {
         let change = spool.finish().await?;
-        warn_unconsolidated(&format!("view {view}"), &change);
         if !change.is_empty() {
             out.insert(view, change);
         }
     }
     Ok(out)
-}
-
-/// Says when `change` (of `what`) went to the temp space and the lease could not hold its
-/// consolidation: it is published as the views made it.
-fn warn_unconsolidated(what: &str, change: &Change) {
-    if !change.consolidated() {
-        tracing::warn!(
-            rows = change.rows(),
-            "{what}: its change went to the temp space and the lease could not hold its consolidation; \
-             it is applied and published as made (a row may be retracted and inserted again in it)"
-        );
-    }
 }
 
 fn state_bytes(live: &Live) -> usize {
