@@ -384,8 +384,8 @@ impl Change {
 
 /// How many files a change that is too large to consolidate in memory is split into at a time
 /// (at most: fewer when fewer give pieces that fit).
-const FANOUT: usize = 16;
-/// Splits after which a piece is merged in memory whatever the pool says (16⁶ pieces: a piece
+const FANOUT: usize = 64;
+/// Splits after which a piece is merged in memory whatever the pool says (64⁶ pieces: a piece
 /// that still does not fit is rows that hash alike, which merge as they are read).
 const MAX_SPLITS: u32 = 6;
 
@@ -420,7 +420,7 @@ async fn consolidate_on_disk(raw: Change, runtime: &Arc<RuntimeEnv>, what: &str,
             }
         }
         let n = piece.bytes().saturating_mul(3).div_ceil(cap.max(1)).clamp(2, FANOUT);
-        for part in split(&piece, runtime, &mut reservation, what, n).await? {
+        for part in split(&piece, runtime, &mut reservation, what, n, splits).await? {
             work.push((part, splits + 1));
         }
     }
@@ -490,24 +490,26 @@ async fn split(
     reservation: &mut MemoryReservation,
     what: &str,
     n: usize,
+    splits: u32,
 ) -> Result<Vec<Change>> {
-    use std::hash::BuildHasher;
-    let hash = std::collections::hash_map::RandomState::new();
-    let codec = crate::zset::RowCodec::new(piece.schema.clone())?;
+    // A new hash at each split (rows that shared a piece must spread over the next ones).
+    let hash = datafusion::common::hash_utils::RandomState::with_seed(u64::from(splits) + 1);
     let mut files =
         (0..n).map(|_| Written::with_buffer(runtime, &piece.schema, what, SPLIT_BUFFER)).collect::<Result<Vec<_>>>()?;
     reservation.grow(n * SPLIT_BUFFER);
     let mut batches = piece.pieces(runtime, true)?;
+    let mut hashes = Vec::new();
     while let Some(z) = batches.try_next().await? {
-        // Its encoding and its rows again, cut.
-        let held = 2 * z.slice_bytes();
+        // Its rows again, cut, and a hash each.
+        let held = z.slice_bytes() + 12 * z.len();
         reservation.grow(held);
-        let encoded = codec.encode_batch(&z.batch)?;
+        hashes.clear();
+        hashes.resize(z.len(), 0u64);
+        datafusion::common::hash_utils::create_hashes(z.batch.columns(), &hash, &mut hashes)?;
         let mut to: Vec<Vec<u32>> = vec![Vec::new(); n];
-        for (i, row) in encoded.iter().enumerate() {
-            to[(hash.hash_one(row.as_ref()) % n as u64) as usize].push(i as u32);
+        for (i, h) in hashes.iter().enumerate() {
+            to[(h % n as u64) as usize].push(i as u32);
         }
-        drop(encoded);
         for (file, rows) in files.iter_mut().zip(&to) {
             if !rows.is_empty() {
                 file.write(&z.take(rows)?)?;

@@ -117,7 +117,9 @@ impl ZSet {
         }
         let codec = RowCodec::new(self.schema())?;
         let rows = codec.encode_batch(&self.batch)?;
-        let mut index: HashMap<Row<'_>, usize> = HashMap::with_capacity(rows.num_rows());
+        // foldhash (DataFusion's own), not std's SipHash: a spooled change merges millions of rows.
+        let mut index: HashMap<Row<'_>, usize, datafusion::common::hash_utils::RandomState> =
+            HashMap::with_capacity_and_hasher(rows.num_rows(), Default::default());
         let mut first: Vec<u32> = Vec::new();
         let mut sums: Vec<i64> = Vec::new();
         for (i, row) in rows.iter().enumerate() {
