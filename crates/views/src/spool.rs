@@ -4,13 +4,13 @@
 //! A transaction's change to a table, and each view's change, are needed until the commit (the
 //! log, the sinks, the views that read a view). A [`Spool`] takes a change a piece at a time:
 //! each piece is reserved from the pool before it is kept; when the pool refuses, what is kept
-//! goes to an Arrow IPC file in the temp space (the disk manager of the runtime, so spillway's
-//! temp-space quota and its sweep of abandoned run folders) and every later piece is appended to
-//! it. [`Spool::finish`] consolidates it (equal rows merged, weights summed, zeros dropped): in
-//! memory when the copy fits, otherwise from the file into a second one, a piece at a time:
-//! split by a hash of the row into files small enough to merge in memory, a piece the pool
-//! still refuses split again (so a consolidation cannot be refused into failure; before, it was
-//! DataFusion's aggregate, whose merge of its own spills cannot spill again). The result, a [`Change`], is read back a piece at a
+//! goes to Arrow IPC files in the temp space (the disk manager of the runtime, so spillway's
+//! temp-space quota and its sweep of abandoned run folders), each row to one of 16 by a hash of
+//! the whole row, and every later piece follows it there. [`Spool::finish`] consolidates it
+//! (equal rows merged, weights summed, zeros dropped): in memory when the copy fits, otherwise
+//! a file at a time into one new file, each merged in memory when it may fit and the pool grants
+//! it, else split again with another hash (so a consolidation cannot be refused into failure;
+//! before, it was DataFusion's aggregate, whose merge of its own spills cannot spill again). The result, a [`Change`], is read back a piece at a
 //! time, each piece reserved while it is read ([`Change::stream`]).
 //!
 //! So a transaction larger than the lease completes: what it holds in memory at once is a few
@@ -87,7 +87,7 @@ pub struct Spool {
     /// Rows in `parts`, and how many the last consolidation left.
     rows: usize,
     consolidated: usize,
-    disk: Option<Written>,
+    disk: Option<Partitioned>,
 }
 
 /// An IPC stream being written to a file of the temp space.
@@ -211,17 +211,20 @@ impl Spool {
         Ok(())
     }
 
-    /// What is kept in memory goes to a file in the temp space; later pieces follow it there.
+    /// What is kept in memory goes to files in the temp space, split by a hash of the row
+    /// ([`SPILL_FANOUT`] of them); later pieces follow it there.
     fn spill(&mut self) -> Result<()> {
         if self.disk.is_some() {
             return Ok(());
         }
-        let mut disk = Written::create(&self.runtime, &self.schema, &self.what)?;
+        let mut disk = Partitioned::create(&self.runtime, &self.schema, &self.what, SPILL_FANOUT, 0)?;
         for z in std::mem::take(&mut self.parts) {
             disk.write(&z)?;
         }
         self.rows = 0;
         self.reservation.free();
+        // The files' write buffers.
+        self.reservation.grow(SPILL_FANOUT * SPLIT_BUFFER);
         self.disk = Some(disk);
         // What the pieces took goes back to the system now, not when jemalloc's pages decay:
         // kept, it would count as untracked memory beside the lease.
@@ -246,8 +249,9 @@ impl Spool {
             }
         }
         let disk = self.disk.take().expect("spilled");
-        let raw = disk.finish(self.schema.clone())?;
-        consolidate_on_disk(raw, &self.runtime, &self.what, self.in_memory_cap()).await
+        let pieces = disk.finish(&self.schema)?;
+        self.reservation.free();
+        consolidate_on_disk(pieces, &self.schema, &self.runtime, &self.what, self.in_memory_cap()).await
     }
 }
 
@@ -382,25 +386,31 @@ impl Change {
     }
 }
 
-/// How many files a change that is too large to consolidate in memory is split into at a time
-/// (at most: fewer when fewer give pieces that fit).
+/// How many files a spool's spilled pieces are split into as they are written.
+const SPILL_FANOUT: usize = 16;
+/// How many files a piece too large to merge in memory is split into at a time (at most: fewer
+/// when fewer give pieces that fit).
 const FANOUT: usize = 64;
 /// Splits after which a piece is merged in memory whatever the pool says (64⁶ pieces: a piece
 /// that still does not fit is rows that hash alike, which merge as they are read).
 const MAX_SPLITS: u32 = 6;
 
-/// `raw` (on disk, not consolidated) consolidated a piece at a time into a new file: when its
-/// rows may not fit in memory (`cap`: three times them, for the rows, their encoding and the
-/// merged copy), they are split by a hash of the whole row into files that do, and each file is
-/// merged in memory, reserved as it is read; a piece the pool still refuses is split again with
-/// another hash. Equal rows always land in the same piece, so the pieces' merges are the
+/// A spilled change (its `pieces`, split by a hash of the row as they were written) consolidated
+/// a piece at a time into one new file: each piece is merged in memory, reserved as it is read,
+/// when it may fit (`cap`: three times its rows, for the rows, their encoding and the merged
+/// copy); a piece that may not, or that the pool refuses, is split again with another hash. Equal rows always land in the same piece, so the pieces' merges are the
 /// change's. Nothing here can be refused into failure: a refusal splits.
-async fn consolidate_on_disk(raw: Change, runtime: &Arc<RuntimeEnv>, what: &str, cap: usize) -> Result<Change> {
-    let schema = raw.schema.clone();
+async fn consolidate_on_disk(
+    pieces: Vec<Change>,
+    schema: &SchemaRef,
+    runtime: &Arc<RuntimeEnv>,
+    what: &str,
+    cap: usize,
+) -> Result<Change> {
     let mut reservation =
         MemoryConsumer::new(format!("{what} (consolidating)")).with_can_spill(true).register(&runtime.memory_pool);
-    let mut out = Written::create(runtime, &schema, what)?;
-    let mut work: Vec<(Change, u32)> = vec![(raw, 0)];
+    let mut out = Written::create(runtime, schema, what)?;
+    let mut work: Vec<(Change, u32)> = pieces.into_iter().map(|p| (p, 1)).collect();
     while let Some((piece, splits)) = work.pop() {
         if piece.is_empty() {
             continue;
@@ -427,7 +437,7 @@ async fn consolidate_on_disk(raw: Change, runtime: &Arc<RuntimeEnv>, what: &str,
     drop(reservation);
     // What the merges took goes back to the system (see [`Spool::spill`]).
     spillway_governor::jemalloc::purge_all_arenas();
-    out.finish(schema)
+    out.finish(schema.clone())
 }
 
 /// Reserves `bytes` more: asked for (`false` when refused), or taken whatever the pool says.
@@ -441,8 +451,8 @@ fn reserve(reservation: &mut MemoryReservation, bytes: usize, force: bool) -> bo
 }
 
 /// `piece` read a batch at a time and merged in memory (each batch reserved before it is kept,
-/// the merge's copy before it is made, merging whenever the rows kept have doubled), or `None`
-/// when the pool refuses (what was reserved is given back).
+/// the merge's copy before it is made), or `None` when the pool refuses (what was reserved is
+/// given back).
 async fn merge(
     piece: &Change,
     runtime: &Arc<RuntimeEnv>,
@@ -464,7 +474,11 @@ async fn merge(
             rows += z.len();
             parts.push(z);
         }
-        if parts.len() > 1 && (last || rows >= 2 * merged.max(PIECE_ROWS)) || (last && rows != merged) {
+        // Merged once at the end when the piece was judged to fit; merged as it grows (whenever
+        // its rows double) when it is taken whatever the pool says, so that rows that repeat
+        // (an aggregate's groups over many parts) hold only their merged size.
+        let grown = force && rows >= 2 * merged.max(PIECE_ROWS);
+        if parts.len() > 1 && (last || grown) || (last && rows != merged) {
             let bytes: usize = parts.iter().map(|p| p.slice_bytes()).sum();
             if !reserve(reservation, 2 * bytes, force) {
                 reservation.free();
@@ -492,34 +506,58 @@ async fn split(
     n: usize,
     splits: u32,
 ) -> Result<Vec<Change>> {
-    // A new hash at each split (rows that shared a piece must spread over the next ones).
-    let hash = datafusion::common::hash_utils::RandomState::with_seed(u64::from(splits) + 1);
-    let mut files =
-        (0..n).map(|_| Written::with_buffer(runtime, &piece.schema, what, SPLIT_BUFFER)).collect::<Result<Vec<_>>>()?;
+    let mut files = Partitioned::create(runtime, &piece.schema, what, n, splits)?;
     reservation.grow(n * SPLIT_BUFFER);
     let mut batches = piece.pieces(runtime, true)?;
-    let mut hashes = Vec::new();
     while let Some(z) = batches.try_next().await? {
         // Its rows again, cut, and a hash each.
         let held = z.slice_bytes() + 12 * z.len();
         reservation.grow(held);
-        hashes.clear();
-        hashes.resize(z.len(), 0u64);
-        datafusion::common::hash_utils::create_hashes(z.batch.columns(), &hash, &mut hashes)?;
+        files.write(&z)?;
+        reservation.shrink(held);
+    }
+    let parts = files.finish(&piece.schema);
+    reservation.free();
+    parts
+}
+
+/// Files of the temp space a change is written to, each row to the one its hash picks (a hash
+/// of the whole row, seeded by how many splits came before, so that rows that shared a file
+/// spread over the next ones).
+struct Partitioned {
+    files: Vec<Written>,
+    hash: datafusion::common::hash_utils::RandomState,
+    hashes: Vec<u64>,
+}
+
+impl Partitioned {
+    fn create(runtime: &Arc<RuntimeEnv>, schema: &SchemaRef, what: &str, n: usize, splits: u32) -> Result<Partitioned> {
+        let files =
+            (0..n).map(|_| Written::with_buffer(runtime, schema, what, SPLIT_BUFFER)).collect::<Result<Vec<_>>>()?;
+        let hash = datafusion::common::hash_utils::RandomState::with_seed(u64::from(splits) + 1);
+        Ok(Partitioned { files, hash, hashes: Vec::new() })
+    }
+
+    fn write(&mut self, z: &ZSet) -> Result<()> {
+        let n = self.files.len();
+        self.hashes.clear();
+        self.hashes.resize(z.len(), 0);
+        datafusion::common::hash_utils::create_hashes(z.batch.columns(), &self.hash, &mut self.hashes)?;
         let mut to: Vec<Vec<u32>> = vec![Vec::new(); n];
-        for (i, h) in hashes.iter().enumerate() {
+        for (i, h) in self.hashes.iter().enumerate() {
             to[(h % n as u64) as usize].push(i as u32);
         }
-        for (file, rows) in files.iter_mut().zip(&to) {
+        for (file, rows) in self.files.iter_mut().zip(&to) {
             if !rows.is_empty() {
                 file.write(&z.take(rows)?)?;
             }
         }
-        reservation.shrink(held);
+        Ok(())
     }
-    let parts = files.into_iter().map(|f| f.finish(piece.schema.clone())).collect::<Result<Vec<_>>>();
-    reservation.free();
-    parts
+
+    fn finish(self, schema: &SchemaRef) -> Result<Vec<Change>> {
+        self.files.into_iter().map(|f| f.finish(schema.clone())).collect()
+    }
 }
 
 #[cfg(test)]
