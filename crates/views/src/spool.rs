@@ -523,11 +523,18 @@ async fn split(
 
 /// Files of the temp space a change is written to, each row to the one its hash picks (a hash
 /// of the whole row, seeded by how many splits came before, so that rows that shared a file
-/// spread over the next ones).
+/// spread over the next ones). Each file's rows are gathered in memory, reserved, up to a
+/// bound before they are written as one batch: a batch cut 16 ways would otherwise be written,
+/// and read back, as 16 small ones.
 struct Partitioned {
     files: Vec<Written>,
     hash: datafusion::common::hash_utils::RandomState,
     hashes: Vec<u64>,
+    /// Rows gathered per file, and their bytes.
+    held: Vec<(Vec<ZSet>, usize)>,
+    /// The most a file gathers before it is written.
+    bound: usize,
+    reservation: MemoryReservation,
 }
 
 impl Partitioned {
@@ -535,7 +542,16 @@ impl Partitioned {
         let files =
             (0..n).map(|_| Written::with_buffer(runtime, schema, what, SPLIT_BUFFER)).collect::<Result<Vec<_>>>()?;
         let hash = datafusion::common::hash_utils::RandomState::with_seed(u64::from(splits) + 1);
-        Ok(Partitioned { files, hash, hashes: Vec::new() })
+        // Half of a spool's eighth of the pool over the files, at most 1MiB each.
+        let bound = match runtime.memory_pool.memory_limit() {
+            MemoryLimit::Finite(limit) => limit / 16 / n,
+            MemoryLimit::Infinite | MemoryLimit::Unknown => usize::MAX,
+        }
+        .min(1 << 20);
+        let reservation = MemoryConsumer::new(format!("{what} (rows gathered to be written)"))
+            .with_can_spill(true)
+            .register(&runtime.memory_pool);
+        Ok(Partitioned { files, hash, hashes: Vec::new(), held: vec![(Vec::new(), 0); n], bound, reservation })
     }
 
     fn write(&mut self, z: &ZSet) -> Result<()> {
@@ -547,15 +563,39 @@ impl Partitioned {
         for (i, h) in self.hashes.iter().enumerate() {
             to[(h % n as u64) as usize].push(i as u32);
         }
-        for (file, rows) in self.files.iter_mut().zip(&to) {
-            if !rows.is_empty() {
-                file.write(&z.take(rows)?)?;
+        for (k, rows) in to.iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            let part = z.take(rows)?;
+            let bytes = part.slice_bytes();
+            let (held, held_bytes) = &mut self.held[k];
+            let keep = *held_bytes + bytes < self.bound && self.reservation.try_grow(bytes).is_ok();
+            if keep {
+                held.push(part);
+                *held_bytes += bytes;
+            } else {
+                held.push(part);
+                self.flush(k)?;
             }
         }
         Ok(())
     }
 
-    fn finish(self, schema: &SchemaRef) -> Result<Vec<Change>> {
+    /// File `k`'s gathered rows written as one batch.
+    fn flush(&mut self, k: usize) -> Result<()> {
+        let (held, bytes) = std::mem::take(&mut self.held[k]);
+        if let Some(schema) = held.first().map(|z| z.schema()) {
+            self.files[k].write(&ZSet::concat(schema, held)?)?;
+        }
+        self.reservation.shrink(bytes.min(self.reservation.size()));
+        Ok(())
+    }
+
+    fn finish(mut self, schema: &SchemaRef) -> Result<Vec<Change>> {
+        for k in 0..self.files.len() {
+            self.flush(k)?;
+        }
         self.files.into_iter().map(|f| f.finish(schema.clone())).collect()
     }
 }
