@@ -1,5 +1,5 @@
-//! Join order for state: inner joins rewritten so that relations that never change are joined
-//! as early as their join conditions allow.
+//! Join order for state: inner joins rewritten so that relations that never change and filter
+//! are joined as early as their join conditions allow, and those that only look up, last.
 //!
 //! DataFusion keeps the order the query was written in (`FROM supplier, lineitem, orders,
 //! nation`), which costs a batch query nothing, but costs a view state: every join of two

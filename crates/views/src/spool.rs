@@ -10,8 +10,9 @@
 //! (equal rows merged, weights summed, zeros dropped): in memory when the copy fits, otherwise
 //! a file at a time into one new file, each merged in memory when it may fit and the pool grants
 //! it, else split again with another hash (so a consolidation cannot be refused into failure;
-//! before, it was DataFusion's aggregate, whose merge of its own spills cannot spill again). The result, a [`Change`], is read back a piece at a
-//! time, each piece reserved while it is read ([`Change::stream`]).
+//! before, it was DataFusion's aggregate, whose merge of its own spills cannot spill again).
+//! The result, a [`Change`], is read back a piece at a time, each piece reserved while it is
+//! read ([`Change::stream`]).
 //!
 //! So a transaction larger than the lease completes: what it holds in memory at once is a few
 //! pieces, not the change.
@@ -398,8 +399,9 @@ const MAX_SPLITS: u32 = 6;
 /// A spilled change (its `pieces`, split by a hash of the row as they were written) consolidated
 /// a piece at a time into one new file: each piece is merged in memory, reserved as it is read,
 /// when it may fit (`cap`: three times its rows, for the rows, their encoding and the merged
-/// copy); a piece that may not, or that the pool refuses, is split again with another hash. Equal rows always land in the same piece, so the pieces' merges are the
-/// change's. Nothing here can be refused into failure: a refusal splits.
+/// copy); a piece that may not, or that the pool refuses, is split again with another hash.
+/// Equal rows always land in the same piece, so the pieces' merges are the change's. Nothing
+/// here can be refused into failure: a refusal splits.
 async fn consolidate_on_disk(
     pieces: Vec<Change>,
     schema: &SchemaRef,
@@ -671,8 +673,8 @@ mod tests {
     }
 
     /// In a pool far smaller than the change, the spool goes to disk and is consolidated from
-    /// there, split into pieces that fit (and pieces of those); the result is what consolidating in memory gives, it is read back
-    /// within the pool, and its files are gone once it is dropped.
+    /// there, split into pieces that fit (and pieces of those); the result is what consolidating
+    /// in memory gives, it is read back within the pool, and its files are gone once dropped.
     #[tokio::test]
     async fn a_change_larger_than_the_pool_is_spilled_and_consolidated_on_disk() {
         let dir = tempfile::tempdir().expect("dir");
