@@ -512,11 +512,7 @@ async fn split(
     reservation.grow(n * SPLIT_BUFFER);
     let mut batches = piece.pieces(runtime, true)?;
     while let Some(z) = batches.try_next().await? {
-        // Its rows again, cut, and a hash each.
-        let held = z.slice_bytes() + 12 * z.len();
-        reservation.grow(held);
         files.write(&z)?;
-        reservation.shrink(held);
     }
     let parts = files.finish(&piece.schema);
     reservation.free();
@@ -558,6 +554,10 @@ impl Partitioned {
 
     fn write(&mut self, z: &ZSet) -> Result<()> {
         let n = self.files.len();
+        // While `z` is cut: a hash and an index per row, and its rows again in the pieces
+        // (bounded by the batch, taken whatever the pool says: the least a spill needs).
+        let cutting = z.slice_bytes() + 12 * z.len();
+        self.reservation.grow(cutting);
         self.hashes.clear();
         self.hashes.resize(z.len(), 0);
         datafusion::common::hash_utils::create_hashes(z.batch.columns(), &self.hash, &mut self.hashes)?;
@@ -581,6 +581,7 @@ impl Partitioned {
                 self.flush(k)?;
             }
         }
+        self.reservation.shrink(cutting);
         Ok(())
     }
 
@@ -588,7 +589,11 @@ impl Partitioned {
     fn flush(&mut self, k: usize) -> Result<()> {
         let (held, bytes) = std::mem::take(&mut self.held[k]);
         if let Some(schema) = held.first().map(|z| z.schema()) {
+            // The concatenated copy (at most the bound and a batch's piece).
+            let copy: usize = held.iter().map(|z| z.slice_bytes()).sum();
+            self.reservation.grow(copy);
             self.files[k].write(&ZSet::concat(schema, held)?)?;
+            self.reservation.shrink(copy);
         }
         self.reservation.shrink(bytes.min(self.reservation.size()));
         Ok(())
@@ -677,10 +682,7 @@ mod tests {
     /// in memory gives, it is read back within the pool, and its files are gone once dropped.
     #[tokio::test]
     async fn a_change_larger_than_the_pool_is_spilled_and_consolidated_on_disk() {
-        let dir = tempfile::tempdir().expect("dir");
-        let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(2 << 20));
-        let rt = runtime(pool.clone(), dir.path());
-        let mut spool = Spool::new("view v (its change)", schema(), &rt);
+        let (dir, pool, rt, mut spool) = spool_in(Arc::new(FairSpillPool::new(2 << 20)));
         push_all(&mut spool).await;
         assert!(spool.spilled(), "100,000 rows do not fit 2MiB");
         let change = spool.finish().await.expect("finish");
@@ -709,10 +711,7 @@ mod tests {
     /// little it takes; the rows are the same, nothing stays reserved, no file is left.
     #[tokio::test]
     async fn a_consolidation_the_pool_refuses_splits_until_it_completes() {
-        let dir = tempfile::tempdir().expect("dir");
-        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(64 << 10));
-        let rt = runtime(pool.clone(), dir.path());
-        let mut spool = Spool::new("view v (its change)", schema(), &rt);
+        let (dir, pool, _rt, mut spool) = spool_in(Arc::new(GreedyMemoryPool::new(64 << 10)));
         push_all(&mut spool).await;
         assert!(spool.spilled());
         let change = spool.finish().await.expect("a refused consolidation splits, it does not fail");
@@ -728,10 +727,7 @@ mod tests {
     /// With room, the same pushes stay in memory and consolidate to the same rows.
     #[tokio::test]
     async fn a_change_that_fits_stays_in_memory() {
-        let dir = tempfile::tempdir().expect("dir");
-        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
-        let rt = runtime(pool.clone(), dir.path());
-        let mut spool = Spool::new("view v (its change)", schema(), &rt);
+        let (dir, pool, rt, mut spool) = spool_in(Arc::new(GreedyMemoryPool::new(1 << 30)));
         push_all(&mut spool).await;
         assert!(!spool.spilled());
         let change = spool.finish().await.expect("finish");
@@ -741,6 +737,14 @@ mod tests {
         drop(change);
         assert_eq!(pool.reserved(), 0);
         assert!(walk(dir.path()).is_empty());
+    }
+
+    /// A temp space, `pool`, a runtime over both and an empty spool on it.
+    fn spool_in(pool: Arc<dyn MemoryPool>) -> (tempfile::TempDir, Arc<dyn MemoryPool>, Arc<RuntimeEnv>, Spool) {
+        let dir = tempfile::tempdir().expect("dir");
+        let rt = runtime(pool.clone(), dir.path());
+        let spool = Spool::new("view v (its change)", schema(), &rt);
+        (dir, pool, rt, spool)
     }
 
     fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
