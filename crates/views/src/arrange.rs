@@ -6,16 +6,22 @@
 //!                                                           append-only, compacted
 //!   entries  {at, weight, prev, next}   24 bytes each, in segments of 8,192 (the first
 //!                                       growing from 64)
-//!   by_key   hash(key)      ──▶ first entry of the key's chain (prev/next link its rows)
-//!   by_row   hash(key, row) ──▶ the entry (an update finds its row without walking the chain)
+//!   by_key   hash(key)      ──▶ first entry of the key's chain (prev/next link its rows; the
+//!                               head's prev holds the chain's length)
+//!   by_row   hash(key, row) ──▶ the entry, for the rows of keys with more than 8 rows only
+//!                               (an update finds its row without walking a long chain)
 //! ```
 //!
 //! A row costs its key and row bytes, their two lengths (a varint each, one byte below 128), 24
-//! bytes of entry and about 6–11 bytes in each table (4 bytes and a control byte per bucket),
-//! with no allocation of its own: against a nested map
-//! of boxed rows (a box per row and per key, a hash table per key: ~270 bytes for a 40-byte row)
-//! it holds about a third. A small arrangement stays small: its first chunk and segment start at
-//! a few KiB (a thousand views of a few rows each must not cost a chunk and a segment apiece). Growth is in fixed steps (a chunk, a segment), so no doubling copy
+//! bytes of entry and, for a new key, about 6–11 bytes in `by_key` (4 bytes and a control byte
+//! per bucket), with no allocation of its own: against a nested map of boxed rows (a box per row
+//! and per key, a hash table per key: ~270 bytes for a 40-byte row) it holds about a third. An
+//! update of a key with few rows walks its chain (at most 8 rows) instead of looking the row up
+//! in a table of every row, which saved another ~8 bytes a row; a key that grows past 8 rows
+//! (a hot join key, a view's contents under one empty key) has its rows put in `by_row`, so that
+//! no update walks more than 8. A small arrangement stays small: its first chunk and segment
+//! start at a few KiB (a thousand views of a few rows each must not cost a chunk and a segment
+//! apiece). Growth is in fixed steps (a chunk, a segment), so no doubling copy
 //! of the whole state ever exists; only the two tables grow by doubling, and
 //! [`Arrangement::growth`] says what the next additions may allocate, tables included, so that a
 //! caller reserves it before adding. Deleted rows leave dead bytes in the arena; once they
@@ -35,6 +41,15 @@ const FIRST_CHUNK: usize = 4 << 10;
 const FIRST_SEG: usize = 64;
 /// No entry (the end of a chain or of the free list).
 const NIL: u32 = u32::MAX;
+/// In a chain head's `prev` (a head has no previous entry): marks the head, beside either the
+/// chain's length (below [`LONG`]) or [`INDEXED`].
+const HEAD: u32 = 1 << 31;
+/// In a chain head's `prev`: the chain's rows are in `by_row`.
+const INDEXED: u32 = 1 << 30;
+/// Rows of one key from which they are found through `by_row` rather than by walking the chain.
+const LONG: u32 = 9;
+/// Entries an arrangement may hold: an entry number must not reach the [`HEAD`] bit.
+const MAX_ENTRIES: u32 = HEAD - 1;
 
 #[derive(Clone, Copy)]
 struct Entry {
@@ -43,6 +58,8 @@ struct Entry {
     at: u64,
     /// The multiplicity; 0 marks a free slot (then `next` links the free list).
     weight: i64,
+    /// The previous entry of the key's chain; for the chain's head, [`HEAD`] and either the
+    /// chain's length or [`INDEXED`].
     prev: u32,
     next: u32,
 }
@@ -262,21 +279,41 @@ impl Arrangement {
 
     /// The multiplicity of `row` under `key` (0 when absent).
     pub fn weight(&self, key: &[u8], row: &[u8]) -> i64 {
-        let h = self.row_hash(key, row);
+        let hk = self.key_hash(key);
+        self.head(key, hk).and_then(|h| self.find(h, hk, key, row)).map_or(0, |i| self.store.entry(i).weight)
+    }
+
+    /// The head of `key`'s chain (`hk` its hash), if it has rows.
+    fn head(&self, key: &[u8], hk: u64) -> Option<u32> {
         let s = &self.store;
-        self.by_row.find(h, |&i| s.key(i) == key && s.row(i) == row).map_or(0, |&i| s.entry(i).weight)
+        self.by_key.find(hk, |&j| s.key(j) == key).copied()
+    }
+
+    /// The entry of `row` in the chain headed by `head` (of `key`, hashed `hk`): looked up in
+    /// `by_row` when the chain is indexed, else found by walking it.
+    fn find(&self, head: u32, hk: u64, key: &[u8], row: &[u8]) -> Option<u32> {
+        let s = &self.store;
+        if s.entry(head).prev & INDEXED != 0 {
+            return self.by_row.find(hash(hk, row), |&i| s.key(i) == key && s.row(i) == row).copied();
+        }
+        let mut i = head;
+        while i != NIL {
+            if s.row(i) == row {
+                return Some(i);
+            }
+            i = s.entry(i).next;
+        }
+        None
     }
 
     /// The rows under `key` with their multiplicities.
     pub fn get<'a>(&'a self, key: &[u8]) -> Group<'a> {
-        let s = &self.store;
-        let head = self.by_key.find(self.key_hash(key), |&i| s.key(i) == key).copied().unwrap_or(NIL);
-        Group { store: s, next: head }
+        Group { store: &self.store, next: self.head(key, self.key_hash(key)).unwrap_or(NIL) }
     }
 
     /// Whether `key` has rows.
     pub fn contains_key(&self, key: &[u8]) -> bool {
-        self.get(key).next != NIL
+        self.head(key, self.key_hash(key)).is_some()
     }
 
     /// Every `(key, row, weight)`, in no particular order.
@@ -296,24 +333,21 @@ impl Arrangement {
         if weight == 0 {
             return;
         }
-        let hr = self.row_hash(key, row);
-        let found = {
-            let s = &self.store;
-            self.by_row.find(hr, |&i| s.key(i) == key && s.row(i) == row).copied()
-        };
-        match found {
-            Some(i) => {
+        let hk = self.key_hash(key);
+        let head = self.head(key, hk);
+        match head.and_then(|h| self.find(h, hk, key, row)).zip(head) {
+            Some((i, head)) => {
                 let e = self.store.entry_mut(i);
                 e.weight += weight;
                 if e.weight == 0 {
-                    self.remove(i, key, hr);
+                    self.remove(i, head, hk);
                 }
             }
-            None => self.insert(key, row, weight, hr),
+            None => self.insert(key, row, weight, hk, head),
         }
     }
 
-    fn insert(&mut self, key: &[u8], row: &[u8], weight: i64, hr: u64) {
+    fn insert(&mut self, key: &[u8], row: &[u8], weight: i64, hk: u64, head: Option<u32>) {
         let at = self.store.put(key, row);
         let i = if self.free != NIL {
             let i = self.free;
@@ -322,6 +356,7 @@ impl Arrangement {
             i
         } else {
             let i = self.slots;
+            assert!(i < MAX_ENTRIES, "an arrangement holds at most {MAX_ENTRIES} rows");
             if i as usize / SEG == self.store.segs.len() {
                 let first = self.store.segs.is_empty();
                 self.store.segs.push(Vec::with_capacity(if first { FIRST_SEG } else { SEG }));
@@ -330,51 +365,72 @@ impl Arrangement {
             self.slots += 1;
             i
         };
-        *self.store.entry_mut(i) = Entry { at, weight, prev: NIL, next: NIL };
-        // Into its key's chain, right after the head (or as the head of a new key).
-        let hk = self.key_hash(key);
         let Arrangement { store, by_key, by_row, seed, .. } = self;
-        match by_key.find(hk, |&j| store.key(j) == key).copied() {
+        let rehash = |store: &Store, j: u32| hash(hash(*seed, store.key(j)), store.row(j));
+        match head {
+            // Into its key's chain right after the head; the chain indexed once it is long.
             Some(head) => {
                 let after = store.entry(head).next;
-                store.entry_mut(i).prev = head;
-                store.entry_mut(i).next = after;
+                *store.entry_mut(i) = Entry { at, weight, prev: head, next: after };
                 store.entry_mut(head).next = i;
                 if after != NIL {
                     store.entry_mut(after).prev = i;
                 }
+                let meta = store.entry(head).prev;
+                if meta & INDEXED != 0 {
+                    by_row.insert_unique(hash(hk, row), i, |&j| rehash(store, j));
+                } else if (meta & !HEAD) + 1 < LONG {
+                    store.entry_mut(head).prev = meta + 1;
+                } else {
+                    store.entry_mut(head).prev = HEAD | INDEXED;
+                    let mut j = head;
+                    while j != NIL {
+                        by_row.insert_unique(hash(hk, store.row(j)), j, |&j| rehash(store, j));
+                        j = store.entry(j).next;
+                    }
+                }
             }
             None => {
+                *store.entry_mut(i) = Entry { at, weight, prev: HEAD | 1, next: NIL };
                 by_key.insert_unique(hk, i, |&j| hash(*seed, store.key(j)));
             }
         }
-        by_row.insert_unique(hr, i, |&j| hash(hash(*seed, store.key(j)), store.row(j)));
         self.len += 1;
         self.live += self.store.record(i).2;
     }
 
-    fn remove(&mut self, i: u32, key: &[u8], hr: u64) {
-        let hk = self.key_hash(key);
+    /// Removes entry `i`, in the chain headed by `head` of a key hashed `hk`.
+    fn remove(&mut self, i: u32, head: u32, hk: u64) {
         let Entry { prev, next, .. } = *self.store.entry(i);
-        let record = self.store.record(i).2;
+        let (_, row, record) = self.store.record(i);
+        let hr = hash(hk, row);
+        let meta = self.store.entry(head).prev;
         let Arrangement { store, by_key, by_row, .. } = self;
-        if prev == NIL {
-            // The key's head: the next row becomes the head, or the key goes.
+        if meta & INDEXED != 0 {
+            if let Ok(e) = by_row.find_entry(hr, |&j| j == i) {
+                e.remove();
+            }
+        }
+        // What the head's `prev` says once `i` is gone: the length one less, unless indexed.
+        let meta = if meta & INDEXED != 0 { meta } else { meta - 1 };
+        if i == head {
+            // The next row becomes the head, or the key goes.
             match by_key.find_entry(hk, |&j| j == i) {
-                Ok(head) if next != NIL => *head.into_mut() = next,
-                Ok(head) => {
-                    head.remove();
+                Ok(h) if next != NIL => *h.into_mut() = next,
+                Ok(h) => {
+                    h.remove();
                 }
                 Err(_) => debug_assert!(false, "a chain's head is in by_key"),
             }
+            if next != NIL {
+                store.entry_mut(next).prev = meta;
+            }
         } else {
             store.entry_mut(prev).next = next;
-        }
-        if next != NIL {
-            store.entry_mut(next).prev = prev;
-        }
-        if let Ok(e) = by_row.find_entry(hr, |&j| j == i) {
-            e.remove();
+            if next != NIL {
+                store.entry_mut(next).prev = prev;
+            }
+            store.entry_mut(head).prev = meta;
         }
         *store.entry_mut(i) = Entry { at: 0, weight: 0, prev: NIL, next: self.free };
         self.free = i;
@@ -425,10 +481,6 @@ impl Arrangement {
 
     fn key_hash(&self, key: &[u8]) -> u64 {
         hash(self.seed, key)
-    }
-
-    fn row_hash(&self, key: &[u8], row: &[u8]) -> u64 {
-        hash(hash(self.seed, key), row)
     }
 }
 
@@ -491,6 +543,14 @@ mod tests {
     /// through chains whose head is removed and through compactions.
     #[test]
     fn arrangement_agrees_with_a_map_of_maps() {
+        // Few keys: chains long enough to be indexed (and emptied, back to none); many keys:
+        // chains short enough to be walked.
+        for keys in [300, 30_000] {
+            agrees_with_a_map_of_maps(keys);
+        }
+    }
+
+    fn agrees_with_a_map_of_maps(keys: u64) {
         let mut a = Arrangement::new();
         let mut model: HashMap<Vec<u8>, HashMap<Vec<u8>, i64>> = HashMap::new();
         let mut x: u64 = 42;
@@ -501,7 +561,7 @@ mod tests {
             x % n
         };
         for step in 0..200_000 {
-            let key = format!("k{}", rnd(300)).into_bytes();
+            let key = format!("k{}", rnd(keys)).into_bytes();
             let row = vec![b'r'; rnd(40) as usize];
             let w = [1, 1, 2, -1, -1, -2][rnd(6) as usize];
             a.add(&key, &row, w);
@@ -516,7 +576,7 @@ mod tests {
                     a.compact_if(Some);
                 }
                 // Everything removed from one key in a row: its chain empties from the head.
-                let k = format!("k{}", rnd(300)).into_bytes();
+                let k = format!("k{}", rnd(keys)).into_bytes();
                 if let Some(g) = model.remove(&k) {
                     for (r, w) in g {
                         a.add(&k, &r, -w);
@@ -600,15 +660,26 @@ mod tests {
         }
     }
 
-    /// A million small rows cost about their bytes plus 40, not a box and a table each.
+    /// A million small rows cost about their bytes plus 30, not a box and a table each; under
+    /// keys of a few rows no table of rows is kept, under hot keys one is (8 bytes a row more),
+    /// so an update never walks more than a few rows.
     #[test]
-    fn a_row_costs_its_bytes_and_about_forty() {
-        let mut a = Arrangement::new();
-        for i in 0..1_000_000u64 {
-            a.add(&(i / 4).to_le_bytes(), &i.to_be_bytes(), 1);
-        }
-        let per_row = a.bytes() as f64 / 1e6;
-        // 16 bytes of data, 2 of lengths, a 24-byte entry, about 13 in the two tables.
-        assert!((16.0 + 26.0..16.0 + 42.0).contains(&per_row), "{per_row:.1} bytes per row");
+    fn a_row_costs_its_bytes_and_about_thirty() {
+        let per_row = |rows_per_key: u64| {
+            let mut a = Arrangement::new();
+            for i in 0..1_000_000u64 {
+                a.add(&(i / rows_per_key).to_le_bytes(), &i.to_be_bytes(), 1);
+            }
+            for i in (0..1_000_000u64).step_by(3) {
+                assert_eq!(a.weight(&(i / rows_per_key).to_le_bytes(), &i.to_be_bytes()), 1);
+            }
+            a.bytes() as f64 / 1e6
+        };
+        // 16 bytes of data, 2 of lengths, a 24-byte entry, a few in `by_key`.
+        let short = per_row(4);
+        assert!((16.0 + 26.0..16.0 + 32.0).contains(&short), "{short:.1} bytes per row under 4 rows a key");
+        let hot = per_row(100_000);
+        assert!((16.0 + 28.0..16.0 + 40.0).contains(&hot), "{hot:.1} bytes per row under 100,000 rows a key");
+        assert!(hot > short + 4.0, "rows under hot keys are indexed: {hot:.1} against {short:.1}");
     }
 }
