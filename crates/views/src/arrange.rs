@@ -4,15 +4,15 @@
 //! ```text
 //!   arena    [klen rlen|key|row][klen rlen|key|row] ...   chunks of 4KiB doubling to 256KiB,
 //!                                                           append-only, compacted
-//!   entries  {at, weight, prev, next}   24 bytes each, in segments of 8,192 (the first
-//!                                       growing from 64)
+//!   entries  {at, weight, prev, next}   20 bytes each (48 bits of place, 48 of weight), in
+//!                                       segments of 8,192 (the first growing from 64)
 //!   by_key   hash(key)      ──▶ first entry of the key's chain (prev/next link its rows; the
 //!                               head's prev holds the chain's length)
 //!   by_row   hash(key, row) ──▶ the entry, for the rows of keys with more than 8 rows only
 //!                               (an update finds its row without walking a long chain)
 //! ```
 //!
-//! A row costs its key and row bytes, their two lengths (a varint each, one byte below 128), 24
+//! A row costs its key and row bytes, their two lengths (a varint each, one byte below 128), 20
 //! bytes of entry and, for a new key, about 6–11 bytes in `by_key` (4 bytes and a control byte
 //! per bucket), with no allocation of its own: against a nested map of boxed rows (a box per row
 //! and per key, a hash table per key: ~270 bytes for a 40-byte row) it holds about a third. An
@@ -50,18 +50,61 @@ const INDEXED: u32 = 1 << 30;
 const LONG: u32 = 9;
 /// Entries an arrangement may hold: an entry number must not reach the [`HEAD`] bit.
 const MAX_ENTRIES: u32 = HEAD - 1;
+/// Bits of a record's offset in its chunk, in an entry's `at` (the chunk's index above them).
+const OFFSET_BITS: u32 = 24;
+/// Chunks an arena may have (16M of at most 256KiB each but the oversized: 4TiB).
+const MAX_CHUNKS: usize = 1 << (48 - OFFSET_BITS);
+/// The largest multiplicity an entry holds (48 bits, signed: 1.4 × 10^14).
+const MAX_WEIGHT: i64 = (1 << 47) - 1;
 
+/// One row's place, multiplicity and chain links, in 20 bytes: `at` and `weight` take 48 bits
+/// each (a 24-byte struct of an `u64`, an `i64` and two `u32`s cost 4 bytes a row more).
 #[derive(Clone, Copy)]
 struct Entry {
-    /// Chunk index (high 32 bits) and offset in it (low 32 bits) of the record
-    /// `varint(klen) varint(rlen) key row`.
-    at: u64,
-    /// The multiplicity; 0 marks a free slot (then `next` links the free list).
-    weight: i64,
+    /// The low 32 bits of `at`: the chunk index (above [`OFFSET_BITS`]) and the offset in it of
+    /// the record `varint(klen) varint(rlen) key row`.
+    at_lo: u32,
+    /// The high 16 bits of `at` (low half) and the low 16 bits of the weight (high half).
+    mid: u32,
+    /// The high 32 bits of the weight, the multiplicity; 0 marks a free slot (then `next` links
+    /// the free list).
+    weight_hi: u32,
     /// The previous entry of the key's chain; for the chain's head, [`HEAD`] and either the
     /// chain's length or [`INDEXED`].
     prev: u32,
     next: u32,
+}
+
+impl Entry {
+    fn new(at: u64, weight: i64, prev: u32, next: u32) -> Entry {
+        let mut e = Entry { at_lo: 0, mid: 0, weight_hi: 0, prev, next };
+        e.set_at(at);
+        e.set_weight(weight);
+        e
+    }
+
+    fn at(&self) -> u64 {
+        self.at_lo as u64 | ((self.mid as u64 & 0xffff) << 32)
+    }
+
+    fn set_at(&mut self, at: u64) {
+        debug_assert!(at < 1 << 48);
+        self.at_lo = at as u32;
+        self.mid = (self.mid & 0xffff_0000) | ((at >> 32) as u32 & 0xffff);
+    }
+
+    fn weight(&self) -> i64 {
+        let raw = (self.mid >> 16) as u64 | ((self.weight_hi as u64) << 16);
+        ((raw << 16) as i64) >> 16
+    }
+
+    /// Sets the multiplicity; one beyond ±[`MAX_WEIGHT`] (no table has that many rows) is a bug.
+    fn set_weight(&mut self, weight: i64) {
+        assert!((-MAX_WEIGHT..=MAX_WEIGHT).contains(&weight), "a row's multiplicity {weight} passes 48 bits");
+        let raw = weight as u64;
+        self.mid = (self.mid & 0xffff) | (((raw & 0xffff) as u32) << 16);
+        self.weight_hi = (raw >> 16) as u32;
+    }
 }
 
 /// The arena and the entries, apart from the tables so that a table's rehash can read them.
@@ -84,8 +127,8 @@ impl Store {
 
     /// Entry `i`'s key and row, and the bytes its record takes in the arena.
     fn record(&self, i: u32) -> (&[u8], &[u8], usize) {
-        let at = self.entry(i).at;
-        let (c, o) = ((at >> 32) as usize, (at & 0xffff_ffff) as usize);
+        let at = self.entry(i).at();
+        let (c, o) = ((at >> OFFSET_BITS) as usize, (at & ((1 << OFFSET_BITS) - 1)) as usize);
         let bytes = &self.chunks[c][o..];
         let (klen, a) = varint(bytes);
         let (rlen, b) = varint(&bytes[a..]);
@@ -107,14 +150,15 @@ impl Store {
         let h = put_varint(&mut head, key.len());
         let h = h + put_varint(&mut head[h..], row.len());
         let n = h + key.len() + row.len();
-        let fits = self.chunks.last().is_some_and(|c| c.capacity() - c.len() >= n);
+        let fits = self.chunks.last().is_some_and(|c| c.capacity() - c.len() >= n && c.len() < 1 << OFFSET_BITS);
         if !fits {
+            assert!(self.chunks.len() < MAX_CHUNKS, "an arrangement's arena holds at most {MAX_CHUNKS} chunks");
             let next = self.chunks.last().map_or(FIRST_CHUNK, |c| (c.capacity() * 2).clamp(FIRST_CHUNK, CHUNK));
             self.chunks.push(Vec::with_capacity(n.max(next)));
         }
         let c = self.chunks.len() - 1;
         let chunk = &mut self.chunks[c];
-        let at = ((c as u64) << 32) | chunk.len() as u64;
+        let at = ((c as u64) << OFFSET_BITS) | chunk.len() as u64;
         chunk.extend_from_slice(&head[..h]);
         chunk.extend_from_slice(key);
         chunk.extend_from_slice(row);
@@ -280,7 +324,7 @@ impl Arrangement {
     /// The multiplicity of `row` under `key` (0 when absent).
     pub fn weight(&self, key: &[u8], row: &[u8]) -> i64 {
         let hk = self.key_hash(key);
-        self.head(key, hk).and_then(|h| self.find(h, hk, key, row)).map_or(0, |i| self.store.entry(i).weight)
+        self.head(key, hk).and_then(|h| self.find(h, hk, key, row)).map_or(0, |i| self.store.entry(i).weight())
     }
 
     /// The head of `key`'s chain (`hk` its hash), if it has rows.
@@ -319,7 +363,9 @@ impl Arrangement {
     /// Every `(key, row, weight)`, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], i64)> + '_ {
         let s = &self.store;
-        (0..self.slots).filter(move |&i| s.entry(i).weight != 0).map(move |i| (s.key(i), s.row(i), s.entry(i).weight))
+        (0..self.slots)
+            .filter(move |&i| s.entry(i).weight() != 0)
+            .map(move |i| (s.key(i), s.row(i), s.entry(i).weight()))
     }
 
     /// Every row, repeated as often as it is held (a row held a negative number of times, not
@@ -338,8 +384,9 @@ impl Arrangement {
         match head.and_then(|h| self.find(h, hk, key, row)).zip(head) {
             Some((i, head)) => {
                 let e = self.store.entry_mut(i);
-                e.weight += weight;
-                if e.weight == 0 {
+                let w = e.weight() + weight;
+                e.set_weight(w);
+                if w == 0 {
                     self.remove(i, head, hk);
                 }
             }
@@ -361,7 +408,7 @@ impl Arrangement {
                 let first = self.store.segs.is_empty();
                 self.store.segs.push(Vec::with_capacity(if first { FIRST_SEG } else { SEG }));
             }
-            self.store.segs[i as usize / SEG].push(Entry { at: 0, weight: 0, prev: NIL, next: NIL });
+            self.store.segs[i as usize / SEG].push(Entry::new(0, 0, NIL, NIL));
             self.slots += 1;
             i
         };
@@ -371,7 +418,7 @@ impl Arrangement {
             // Into its key's chain right after the head; the chain indexed once it is long.
             Some(head) => {
                 let after = store.entry(head).next;
-                *store.entry_mut(i) = Entry { at, weight, prev: head, next: after };
+                *store.entry_mut(i) = Entry::new(at, weight, head, after);
                 store.entry_mut(head).next = i;
                 if after != NIL {
                     store.entry_mut(after).prev = i;
@@ -391,7 +438,7 @@ impl Arrangement {
                 }
             }
             None => {
-                *store.entry_mut(i) = Entry { at, weight, prev: HEAD | 1, next: NIL };
+                *store.entry_mut(i) = Entry::new(at, weight, HEAD | 1, NIL);
                 by_key.insert_unique(hk, i, |&j| hash(*seed, store.key(j)));
             }
         }
@@ -432,7 +479,7 @@ impl Arrangement {
             }
             store.entry_mut(head).prev = meta;
         }
-        *store.entry_mut(i) = Entry { at: 0, weight: 0, prev: NIL, next: self.free };
+        *store.entry_mut(i) = Entry::new(0, 0, NIL, self.free);
         self.free = i;
         self.free_len += 1;
         self.len -= 1;
@@ -464,11 +511,11 @@ impl Arrangement {
     fn compact(&mut self) {
         let mut fresh = Store::default();
         for i in 0..self.slots {
-            if self.store.entry(i).weight == 0 {
+            if self.store.entry(i).weight() == 0 {
                 continue;
             }
             let at = fresh.put(self.store.key(i), self.store.row(i));
-            self.store.entry_mut(i).at = at;
+            self.store.entry_mut(i).set_at(at);
         }
         self.store.chunks = fresh.chunks;
         self.store.used = fresh.used;
@@ -499,7 +546,7 @@ impl<'a> Iterator for Group<'a> {
         let i = self.next;
         let e = self.store.entry(i);
         self.next = e.next;
-        Some((self.store.row(i), e.weight))
+        Some((self.store.row(i), e.weight()))
     }
 }
 
@@ -660,6 +707,24 @@ mod tests {
         }
     }
 
+    /// An entry is 20 bytes and keeps any place and any weight within 48 bits, negative ones
+    /// included.
+    #[test]
+    fn an_entry_packs_its_place_and_weight_in_twenty_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 20);
+        let places = [0, 1, 0xffff_ffff, 1 << 32, (1 << 48) - 1, (77 << OFFSET_BITS) | 12345];
+        let weights = [0, 1, -1, 2, -2, 65_535, -65_536, 1 << 40, -(1 << 40), MAX_WEIGHT, -MAX_WEIGHT];
+        for at in places {
+            for weight in weights {
+                let mut e = Entry::new(at, weight, 3, 4);
+                assert_eq!((e.at(), e.weight(), e.prev, e.next), (at, weight, 3, 4));
+                e.set_weight(-weight);
+                e.set_at(at ^ 1);
+                assert_eq!((e.at(), e.weight()), (at ^ 1, -weight));
+            }
+        }
+    }
+
     /// A million small rows cost about their bytes plus 30, not a box and a table each; under
     /// keys of a few rows no table of rows is kept, under hot keys one is (8 bytes a row more),
     /// so an update never walks more than a few rows.
@@ -675,9 +740,9 @@ mod tests {
             }
             a.bytes() as f64 / 1e6
         };
-        // 16 bytes of data, 2 of lengths, a 24-byte entry, a few in `by_key`.
+        // 16 bytes of data, 2 of lengths, a 20-byte entry, a few in `by_key`.
         let short = per_row(4);
-        assert!((16.0 + 26.0..16.0 + 32.0).contains(&short), "{short:.1} bytes per row under 4 rows a key");
+        assert!((16.0 + 22.0..16.0 + 28.0).contains(&short), "{short:.1} bytes per row under 4 rows a key");
         let hot = per_row(100_000);
         assert!((16.0 + 28.0..16.0 + 40.0).contains(&hot), "{hot:.1} bytes per row under 100,000 rows a key");
         assert!(hot > short + 4.0, "rows under hot keys are indexed: {hot:.1} against {short:.1}");
