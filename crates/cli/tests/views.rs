@@ -836,3 +836,45 @@ path = "output/per_g.csv"
     assert_eq!(rows(&dir.join("output/moved.csv")).len(), n as usize - 1);
     assert_eq!(files_under(&spill), Vec::<PathBuf>::new(), "temp files left");
 }
+
+/// A transaction whose growth the machine cannot lend now — another process holds the rest of
+/// the machine-wide ledger — waits for it instead of failing, and is applied exactly once that
+/// process is gone (before, `views apply` failed the transaction: "the machine could not lend
+/// more now").
+#[test]
+fn views_apply_waits_for_the_machine_instead_of_failing() {
+    let dir = project("stall");
+    let ledger = dir.join("ledger");
+    let mut csv = String::from("id,customer,amount,_op\n");
+    for i in 0..300_000 {
+        csv += &format!("{},c{i},{},insert\n", 100 + i, i % 97);
+    }
+    std::fs::write(dir.join("changes/orders/0001.csv"), csv).unwrap();
+    // Another process (a `sleep`) holds all of the machine but 24MiB: the views' first lease
+    // (16MiB) fits, what the transaction grows into does not until it exits.
+    let mut holder = Command::new("sleep").arg("4").spawn().unwrap();
+    let capacity = (256u64 << 20) * 85 / 100; // the machine less the default 15% headroom
+    let pid = holder.id();
+    let start = spillway_governor::ledger::start_ticks(pid).unwrap();
+    std::fs::write(&ledger, format!("{pid} {start} 1 {} holder\n", capacity - (24 << 20))).unwrap();
+    // Reaped as soon as it exits (a zombie still has its /proc entry, and so its holding).
+    let reaper = std::thread::spawn(move || holder.wait());
+    let t = std::time::Instant::now();
+    let out = bin()
+        .env("SPILLWAY_LEDGER", &ledger)
+        .env("SPILLWAY_MACHINE_MEMORY", "256MiB")
+        .args(["views", "apply"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    reaper.join().unwrap().unwrap();
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("waiting for the machine"), "{stderr}");
+    assert!(took >= std::time::Duration::from_secs(2), "went on before the holder exited: {took:?}");
+    let got = rows(&dir.join("output/revenue_by_customer.csv"));
+    assert_eq!(got.len(), 300_003, "three customers and one per inserted order");
+    let last = format!("c299999,1,{}", 299_999 % 97);
+    assert!(got.contains(&last) && got.contains(&"alice,2,15".to_string()), "{:?}", &got[..3]);
+}

@@ -33,9 +33,14 @@
 //!
 //! **Elastic leases.** A long-lived holder (`views serve`, the shell) sets
 //! [`PoolOptions::grow_to`]: its lease starts small and follows what is reserved, growing in
-//! [`GROW_STEP`]s when a reservation needs more (never waiting: growth the governor or the
-//! machine-wide ledger cannot grant now is refused, as a full fixed lease refuses) and giving
-//! back what is freed beyond two steps, so other processes get their leases beside it.
+//! [`GROW_STEP`]s when a reservation needs more and giving back what is freed beyond two steps,
+//! so other processes get their leases beside it. Growth the governor or the machine-wide ledger
+//! cannot grant now, below the ceiling, is **waited for** by a consumer that cannot spill (a
+//! view's changes in flight and state, a join's build side): it stalls, asking again with a
+//! growing pause (up to 200ms), until the machine lends it or the governor's lease timeout
+//! passes, as a lease request waits; then it is refused, saying how long it waited. A spillable
+//! consumer is refused at once (it spills instead), and so is growth past the ceiling (waiting
+//! cannot make the process's own budget larger).
 
 use crate::lease::{Lease, Shared};
 use crate::pressure::Pressure;
@@ -45,6 +50,7 @@ use datafusion_execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool,
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The share of each lease kept for consumers that cannot spill, unless configured.
 pub const DEFAULT_UNSPILLABLE_RESERVE: f64 = 0.2;
@@ -88,6 +94,8 @@ pub struct PoolStats {
     pub denials: u64,
     /// Of those, refused because of memory pressure rather than the lease's size.
     pub pressure_denials: u64,
+    /// Times a consumer that cannot spill waited for the machine to lend an elastic lease more.
+    pub stalls: u64,
 }
 
 /// A DataFusion memory pool bounded by one lease. See the [module docs](self).
@@ -151,7 +159,7 @@ impl LeasePool {
         self.max as u64
     }
 
-    /// An elastic lease grows (never waiting) so that `needed` bytes fit, by whole steps and up
+    /// An elastic lease grows (without waiting: see `wait_for_machine`) so that `needed` bytes fit, by whole steps and up
     /// to its ceiling; whether they fit now. It also covers the untracked memory beyond the
     /// headroom (a fixed lease gives up a share of itself for it instead): that memory is this
     /// process's, and the machine must not lend it to another.
@@ -176,6 +184,41 @@ impl LeasePool {
             return needed <= want;
         }
         false
+    }
+
+    /// For a consumer that cannot spill, of an elastic lease: while `additional` more would fit
+    /// the ceiling but the machine cannot lend it now, waits for it (see the module docs), up to
+    /// the governor's lease timeout. `Some(waited)` when it waited and the machine still could
+    /// not lend it.
+    fn wait_for_machine(&self, reservation: &MemoryReservation, additional: usize) -> Option<Duration> {
+        let start = Instant::now();
+        let timeout = self.shared().config.lease_timeout;
+        let mut pause = Duration::from_millis(5);
+        let mut waiting = false;
+        loop {
+            let needed = self.reserved() + additional;
+            let squeeze = self.shared().squeeze_bytes.load(Ordering::Relaxed) as usize;
+            if needed.saturating_add(squeeze) > self.max || self.grow_lease(needed) {
+                if waiting {
+                    tracing::info!(step = %self.step, consumer = %reservation.consumer().name(),
+                        waited_ms = start.elapsed().as_millis() as u64, "the machine lent the memory waited for");
+                }
+                return None;
+            }
+            if timeout.is_some_and(|t| start.elapsed() >= t) {
+                return Some(start.elapsed());
+            }
+            if !waiting {
+                waiting = true;
+                self.lock().stats.stalls += 1;
+                tracing::warn!(step = %self.step, consumer = %reservation.consumer().name(),
+                    bytes = %fmt_bytes(additional), lease = %fmt_bytes(self.limit.load(Ordering::Relaxed)),
+                    up_to = %fmt_bytes(self.max),
+                    "waiting for the machine: other processes hold the memory this lease would grow into");
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
     }
 
     /// An elastic lease gives back what is free beyond two steps (keeping one).
@@ -356,6 +399,12 @@ impl MemoryPool for LeasePool {
             // an operator for memory it does not take.
             return Ok(());
         }
+        // A consumer that cannot spill, of an elastic lease, waits for what the machine cannot
+        // lend now (a spillable one is refused and spills).
+        let waited = match self.elastic && !reservation.consumer().can_spill() {
+            true => self.wait_for_machine(reservation, additional),
+            false => None,
+        };
         let mut state = self.lock();
         let new_size = reservation.size() + additional;
         // An elastic lease first grows to cover the request (if the machine lends it now);
@@ -416,7 +465,14 @@ impl MemoryPool for LeasePool {
                 return Err(self.deny(&mut state, reservation, additional, &why));
             }
         } else if state.spillable + state.unspillable + additional > limit {
-            let why = "the lease is full; give the step a larger lease (--memory, or profile M/L)".to_string();
+            let why = match waited {
+                Some(w) => format!(
+                    "the machine could not lend it in {:.1}s of waiting (the governor's lease timeout): other \
+                     processes hold it",
+                    w.as_secs_f64()
+                ),
+                None => "the lease is full; give the step a larger lease (--memory, or profile M/L)".to_string(),
+            };
             return Err(self.deny(&mut state, reservation, additional, &why));
         }
         self.add(&mut state, reservation, additional);

@@ -11,7 +11,7 @@ use datafusion_execution::memory_pool::{MemoryConsumer, MemoryPool};
 use spillway_governor::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -390,6 +390,8 @@ async fn ledger_an_elastic_pool_holds_what_it_uses() {
         c.sample_interval = Duration::from_secs(3600);
         c.headroom = 0.0;
         c.ledger = Some(LedgerConfig { path: path.clone(), capacity: 100 * MIB, label: label.into() });
+        // What a consumer that cannot spill waits for the machine, at most.
+        c.lease_timeout = Some(Duration::from_millis(300));
         Governor::new(c).unwrap()
     };
     let held = || ledger::read_live(&path).iter().map(|h| h.bytes).sum::<u64>();
@@ -411,9 +413,12 @@ async fn ledger_an_elastic_pool_holds_what_it_uses() {
         .await
         .expect("granted at once")
         .unwrap();
-    // 48 + 40 of 100: 20MiB more does not fit now; refused, not waited for.
+    // 48 + 40 of 100: 20MiB more does not fit now; waited for up to the lease timeout, then
+    // refused saying so.
+    let t = Instant::now();
     let e = state.try_grow(20 * MIB as usize).unwrap_err();
-    assert!(e.to_string().contains("elastic, up to"), "{e}");
+    assert!(t.elapsed() >= Duration::from_millis(300), "waited {:?}", t.elapsed());
+    assert!(e.to_string().contains("elastic, up to") && e.to_string().contains("of waiting"), "{e}");
     state.try_grow(4 * MIB as usize).unwrap();
     drop(other);
     state.try_grow(20 * MIB as usize).unwrap();
@@ -424,4 +429,54 @@ async fn ledger_an_elastic_pool_holds_what_it_uses() {
     drop(state);
     drop(pool);
     assert_eq!(held(), 0);
+}
+
+/// A consumer that cannot spill, of an elastic lease, waits while another process holds the
+/// memory the lease would grow into, and goes on once it is freed (instead of failing its
+/// transaction); a spillable one is refused at once (it spills), and so is growth past the
+/// ceiling (no wait makes the process's own budget larger).
+#[tokio::test]
+async fn ledger_an_elastic_pools_unspillable_growth_waits_for_the_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger");
+    let on_ledger = |label: &str| {
+        let mut c = GovernorConfig::new(100 * MIB);
+        c.sample_interval = Duration::from_secs(3600);
+        c.headroom = 0.0;
+        c.ledger = Some(LedgerConfig { path: path.clone(), capacity: 100 * MIB, label: label.into() });
+        Governor::new(c).unwrap()
+    };
+    let (a, b) = (on_ledger("views"), on_ledger("sql"));
+    let lease = a.lease(LeaseRequest::bytes("views", GROW_STEP as u64)).await.unwrap();
+    let pool: Arc<dyn MemoryPool> = lease.into_pool(PoolOptions {
+        grow_to: Some(a.leasable()),
+        unspillable_reserve: 0.0,
+        ..PoolOptions::default()
+    });
+    let state = MemoryConsumer::new("view q1 (changes in flight)").register(&pool);
+    state.try_grow(40 * MIB as usize).unwrap();
+    let other = b.lease(LeaseRequest::bytes("sql", 50 * MIB)).await.unwrap();
+
+    // Spillable: refused at once. Past the ceiling: refused at once.
+    let sort = MemoryConsumer::new("sort").with_can_spill(true).register(&pool);
+    let t = Instant::now();
+    assert!(sort.try_grow(30 * MIB as usize).is_err());
+    assert!(state.try_grow(80 * MIB as usize).is_err());
+    assert!(t.elapsed() < Duration::from_millis(200), "no wait: {:?}", t.elapsed());
+
+    // 48 + 50 of 100: 20MiB more waits until the other process lets its lease go.
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        let got = state.try_grow(20 * MIB as usize);
+        (got.map(|_| state.size()), t.elapsed(), state)
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let finished_early = waiter.is_finished();
+    drop(other);
+    let (got, waited, _state) = waiter.join().unwrap();
+    assert!(!finished_early, "waits while the machine cannot lend it: {got:?}");
+    assert_eq!(got.unwrap(), 60 * MIB as usize);
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
+    assert_eq!(pool.reserved(), 60 * MIB as usize);
+    assert!(waited < Duration::from_secs(5), "went on once freed: {waited:?}");
 }
