@@ -10,7 +10,7 @@
 //! what lets a delete say only the key.
 
 use crate::arrange::Arrangement;
-use crate::compact::StateCodec;
+use crate::compact::{Encoded, StateCodec};
 use crate::error::{Result, ViewError};
 use crate::zset::ZSet;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -93,6 +93,14 @@ pub fn unkeyed(table: &str, batch: &RecordBatch, schema: &SchemaRef) -> Result<Z
     Ok(ZSet::new(rows, weights))
 }
 
+/// A change batch of a [`KeyedTable`], decoded and encoded, before it is applied.
+pub struct Prepared {
+    rows_batch: RecordBatch,
+    ops: Vec<Op>,
+    keys: Encoded,
+    rows: Encoded,
+}
+
 /// A table with a key: its current rows by key.
 pub struct KeyedTable {
     name: String,
@@ -162,9 +170,30 @@ impl KeyedTable {
 
     /// The Z-set of a change batch, applied to the table: deletes by key retract the row held.
     pub fn apply(&mut self, batch: &RecordBatch) -> Result<ZSet> {
+        let prepared = self.prepare(batch)?;
+        self.apply_prepared(prepared)
+    }
+
+    /// A change batch read and encoded, not yet applied: [`KeyedTable::growth`] says what
+    /// applying it may allocate, so that it is reserved first.
+    pub fn prepare(&self, batch: &RecordBatch) -> Result<Prepared> {
         let (rows_batch, ops) = decode(&self.name, batch, &self.schema)?;
         let keys = self.keys.encode(&self.key.iter().map(|&i| rows_batch.column(i).clone()).collect::<Vec<_>>())?;
         let rows = self.rows.encode_batch(&rows_batch)?;
+        Ok(Prepared { rows_batch, ops, keys, rows })
+    }
+
+    /// At most what applying `p` allocates: its inserted and upserted rows added to the table
+    /// (a row it replaces leaves dead bytes, freed by a later rewrite).
+    pub fn growth(&self, p: &Prepared) -> usize {
+        let added = p.ops.iter().enumerate().filter(|(_, op)| matches!(op, Op::Insert | Op::Upsert));
+        let (n, bytes) = added.fold((0, 0), |(n, b), (i, _)| (n + 1, b + p.keys.row(i).len() + p.rows.row(i).len()));
+        self.by_key.growth(n, bytes)
+    }
+
+    /// Applies a batch [`KeyedTable::prepare`]d (see [`KeyedTable::apply`]).
+    pub fn apply_prepared(&mut self, p: Prepared) -> Result<ZSet> {
+        let Prepared { rows_batch, ops, keys, rows } = p;
         let mut out_rows: Vec<Box<[u8]>> = Vec::new();
         let mut weights: Vec<i64> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
@@ -199,6 +228,12 @@ impl KeyedTable {
         self.by_key.clear();
         let n = batch.num_rows();
         ZSet::new(batch, vec![-1; n]).with_schema(self.schema.clone())
+    }
+
+    /// At most what [`KeyedTable::absorb`] of `z` allocates (its rows of weight +1 added).
+    pub fn absorb_growth(&self, z: &ZSet) -> usize {
+        let added = z.weights.iter().filter(|w| **w > 0).count();
+        self.by_key.growth(added, if added > 0 { z.slice_bytes() } else { 0 })
     }
 
     /// Applies a Z-set already resolved against this table (a replayed transaction): rows of

@@ -539,8 +539,11 @@ impl Views {
             let change_err = |source: ViewError| Error::Change { file: a.file.clone().into(), error: source };
             for z in views.store.pieces(a.seq, &schema)? {
                 let z = z?;
-                if let Some(k) = views.keyed.get_mut(&a.table) {
-                    k.absorb(&z).map_err(change_err)?;
+                if let Some(ahead) = views.keyed.get(&a.table).map(|k| k.absorb_growth(&z)) {
+                    views.charge_table(&a.table, Some(&a.file), ahead)?;
+                    if let Some(k) = views.keyed.get_mut(&a.table) {
+                        k.absorb(&z).map_err(change_err)?;
+                    }
                     views.charge_table(&a.table, Some(&a.file), 0)?;
                 }
                 let changed = views.transaction(&a.table, &Change::memory(z), &a.file).await?;
@@ -694,6 +697,21 @@ impl Views {
         let Err(e) = res.try_resize(want) else { return Ok(()) };
         let sizes = self.live.iter().map(|(n, l)| (state_bytes(l) as u64, n.as_str())).collect();
         Err(over_lease(name, want, sizes, e, &self.ctx.runtime_env().memory_pool, file))
+    }
+
+    /// A change batch of `table`, if it is kept by key, applied to its rows after what it adds
+    /// is reserved (refused as a table's growth is, naming `file`); the Z-set it makes, or
+    /// `None` for a table not kept by key. `path` names the change in errors.
+    fn apply_keyed(&mut self, table: &str, batch: &RecordBatch, file: &str, path: &Path) -> Result<Option<ZSet>> {
+        let change_err = |source: ViewError| Error::Change { file: path.to_path_buf(), error: source };
+        let Some(k) = self.keyed.get(table) else { return Ok(None) };
+        let prepared = k.prepare(batch).map_err(change_err)?;
+        let ahead = k.growth(&prepared);
+        self.charge_table(table, Some(file), ahead)?;
+        match self.keyed.get_mut(table) {
+            Some(k) => Ok(Some(k.apply_prepared(prepared).map_err(change_err)?)),
+            None => Ok(None),
+        }
     }
 
     /// Resizes the reservation of the rows kept of table `table` (by key, so that a delete or an
@@ -1020,8 +1038,8 @@ impl Views {
             batches.try_next().await.map_err(|e| Error::at(path, 1, format!("reading the change file: {e}")))?
         {
             rows += b.num_rows() as u64;
-            let z = match self.keyed.get_mut(table) {
-                Some(k) => k.apply(&b).map_err(change_err)?,
+            let z = match self.apply_keyed(table, &b, &rel, path)? {
+                Some(z) => z,
                 None => changes::unkeyed(table, &b, &schema).map_err(change_err)?,
             };
             spool.push(z).map_err(change_err)?;
@@ -1163,8 +1181,9 @@ impl Views {
                 let schema = self.schemas[&name].clone();
                 let file = PathBuf::from(format!("postgres:{}", feed.slot.spec.slot));
                 let change_err = |source: ViewError| Error::Change { file: file.clone(), error: source };
-                let z = match self.keyed.get_mut(&name) {
-                    Some(k) => k.apply(&batch).map_err(change_err)?,
+                let source = format!("postgres:{}", feed.slot.spec.slot);
+                let z = match self.apply_keyed(&name, &batch, &source, &file)? {
+                    Some(z) => z,
                     None => changes::unkeyed(&name, &batch, &schema).map_err(change_err)?,
                 };
                 self.tidy_table(&name);
