@@ -311,11 +311,12 @@ impl LeasePool {
             .map(|c| format!("{}{} {}", c.name, if c.can_spill { "" } else { "*" }, fmt_bytes(c.size)))
             .collect::<Vec<_>>()
             .join(", ");
-        let elastic = match self.elastic {
-            true => format!(" (elastic, up to {}: the machine could not lend more now)", fmt_bytes(self.max)),
-            false => String::new(),
-        };
         let lease_now = self.limit.load(Ordering::Relaxed);
+        let elastic = match (self.elastic, lease_now < self.max) {
+            (true, true) => format!(" (elastic, up to {}: the machine could not lend more now)", fmt_bytes(self.max)),
+            (true, false) => format!(" (elastic, grown to its ceiling, {})", fmt_bytes(self.max)),
+            (false, _) => String::new(),
+        };
         let limit = self.effective_limit();
         let squeezed = if limit < lease_now {
             format!(" (usable now {}: untracked memory outgrew the headroom)", fmt_bytes(limit))
