@@ -159,10 +159,10 @@ impl LeasePool {
         self.max as u64
     }
 
-    /// An elastic lease grows (without waiting: see `wait_for_machine`) so that `needed` bytes fit, by whole steps and up
-    /// to its ceiling; whether they fit now. It also covers the untracked memory beyond the
-    /// headroom (a fixed lease gives up a share of itself for it instead): that memory is this
-    /// process's, and the machine must not lend it to another.
+    /// An elastic lease grows (without waiting: see `wait_for_machine`) so that `needed` bytes
+    /// fit, by whole steps and up to its ceiling; whether they fit now. It also covers the
+    /// untracked memory beyond the headroom (a fixed lease gives up a share of itself for it
+    /// instead): that memory is this process's, and the machine must not lend it to another.
     fn grow_lease(&self, needed: usize) -> bool {
         if !self.elastic {
             return needed <= self.limit.load(Ordering::Relaxed);

@@ -377,25 +377,28 @@ async fn ledger_a_lease_waits_for_another_governors_release() {
     assert!(e.to_string().contains("at most 100MiB"), "{e}");
 }
 
+/// A governor of 100MiB, one process of several on the 100MiB ledger at `path`: what cannot
+/// spill in an elastic lease waits for the machine up to `wait` (its lease timeout).
+fn on_ledger(path: &std::path::Path, label: &str, wait: Duration) -> Governor {
+    let mut c = GovernorConfig::new(100 * MIB);
+    c.sample_interval = Duration::from_secs(3600);
+    c.headroom = 0.0;
+    c.ledger = Some(LedgerConfig { path: path.to_path_buf(), capacity: 100 * MIB, label: label.into() });
+    c.lease_timeout = Some(wait);
+    Governor::new(c).unwrap()
+}
+
 /// An elastic pool (`grow_to`) on a machine-wide ledger of 100MiB: its lease starts at one
 /// step and follows what is reserved, so another governor (process) gets a lease beside it;
-/// growth the machine cannot lend now is refused at once (never waits), and what is freed goes
-/// back to the ledger.
+/// growth the machine cannot lend now is waited for up to the lease timeout, then refused, and
+/// what is freed goes back to the ledger.
 #[tokio::test]
 async fn ledger_an_elastic_pool_holds_what_it_uses() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger");
-    let on_ledger = |label: &str| {
-        let mut c = GovernorConfig::new(100 * MIB);
-        c.sample_interval = Duration::from_secs(3600);
-        c.headroom = 0.0;
-        c.ledger = Some(LedgerConfig { path: path.clone(), capacity: 100 * MIB, label: label.into() });
-        // What a consumer that cannot spill waits for the machine, at most.
-        c.lease_timeout = Some(Duration::from_millis(300));
-        Governor::new(c).unwrap()
-    };
+    let governor = |label: &str| on_ledger(&path, label, Duration::from_millis(300));
     let held = || ledger::read_live(&path).iter().map(|h| h.bytes).sum::<u64>();
-    let (a, b) = (on_ledger("views"), on_ledger("sql"));
+    let (a, b) = (governor("views"), governor("sql"));
     let step = GROW_STEP as u64;
     let lease = a.lease(LeaseRequest::bytes("views", step)).await.unwrap();
     let pool: Arc<dyn MemoryPool> = lease.into_pool(PoolOptions {
@@ -439,14 +442,8 @@ async fn ledger_an_elastic_pool_holds_what_it_uses() {
 async fn ledger_an_elastic_pools_unspillable_growth_waits_for_the_machine() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger");
-    let on_ledger = |label: &str| {
-        let mut c = GovernorConfig::new(100 * MIB);
-        c.sample_interval = Duration::from_secs(3600);
-        c.headroom = 0.0;
-        c.ledger = Some(LedgerConfig { path: path.clone(), capacity: 100 * MIB, label: label.into() });
-        Governor::new(c).unwrap()
-    };
-    let (a, b) = (on_ledger("views"), on_ledger("sql"));
+    let governor = |label: &str| on_ledger(&path, label, Duration::from_secs(60));
+    let (a, b) = (governor("views"), governor("sql"));
     let lease = a.lease(LeaseRequest::bytes("views", GROW_STEP as u64)).await.unwrap();
     let pool: Arc<dyn MemoryPool> = lease.into_pool(PoolOptions {
         grow_to: Some(a.leasable()),

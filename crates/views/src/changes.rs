@@ -230,7 +230,8 @@ impl KeyedTable {
         ZSet::new(batch, vec![-1; n]).with_schema(self.schema.clone())
     }
 
-    /// At most what [`KeyedTable::absorb`] of `z` allocates (its rows of weight +1 added).
+    /// What [`KeyedTable::absorb`] of `z` may allocate: its rows of weight +1 added, their bytes
+    /// estimated from their Arrow size (as the current rows' growth is; `absorb` encodes them).
     pub fn absorb_growth(&self, z: &ZSet) -> usize {
         let added = z.weights.iter().filter(|w| **w > 0).count();
         self.by_key.growth(added, if added > 0 { z.slice_bytes() } else { 0 })

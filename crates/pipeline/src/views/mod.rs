@@ -1181,7 +1181,7 @@ impl Views {
                 let schema = self.schemas[&name].clone();
                 let file = PathBuf::from(format!("postgres:{}", feed.slot.spec.slot));
                 let change_err = |source: ViewError| Error::Change { file: file.clone(), error: source };
-                let source = format!("postgres:{}", feed.slot.spec.slot);
+                let source = file.display().to_string();
                 let z = match self.apply_keyed(&name, &batch, &source, &file)? {
                     Some(z) => z,
                     None => changes::unkeyed(&name, &batch, &schema).map_err(change_err)?,
