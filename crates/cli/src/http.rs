@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use spillway_pipeline::views::serve::{metrics_text, Memory, Shared, Snapshot};
+use spillway_live::serve::{metrics_text, Memory, Shared, Snapshot};
 use std::sync::Arc;
 
 /// Reads the process's memory now.

@@ -6,7 +6,7 @@ use crate::args::GlobalArgs;
 use anyhow::{Context, Result};
 use spillway_governor::limits::{self, Cores};
 use spillway_governor::{Budget, ByteSize, GovernorConfig, LedgerConfig, MemorySpec};
-use spillway_pipeline::Config;
+use spillway_project::Config;
 use std::path::{Path, PathBuf};
 
 /// The budget used when neither a flag, `SPILLWAY_MEMORY` nor the config file sets one.

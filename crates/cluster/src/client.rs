@@ -1,7 +1,7 @@
 //! The client side: whether a scheduler answers, a session whose queries run on it, and what
 //! Ballista reports of a finished job.
 
-use crate::{ClusterUrl, Error, Result};
+use crate::{Error, Result};
 use ballista::prelude::SessionContextExt;
 use ballista_core::execution_plans::DistributedQueryExec;
 use ballista_core::extension::SessionConfigExt;
@@ -12,6 +12,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_proto::protobuf::LogicalPlanNode;
+use spillway_project::ClusterUrl;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -4,11 +4,12 @@
 //! the machine's), sorts and aggregates spill into its work folder, and pressure measured by
 //! jemalloc makes them spill early, as in a local run.
 
-use crate::{ClusterUrl, Result};
+use crate::Result;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use spillway_governor::{fmt_bytes, Governor, GovernorConfig, LeaseRequest, PoolOptions};
+use spillway_project::ClusterUrl;
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -21,10 +21,8 @@
 pub mod client;
 pub mod executor;
 pub mod local;
-mod url;
 
 pub use client::{check, job, session, JobGuard, JobInfo};
-pub use url::ClusterUrl;
 
 /// The largest gRPC message the executors send and the client and executors accept: a batch
 /// of wide rows fetched from a shuffle or a result partition is one Arrow Flight message, and
@@ -35,14 +33,6 @@ pub const GRPC_MESSAGE_LIMIT: usize = 256 << 20;
 /// What can go wrong talking to or running a cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `[engine] url` (or `--scheduler`) is not a `df://host:port` URL.
-    #[error("{url:?} is not a Ballista scheduler URL: {why} (write df://host:port, e.g. df://localhost:50050)")]
-    Url {
-        /// As written.
-        url: String,
-        /// What is wrong with it.
-        why: String,
-    },
     /// The scheduler does not answer.
     #[error(
         "the Ballista cluster at {url} is not reachable: {why}; start one with `spillway cluster up` \
@@ -50,7 +40,7 @@ pub enum Error {
     )]
     Down {
         /// The scheduler.
-        url: ClusterUrl,
+        url: spillway_project::ClusterUrl,
         /// The connection error.
         why: String,
     },

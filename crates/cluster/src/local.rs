@@ -5,7 +5,7 @@
 //! otherwise). Stopping (or dropping) the cluster stops the executors, removes their cgroups and
 //! their work folders; an executor whose parent dies is sent SIGTERM by the kernel.
 
-use crate::{ClusterUrl, Error, Result};
+use crate::{Error, Result};
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
@@ -14,6 +14,7 @@ use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use spillway_governor::fmt_bytes;
 use spillway_isolate::cgroup::Cgroup;
 use spillway_isolate::Confinement;
+use spillway_project::ClusterUrl;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -30,6 +30,7 @@
 // Errors carry their numbers as text for one-line messages; they are rare and cold.
 #![allow(clippy::result_large_err)]
 
+pub mod chart;
 mod code;
 mod config;
 mod error;

@@ -6,10 +6,7 @@
 //! CSV sample) and as empty tables of the generated schema for a `tpch` source not generated
 //! yet. Each model's output schema then stands in, as an empty table, for the model downstream.
 
-use crate::dag::{sql_error_line, Dag};
 use crate::error::{Error, Result};
-use crate::project::{line_of, Project, SourceDef};
-use crate::sources;
 use datafusion::catalog::TableProvider;
 use datafusion::common::SchemaError;
 use datafusion::datasource::empty::EmptyTable;
@@ -17,6 +14,9 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use spillway_engine::{tables, tpch};
 use spillway_postgres::PgTable;
+use spillway_project::dag::{sql_error_line, Dag};
+use spillway_project::sources;
+use spillway_project::{line_of, Project, SourceDef};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -46,7 +46,7 @@ pub async fn validate_and_open(project: &Project, select: Option<&str>) -> Resul
         Some(sel) => dag.select(sel).map_err(Error::Usage)?,
         None => dag.order.clone(),
     };
-    let mut problems = sources::missing_files(project);
+    let mut problems: Vec<Error> = sources::missing_files(project).into_iter().map(Error::from).collect();
     if !problems.is_empty() {
         return Err(Error::many(problems).expect("non-empty"));
     }
@@ -98,7 +98,7 @@ pub async fn validate_and_open(project: &Project, select: Option<&str>) -> Resul
     let mut failed: BTreeMap<&str, ()> = BTreeMap::new();
     for (name, e) in broken {
         failed.insert(project.models.get_key_value(&name).map(|(k, _)| k.as_str()).unwrap_or_default(), ());
-        problems.push(e);
+        problems.push(e.into());
     }
     let selected: BTreeSet<&String> = models.iter().collect();
     for name in &dag.order {

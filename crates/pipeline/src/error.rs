@@ -1,4 +1,4 @@
-//! The pipeline's error type: every variant names the file (and line where known).
+//! The batch runner's error type: every variant names the file (and line where known).
 
 use std::path::PathBuf;
 
@@ -27,23 +27,12 @@ pub enum Error {
     /// A problem with how the run was asked for (e.g. a selection naming no model).
     #[error("{0}")]
     Usage(String),
-    /// Another process writes the views store (one `views apply` or `views serve` at a time).
-    #[error(
-        "{}: the views are being written by {holder}: stop it first (`spillway views status` reads them meanwhile)",
-        dir.display()
-    )]
-    ViewsLocked {
-        /// The store (`.spillway/views/`).
-        dir: PathBuf,
-        /// Who holds the lock: its pid and command.
-        holder: String,
-    },
-    /// Models depend on each other in a cycle.
-    #[error("dependency cycle: {0}")]
-    Cycle(String),
     /// Several problems, each on its own line (validation reports all it finds).
     #[error("{} problems:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Many(Vec<Error>),
+    /// The project as written is wrong, or one of its sources cannot be read.
+    #[error(transparent)]
+    Project(#[from] spillway_project::Error),
     /// Setting up a query session, reading a source or writing an output failed.
     #[error(transparent)]
     Engine(#[from] spillway_engine::Error),
@@ -66,52 +55,6 @@ pub enum Error {
     /// Loading into or reading from PostgreSQL failed (names the sink or source and table).
     #[error(transparent)]
     Postgres(#[from] spillway_postgres::Error),
-    /// A view cannot be planned or maintained (names its file and the line of the operator).
-    #[error("{}:{line}: view {view}: {error}", path.display())]
-    View {
-        /// The view.
-        view: String,
-        /// Its file.
-        path: PathBuf,
-        /// 1-based line (of the operator refused, where found).
-        line: usize,
-        /// What the engine said (shown in this message, so not also as its cause).
-        error: spillway_views::ViewError,
-    },
-    /// A change file cannot be applied: nothing of it was (its transaction is not recorded).
-    #[error("{}: {error}", file.display())]
-    Change {
-        /// The change file.
-        file: PathBuf,
-        /// Why (shown in this message, so not also as its cause).
-        error: spillway_views::ViewError,
-    },
-    /// A view's state does not fit in the views' lease: the transaction (or population) that
-    /// grew it is not committed.
-    #[error(
-        "view {view}: its state ({}) does not fit in the views' lease of {} ({}); the views hold {} in all, the largest {largest}. Views' state is kept in memory: give the process more (--memory){}",
-        spillway_governor::fmt_bytes(*state),
-        spillway_governor::fmt_bytes(*lease),
-        reason,
-        spillway_governor::fmt_bytes(*total),
-        match file { Some(f) => format!("; {} is not applied", f.display()), None => String::new() }
-    )]
-    ViewMemory {
-        /// The view whose state grew.
-        view: String,
-        /// Its state, bytes.
-        state: u64,
-        /// Every view's state, bytes.
-        total: u64,
-        /// The lease, bytes.
-        lease: u64,
-        /// The largest views and their state (`q18 1.9GiB, q21 1.8GiB`).
-        largest: String,
-        /// What the pool said.
-        reason: String,
-        /// The change file whose transaction grew it (none during population).
-        file: Option<PathBuf>,
-    },
     /// An isolated model's child process was killed by the kernel's OOM killer at its cgroup's
     /// limit.
     #[error(
@@ -179,9 +122,11 @@ impl Error {
     /// retry with a bigger lease or a disk hand-off can fix.
     pub fn is_resources_exhausted(&self) -> bool {
         match self {
-            Error::Engine(e) => e.is_resources_exhausted(),
+            Error::Engine(e) | Error::Project(spillway_project::Error::Engine(e)) => e.is_resources_exhausted(),
             Error::Tiers(spillway_tiers::Error::DataFusion(e)) => spillway_engine::is_resources_exhausted(e),
-            Error::Postgres(e) => e.input_error().is_some_and(spillway_engine::is_resources_exhausted),
+            Error::Postgres(e) | Error::Project(spillway_project::Error::Postgres(e)) => {
+                e.input_error().is_some_and(spillway_engine::is_resources_exhausted)
+            }
             Error::Child { resources_exhausted, .. } => *resources_exhausted,
             _ => false,
         }

@@ -1,17 +1,11 @@
-//! SQL model projects: a folder with `spillway.toml` and `models/*.sql`, one `SELECT` per file.
+//! The batch runner: a project's models (`models/*.sql`, one `SELECT` per file) validated and run
+//! under the budget, with run results, resume and reports. The project as written (config,
+//! models, DAG, sources) is `spillway-project`'s; live views are `spillway-live`'s.
 //!
 //! # Crate overview
 //!
 //! ```text
-//!   Config::load      spillway.toml, typed, read once (+ --set): budget, temp space, [governor],
-//!        │            [defaults], [sources.*], [sinks.*], [models.*]
-//!   Project::from_config(dir, &config)
-//!        │              models/*.sql  (+ leading `-- spillway: key=value` settings)
-//!        ▼
-//!   Dag::build(&project)  tables referenced by each model (DataFusion's SQL parser)
-//!        │                → upstream models, source tables, run order; cycles and unknown
-//!        ▼                  tables are errors with file and line
-//!   Dag::select("+model")  dbt-style selection
+//!   spillway_project::{Config, Project, dag::Dag}   the project as written, its DAG, a selection
 //!        ▼
 //!   check::validate       every model planned against its inputs' schemas: all problems at once
 //!        ▼
@@ -30,23 +24,13 @@
 #![allow(clippy::result_large_err)]
 
 pub mod check;
-pub mod config;
-mod dag;
 mod error;
 pub mod manifest;
-mod project;
 pub mod report;
 pub mod results;
 pub mod resume;
 pub mod run;
-mod settings;
-pub mod sources;
-pub mod views;
 
-pub use config::{Config, ConfigFile, EngineSection, GovernorSection};
-pub use dag::Dag;
 pub use error::{Error, Result};
-pub use project::{CdcSource, Model, Project, Refresh, SinkDef, SinkTarget, SourceDef, ViewDef, TPCH_TABLES};
 pub use results::{Event, OnCluster, RunResults, Status, StepResult};
 pub use run::{isolates, on_cluster, Observer, RunOptions};
-pub use settings::{Class, Engine, LeaseSpec, ModelSettings, SettingsTable};

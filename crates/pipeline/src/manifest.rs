@@ -16,11 +16,12 @@
 //! source's scale factor, a PostgreSQL table's oid, relfilenode and change counters. A
 //! PostgreSQL *query* source has no identity, so a model reading one is never reused.
 
-use crate::dag::Dag;
 use crate::error::{Error, Result};
-use crate::project::{Project, SourceDef};
 use crate::results::Status;
 use serde::{Deserialize, Serialize};
+use spillway_project::dag::Dag;
+use spillway_project::fingerprint::hash;
+use spillway_project::{Project, SourceDef};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -209,42 +210,6 @@ pub fn state_path(project_dir: &Path, model: &str) -> PathBuf {
     project_dir.join(".spillway").join("state").join(format!("{safe}.parquet"))
 }
 
-/// FNV-1a, 64 bits: stable across processes and Rust versions (std's hasher is neither).
-pub(crate) fn hash(parts: &[&[u8]]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.iter().chain(std::iter::once(&0xffu8)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
-}
-
-/// [`hash`] of a file's content as one part, read through a 64KiB buffer (the file is never held
-/// whole in memory).
-pub(crate) fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut buf = vec![0u8; 64 << 10];
-    let mut len = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        len += n as u64;
-        for b in &buf[..n] {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h ^= 0xff;
-    h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    Ok((format!("{h:016x}"), len))
-}
-
 /// What identifies a source's data now, per source name (`None`: cannot be identified).
 pub fn source_identities(project: &Project, postgres: &BTreeMap<String, String>) -> BTreeMap<String, Option<String>> {
     project
@@ -344,26 +309,4 @@ pub fn fingerprints(
         out.insert(name.clone(), Fingerprint { total, sql, settings, upstream, sources });
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hash_file_is_hash_of_the_content_as_one_part() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&p, &content).unwrap();
-        assert_eq!(hash_file(&p).unwrap(), (hash(&[&content]), content.len() as u64));
-    }
-
-    #[test]
-    fn hash_is_stable_and_separates_parts() {
-        assert_eq!(hash(&[b"a"]), hash(&[b"a"]));
-        assert_ne!(hash(&[b"ab", b"c"]), hash(&[b"a", b"bc"]));
-        // Fixed value: a change here invalidates every kept output, so it must be deliberate.
-        assert_eq!(hash(&[b""]), "af64724c8602eb6e");
-    }
 }

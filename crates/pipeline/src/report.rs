@@ -1,17 +1,13 @@
 //! `report.html`: one self-contained page (inline SVG and CSS, no scripts, nothing fetched) that
 //! shows a run: a summary, the memory timeline (budget line, resident and allocated memory,
-//! each model's lease as a band), a lane per model, and the steps table. [`render_serve`] is the
-//! same page for a `views serve` session: the timeline with the views' state, hydration and
-//! transactions marked, and a row per view.
+//! each model's lease as a band), a lane per model, and the steps table. A `views serve`
+//! session's page is `spillway_live::report`'s; both draw with `spillway_governor::chart`.
 
 use crate::results::{RunResults, Status};
-use crate::views::serve::{Mark, Memory, Snapshot};
+use spillway_governor::chart::{axes, card, esc, secs, CSS, H, LEFT, W};
 use spillway_governor::{fmt_bytes, Sample};
 use std::fmt::Write;
 
-const W: f64 = 1000.0;
-const H: f64 = 300.0;
-const LEFT: f64 = 70.0;
 const COLORS: [&str; 10] =
     ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
 
@@ -124,120 +120,6 @@ fn chart(results: &RunResults, timeline: &[Sample]) -> String {
     s
 }
 
-/// The report of a `views serve` session: its snapshot, memory now, marks and memory timeline.
-pub fn render_serve(snapshot: &Snapshot, memory: &Memory, marks: &[Mark], timeline: &[Sample]) -> String {
-    let mut h = String::new();
-    let title = "spillway views serve";
-    let _ = write!(
-        h,
-        "<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title><style>{CSS}</style></head><body><h1>{title}</h1><p class=sub>started {} · {} · {} transaction(s) in the log</p>",
-        esc(&snapshot.started_at),
-        format!("{:?}", snapshot.phase).to_lowercase(),
-        snapshot.transactions
-    );
-    let peak = timeline.iter().map(|s| s.rss_anon).max().unwrap_or(0);
-    let _ = write!(
-        h,
-        "<div class=cards>{}{}{}{}{}{}{}</div>",
-        card("views", &format!("{} of {} populated", snapshot.views_populated, snapshot.views_total)),
-        card("hydration", &secs(snapshot.populate_ms)),
-        card("applied", &format!("{} files, {} rows", snapshot.applied_now, snapshot.change_rows)),
-        card("latency p50 / p99", &format!("{:.1}ms / {:.1}ms", snapshot.latency.p50_ms, snapshot.latency.p99_ms)),
-        card("budget", &fmt_bytes(memory.budget)),
-        card(
-            "peak resident",
-            &format!("{} ({:.0}% of budget)", fmt_bytes(peak), peak as f64 * 100.0 / memory.budget.max(1) as f64)
-        ),
-        card("views' state", &fmt_bytes(memory.state)),
-    );
-    h.push_str("<h2>Memory</h2>");
-    let end_ms = timeline.last().map_or(1, |s| s.t_ms).max(marks.last().map_or(1, |m| m.t_ms)).max(1) as f64;
-    let top = timeline
-        .iter()
-        .map(|s| s.rss_anon.max(s.allocated))
-        .chain(marks.iter().map(|m| m.state_bytes))
-        .max()
-        .unwrap_or(0);
-    let ymax = (memory.budget as f64 * 1.15).max(top as f64 * 1.05).max(1.0);
-    let x = |t: u64| LEFT + (t as f64 / end_ms) * (W - LEFT - 10.0);
-    let y = |b: u64| H - 20.0 - (b as f64 / ymax) * (H - 30.0);
-    let mut s = format!("<svg class=chart viewBox='0 0 {W} {H}' role=img aria-label='memory timeline'>");
-    axes(&mut s, ymax, end_ms, &x, &y);
-    if let Some(m) = marks.iter().find(|m| m.hydrated) {
-        let _ = write!(s, "<rect class=prep x='{LEFT}' y='10' width='{:.1}' height='{:.1}'/><text class=axis x='{:.1}' y='24'>hydrating</text>", x(m.t_ms) - LEFT, H - 30.0, LEFT + 4.0);
-    }
-    // One tick per transaction (at most one per pixel column).
-    let mut last_x = f64::NEG_INFINITY;
-    for m in marks.iter().filter(|m| !m.hydrated) {
-        if x(m.t_ms) - last_x >= 1.0 {
-            last_x = x(m.t_ms);
-            let _ = write!(
-                s,
-                "<line class=tick x1='{last_x:.1}' x2='{last_x:.1}' y1='{:.1}' y2='{:.1}'/>",
-                H - 20.0,
-                H - 26.0
-            );
-        }
-    }
-    let _ = write!(s, "<line class=budget x1='{LEFT}' x2='{}' y1='{:.1}' y2='{:.1}'/><text class='axis budget' x='{}' y='{:.1}' text-anchor=end>budget {}</text>", W - 10.0, y(memory.budget), y(memory.budget), W - 12.0, y(memory.budget) - 4.0, fmt_bytes(memory.budget));
-    let step = (timeline.len() / 2000).max(1);
-    for (class, f) in
-        [("resident", (|s: &Sample| s.rss_anon) as fn(&Sample) -> u64), ("allocated", |s: &Sample| s.allocated)]
-    {
-        let points: Vec<String> =
-            timeline.iter().step_by(step).map(|smp| format!("{:.1},{:.1}", x(smp.t_ms), y(f(smp)))).collect();
-        if !points.is_empty() {
-            let _ = write!(s, "<polyline class={class} points='{}'/>", points.join(" "));
-        }
-    }
-    let step = (marks.len() / 2000).max(1);
-    let points: Vec<String> =
-        marks.iter().step_by(step).map(|m| format!("{:.1},{:.1}", x(m.t_ms), y(m.state_bytes))).collect();
-    if !points.is_empty() {
-        let _ = write!(s, "<polyline class=state points='{}'/>", points.join(" "));
-    }
-    s.push_str("</svg><p class=legend><span class='key resident'></span>resident <span class='key allocated'></span>allocated <span class='key state'></span>views' state <span class='key budget'></span>budget; ticks: transactions</p>");
-    h.push_str(&s);
-    h.push_str("<h2>Views</h2><table><thead><tr><th>view</th><th>refresh</th><th>rows</th><th>state</th><th>transactions</th><th>change rows</th><th>busy</th><th>last change</th></tr></thead><tbody>");
-    for v in &snapshot.views {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td></tr>",
-            esc(&v.name),
-            esc(&v.refresh),
-            v.rows,
-            fmt_bytes(v.state_bytes),
-            v.transactions,
-            v.change_rows,
-            secs(v.busy_us / 1000),
-            esc(v.last_change.as_deref().unwrap_or("-"))
-        );
-    }
-    h.push_str("</tbody></table><p class=sub>Resident = anonymous RSS (what the budget governs). Views' state = the bytes of operator state the views are charged, after each transaction. All state is held in memory.</p></body></html>\n");
-    h
-}
-
-/// The byte grid (five lines, labelled) and the time axis (six labels) of a memory chart.
-fn axes(s: &mut String, ymax: f64, end_ms: f64, x: &dyn Fn(u64) -> f64, y: &dyn Fn(u64) -> f64) {
-    for k in 0..=4 {
-        let b = (ymax * k as f64 / 4.0) as u64;
-        let _ = write!(
-            s,
-            "<line class=grid x1='{LEFT}' x2='{}' y1='{:.1}' y2='{:.1}'/><text class=axis x='{}' y='{:.1}' text-anchor=end>{}</text>",
-            W - 10.0,
-            y(b),
-            y(b),
-            LEFT - 4.0,
-            y(b) + 4.0,
-            fmt_bytes(b)
-        );
-    }
-    for k in 0..=5 {
-        let t = (end_ms * k as f64 / 5.0) as u64;
-        let _ = write!(s, "<text class=axis x='{:.1}' y='{}' text-anchor=middle>{}</text>", x(t), H - 4.0, secs(t));
-    }
-}
-
 fn lanes(results: &RunResults) -> String {
     let end_ms = results.elapsed_ms.max(1) as f64;
     let row = 22.0;
@@ -335,34 +217,3 @@ fn table(results: &RunResults) -> String {
     s.push_str("</tbody></table>");
     s
 }
-
-fn card(label: &str, value: &str) -> String {
-    format!("<div class=card><div class=label>{}</div><div class=value>{}</div></div>", esc(label), esc(value))
-}
-
-fn secs(ms: u64) -> String {
-    if ms < 10_000 {
-        format!("{:.2}s", ms as f64 / 1000.0)
-    } else {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    }
-}
-
-/// Escapes text for HTML.
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\'', "&#39;").replace('"', "&quot;")
-}
-
-const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:24px auto;max-width:1060px;color:#222}\
-h1{font-size:20px;margin:0}h2{font-size:16px;margin:24px 0 8px}.sub{color:#666}\
-.cards{display:flex;gap:12px;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:140px}\
-.label{color:#666;font-size:12px}.value{font-size:16px;font-weight:600}\
-svg{width:100%;height:auto;display:block}.grid{stroke:#eee}.axis{font-size:11px;fill:#666}\
-line.budget{stroke:#d62728;stroke-width:1.5;stroke-dasharray:6 4}line.leasable{stroke:#999;stroke-dasharray:3 3}text.budget{fill:#d62728}text.leasable{fill:#999}.prep{fill:#f4f4f4}\
-.resident{fill:none;stroke:#1f4e99;stroke-width:1.8}.allocated{fill:none;stroke:#f28e2b;stroke-width:1.2}\
-.band{opacity:.22}.wait{fill:#ddd}.lane{font-size:12px}.skip{fill:#999}\
-.legend{font-size:12px;color:#444}.key{display:inline-block;width:14px;height:3px;margin:0 4px 3px 10px;vertical-align:middle}\
-.state{fill:none;stroke:#59a14f;stroke-width:1.5}.key.state{background:#59a14f}.tick{stroke:#888}\
-.key.resident{background:#1f4e99}.key.allocated{background:#f28e2b}.key.budget{background:#d62728}.key.leasable{background:#999}.key.band{background:#4e79a7;opacity:.3;height:10px}\
-table{border-collapse:collapse;width:100%;margin-top:12px;font-size:13px}th,td{border-bottom:1px solid #eee;padding:4px 6px;text-align:left;vertical-align:top}\
-td.n{text-align:right;white-space:nowrap}.note{color:#555;max-width:300px;overflow-wrap:anywhere}.ok{color:#2a7d2a}.err{color:#c62828}";

@@ -14,10 +14,10 @@
 //! A reused model is not run: its downstream models read its kept file, and its record is copied
 //! into the new run's manifest (with `reused_from`), so a resume of a resume works.
 
-use crate::dag::Dag;
 use crate::manifest::{Fingerprint, Manifest, ModelRecord};
-use crate::project::{Project, SinkTarget};
 use crate::results::Status;
+use spillway_project::dag::Dag;
+use spillway_project::{Project, SinkTarget};
 use spillway_tiers::FileFormat;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

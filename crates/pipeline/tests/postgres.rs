@@ -4,8 +4,9 @@
 
 use spillway_governor::{Governor, GovernorConfig};
 use spillway_pipeline::run::{run, RunOptions};
-use spillway_pipeline::{Project, RunResults, Status};
+use spillway_pipeline::{RunResults, Status};
 use spillway_postgres::testing::TestServer;
+use spillway_project::Project;
 use std::path::Path;
 use std::sync::Arc;
 

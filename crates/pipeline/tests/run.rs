@@ -7,7 +7,8 @@
 use spillway_governor::{Governor, GovernorConfig};
 use spillway_pipeline::resume::Decision;
 use spillway_pipeline::run::{run, RunOptions};
-use spillway_pipeline::{Event, Project, RunResults, Status};
+use spillway_pipeline::{Event, RunResults, Status};
+use spillway_project::Project;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 

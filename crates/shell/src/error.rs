@@ -23,7 +23,10 @@ pub enum Error {
     Engine(#[from] spillway_engine::Error),
     /// Opening a project failed.
     #[error(transparent)]
-    Project(#[from] spillway_pipeline::Error),
+    Project(#[from] spillway_project::Error),
+    /// Opening a project's views failed.
+    #[error(transparent)]
+    Views(#[from] spillway_live::Error),
     /// Formatting a result failed.
     #[error("{0}")]
     Arrow(#[from] arrow::error::ArrowError),

@@ -10,10 +10,10 @@ use crate::shell::Shell;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use spillway_engine::tables;
+use spillway_live::{Access, Views};
 use spillway_pipeline::manifest::Manifest;
-use spillway_pipeline::sources::{self, Generator};
-use spillway_pipeline::views::{Access, Views};
-use spillway_pipeline::Project;
+use spillway_project::sources::{self, Generator};
+use spillway_project::Project;
 use std::sync::Arc;
 
 /// What [`open`] registered, by kind, and what it left out and why.

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use spillway_engine::tpch;
 use spillway_governor::fmt_bytes;
-use spillway_pipeline::sources;
+use spillway_project::sources;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

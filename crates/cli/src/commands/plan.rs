@@ -6,7 +6,8 @@ use crate::settings::Settings;
 use anyhow::Result;
 use spillway_governor::fmt_bytes;
 use spillway_pipeline::resume::Decision;
-use spillway_pipeline::{Config, Dag, Project, SinkTarget, SourceDef};
+use spillway_project::dag::Dag;
+use spillway_project::{Config, Project, SinkTarget, SourceDef};
 
 pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result<()> {
     let project = Project::from_config(&args.dir, config)?;
@@ -41,7 +42,7 @@ pub async fn run(settings: &Settings, config: &Config, args: PlanArgs) -> Result
         println!("source {name}: {what}");
     }
     // Followed tables: wal_level, a key or replica identity, column types; before any work.
-    spillway_pipeline::views::cdc::check(&project).await?;
+    spillway_live::cdc::check(&project).await?;
     for (name, sink) in &project.sinks {
         let to = match sink.target(name, &project.dir) {
             Ok(SinkTarget::File(path)) => path.display().to_string(),
@@ -130,7 +131,7 @@ fn def_kind(def: &SourceDef) -> &'static str {
 /// What crosses to the Ballista cluster and how: which models run there, their inputs (files the
 /// executors read; memory the cluster cannot reach goes as Parquet) and where their sinks are
 /// written.
-fn cluster_plan(project: &Project, dag: &Dag, selected: &[String], url: &spillway_cluster::ClusterUrl) {
+fn cluster_plan(project: &Project, dag: &Dag, selected: &[String], url: &spillway_project::ClusterUrl) {
     let there: Vec<&String> = selected.iter().filter(|m| spillway_pipeline::on_cluster(&project.models[*m])).collect();
     println!();
     if there.is_empty() {

@@ -7,7 +7,8 @@ use anyhow::{bail, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use spillway_governor::{fmt_bytes, Governor};
 use spillway_pipeline::results::SinkResult;
-use spillway_pipeline::{run, Config, Event, Project, RunOptions, Status, StepResult};
+use spillway_pipeline::{run, Event, RunOptions, Status, StepResult};
+use spillway_project::{Config, Project};
 use spillway_tiers::Materialize;
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -35,7 +36,7 @@ pub async fn run(settings: &Settings, config: &Config, args: RunArgs) -> Result<
     });
     // Generate TPC-H data in a child process: tpchgen keeps ~300MiB for the process's life.
     if let Ok(exe) = std::env::current_exe() {
-        options.generator = spillway_pipeline::sources::Generator::Command(exe.clone());
+        options.generator = spillway_project::sources::Generator::Command(exe.clone());
         // Isolated models run in `spillway worker` children of this same binary.
         options.worker = Some(exe);
     }

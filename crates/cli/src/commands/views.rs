@@ -6,10 +6,10 @@ use crate::settings::Settings;
 use anyhow::{Context, Result};
 use spillway_engine::session;
 use spillway_governor::{fmt_bytes, Governor, LeaseRequest, PoolOptions};
-use spillway_pipeline::sources::Generator;
-use spillway_pipeline::views::serve::{self as serving, Memory, ServeOptions, Shared};
-use spillway_pipeline::views::{Access, Serving, Store, Views};
-use spillway_pipeline::{report, results, Config, Project};
+use spillway_live::serve::{self as serving, Memory, ServeOptions, Shared};
+use spillway_live::{Access, Serving, Store, Views};
+use spillway_project::sources::Generator;
+use spillway_project::{clock, Config, Project};
 use spillway_tiers::TempSpace;
 use std::io::Write;
 use std::sync::Arc;
@@ -71,7 +71,7 @@ pub async fn serve(settings: &Settings, config: &Config, args: ViewsServeArgs) -
     let lock = store.lock()?;
     let governor = Governor::new(settings.governor.clone())?;
     let temp = Arc::new(TempSpace::open(&settings.spill_dir, settings.max_spill)?);
-    let shared = Shared::new(results::now_rfc3339());
+    let shared = Shared::new(clock::now_rfc3339());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (choose another with --listen)", args.listen))?;
@@ -98,7 +98,12 @@ pub async fn serve(settings: &Settings, config: &Config, args: ViewsServeArgs) -
     let report: http::ReportProbe = {
         let (governor, shared, memory) = (governor.clone(), shared.clone(), memory.clone());
         Arc::new(move || {
-            report::render_serve(&shared.snapshot(), &memory(), &shared.marks(), &governor.timeline().samples())
+            spillway_live::report::render(
+                &shared.snapshot(),
+                &memory(),
+                &shared.marks(),
+                &governor.timeline().samples(),
+            )
         })
     };
     let server = tokio::spawn(http::serve(listener, shared.clone(), memory, report.clone()));
@@ -202,7 +207,7 @@ pub async fn apply(settings: &Settings, config: &Config, args: ViewsApplyArgs) -
             &|t| {
                 println!(
                     "applied PostgreSQL transaction {} ({} rows, {} part(s)) in {:.1}ms: {}{}",
-                    spillway_pipeline::views::cdc::lsn_text(t.end_lsn),
+                    spillway_live::cdc::lsn_text(t.end_lsn),
                     t.rows,
                     t.parts,
                     t.us as f64 / 1000.0,
@@ -281,7 +286,7 @@ pub async fn status(config: &Config, args: ViewsArgs) -> Result<()> {
 /// Replication slots of ours in the databases the project's sources read: PostgreSQL keeps WAL
 /// for each until it is consumed or dropped, so one that no source follows is called out.
 async fn slots_left_behind(project: &Project) {
-    for (db, found) in spillway_pipeline::views::cdc::slots(project).await {
+    for (db, found) in spillway_live::cdc::slots(project).await {
         match found {
             Ok(slots) => {
                 for s in slots {

@@ -4,13 +4,13 @@
 use super::publish::{place, Output};
 use super::Shared;
 use crate::error::Result;
-use crate::project::Model;
 use crate::results::{Event, Status, StepResult};
-use crate::settings::{Class, LeaseSpec};
 use futures::StreamExt;
 use spillway_engine::query::JoinReport;
 use spillway_engine::{query, session, tables};
 use spillway_governor::{fmt_bytes, Governor, LeaseRequest, PoolOptions, Profile};
+use spillway_project::Model;
+use spillway_project::{Class, LeaseSpec};
 use spillway_tiers::{read, Intermediate, Materialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -25,13 +25,13 @@
 use crate::check;
 use crate::error::{Error, Result};
 use crate::manifest::{self, FileStamp, Fingerprint, Manifest, ManifestWriter, ModelRecord, SinkRecord};
-use crate::project::Project;
 use crate::results::{self, Event, RunFolder, RunResults, Status, StepResult};
 use crate::resume::{self, Decision};
-use crate::settings::LeaseSpec;
-use crate::sources::{self, SourceTables};
-use crate::Dag;
 use spillway_governor::Governor;
+use spillway_project::dag::Dag;
+use spillway_project::sources::{self, SourceTables};
+use spillway_project::LeaseSpec;
+use spillway_project::Project;
 use spillway_tiers::{HandoffStore, Materialize, QuotaTempFiles, TempSpace, TierConfig};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -216,7 +216,7 @@ pub async fn run(
     }
 
     let run_id = results::new_run_id();
-    let started_at = results::now_rfc3339();
+    let started_at = spillway_project::clock::now_rfc3339();
     let folder = RunFolder::create(&project.dir, &run_id)?;
     let manifest = ManifestWriter::create(
         folder.path(),
@@ -384,7 +384,7 @@ fn sweep_staging(project: &Project) {
         .sinks
         .iter()
         .filter_map(|(n, d)| match d.target(n, &project.dir) {
-            Ok(crate::project::SinkTarget::File(p)) => p.parent().map(|d| d.to_path_buf()),
+            Ok(spillway_project::SinkTarget::File(p)) => p.parent().map(|d| d.to_path_buf()),
             _ => None,
         })
         .collect();

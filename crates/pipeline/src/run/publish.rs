@@ -18,10 +18,10 @@
 
 use super::Shared;
 use crate::error::{Error, Result};
-use crate::project::{Model, SinkTarget};
 use crate::results::SinkResult;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
+use spillway_project::{Model, SinkTarget};
 use spillway_tiers::file::{Staged, WriteOptions};
 use spillway_tiers::{read, Hints, Intermediate, Materialize};
 use std::path::PathBuf;

@@ -13,8 +13,8 @@
 use super::attempt::run_model;
 use super::Shared;
 use crate::results::{Event, Status, StepResult};
-use crate::settings::Class;
 use spillway_governor::Pressure;
+use spillway_project::Class;
 use spillway_tiers::Intermediate;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;

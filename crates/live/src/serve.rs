@@ -16,8 +16,9 @@
 //! them into place (such names are never read). A change file that cannot be applied stops the
 //! loop with its error; nothing of it is committed.
 
-use super::{ViewStatus, Views};
 use crate::error::Result;
+use crate::store::ViewStatus;
+use crate::Views;
 use serde::Serialize;
 use spillway_governor::{Governor, Pressure};
 use std::collections::VecDeque;
@@ -343,7 +344,7 @@ pub async fn serve(views: &mut Views, shared: &Arc<Shared>, options: &ServeOptio
                 s.slot_lsn = status.slot_lsn.clone();
                 s.views = status.views;
             });
-            tracing::debug!(lsn = %super::cdc::lsn_text(done.end_lsn), rows = done.rows, parts = done.parts, changed = done.views_changed.len(), "source transaction applied");
+            tracing::debug!(lsn = %crate::cdc::lsn_text(done.end_lsn), rows = done.rows, parts = done.parts, changed = done.views_changed.len(), "source transaction applied");
             cdc_burst += 1;
             if cdc_burst >= 1000 {
                 spillway_governor::jemalloc::purge_all_arenas();

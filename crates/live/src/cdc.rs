@@ -11,15 +11,15 @@
 //! ```
 //!
 //! One slot carries every followed table of a database, so a PostgreSQL transaction that changes
-//! several of them is one transaction of the views. `mod.rs` applies what the stream yields
+//! several of them is one transaction of the views. `feed.rs` applies what the stream yields
 //! (`Views::apply_cdc`); this module owns the slot's files and the settings.
 
 use crate::error::{Error, Result};
-use crate::project::Project;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use spillway_postgres::cdc::{self, CdcSpec, CdcTable, Identity};
 use spillway_postgres::TableName;
+use spillway_project::Project;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -66,7 +66,7 @@ pub fn spec_of(project: &Project, tables: &[String]) -> Result<Option<CdcSpec>> 
     for t in tables {
         let Some(source) = by_table.get(t) else { continue };
         let Some(c) = project.sources[source].cdc(&project.dir) else { continue };
-        let (cfg, line) = crate::sources::source_line(project, source);
+        let (cfg, line) = spillway_project::sources::source_line(project, source);
         let c = c.map_err(|m| Error::at(&cfg, line, format!("[sources.{source}]: {m}")))?;
         names.push(source.clone());
         match &mut spec {
@@ -267,7 +267,7 @@ pub async fn slots(project: &Project) -> Vec<(String, std::result::Result<Vec<Sl
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for def in project.sources.values() {
-        let crate::project::SourceDef::Postgres { url, url_env, .. } = def else { continue };
+        let spillway_project::SourceDef::Postgres { url, url_env, .. } = def else { continue };
         let conn = spillway_postgres::ConnSpec { url: url.clone(), url_env: url_env.clone() };
         let shown = conn.shown();
         if !seen.insert(shown.clone()) {

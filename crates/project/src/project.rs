@@ -417,7 +417,7 @@ pub struct Project {
     /// The text of `spillway.toml` as read (to point messages at a section's line).
     pub config_text: String,
     /// The Ballista scheduler, when a model runs there (`engine = "ballista"`).
-    pub cluster: Option<spillway_cluster::ClusterUrl>,
+    pub cluster: Option<crate::ClusterUrl>,
 }
 
 impl Project {
@@ -605,12 +605,12 @@ impl Project {
 }
 
 /// The 1-based line of a `[section]` header in `text` (1 when not found).
-pub(crate) fn section_line(text: &str, header: &str) -> usize {
+pub fn section_line(text: &str, header: &str) -> usize {
     text.lines().position(|l| l.trim_start().starts_with(header)).map_or(1, |i| i + 1)
 }
 
 /// The 1-based line of the first whole-word, case-insensitive occurrence of `word` in `text`.
-pub(crate) fn line_of(text: &str, word: &str) -> usize {
+pub fn line_of(text: &str, word: &str) -> usize {
     let lower = text.to_ascii_lowercase();
     let w = word.to_ascii_lowercase();
     let bytes = lower.as_bytes();

@@ -33,7 +33,7 @@ impl std::str::FromStr for ClusterUrl {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = |why: &str| Error::Url { url: s.to_string(), why: why.to_string() };
+        let bad = |why: &str| Error::ClusterUrl { url: s.to_string(), why: why.to_string() };
         let rest = s.trim().strip_prefix("df://").ok_or_else(|| bad("it must start with df://"))?;
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') {

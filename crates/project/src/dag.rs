@@ -92,11 +92,7 @@ impl Dag {
 
 /// The tables `sql` (the text of `path`, a `what`: "model" or "view") reads: it must be one
 /// `SELECT` (or `WITH ... SELECT`); errors name the file and line.
-pub(crate) fn tables_read(
-    path: &std::path::Path,
-    sql: &str,
-    what: &str,
-) -> Result<Vec<datafusion::common::TableReference>> {
+pub fn tables_read(path: &std::path::Path, sql: &str, what: &str) -> Result<Vec<datafusion::common::TableReference>> {
     let statements = DFParserBuilder::new(sql)
         .build()
         .and_then(|mut p| p.parse_statements())
@@ -150,7 +146,7 @@ fn walk(edges: &BTreeMap<String, Vec<String>>, from: &str, into: &mut BTreeSet<S
 }
 
 /// Kahn's algorithm with a sorted ready set (a stable order); a leftover means a cycle.
-pub(crate) fn topological(upstream: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>> {
+pub fn topological(upstream: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>> {
     let mut remaining: BTreeMap<&str, usize> = upstream.iter().map(|(m, u)| (m.as_str(), u.len())).collect();
     let mut ready: BTreeSet<&str> = remaining.iter().filter(|(_, n)| **n == 0).map(|(m, _)| *m).collect();
     let mut order = Vec::new();
@@ -192,7 +188,7 @@ pub(crate) fn topological(upstream: &BTreeMap<String, Vec<String>>) -> Result<Ve
 }
 
 /// The line number in a sqlparser error message (`... at Line: 3, Column: 7`), else 1.
-pub(crate) fn sql_error_line(msg: &str) -> usize {
+pub fn sql_error_line(msg: &str) -> usize {
     msg.split("Line: ")
         .nth(1)
         .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())

@@ -15,8 +15,8 @@
 use crate::error::{Error, Result};
 use crate::project::{SinkDef, SourceDef};
 use crate::settings::{Engine, SettingsTable};
+use crate::ClusterUrl;
 use serde::Deserialize;
-use spillway_cluster::ClusterUrl;
 use spillway_governor::{ByteSize, GovernorConfig, MemorySpec, PressureThresholds, ProfileSize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -50,7 +50,7 @@ pub fn is_generated(dir: &Path) -> bool {
 }
 
 /// The line of `[sources.NAME]` in the project's `spillway.toml` (1 when not found).
-pub(crate) fn source_line(project: &Project, name: &str) -> (PathBuf, usize) {
+pub fn source_line(project: &Project, name: &str) -> (PathBuf, usize) {
     let path = project.config_path.clone().unwrap_or_else(|| project.dir.join("spillway.toml"));
     let text = &project.config_text;
     let line = match section_line(text, &format!("[sources.{name}]")) {

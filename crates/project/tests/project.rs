@@ -3,7 +3,8 @@
 
 #![allow(clippy::result_large_err)]
 
-use spillway_pipeline::*;
+use spillway_project::dag::Dag;
+use spillway_project::*;
 
 fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
