@@ -19,7 +19,7 @@ use spillway_postgres::view_sink::ViewSink;
 use spillway_project::sources::{self, Generator};
 use spillway_project::{line_of, Project, Refresh, ViewDef};
 use spillway_views::changes::KeyedTable;
-use spillway_views::{Arrangement, Change, RowCodec, Spool, View, ViewError, ZSet};
+use spillway_views::{Arrangement, Change, Held, RowCodec, Spool, View, ViewError, ZSet};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -87,6 +87,9 @@ pub struct Views {
     /// Tables (and views) that never change: sources without a change feed, and views that
     /// read only such. Views' joins keep no state for the side opposite them.
     pub(crate) unchanging: BTreeSet<String>,
+    /// Each view's contents while it is registered for the views that read it to populate
+    /// against (reserved; dropped once every view is populated).
+    pub(crate) registered: BTreeMap<String, Held>,
 }
 
 impl Views {
@@ -190,6 +193,7 @@ impl Views {
             stopped: BTreeMap::new(),
             pg_sinks: BTreeMap::new(),
             unchanging: BTreeSet::new(),
+            registered: BTreeMap::new(),
             writer,
         };
         // What can change: sources with change files or a followed slot, and the views that
@@ -255,6 +259,7 @@ impl Views {
                 views.register_view(name, RecordBatch::new_empty(schema))?;
             }
         }
+        views.registered.clear();
         // Rebuild the state of what was applied before: the log, in order, each entry a batch
         // at a time as it was written (each batch part of a consolidated change: applied one
         // after another, they give what the whole gave); each view's change in a spool, for
@@ -400,11 +405,14 @@ impl Views {
                 Live::Recompute(Box::new(r))
             }
         };
+        // Registered for the views that read it to plan and populate against, reserved until
+        // every view is populated.
         let contents = match &live {
             Live::Incremental(v) => v.contents().map_err(err)?,
-            Live::Recompute(r) => r.rows.clone(),
+            Live::Recompute(r) => Held::shared(r.rows.clone()),
         };
-        self.register_view(&name, contents)?;
+        self.register_view(&name, contents.batch.clone())?;
+        self.registered.insert(name.clone(), contents);
         let pool = self.ctx.runtime_env().memory_pool.clone();
         let reservation = MemoryConsumer::new(format!("view {name}")).register(&pool);
         self.reservations.insert(name.clone(), reservation);
@@ -530,8 +538,9 @@ impl Views {
         Ok(out)
     }
 
-    /// The current contents of view `name`.
-    pub fn contents(&self, name: &str) -> Result<RecordBatch> {
+    /// The current contents of view `name`, reserved from the views' pool (refused when the
+    /// lease has no room for them) until the [`Held`] is dropped.
+    pub fn contents(&self, name: &str) -> Result<Held> {
         match self.live.get(name) {
             Some(Live::Incremental(v)) => v.contents().map_err(|source| Error::View {
                 view: name.into(),
@@ -539,7 +548,7 @@ impl Views {
                 line: 1,
                 error: source,
             }),
-            Some(Live::Recompute(r)) => Ok(r.rows.clone()),
+            Some(Live::Recompute(r)) => Ok(Held::shared(r.rows.clone())),
             None => Err(Error::Usage(format!("no view {name:?}"))),
         }
     }

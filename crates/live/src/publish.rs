@@ -5,11 +5,13 @@
 use crate::error::{Error, Result};
 use crate::host::{Live, Views};
 use arrow::array::RecordBatch;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use spillway_postgres::view_sink::{self, Publication, ViewSink};
 use spillway_views::{Change, ViewError, ZSet};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// Rows of a view's contents decoded at once when a contents sink is written.
+const CONTENTS_CHUNK_ROWS: usize = 8192;
 
 /// Which sinks [`Views::publish`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +67,31 @@ impl Views {
                 // Written a piece at a time (a change spooled to disk is never read whole).
                 Some((file, change.weighted_stream(&self.ctx.runtime_env()).map_err(view_err)?))
             } else if what != Publish::Changelogs && (all || changed.contains_key(&def.model)) {
-                let b = match live {
-                    Live::Incremental(v) => v.contents().map_err(view_err)?,
-                    Live::Recompute(r) => r.rows.clone(),
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                }
+                let options = spillway_tiers::WriteOptions::default();
+                let file = match live {
+                    // A chunk at a time, each reserved before it is decoded: the view's contents
+                    // are never copied whole.
+                    Live::Incremental(v) => {
+                        let schema = spillway_views::relax_nullability(&v.schema());
+                        spillway_tiers::file::stage_with(&path, &schema, &options, |write| {
+                            for chunk in v.contents_chunks(CONTENTS_CHUNK_ROWS) {
+                                write(&chunk.map_err(view_err)?)?;
+                            }
+                            Ok::<(), Error>(())
+                        })?
+                    }
+                    // Its rows are its state: written as they are.
+                    Live::Recompute(r) => {
+                        spillway_tiers::file::stage_with(&path, &r.rows.schema(), &options, |write| {
+                            Ok::<(), Error>(write(&r.rows)?)
+                        })?
+                    }
                 };
-                let stream = RecordBatchStreamAdapter::new(b.schema(), futures::stream::iter(vec![Ok(b)]));
-                Some((path, Box::pin(stream) as datafusion::execution::SendableRecordBatchStream))
+                staged.push(file);
+                continue;
             } else {
                 None
             };
@@ -136,7 +157,7 @@ impl Views {
                 error: e,
             };
             let result = match (change, &whole) {
-                (_, Some(whole)) => sink.publish(seq, Publication::Whole(whole)).await,
+                (_, Some(whole)) => sink.publish(seq, Publication::Whole(&whole.batch)).await,
                 (Some(change), None) => {
                     // Sent as one PostgreSQL statement pair: a change spooled to disk is read whole here.
                     let z = change.collect(&self.ctx.runtime_env()).await.map_err(view_err)?;

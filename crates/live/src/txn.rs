@@ -105,10 +105,17 @@ impl Views {
                     let sql = r.sql.clone();
                     // Its own catalog (the same settings and pool): the tables it reads, as they are now.
                     let ctx = SessionContext::new_with_config_rt(self.ctx.copied_config(), self.ctx.runtime_env());
+                    // The contents of the views it reads, reserved while it runs.
+                    let mut held = Vec::new();
                     for t in r.tables.clone() {
                         let batch = match (self.current.get(&t), self.live.get(&t)) {
                             (Some(c), _) => c.batch().map_err(view_err)?,
-                            (None, Some(Live::Incremental(v))) => v.contents().map_err(view_err)?,
+                            (None, Some(Live::Incremental(v))) => {
+                                let contents = v.contents().map_err(view_err)?;
+                                let batch = contents.batch.clone();
+                                held.push(contents);
+                                batch
+                            }
                             (None, Some(Live::Recompute(u))) => u.rows.clone(),
                             (None, None) => continue,
                         };
@@ -119,6 +126,7 @@ impl Views {
                     }
                     let batches = ctx.sql(&sql).await.map_err(|e| view_err(e.into()))?;
                     let batches = batches.collect().await.map_err(|e| view_err(e.into()))?;
+                    drop(held);
                     let Some(Live::Recompute(r)) = self.live.get_mut(&name) else { unreachable!("a recomputed view") };
                     Change::memory(r.replace(batches).map_err(view_err)?)
                 }

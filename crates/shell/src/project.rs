@@ -58,9 +58,11 @@ pub async fn open(
         } else {
             let views = Views::open(project, views_ctx, threads, generator, Access::Read, &|_, _| {}).await?;
             for name in views.names() {
+                // A snapshot, reserved from the views' pool for the shell's life.
                 let contents = views.contents(name)?;
-                let table = MemTable::try_new(contents.schema(), vec![vec![contents]])?;
+                let table = MemTable::try_new(contents.batch.schema(), vec![vec![contents.batch.clone()]])?;
                 ctx.register_table(name.as_str(), Arc::new(table))?;
+                shell.keep(Box::new(contents));
                 opened.views.push(name.clone());
             }
             shell.keep(Box::new(views));

@@ -274,6 +274,58 @@ impl Drop for Staged {
     }
 }
 
+/// The staging file beside `path` (format from `path`'s extension) and its writer; staging
+/// files of dead processes in that folder are removed first.
+fn begin_staged(path: &Path, schema: &SchemaRef, options: &WriteOptions) -> Result<(Staged, FileSink)> {
+    let invalid = |reason: String| Error::Invalid(format!("{}: {reason}", path.display()));
+    let format = FileFormat::from_path(path)
+        .ok_or_else(|| invalid("unknown output type; use .parquet, .csv, .json/.ndjson or .arrow".into()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(invalid(format!("directory {} does not exist", dir.display())));
+    }
+    crate::staging::sweep(&dir);
+    let staged = Staged {
+        tmp: crate::staging::staging_path(path),
+        dest: path.to_path_buf(),
+        summary: WriteSummary::default(),
+        published: false,
+    };
+    let _ = std::fs::remove_file(&staged.tmp);
+    let sink = FileSink::create(format, &staged.tmp, schema, options)?;
+    Ok((staged, sink))
+}
+
+/// Like [`stage_stream`], for a producer that lends each batch only until it makes the next
+/// (a view's contents read a chunk at a time): `fill` hands its batches, in order, to the
+/// function it is given, which writes each on this thread before returning.
+pub fn stage_with<E: From<Error>>(
+    path: &Path,
+    schema: &SchemaRef,
+    options: &WriteOptions,
+    fill: impl FnOnce(&mut dyn FnMut(&RecordBatch) -> Result<()>) -> std::result::Result<(), E>,
+) -> std::result::Result<Staged, E> {
+    let (mut staged, mut sink) = begin_staged(path, schema, options)?;
+    let filled = fill(&mut |batch| {
+        spillway_faults::point("sink-staging");
+        sink.write(batch)
+    });
+    let written = match filled {
+        Ok(()) => sink.finish().map_err(E::from),
+        Err(e) => Err(e),
+    };
+    if let Some(q) = &options.quota {
+        // The published file is the caller's, not temp space: it leaves the quota either way.
+        q.release(std::fs::metadata(&staged.tmp).map(|m| m.len()).unwrap_or(0));
+    }
+    let (rows, bytes) = written?;
+    staged.summary = WriteSummary { rows, bytes };
+    Ok(staged)
+}
+
 /// Streams `stream` into `path` and publishes it ([`stage_stream`] then [`Staged::publish`]): a
 /// failure leaves any previous file at `path` untouched and no partial file behind.
 pub async fn write_stream(
@@ -294,25 +346,7 @@ pub async fn stage_stream(
     options: &WriteOptions,
 ) -> Result<Staged> {
     let invalid = |reason: String| Error::Invalid(format!("{}: {reason}", path.display()));
-    let format = FileFormat::from_path(path)
-        .ok_or_else(|| invalid("unknown output type; use .parquet, .csv, .json/.ndjson or .arrow".into()))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        return Err(invalid(format!("directory {} does not exist", dir.display())));
-    }
-    crate::staging::sweep(&dir);
-    let mut staged = Staged {
-        tmp: crate::staging::staging_path(path),
-        dest: path.to_path_buf(),
-        summary: WriteSummary::default(),
-        published: false,
-    };
-    let _ = std::fs::remove_file(&staged.tmp);
-    let schema = stream.schema();
-    let mut sink = FileSink::create(format, &staged.tmp, &schema, options)?;
+    let (mut staged, mut sink) = begin_staged(path, &stream.schema(), options)?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
     let writer = std::thread::Builder::new()
         .name("spillway-writer".into())

@@ -25,12 +25,15 @@ pub enum ViewError {
         /// The multiplicity it would have.
         count: i64,
     },
-    /// The view's lease had no room for a piece of a change in flight (refused before it was
-    /// built): the transaction stopped there.
-    #[error("view {view}: the lease has no room for {} more of changes in flight ({} held): {reason}", crate::format_bytes(*bytes), crate::format_bytes(*held))]
+    /// The view's lease had no room for a piece of a change in flight, or for a chunk of its
+    /// contents being read (refused before it was built): the transaction (or the reading)
+    /// stopped there.
+    #[error("view {view}: the lease has no room for {} more of {what} ({} held): {reason}", crate::format_bytes(*bytes), crate::format_bytes(*held))]
     InFlight {
         /// The view.
         view: String,
+        /// What was being built: its changes in flight, or its contents being read.
+        what: &'static str,
         /// Bytes asked for.
         bytes: usize,
         /// Bytes the view held in flight already.

@@ -22,6 +22,7 @@ pub(crate) const PIECE_ROWS: usize = 8192;
 /// A view's reservation for what is in flight.
 pub(crate) struct Flight {
     view: String,
+    pool: Arc<dyn MemoryPool>,
     /// Rows of a piece ([`PIECE_ROWS`] unless a test asks for fewer).
     pub(crate) piece_rows: usize,
     reservation: Mutex<MemoryReservation>,
@@ -36,6 +37,7 @@ impl Flight {
         let reservation = MemoryConsumer::new(format!("view {view} (changes in flight)")).register(pool);
         Flight {
             view: view.to_string(),
+            pool: pool.clone(),
             piece_rows: PIECE_ROWS,
             reservation: Mutex::new(reservation),
             growth: Mutex::new(0),
@@ -69,7 +71,13 @@ impl Flight {
     /// keeps of the view's change (given back when dropped).
     pub(crate) fn collector(&self) -> Collector {
         let reservation = self.reservation.lock().unwrap_or_else(|p| p.into_inner()).new_empty();
-        Collector { view: self.view.clone(), reservation }
+        Collector { view: self.view.clone(), what: "changes in flight", reservation }
+    }
+
+    /// A reservation of its own on the same pool, named after the view and `what` it holds.
+    pub(crate) fn collector_of(&self, what: &'static str) -> Collector {
+        let reservation = MemoryConsumer::new(format!("view {} ({what})", self.view)).register(&self.pool);
+        Collector { view: self.view.clone(), what, reservation }
     }
 
     /// Bytes reserved now.
@@ -81,18 +89,34 @@ impl Flight {
 /// What the caller of [`crate::View::apply`] keeps of the view's change, reserved.
 pub(crate) struct Collector {
     view: String,
+    what: &'static str,
     reservation: MemoryReservation,
 }
 
 impl Collector {
     /// Reserves `more` bytes as well.
     pub(crate) fn grow(&mut self, more: usize) -> Result<()> {
+        if more == 0 {
+            return Ok(());
+        }
         self.reservation.try_grow(more).map_err(|e| ViewError::InFlight {
             view: self.view.clone(),
+            what: self.what,
             bytes: more,
             held: self.reservation.size(),
             reason: e.to_string(),
         })
+    }
+
+    /// Reserves what `actual` needs beyond what is held (measured once built, when it came out
+    /// larger than its estimate).
+    pub(crate) fn cover(&mut self, actual: usize) -> Result<()> {
+        self.grow(actual.saturating_sub(self.reservation.size()))
+    }
+
+    /// Gives back everything held.
+    pub(crate) fn release(&mut self) {
+        self.reservation.free();
     }
 }
 
@@ -111,6 +135,7 @@ impl Held<'_> {
         let r = self.flight.reservation.lock().unwrap_or_else(|p| p.into_inner());
         r.try_grow(more).map_err(|e| ViewError::InFlight {
             view: self.flight.view.clone(),
+            what: "changes in flight",
             bytes: more,
             held: r.size(),
             reason: e.to_string(),

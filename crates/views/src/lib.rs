@@ -52,7 +52,7 @@ pub use arrange::{Arrangement, Group};
 pub use error::{Result, ViewError};
 pub use node::Deltas;
 pub use spool::{from_weighted, with_weights, Change, Spool, WEIGHT_COLUMN};
-pub use view::View;
+pub use view::{ContentsChunks, Held, View};
 pub use zset::{relax_nullability, RowBytes, RowCodec, ZSet};
 
 pub(crate) fn format_bytes(bytes: usize) -> String {

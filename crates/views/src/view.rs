@@ -3,7 +3,7 @@
 use crate::arrange::Arrangement;
 use crate::compact::{Encoded, StateCodec};
 use crate::error::{Result, ViewError};
-use crate::flight::Flight;
+use crate::flight::{Collector, Flight};
 use crate::lower::lower;
 use crate::node::{query, Deltas, Node};
 use crate::zset::ZSet;
@@ -198,19 +198,31 @@ impl View {
     }
 
     /// The current contents, each row repeated as often as it occurs, in the view's `ORDER BY`
-    /// when it has one outermost.
-    pub fn contents(&self) -> Result<RecordBatch> {
-        let batch = self.contents.codec.decode(self.contents.rows.rows())?;
-        if self.order.is_empty() || batch.num_rows() < 2 {
-            return Ok(batch);
+    /// when it has one outermost: one batch, reserved from the view's pool before it is decoded
+    /// (refused as [`ViewError::InFlight`]) and held as long as the [`Held`] is.
+    pub fn contents(&self) -> Result<Held> {
+        let mut chunks = self.contents_chunks(usize::MAX);
+        let batch = match chunks.next_chunk()? {
+            Some(b) => b,
+            None => RecordBatch::new_empty(crate::zset::relax_nullability(&self.root.schema())),
+        };
+        Ok(Held { batch, _reservation: Some(chunks.held) })
+    }
+
+    /// The current contents a chunk of at most `rows` rows at a time, each row repeated as often
+    /// as it occurs: what publishing a view's whole contents reads, so that it holds one chunk
+    /// at a time, not a second copy of the view. Each chunk is reserved from the view's pool
+    /// before it is decoded (refused as [`ViewError::InFlight`]) and stays reserved until the
+    /// next one is asked for or the chunks are dropped. A view with an outermost `ORDER BY` is
+    /// read in that order, as one chunk (reserved the same way): its order needs every row.
+    pub fn contents_chunks(&self, rows: usize) -> ContentsChunks<'_> {
+        ContentsChunks {
+            view: self,
+            rows: Box::new(self.contents.rows.rows()),
+            chunk: if self.order.is_empty() { rows.max(1) } else { usize::MAX },
+            read: 0,
+            held: self.flight.collector_of("its contents, being read"),
         }
-        let columns = self
-            .order
-            .iter()
-            .map(|(e, o)| Ok(arrow::compute::SortColumn { values: crate::node::eval(e, &batch)?, options: Some(*o) }))
-            .collect::<Result<Vec<_>>>()?;
-        let idx = arrow::compute::lexsort_to_indices(&columns, None)?;
-        Ok(arrow::compute::take_record_batch(&batch, &idx)?)
     }
 
     /// The operator graph, one line per operator with its state.
@@ -219,6 +231,100 @@ impl View {
         self.root.explain(0, &mut out);
         out
     }
+}
+
+/// A view's contents read whole ([`View::contents`]): the batch, reserved from the view's pool
+/// until this is dropped.
+pub struct Held {
+    /// The rows.
+    pub batch: RecordBatch,
+    _reservation: Option<Collector>,
+}
+
+impl Held {
+    /// A batch whose bytes are charged elsewhere already (a recomputed view's rows, which are
+    /// its state): nothing more is reserved.
+    pub fn shared(batch: RecordBatch) -> Held {
+        Held { batch, _reservation: None }
+    }
+}
+
+/// A view's contents a chunk at a time ([`View::contents_chunks`]).
+pub struct ContentsChunks<'a> {
+    view: &'a View,
+    rows: Box<dyn Iterator<Item = &'a [u8]> + 'a>,
+    chunk: usize,
+    /// Rows handed out so far.
+    read: usize,
+    /// The chunk handed out last.
+    held: Collector,
+}
+
+impl ContentsChunks<'_> {
+    fn next_chunk(&mut self) -> Result<Option<RecordBatch>> {
+        self.held.release();
+        let view = self.view;
+        let left = (view.rows() as usize).saturating_sub(self.read);
+        if left == 0 {
+            return Ok(None);
+        }
+        let schema = view.root.schema();
+        // Each chunk by an estimate from the schema and the encoded bytes before it is decoded,
+        // covered once built by what it measures.
+        let batch = if self.read == 0 && self.chunk >= left {
+            // Every row at once, straight from the arrangement (whose bytes bound its rows').
+            self.held.grow(decoded_estimate(&schema, left, view.contents.rows.bytes()))?;
+            let batch = view.contents.codec.decode(self.rows.by_ref())?;
+            self.held.cover(batch.get_array_memory_size())?;
+            batch
+        } else {
+            let list = self.chunk * std::mem::size_of::<&[u8]>();
+            self.held.grow(list)?;
+            let rows: Vec<&[u8]> = self.rows.by_ref().take(self.chunk).collect();
+            let encoded: usize = rows.iter().map(|r| r.len()).sum();
+            self.held.grow(decoded_estimate(&schema, rows.len(), encoded))?;
+            let batch = view.contents.codec.decode(rows)?;
+            self.held.cover(list + batch.get_array_memory_size())?;
+            batch
+        };
+        if batch.num_rows() == 0 {
+            self.read = usize::MAX; // the rows ran out before the count said (never, if it is kept right)
+            return Ok(None);
+        }
+        self.read += batch.num_rows();
+        if view.order.is_empty() || batch.num_rows() < 2 {
+            return Ok(Some(batch));
+        }
+        let size = batch.get_array_memory_size();
+        self.held.grow(size + batch.num_rows() * 4)?;
+        let columns = view
+            .order
+            .iter()
+            .map(|(e, o)| Ok(arrow::compute::SortColumn { values: crate::node::eval(e, &batch)?, options: Some(*o) }))
+            .collect::<Result<Vec<_>>>()?;
+        let idx = arrow::compute::lexsort_to_indices(&columns, None)?;
+        let sorted = arrow::compute::take_record_batch(&batch, &idx)?;
+        drop((batch, columns, idx));
+        self.held.release();
+        self.held.grow(sorted.get_array_memory_size())?;
+        Ok(Some(sorted))
+    }
+}
+
+impl Iterator for ContentsChunks<'_> {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Result<RecordBatch>> {
+        self.next_chunk().transpose()
+    }
+}
+
+/// What `rows` rows of `schema`, `encoded` bytes in their compact encoding, take decoded: each
+/// fixed-width value's width, each variable-width value's offset (its bytes counted in
+/// `encoded`), a validity bit per value, and the arrays' own overhead.
+fn decoded_estimate(schema: &SchemaRef, rows: usize, encoded: usize) -> usize {
+    let per_row: usize = schema.fields().iter().map(|f| f.data_type().primitive_width().unwrap_or(8) + 1).sum();
+    rows * per_row + encoded + schema.fields().len() * 256
 }
 
 /// A view's rows with their multiplicity (an arrangement with one empty key).

@@ -271,7 +271,7 @@ async fn run_seed(seed: u64, piece_rows: Option<usize>, fixed: Option<&str>) {
             v.apply(&deltas).unwrap_or_else(|e| panic!("seed {seed} txn {txn}: {sql}: {e}"));
             assert_eq!(v.in_flight(), 0, "seed {seed} txn {txn}: {sql}: nothing stays reserved in flight");
             let expected = oracle.sql(sql).await.unwrap().collect().await.unwrap();
-            let got = v.contents().unwrap();
+            let got = v.contents().unwrap().batch;
             assert_eq!(multiset(&[got]), multiset(&expected), "seed {seed} txn {txn}: {sql}");
         }
     }
@@ -321,7 +321,7 @@ async fn deletes_of_absent_rows_and_scalar_subqueries_of_several_rows_are_refuse
     {
         let mut v = View::plan(&ctx, "v", sql).await.unwrap();
         v.populate(&ctx).await.unwrap();
-        let before = multiset(&[v.contents().unwrap()]);
+        let before = multiset(&[v.contents().unwrap().batch]);
         let mut deltas = Deltas::new();
         deltas.insert("t1".into(), ZSet::new(batch(&t1, &absent), vec![-1]));
         match v.apply(&deltas) {
@@ -337,7 +337,7 @@ async fn deletes_of_absent_rows_and_scalar_subqueries_of_several_rows_are_refuse
         let mut deltas = Deltas::new();
         deltas.insert("t1".into(), ZSet::new(batch(&t1, &twice), vec![-1, 1]));
         v.apply(&deltas).unwrap_or_else(|e| panic!("{sql}: {e}"));
-        assert_eq!(multiset(&[v.contents().unwrap()]), before, "{sql}");
+        assert_eq!(multiset(&[v.contents().unwrap().batch]), before, "{sql}");
     }
     // A scalar subquery that may return several rows (one now, two after any insert) is refused
     // when planned, by name; an ungrouped aggregate (one row, always) is kept.
