@@ -12,7 +12,7 @@ sf=${1:-1}
 cd "$(dirname "$0")/.."
 bin=${SPILLWAY_BIN:-${CARGO_TARGET_DIR:-target}/release/spillway}
 data=${TPCH_DATA:-$HOME/.cache/spillway/tpch-sf$sf}
-[ -f "$data/_SUCCESS" ] || "$bin" gen tpch --sf "$sf" --out "$data"
+[ -d "$data/lineitem" ] || "$bin" gen tpch --sf "$sf" --out "$data"
 work=${WORK:-/tmp/views-contents}
 for b in ${BINS:-$bin}; do
   rm -rf "$work" && mkdir -p "$work/views" "$work/.spillway/data" "$work/changes/lineitem"

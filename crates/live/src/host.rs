@@ -133,6 +133,7 @@ impl Views {
             return Err(e);
         }
         let order = spillway_project::dag::topological(&upstream)?;
+        let read_by_views: BTreeSet<String> = upstream.values().flatten().cloned().collect();
         let needed: Vec<String> = needed.into_iter().collect();
         let (p, n) = (project.clone(), needed.clone());
         let generator = generator.clone();
@@ -237,7 +238,7 @@ impl Views {
         views.load_tables(&needed).await?;
         for (i, name) in order.iter().enumerate() {
             let t = Instant::now();
-            views.populate(&project.views[name]).await?;
+            views.populate(&project.views[name], read_by_views.contains(name)).await?;
             // What the population's queries freed goes back to the system before the next view
             // populates: kept as jemalloc's dirty pages, it would count as untracked memory and
             // narrow the lease the next views grow in.
@@ -373,7 +374,9 @@ impl Views {
         Ok(())
     }
 
-    pub(crate) async fn populate(&mut self, def: &ViewDef) -> Result<()> {
+    /// Plans and populates view `def`; `read` says whether other views read it (its contents are
+    /// then registered for them to populate against, reserved until every view is populated).
+    pub(crate) async fn populate(&mut self, def: &ViewDef, read: bool) -> Result<()> {
         let name = def.name.clone();
         let err = |source: ViewError| Error::View {
             view: name.clone(),
@@ -406,13 +409,21 @@ impl Views {
             }
         };
         // Registered for the views that read it to plan and populate against, reserved until
-        // every view is populated.
-        let contents = match &live {
-            Live::Incremental(v) => v.contents().map_err(err)?,
-            Live::Recompute(r) => Held::shared(r.rows.clone()),
-        };
-        self.register_view(&name, contents.batch.clone())?;
-        self.registered.insert(name.clone(), contents);
+        // every view is populated; a view no view reads is registered empty (its schema only).
+        if read {
+            let contents = match &live {
+                Live::Incremental(v) => v.contents().map_err(err)?,
+                Live::Recompute(r) => Held::shared(r.rows.clone()),
+            };
+            self.register_view(&name, contents.batch.clone())?;
+            self.registered.insert(name.clone(), contents);
+        } else {
+            let schema = match &live {
+                Live::Incremental(v) => spillway_views::relax_nullability(&v.schema()),
+                Live::Recompute(r) => r.rows.schema(),
+            };
+            self.register_view(&name, RecordBatch::new_empty(schema))?;
+        }
         let pool = self.ctx.runtime_env().memory_pool.clone();
         let reservation = MemoryConsumer::new(format!("view {name}")).register(&pool);
         self.reservations.insert(name.clone(), reservation);
