@@ -105,7 +105,8 @@ impl Views {
                     let sql = r.sql.clone();
                     // Its own catalog (the same settings and pool): the tables it reads, as they are now.
                     let ctx = SessionContext::new_with_config_rt(self.ctx.copied_config(), self.ctx.runtime_env());
-                    // The contents of the views it reads, reserved while it runs.
+                    // The contents of the views it reads, reserved while it runs (and its catalog
+                    // holds them: both go at the end of this block).
                     let mut held = Vec::new();
                     for t in r.tables.clone() {
                         let batch = match (self.current.get(&t), self.live.get(&t)) {
@@ -126,7 +127,6 @@ impl Views {
                     }
                     let batches = ctx.sql(&sql).await.map_err(|e| view_err(e.into()))?;
                     let batches = batches.collect().await.map_err(|e| view_err(e.into()))?;
-                    drop(held);
                     let Some(Live::Recompute(r)) = self.live.get_mut(&name) else { unreachable!("a recomputed view") };
                     Change::memory(r.replace(batches).map_err(view_err)?)
                 }
